@@ -1,0 +1,136 @@
+"""The local content-addressed store: verified, immutable blobs on disk.
+
+Contract (tested by ``tests/test_cas_contract.py``):
+
+- a blob appears under its published name only after its content was hashed and matched the
+  digest; it is written to a temporary file in the same directory, fsynced, made read-only
+  and renamed into place, so a reader never sees a partial blob under a published name;
+- ``put`` of a blob that is already there is a no-op (idempotent);
+- digests are validated before any path is built (see ``digests.Digest``);
+- several processes may fill the store at once: temporary names are unique per writer and
+  ``rename`` is atomic, so the last writer of the same content wins harmlessly.
+
+Layout: ``<root>/<algorithm>/<first 2 hex>/<hex>``; temporaries are ``.tmp-*`` beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from .digests import Algorithm, Digest, digest_of
+
+_TEMP_PREFIX = ".tmp-"
+
+
+class DigestMismatch(Exception):
+    """Content did not hash to the digest it was offered under; nothing was published."""
+
+    def __init__(self, expected: Digest, actual_hex: str) -> None:
+        super().__init__(f"content of {expected} hashes to {actual_hex}")
+        self.expected = expected
+        self.actual_hex = actual_hex
+
+
+class SizeMismatch(Exception):
+    """A stream ended before or after the size it was announced with; nothing was published."""
+
+    def __init__(self, digest: Digest, expected: int, actual: int) -> None:
+        super().__init__(f"{digest}: expected {expected} bytes, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class ContentStore:
+    """Blocking API: call it from a worker thread, never from the trio loop."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_of(self, digest: Digest) -> Path:
+        return self.root / digest.algorithm.name / digest.hex[:2] / digest.hex
+
+    def contains(self, digest: Digest) -> bool:
+        return self.path_of(digest).is_file()
+
+    def size_of(self, digest: Digest) -> int | None:
+        """Bytes of a published blob, or None when it is not in the store."""
+        try:
+            return self.path_of(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def open_fd(self, digest: Digest) -> int:
+        """A read-only descriptor of a published blob; raises FileNotFoundError if absent."""
+        return os.open(self.path_of(digest), os.O_RDONLY | os.O_CLOEXEC)
+
+    def put(self, digest: Digest, chunks: Iterable[bytes], size: int | None = None) -> Path:
+        """Verify ``chunks`` against ``digest`` and publish them; return the published path.
+
+        ``size`` is required for git blob ids (their hash starts with the size). Raises
+        ``DigestMismatch`` or ``SizeMismatch`` and leaves nothing behind when the content is
+        not what the digest says.
+        """
+        final = self.path_of(digest)
+        if final.is_file():
+            return final
+        hasher = digest.algorithm.new_hasher(size)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = final.parent / f"{_TEMP_PREFIX}{digest.hex}-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        published = False
+        try:
+            written = 0
+            with os.fdopen(fd, "wb", closefd=True) as out:
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    written += len(chunk)
+                out.flush()
+                if size is not None and written != size:
+                    raise SizeMismatch(digest, size, written)
+                actual = hasher.hexdigest()
+                if actual != digest.hex:
+                    raise DigestMismatch(digest, actual)
+                os.fchmod(out.fileno(), 0o444)
+                os.fsync(out.fileno())
+            os.rename(temp, final)
+            published = True
+            _fsync_directory(final.parent)
+            return final
+        finally:
+            if not published:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+
+    def put_bytes(self, digest: Digest, data: bytes) -> Path:
+        return self.put(digest, (data,), len(data))
+
+    def add_bytes(self, algorithm: Algorithm, data: bytes) -> Digest:
+        """Publish in-memory content under the digest computed from it."""
+        digest = digest_of(algorithm, data)
+        self.put_bytes(digest, data)
+        return digest
+
+    def sweep_temporaries(self, older_than_seconds: float = 3600.0) -> int:
+        """Remove temporaries left by writers that crashed; return how many were removed."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for temp in self.root.glob(f"*/*/{_TEMP_PREFIX}*"):
+            with contextlib.suppress(FileNotFoundError):
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+                    removed += 1
+        return removed
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,112 @@
+"""Get missing blobs into the CAS, coalescing concurrent misses.
+
+Two promises: one blob wanted by many readers at once is fetched once (they all wait on the
+same pending entry), and many blobs wanted at about the same moment go out as one fetch (the
+batcher waits a couple of milliseconds after the first miss, and while every fetch slot is
+busy new misses pile up into the next batch). The git protocol returns any number of blobs
+in one pack, so a batch costs one round trip however large it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from .errors import SourceError
+
+log = logging.getLogger(__name__)
+
+FetchBatch = Callable[[Sequence[str]], set[str]]
+"""Blocking: fetch these blob ids into the CAS; return the ids that were published."""
+Present = Callable[[str], bool]
+"""Blocking: is this blob already in the CAS?"""
+
+
+class BlobUnavailable(Exception):
+    """A blob could not be fetched; the message is one line for the log."""
+
+
+@dataclass
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    error: str | None = None
+
+
+class BlobFetcher:
+    def __init__(
+        self,
+        fetch_batch: FetchBatch,
+        present: Present,
+        *,
+        parallel_fetches: int = 4,
+        max_batch: int = 1000,
+        gather_seconds: float = 0.002,
+    ) -> None:
+        self._fetch_batch = fetch_batch
+        self._present = present
+        self._slots = trio.Semaphore(parallel_fetches)
+        self._threads = trio.CapacityLimiter(parallel_fetches)
+        self._max_batch = max_batch
+        self._gather_seconds = gather_seconds
+        self._pending: dict[str, _Pending] = {}
+        self._queue: list[str] = []
+        self._wakeup = trio.Event()
+
+    async def ensure(self, oids: Sequence[str]) -> None:
+        """Return when every blob in ``oids`` is in the CAS; raise ``BlobUnavailable`` if not.
+
+        Cancellation: safe; a cancelled caller leaves the fetch running for other waiters.
+        """
+        waits: list[tuple[str, _Pending]] = []
+        for oid in dict.fromkeys(oids):
+            pending = self._pending.get(oid)
+            if pending is None:
+                if await trio.to_thread.run_sync(self._present, oid):
+                    continue
+                pending = self._pending.get(oid)  # someone may have asked meanwhile
+            if pending is None:
+                pending = self._pending[oid] = _Pending()
+                self._queue.append(oid)
+                self._wakeup.set()
+            waits.append((oid, pending))
+        for oid, pending in waits:
+            await pending.done.wait()
+            if pending.error is not None:
+                raise BlobUnavailable(f"blob {oid}: {pending.error}")
+
+    async def run(self) -> None:
+        """The batching loop; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                if not self._queue:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                    await trio.sleep(self._gather_seconds)
+                await self._slots.acquire()
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                nursery.start_soon(self._fetch, batch)
+
+    async def _fetch(self, batch: list[str]) -> None:
+        error = "the server did not send it"
+        got: set[str] = set()
+        try:
+            got = await trio.to_thread.run_sync(
+                self._fetch_batch, batch, limiter=self._threads, abandon_on_cancel=True
+            )
+        except SourceError as exc:
+            error = str(exc)
+            log.error("fetching %d blob(s) failed: %s", len(batch), error)
+        except Exception:
+            error = "internal error (see the log)"
+            log.exception("fetching %d blob(s) failed", len(batch))
+        finally:
+            self._slots.release()
+        for oid in batch:
+            pending = self._pending.pop(oid)
+            if oid not in got:
+                pending.error = error
+            pending.done.set()

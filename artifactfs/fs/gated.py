@@ -1,0 +1,111 @@
+"""The kernel-facing layer: the ready gate in front of every user-facing operation, and the
+guarantee that a handler raises nothing but ``FUSEError``.
+
+User-facing operations wait on the gate; kernel lifecycle operations (init, forget, release,
+releasedir, flush, fsync, statfs) pass straight through, and so do ``getattr``, ``getxattr``
+and ``listxattr`` of the root inode, so that ``stat``/``mountpoint`` never hang and the
+``user.artifactfs.state``/``.error`` attributes can be read while preparing or failed.
+
+Any exception other than ``FUSEError`` escaping an operation would kill the mount (pyfuse3's
+rule), so it is logged with its traceback and answered with EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pyfuse3
+
+from .gate import ReadyGate
+
+log = logging.getLogger(__name__)
+
+_GATED = (
+    "lookup",
+    "opendir",
+    "readdir",
+    "open",
+    "read",
+    "readlink",
+    "access",
+    "create",
+    "write",
+    "mkdir",
+    "mknod",
+    "symlink",
+    "link",
+    "unlink",
+    "rmdir",
+    "rename",
+    "setattr",
+    "setxattr",
+    "removexattr",
+)
+_GATED_EXCEPT_ROOT = ("getattr", "getxattr", "listxattr")
+_PASSTHROUGH = ("release", "releasedir", "flush", "fsync", "fsyncdir", "statfs")
+
+
+async def _guarded(name: str, call: Awaitable[Any]) -> Any:
+    try:
+        return await call
+    except pyfuse3.FUSEError:
+        raise
+    except Exception:
+        log.exception("unexpected error in %s", name)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+
+
+def _gated(name: str) -> Callable[..., Awaitable[Any]]:
+    async def operation(self: GatedOperations, *args: Any) -> Any:
+        await self.gate.wait()
+        return await _guarded(name, getattr(self.inner, name)(*args))
+
+    operation.__name__ = name
+    return operation
+
+
+def _gated_except_root(name: str) -> Callable[..., Awaitable[Any]]:
+    async def operation(self: GatedOperations, inode: int, *args: Any) -> Any:
+        if inode != pyfuse3.ROOT_INODE:
+            await self.gate.wait()
+        return await _guarded(name, getattr(self.inner, name)(inode, *args))
+
+    operation.__name__ = name
+    return operation
+
+
+def _passthrough(name: str) -> Callable[..., Awaitable[Any]]:
+    async def operation(self: GatedOperations, *args: Any) -> Any:
+        return await _guarded(name, getattr(self.inner, name)(*args))
+
+    operation.__name__ = name
+    return operation
+
+
+class GatedOperations(pyfuse3.Operations):
+    """Wraps an operations object that never needs to know the gate exists."""
+
+    def __init__(self, inner: pyfuse3.Operations, gate: ReadyGate) -> None:
+        super().__init__()
+        self.inner = inner
+        self.gate = gate
+
+    def init(self) -> None:
+        self.inner.init()
+
+    async def forget(self, inode_list: Any) -> None:
+        try:
+            await self.inner.forget(inode_list)
+        except Exception:  # forget must not raise at all, not even FUSEError
+            log.exception("unexpected error in forget")
+
+
+for _name in _GATED:
+    setattr(GatedOperations, _name, _gated(_name))
+for _name in _GATED_EXCEPT_ROOT:
+    setattr(GatedOperations, _name, _gated_except_root(_name))
+for _name in _PASSTHROUGH:
+    setattr(GatedOperations, _name, _passthrough(_name))

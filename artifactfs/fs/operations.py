@@ -1,0 +1,248 @@
+"""Read-only FUSE operations over a prepared snapshot, with contents served from the CAS.
+
+These operations assume the snapshot is ready: ``GatedOperations`` guarantees it by waiting on
+the ready gate before calling them (only the root's ``getattr``, ``getxattr`` and
+``listxattr`` are called earlier). Contents are fetched on the first ``read`` of an open file,
+never by ``lookup``, ``readdir`` or ``open``; a read at or past the known end of a file
+fetches nothing.
+
+Lookup counts are exact: every entry returned by ``lookup`` or ``readdir`` adds one, every
+``forget`` removes what it says. Inodes are never freed (they are rows of an immutable
+snapshot), but the counts are kept for the refresh that will retire old snapshots.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from ..cas import ContentStore, Digest
+from ..fetching import BlobFetcher, BlobUnavailable
+from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
+from . import attributes, xattrs
+from .state import MountState
+
+log = logging.getLogger(__name__)
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+@dataclass
+class _OpenFile:
+    row: Row
+    fd: int | None = None
+    opening: trio.Lock = field(default_factory=trio.Lock)
+
+
+class SnapshotOperations(pyfuse3.Operations):
+    def __init__(self, state: MountState, cas: ContentStore, fetcher: BlobFetcher) -> None:
+        super().__init__()
+        self._state = state
+        self._cas = cas
+        self._fetcher = fetcher
+        self._io = trio.CapacityLimiter(16)
+        self._lookups: Counter[int] = Counter()
+        self._files: dict[int, _OpenFile] = {}
+        self._next_fh = 1
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @property
+    def _snapshot(self) -> SnapshotIndex:
+        snapshot = self._state.snapshot
+        if snapshot is None:  # the gate lets nobody here before prepare succeeded
+            raise pyfuse3.FUSEError(errno.EIO)
+        return snapshot
+
+    def _row(self, inode: int) -> Row:
+        row = self._snapshot.get(inode)
+        if row is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return row
+
+    def _digest(self, row: Row) -> Digest:
+        assert row.oid is not None
+        return Digest(self._state.blob_algorithm, row.oid)
+
+    def _attributes(self, row: Row) -> pyfuse3.EntryAttributes:
+        return attributes.for_row(row, self._snapshot.meta)
+
+    async def _with_known_size(self, row: Row) -> Row:
+        """``row`` with its size, fetching it and its unknown-size siblings in one batch.
+
+        Only servers without ``object-info`` leave sizes unknown; a directory listed with
+        ``ls -l`` then costs one fetch, not one per file.
+        """
+        if not attributes.size_unknown(row):
+            return row
+        siblings = self._snapshot.unknown_size_siblings(row)
+        try:
+            await self._fetcher.ensure([s.oid for s in siblings if s.oid])
+        except BlobUnavailable as exc:
+            log.error("cannot learn the size of %s: %s", row.inode, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+        def sizes() -> dict[int, int]:
+            found = {s.inode: self._cas.size_of(self._digest(s)) for s in siblings}
+            return {inode: size for inode, size in found.items() if size is not None}
+
+        self._snapshot.record_sizes(await trio.to_thread.run_sync(sizes, limiter=self._io))
+        return self._row(row.inode)
+
+    async def _open_blob(self, row: Row) -> int:
+        digest = self._digest(row)
+        try:
+            return await trio.to_thread.run_sync(self._cas.open_fd, digest, limiter=self._io)
+        except FileNotFoundError:
+            pass
+        try:
+            await self._fetcher.ensure([digest.hex])
+        except BlobUnavailable as exc:
+            log.error("read of inode %d failed: %s", row.inode, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        return await trio.to_thread.run_sync(self._cas.open_fd, digest, limiter=self._io)
+
+    async def _cached_bytes(self, row: Row) -> int:
+        if row.size == 0:
+            return 0
+        size = await trio.to_thread.run_sync(self._cas.size_of, self._digest(row), limiter=self._io)
+        return size or 0
+
+    # -- names and attributes ----------------------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        row = self._snapshot.lookup(parent_inode, name)
+        if row is None:
+            return attributes.negative_entry()
+        row = await self._with_known_size(row)
+        self._lookups[row.inode] += 1
+        return self._attributes(row)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self._state.snapshot is None and inode == ROOT_INODE:
+            return attributes.placeholder_root()
+        return self._attributes(await self._with_known_size(self._row(inode)))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            remaining = self._lookups[inode] - count
+            if remaining > 0:
+                self._lookups[inode] = remaining
+            else:
+                if remaining < 0:
+                    log.warning("forget(%d, %d) below zero lookups", inode, count)
+                del self._lookups[inode]
+
+    def lookup_count(self, inode: int) -> int:
+        return self._lookups[inode]
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        row = self._row(inode)
+        if row.kind is not Kind.SYMLINK or row.target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return row.target
+
+    # -- directories ---------------------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if not self._row(inode).kind.is_directory:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """List ``.``, ``..`` and the children; offsets are 1, 2 and child inode + 2.
+
+        ``.`` and ``..`` take no lookup reference (the kernel never forgets them); every child
+        the kernel accepted does.
+        """
+        directory = self._row(fh)
+        dots = ((b".", directory), (b"..", self._row(directory.parent)))
+        for offset, (name, row) in enumerate(dots, start=1):
+            if start_id < offset and not pyfuse3.readdir_reply(
+                token, name, self._attributes(row), offset
+            ):
+                return
+        after = max(start_id - 2, 0)
+        while True:
+            children = self._snapshot.children(directory, after_inode=after, limit=256)
+            if not children:
+                return
+            for child in children:
+                attrs = self._attributes(child)
+                if not pyfuse3.readdir_reply(token, child.name, attrs, child.inode + 2):
+                    return
+                self._lookups[child.inode] += 1
+                after = child.inode
+
+    async def releasedir(self, fh: int) -> None:
+        pass
+
+    # -- files ---------------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        row = self._row(inode)
+        if row.kind.is_directory:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if row.kind is not Kind.FILE and row.kind is not Kind.EXECUTABLE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if flags & _WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._files[fh] = _OpenFile(row)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._files.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        known = handle.row.size
+        if known is not None and off >= known:
+            return b""
+        if handle.fd is None:
+            async with handle.opening:
+                if handle.fd is None:
+                    handle.fd = await self._open_blob(handle.row)
+        return await trio.to_thread.run_sync(os.pread, handle.fd, size, off, limiter=self._io)
+
+    async def release(self, fh: int) -> None:
+        handle = self._files.pop(fh, None)
+        if handle is not None and handle.fd is not None:
+            os.close(handle.fd)
+
+    # -- extended attributes ---------------------------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode == ROOT_INODE:
+            value = xattrs.root_values(self._state).get(name)
+        else:
+            value = await xattrs.entry_value(self._row(inode), name, self._cached_bytes)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        if inode == ROOT_INODE:
+            return list(xattrs.root_values(self._state))
+        return xattrs.entry_names(self._row(inode))
+
+    # -- the file system -------------------------------------------------------------------------
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_namemax = 255
+        snapshot = self._state.snapshot
+        if snapshot is not None:
+            data.f_blocks = (snapshot.meta.total_size + 4095) // 4096
+            data.f_files = snapshot.meta.files
+        return data

@@ -1,0 +1,60 @@
+"""Extended attributes that let people and tools see what a mount is doing.
+
+On the root: ``user.artifactfs.state`` (``preparing|ready|failed``), ``.error`` when failed,
+``.source`` (credentials redacted), ``.ref``, ``.commit`` and ``.files`` once ready, and
+``.bytes_fetched`` (bytes received from the origin by this mount). On entries with an object:
+``user.artifactfs.oid``; on files also ``user.artifactfs.cached`` (bytes present locally).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..snapshot import Row
+from .gate import GateState
+from .state import MountState
+
+PREFIX = b"user.artifactfs."
+STATE = PREFIX + b"state"
+ERROR = PREFIX + b"error"
+SOURCE = PREFIX + b"source"
+REF = PREFIX + b"ref"
+COMMIT = PREFIX + b"commit"
+FILES = PREFIX + b"files"
+BYTES_FETCHED = PREFIX + b"bytes_fetched"
+OID = PREFIX + b"oid"
+CACHED = PREFIX + b"cached"
+
+
+def root_values(state: MountState) -> dict[bytes, bytes]:
+    values = {
+        STATE: state.gate.state.value.encode(),
+        SOURCE: state.source_display.encode(),
+        REF: (state.ref or "HEAD").encode(),
+        BYTES_FETCHED: str(state.counters.bytes_received).encode(),
+    }
+    if state.gate.state is GateState.FAILED:
+        values[ERROR] = (state.gate.error or "unknown error").encode()
+    if state.gate.state is GateState.READY and state.snapshot is not None:
+        values[COMMIT] = state.snapshot.meta.commit.encode()
+        values[FILES] = str(state.snapshot.meta.files).encode()
+    return values
+
+
+def entry_names(row: Row) -> list[bytes]:
+    names = []
+    if row.oid is not None:
+        names.append(OID)
+    if row.kind.has_blob:
+        names.append(CACHED)
+    return names
+
+
+async def entry_value(
+    row: Row, name: bytes, cached_bytes: Callable[[Row], Awaitable[int]]
+) -> bytes | None:
+    if name == OID and row.oid is not None:
+        return row.oid.encode()
+    if name == CACHED and row.kind.has_blob:
+        return str(await cached_bytes(row)).encode()
+    return None

@@ -1,0 +1,1 @@
+"""One mount worker: pyfuse3 and trio serving a snapshot at a mount point."""

@@ -1,0 +1,106 @@
+"""Mount points: what the kernel's mount table says, checks before mounting, and clean-up.
+
+A mount point left behind by a killed worker answers ``ENOTCONN``; the next mount on that
+path removes it first (``fusermount3 -u -z``), so a crash never leaves a path unusable.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+FS_TYPE = "fuse.artifactfs"
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mountpoint: Path
+    fs_type: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    """Undo the octal escapes (``\\040`` for space, ...) of /proc/self/mountinfo."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_table() -> list[MountEntry]:
+    entries = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) >= 5 and len(tail) >= 2:
+                entries.append(MountEntry(Path(_unescape(fields[4])), tail[0], _unescape(tail[1])))
+    return entries
+
+
+def mount_at(path: Path) -> MountEntry | None:
+    """The topmost mount whose mount point is exactly ``path``."""
+    found = None
+    for entry in mount_table():
+        if entry.mountpoint == path:
+            found = entry
+    return found
+
+
+def detach(path: Path, lazy: bool = True) -> None:
+    """Unmount a FUSE mount (as root or as the user who mounted it); raise UserError if not."""
+    command = ["fusermount3", "-u", "-q"] + (["-z"] if lazy else []) + ["--", str(path)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
+    except FileNotFoundError:
+        raise UserError("fusermount3 is not installed (Debian: apt-get install fuse3)") from None
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
+        raise UserError(f"cannot unmount {path}: {reason.removeprefix('fusermount3: ')}")
+
+
+def is_stale(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def check_mountpoint(text: str) -> Path:
+    """Validate a mount point for a new mount, removing a stale mount left there first."""
+    path = Path(os.path.realpath(text))
+    if is_stale(path):
+        log.warning("removing stale mount at %s (its process is gone)", path)
+        detach(path, lazy=True)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"mount point {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"mount point {path}: {exc.strerror}") from None
+    if mount_at(path) is not None:
+        raise UserError(f"{path} is already a mount point")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"mount point {path} is not a directory")
+    try:
+        with os.scandir(path) as entries:
+            if next(entries, None) is not None:
+                raise UserError(f"mount point {path} is not empty")
+    except PermissionError:
+        raise UserError(f"mount point {path} is not readable") from None
+    return path

@@ -1,0 +1,103 @@
+"""Receive a pack from a git server into an unnamed temporary file and read its objects.
+
+We never have objects to offer (every fetch starts from nothing we claim to own), and we ask
+for non-thin packs, so every delta in a received pack resolves within it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from dulwich.client import GitClient
+from dulwich.object_format import get_object_format
+from dulwich.objects import ObjectID, ShaFile
+from dulwich.pack import PackData, PackInflater
+from dulwich.refs import Ref
+
+WantsFn = Callable[[Mapping[bytes, bytes]], list[bytes]]
+"""Given the refs the server listed, the object ids to fetch (empty: fetch nothing)."""
+
+
+class _NothingToOffer:
+    """A graph walker with no ``have`` lines: we hold no objects the server should know of."""
+
+    shallow: set[ObjectID] = set()
+
+    def __next__(self) -> None:
+        return None
+
+    def ack(self, sha: ObjectID, /) -> None:
+        pass
+
+    def nak(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ReceivedPack:
+    file: IO[bytes]
+    """The pack data, positioned at its start; empty when nothing was wanted."""
+    object_format: str
+    """``sha1`` or ``sha256``, as the server announced it."""
+
+
+@contextmanager
+def received_pack(
+    client: GitClient,
+    path: str,
+    determine_wants: WantsFn,
+    temp_dir: Path,
+    on_bytes: Callable[[int], None],
+    *,
+    depth: int | None = None,
+    filter_spec: bytes | None = None,
+    ref_prefix: Sequence[bytes] | None = None,
+) -> Iterator[ReceivedPack]:
+    """Fetch a pack into a temporary file and yield it with the repository's object format.
+
+    The file is unlinked from the start, so a crash leaves nothing behind.
+    """
+    with tempfile.TemporaryFile(dir=temp_dir, prefix="pack-") as out:
+
+        def write(data: bytes) -> int:
+            on_bytes(len(data))
+            return out.write(data)
+
+        def wants(refs: Mapping[Ref, ObjectID], depth: int | None = None) -> list[ObjectID]:
+            listed = {bytes(name): bytes(oid) for name, oid in refs.items()}
+            return [ObjectID(oid) for oid in determine_wants(listed)]
+
+        result = client.fetch_pack(
+            path,
+            wants,
+            _NothingToOffer(),
+            write,
+            depth=depth,
+            filter_spec=filter_spec,
+            ref_prefix=ref_prefix,
+            protocol_version=2,
+        )
+        out.flush()
+        out.seek(0)
+        object_format = result.object_format or "sha1"
+        if object_format not in ("sha1", "sha256"):
+            raise ValueError(f"unsupported object format {object_format[:20]!r}")
+        yield ReceivedPack(out, object_format)
+
+
+def iter_objects(pack: IO[bytes], object_format: str) -> Iterator[ShaFile]:
+    """Every object of a received pack, deltas resolved (blocking, memory per object)."""
+    pack.seek(0, 2)
+    if pack.tell() == 0:
+        return
+    pack.seek(0)
+    data = PackData.from_file(pack, get_object_format(object_format))
+    try:
+        yield from PackInflater.for_pack_data(data)
+    finally:
+        data.close()

@@ -1,0 +1,73 @@
+"""Build dulwich clients for a source, and turn their failures into one readable line.
+
+Every remote call is blocking and runs in a worker thread. Local repositories are served by
+``git upload-pack`` in a subprocess (not dulwich's in-process client) so that every transport
+speaks the same protocol v2 with blob filters and ``object-info``: the subprocess gets them
+through ``GIT_PROTOCOL`` and ``-c`` settings, whatever the repository's own configuration.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from dulwich.client import GitClient, HTTPUnauthorized, SubprocessGitClient, get_transport_and_path
+from dulwich.errors import GitProtocolError, HangupException
+
+from ..spec import GitSourceSpec
+
+_LOCAL_UPLOAD_PACK = [
+    "env",
+    "GIT_PROTOCOL=version=2",
+    "git",
+    "-c",
+    "uploadpack.allowFilter=true",
+    "-c",
+    "uploadpack.allowAnySHA1InWant=true",
+    "-c",
+    "transfer.advertiseObjectInfo=true",
+]
+
+
+class LocalUploadPackClient(SubprocessGitClient):
+    """``git upload-pack`` on a local repository, speaking protocol v2 with filters enabled."""
+
+    git_command = _LOCAL_UPLOAD_PACK
+
+
+def open_client(spec: GitSourceSpec) -> tuple[GitClient, str]:
+    """A fresh client (dulwich clients keep per-connection state) and the remote path."""
+    if spec.transport == "file":
+        return LocalUploadPackClient(thin_packs=False, quiet=True), spec.url
+    client, path = get_transport_and_path(spec.url, thin_packs=False, quiet=True)
+    return client, path
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for a failed remote call, without credentials or tracebacks."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host ({exc.strerror})"
+    if isinstance(exc, TimeoutError):
+        return "timed out waiting for the server"
+    if isinstance(exc, HTTPUnauthorized):
+        return "authentication required or refused by the server"
+    if isinstance(exc, HangupException):
+        lines = [_clean(line) for line in (exc.stderr_lines or []) if line.strip()]
+        detail = "; ".join(lines) if lines else "does the repository exist?"
+        return f"the server closed the connection ({detail})"
+    if isinstance(exc, GitProtocolError):
+        return f"git protocol error: {_first_line(str(exc))}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"{type(exc).__name__}: {_first_line(str(exc))}"
+
+
+def _clean(line: Any) -> str:
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
+    return text.strip().removeprefix("fatal: ")[:200]
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:300]
