@@ -1,0 +1,123 @@
+"""Start ``artifactfs mount`` as a real process on a real mount point, and always clean up.
+
+The mounter runs in the foreground as a subprocess. We wait for the mount with a deadline while
+checking the process is alive, and in ``finally`` we unmount (``fusermount3 -u``, then ``-z``)
+and stop the process (SIGTERM, then SIGKILL): no test leaves a mount or a process behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import xattr
+
+from .waiting import wait_for
+
+
+def run_cli(*args: str, home: Path, timeout: float = 60, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ARTIFACTFS_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "artifactfs", *args],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False, **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as table:
+        return any(line.split()[4] == target for line in table)
+
+
+def is_stale(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def force_unmount(path: Path) -> None:
+    for flags in (["-u"], ["-u", "-z"]):
+        if not is_mounted(path):
+            return
+        subprocess.run(["fusermount3", *flags, "-q", str(path)], capture_output=True, check=False)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@dataclass
+class Mount:
+    path: Path
+    process: subprocess.Popen[bytes]
+    stderr_file: Path
+    home: Path
+
+    def xattr(self, name: str, path: Path | None = None) -> str:
+        return xattr.getxattr(str(path or self.path), f"user.artifactfs.{name}").decode()
+
+    def state(self) -> str:
+        return self.xattr("state")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        wait_for(lambda: self.state() != "preparing", timeout, "prepare", while_alive=self.check_alive)
+        assert self.state() == "ready", f"prepare failed: {self.xattr('error')}\n{self.stderr()}"
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"artifactfs mount exited with {self.process.returncode}:\n{self.stderr()}"
+            )
+
+    def stderr(self) -> str:
+        return self.stderr_file.read_text(errors="replace")
+
+    def log(self) -> str:
+        logs = sorted((self.home / "run" / "logs").glob("*.log"))
+        return "".join(p.read_text(errors="replace") for p in logs)
+
+
+@contextmanager
+def mounted(
+    source: str,
+    mountpoint: Path,
+    home: Path,
+    *args: str,
+    ready: bool = True,
+    env: dict[str, str] | None = None,
+) -> Iterator[Mount]:
+    """Mount ``source`` at ``mountpoint`` for the duration of the block."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    stderr_file = mountpoint.parent / f"{mountpoint.name}.stderr"
+    full_env = {**os.environ, "ARTIFACTFS_HOME": str(home), **(env or {})}
+    with open(stderr_file, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "artifactfs", "mount", source, str(mountpoint), *args],
+            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=full_env,
+        )
+    mount = Mount(mountpoint, process, stderr_file, home)
+    try:
+        wait_for(lambda: is_mounted(mountpoint), 20, f"mount at {mountpoint}",
+                 while_alive=mount.check_alive)
+        if ready:
+            mount.wait_ready()
+        yield mount
+    finally:
+        with suppress(Exception):
+            force_unmount(mountpoint)
+        stop_process(process)
+        force_unmount(mountpoint)

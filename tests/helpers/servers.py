@@ -1,0 +1,213 @@
+"""Real git servers on 127.0.0.1: ``git daemon``, ``git http-backend`` behind a small HTTP
+server, and a TCP proxy that can hold connections (a stalled server) until released."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from .ports import accepts_connections, free_port
+from .waiting import wait_for
+
+
+class GitDaemon:
+    """``git daemon`` exporting every repository under ``base``; packets traced to a file."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.trace = base.parent / f"{base.name}-packets.trace"
+        self.port = free_port()
+        env = {**os.environ, "GIT_TRACE_PACKET": str(self.trace)}
+        self._log = open(base.parent / f"{base.name}-daemon.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                "git", "daemon", "--reuseaddr", "--export-all", "--informative-errors",
+                f"--base-path={base}", "--listen=127.0.0.1", f"--port={self.port}", str(base),
+            ],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: accepts_connections(self.port), 10, "git daemon to listen",
+                 while_alive=self._alive)
+
+    def _alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"git daemon exited with {self.process.returncode}")
+
+    def url(self, name: str, port: int | None = None) -> str:
+        return f"git://127.0.0.1:{port or self.port}/{name}"
+
+    def packets(self) -> list[str]:
+        """Every pkt-line upload-pack received so far, as text."""
+        if not self.trace.exists():
+            return []
+        lines = self.trace.read_text(errors="replace").splitlines()
+        return [m[1] for line in lines if (m := re.search(r"upload-pack< (.*)$", line))]
+
+    def wanted(self) -> list[str]:
+        """Object ids clients asked for with ``want``, in order, duplicates kept."""
+        return [p.split()[1] for p in self.packets() if p.startswith("want ")]
+
+    def fetch_commands(self) -> int:
+        return sum(1 for p in self.packets() if p == "command=fetch")
+
+    def clear_trace(self) -> None:
+        self.trace.write_bytes(b"")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+class StallingProxy:
+    """Forwards TCP connections to ``upstream_port``; while held, accepted connections wait.
+
+    Stands for a server that accepts a connection and then answers nothing, until released.
+    """
+
+    def __init__(self, upstream_port: int, held: bool = True) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.accepted = 0
+        self._released = threading.Event()
+        if not held:
+            self._released.set()
+        self._closing = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._sockets: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _accept_loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._sockets.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        self._released.wait()
+        if self._closing.is_set():
+            return
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        except OSError:
+            client.close()
+            return
+        self._sockets.append(upstream)
+        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+        _pump(client, upstream)
+
+    def stop(self) -> None:
+        self._closing.set()
+        self._released.set()
+        self._listener.close()
+        for sock in self._sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+class HttpGitServer:
+    """Smart HTTP: ``git http-backend`` as a CGI program behind a threaded HTTP server."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server._cgi(self)
+
+            def do_POST(self) -> None:
+                server._cgi(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._http.server_address[1])
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def _cgi(self, handler: BaseHTTPRequestHandler) -> None:
+        path, _, query = handler.path.partition("?")
+        self.requests.append(f"{handler.command} {handler.path}")
+        body = _read_body(handler)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "GIT_PROJECT_ROOT": str(self.base),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "REQUEST_METHOD": handler.command,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "CONTENT_TYPE": handler.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_ADDR": "127.0.0.1",
+            "GIT_PROTOCOL": handler.headers.get("Git-Protocol", ""),
+            "HTTP_CONTENT_ENCODING": handler.headers.get("Content-Encoding", ""),
+        }
+        result = subprocess.run(
+            ["git", "http-backend"], input=body, capture_output=True, env=env, check=False
+        )
+        head, _, payload = result.stdout.partition(b"\r\n\r\n")
+        status = 200
+        headers = []
+        for line in head.split(b"\r\n"):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name:
+                headers.append((name, value.strip()))
+        handler.send_response(status)
+        for name, value in headers:
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0], 16)
+            if size == 0:
+                handler.rfile.readline()
+                return b"".join(chunks)
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
