@@ -9,17 +9,16 @@ defence any ``scheme://user:secret@`` in a message is masked.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from pathlib import Path
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+from .redact import mask_userinfo
 
 
 class _MaskCredentials(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = _USERINFO.sub(r"\g<scheme>***@", message)
+        masked = mask_userinfo(message)
         if masked != message:
             record.msg, record.args = masked, None
         return True
@@ -47,4 +46,4 @@ def configure(log_file: Path | None, verbosity: int) -> None:
         root.addHandler(to_file)
     # third-party chatter stays out of stderr unless debugging
     for noisy in ("dulwich", "urllib3", "pyfuse3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity >= 2 else logging.ERROR)

@@ -15,7 +15,6 @@ from tests.conftest import BIG
 from tests.helpers.gitrepos import Repo, git, make_repo
 from tests.helpers.mounts import is_mounted, mounted, run_cli
 from tests.helpers.servers import GitDaemon
-from tests.helpers.waiting import wait_for
 
 
 def tree_listing(repo: Repo, commit: str | None = None) -> dict[str, tuple[str, str]]:
@@ -34,7 +33,8 @@ def test_every_entry_matches_git(daemon: GitDaemon, sample: Repo, mnt: Path, hom
     with mounted(daemon.url("sample.git"), mnt, home):
         found = subprocess.run(
             ["find", str(mnt), "-mindepth", "1", "-printf", "%P\\0"],
-            capture_output=True, check=True,
+            capture_output=True,
+            check=True,
         ).stdout
         listed = sorted(p.decode() for p in found.split(b"\0") if p)
         expected = tree_listing(sample)
@@ -79,7 +79,9 @@ def test_listing_fetches_no_contents_and_cat_fetches_once(
         assert os.stat(big).st_size == len(BIG)
         assert mount.xattr("cached", big) == "0"
         assert mount.xattr("oid", big) == big_oid
-        symlink_blobs = {sample.blob_id(f"links/{n}") for n in ("to-readme", "to-dir", "dangling", "absolute")}
+        symlink_blobs = {
+            sample.blob_id(f"links/{n}") for n in ("to-readme", "to-dir", "dangling", "absolute")
+        }
         assert set(daemon.wanted()) - {sample.commit} == symlink_blobs
 
         assert big.read_bytes() == BIG
@@ -125,7 +127,9 @@ def test_every_way_of_stopping_is_clean(
         assert "Traceback" not in mount.stderr()
 
 
-def test_refs_branches_tags_and_commits(daemon: GitDaemon, repos: Path, mnt: Path, home: Path) -> None:
+def test_refs_branches_tags_and_commits(
+    daemon: GitDaemon, repos: Path, mnt: Path, home: Path
+) -> None:
     repo = make_repo(repos, "refs.git", {"version.txt": b"one\n"})
     first = repo.commit
     git("tag", "v1", first, cwd=repo.path)
@@ -136,8 +140,13 @@ def test_refs_branches_tags_and_commits(daemon: GitDaemon, repos: Path, mnt: Pat
     git("commit", "-q", "-am", "two", cwd=work)
     git("push", "-q", "origin", "HEAD:main", "HEAD:refs/heads/other", cwd=work)
     for ref, expected in [
-        (None, b"two\n"), ("main", b"two\n"), ("other", b"two\n"), ("v1", b"one\n"),
-        ("v1-annotated", b"one\n"), ("refs/tags/v1", b"one\n"), (first, b"one\n"),
+        (None, b"two\n"),
+        ("main", b"two\n"),
+        ("other", b"two\n"),
+        ("v1", b"one\n"),
+        ("v1-annotated", b"one\n"),
+        ("refs/tags/v1", b"one\n"),
+        (first, b"one\n"),
     ]:
         args = ("--ref", ref) if ref else ()
         with mounted(daemon.url("refs.git"), mnt, home, *args) as mount:

@@ -74,8 +74,13 @@ def detach(path: Path, lazy: bool = True) -> None:
 
 
 def is_stale(path: Path) -> bool:
+    """True if ``path`` is a FUSE mount whose process is gone.
+
+    ``statfs`` always reaches the file system process (``stat`` may be answered from the
+    kernel's attribute cache), so it is the probe that tells a dead mount from a live one.
+    """
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False

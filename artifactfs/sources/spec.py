@@ -14,6 +14,7 @@ from typing import Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from ..errors import UserError
+from ..redact import mask_userinfo
 
 GitTransport = Literal["git", "http", "https", "ssh", "file"]
 
@@ -48,7 +49,11 @@ def redact_url(url: str) -> str:
     match = _URL.match(url)
     if not match:
         return url
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:  # malformed: mask anything that looks like userinfo
+        return mask_userinfo(url)
     if parts.password is None and not (parts.username and match["scheme"] in ("http", "https")):
         return url
     user = parts.username or ""

@@ -67,15 +67,14 @@ class Repo:
         return tarfile.open(fileobj=io.BytesIO(data))
 
 
-def serve_config(bare: Path, object_info: bool = True) -> None:
+def serve_config(bare: Path) -> None:
+    """What a server needs for lazy clients (git 2.39 advertises object-info regardless)."""
     git("config", "uploadpack.allowFilter", "true", cwd=bare)
     git("config", "uploadpack.allowAnySHA1InWant", "true", cwd=bare)
-    git("config", "transfer.advertiseObjectInfo", "true" if object_info else "false", cwd=bare)
+    git("config", "transfer.advertiseObjectInfo", "true", cwd=bare)
 
 
-def make_repo(
-    base: Path, name: str, files: dict[str, Content], *, object_info: bool = True
-) -> Repo:
+def make_repo(base: Path, name: str, files: dict[str, Content]) -> Repo:
     """A bare repository ``base/name`` whose one commit holds ``files``."""
     work = base / f".work-{name}"
     git("init", "-q", "-b", "main", str(work))
@@ -87,7 +86,7 @@ def make_repo(
     git("commit", "-q", "--allow-empty", "-m", "initial", cwd=work)
     bare = base / name
     git("clone", "-q", "--bare", "--no-local", str(work), str(bare))
-    serve_config(bare, object_info)
+    serve_config(bare)
     return Repo(bare, git("rev-parse", "HEAD", cwd=bare).decode().strip())
 
 

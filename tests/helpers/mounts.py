@@ -21,11 +21,18 @@ import xattr
 from .waiting import wait_for
 
 
-def run_cli(*args: str, home: Path, timeout: float = 60, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, home: Path, timeout: float = 60, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ARTIFACTFS_HOME": str(home)}
     return subprocess.run(
         [sys.executable, "-m", "artifactfs", *args],
-        capture_output=True, text=True, env=env, timeout=timeout, check=False, **kwargs,  # type: ignore[arg-type]
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -37,7 +44,7 @@ def is_mounted(path: Path) -> bool:
 
 def is_stale(path: Path) -> bool:
     try:
-        os.stat(path)
+        os.statvfs(path)  # stat may be served from the kernel's cache; statfs never is
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
@@ -74,7 +81,9 @@ class Mount:
         return self.xattr("state")
 
     def wait_ready(self, timeout: float = 30) -> None:
-        wait_for(lambda: self.state() != "preparing", timeout, "prepare", while_alive=self.check_alive)
+        wait_for(
+            lambda: self.state() != "preparing", timeout, "prepare", while_alive=self.check_alive
+        )
         assert self.state() == "ready", f"prepare failed: {self.xattr('error')}\n{self.stderr()}"
 
     def check_alive(self) -> None:
@@ -107,12 +116,19 @@ def mounted(
     with open(stderr_file, "wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "artifactfs", "mount", source, str(mountpoint), *args],
-            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            env=full_env,
         )
     mount = Mount(mountpoint, process, stderr_file, home)
     try:
-        wait_for(lambda: is_mounted(mountpoint), 20, f"mount at {mountpoint}",
-                 while_alive=mount.check_alive)
+        wait_for(
+            lambda: is_mounted(mountpoint) and not is_stale(mountpoint),
+            20,
+            f"mount at {mountpoint}",
+            while_alive=mount.check_alive,
+        )
         if ready:
             mount.wait_ready()
         yield mount

@@ -3,6 +3,7 @@ server, and a TCP proxy that can hold connections (a stalled server) until relea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -18,21 +19,34 @@ from .waiting import wait_for
 class GitDaemon:
     """``git daemon`` exporting every repository under ``base``; packets traced to a file."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, port: int | None = None) -> None:
         self.base = base
         self.trace = base.parent / f"{base.name}-packets.trace"
-        self.port = free_port()
+        self.port = port or free_port()
         env = {**os.environ, "GIT_TRACE_PACKET": str(self.trace)}
         self._log = open(base.parent / f"{base.name}-daemon.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
-                "git", "daemon", "--reuseaddr", "--export-all", "--informative-errors",
-                f"--base-path={base}", "--listen=127.0.0.1", f"--port={self.port}", str(base),
+                "git",
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--informative-errors",
+                f"--base-path={base}",
+                "--listen=127.0.0.1",
+                f"--port={self.port}",
+                str(base),
             ],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: accepts_connections(self.port), 10, "git daemon to listen",
-                 while_alive=self._alive)
+        wait_for(
+            lambda: accepts_connections(self.port),
+            10,
+            "git daemon to listen",
+            while_alive=self._alive,
+        )
 
     def _alive(self) -> None:
         if self.process.poll() is not None:
@@ -68,14 +82,20 @@ class GitDaemon:
         self._log.close()
 
 
-class StallingProxy:
-    """Forwards TCP connections to ``upstream_port``; while held, accepted connections wait.
+class GitProxy:
+    """Forwards TCP connections to a git daemon on ``upstream_port``.
 
-    Stands for a server that accepts a connection and then answers nothing, until released.
+    While ``held``, accepted connections wait: a server that accepts a connection and then
+    answers nothing, until released. ``hide_capability`` removes one capability from the
+    protocol v2 advertisement: a server that does not offer it (git 2.39 cannot be configured
+    to stop advertising ``object-info``).
     """
 
-    def __init__(self, upstream_port: int, held: bool = True) -> None:
+    def __init__(
+        self, upstream_port: int, held: bool = False, hide_capability: bytes | None = None
+    ) -> None:
         self.upstream_port = upstream_port
+        self.hide_capability = hide_capability
         self.port = free_port()
         self.accepted = 0
         self._released = threading.Event()
@@ -110,18 +130,46 @@ class StallingProxy:
             client.close()
             return
         self._sockets.append(upstream)
-        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+        threading.Thread(target=self._downstream, args=(upstream, client), daemon=True).start()
         _pump(client, upstream)
+
+    def _downstream(self, upstream: socket.socket, client: socket.socket) -> None:
+        if self.hide_capability is not None:
+            try:
+                client.sendall(_filtered_advertisement(upstream, self.hide_capability))
+            except OSError:
+                return
+        _pump(upstream, client)
 
     def stop(self) -> None:
         self._closing.set()
         self._released.set()
         self._listener.close()
         for sock in self._sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
+
+
+def _read_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise OSError("connection closed")
+        data += chunk
+    return data
+
+
+def _filtered_advertisement(upstream: socket.socket, hidden: bytes) -> bytes:
+    """Read pkt-lines up to the first flush, dropping the ``hidden`` capability."""
+    out = b""
+    while True:
+        length = _read_exactly(upstream, 4)
+        if length == b"0000":
+            return out + length
+        payload = _read_exactly(upstream, int(length, 16) - 4)
+        if payload.strip() != hidden:
+            out += length + payload
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -136,8 +184,9 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
 class HttpGitServer:
     """Smart HTTP: ``git http-backend`` as a CGI program behind a threaded HTTP server."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, protocol_v2: bool = True) -> None:
         self.base = base
+        self.protocol_v2 = protocol_v2
         self.requests: list[str] = []
         server = self
 
@@ -173,7 +222,7 @@ class HttpGitServer:
             "CONTENT_TYPE": handler.headers.get("Content-Type", ""),
             "CONTENT_LENGTH": str(len(body)),
             "REMOTE_ADDR": "127.0.0.1",
-            "GIT_PROTOCOL": handler.headers.get("Git-Protocol", ""),
+            "GIT_PROTOCOL": handler.headers.get("Git-Protocol", "") if self.protocol_v2 else "",
             "HTTP_CONTENT_ENCODING": handler.headers.get("Content-Encoding", ""),
         }
         result = subprocess.run(

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dulwich.objects import Commit, Tag, Tree
+from dulwich.objects import Blob, Commit, Tag, Tree
 
 from ...cas import ContentStore, Digest
 from ...cas.digests import git_blob_algorithm
@@ -28,7 +28,7 @@ from ...snapshot.index import DirectoryListing, snapshot_path, write_snapshot
 from ..spec import GitSourceSpec
 from . import object_info
 from .packs import iter_objects, received_pack
-from .transport import describe_failure, open_client
+from .transport import REMOTE_FAILURES, describe_failure, open_client
 from .trees import CommitTrees, TreeChild, index_trees
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,7 @@ class GitSource:
         """Resolve the ref and make sure its snapshot exists on disk (blocking)."""
         try:
             return self._prepare(snapshots_dir, cas)
-        except SourceError:
-            raise
-        except Exception as exc:
+        except REMOTE_FAILURES as exc:
             raise SourceError(describe_failure(exc)) from exc
 
     def _prepare(self, snapshots_dir: Path, cas: ContentStore) -> PreparedSnapshot:
@@ -129,6 +127,7 @@ class GitSource:
         raw_trees: dict[str, bytes] = {}
         commits: dict[str, Commit] = {}
         tags: dict[str, Tag] = {}
+        known_sizes: dict[str, int] = {}
         object_format = "sha1"
         with received_pack(
             client,
@@ -148,6 +147,14 @@ class GitSource:
                     commits[obj.id.decode("ascii")] = obj
                 elif isinstance(obj, Tag):
                     tags[obj.id.decode("ascii")] = obj
+                elif isinstance(obj, Blob):  # a server that ignored the filter (protocol v0)
+                    data = obj.as_raw_string()
+                    digest = cas.add_bytes(git_blob_algorithm(object_format), data)
+                    known_sizes[digest.hex] = len(data)
+        if known_sizes:
+            log.info(
+                "%s ignored the blob filter: kept %d blobs it sent", self.display, len(known_sizes)
+            )
         self.object_format = object_format
         existing = snapshot_path(snapshots_dir, tip[0])
         if existing.exists():
@@ -157,7 +164,7 @@ class GitSource:
         commit_id = commit.id.decode("ascii")
         final = snapshot_path(snapshots_dir, commit_id)
         if not final.exists():
-            self._write_snapshot(final, commit, raw_trees, object_format, cas)
+            self._write_snapshot(final, commit, raw_trees, known_sizes, object_format, cas)
         return PreparedSnapshot(final, commit_id, object_format)
 
     def _write_snapshot(
@@ -165,17 +172,24 @@ class GitSource:
         final: Path,
         commit: Commit,
         raw_trees: dict[str, bytes],
+        known_sizes: dict[str, int],
         object_format: str,
         cas: ContentStore,
     ) -> None:
         oid_length = 20 if object_format == "sha1" else 32
         trees = index_trees(commit.tree.decode("ascii"), raw_trees, oid_length)
         blob_paths = trees.blobs((Kind.FILE, Kind.EXECUTABLE, Kind.SYMLINK))
-        client, path = open_client(self.spec)
-        sizes = object_info.query_sizes(client, path, sorted(blob_paths))
-        if sizes is None:
-            log.info("%s does not offer object-info: sizes will be learned on demand", self.display)
-            sizes = {}
+        sizes = dict(known_sizes)
+        unknown = sorted(oid for oid in blob_paths if oid not in sizes)
+        if unknown:
+            client, path = open_client(self.spec)
+            answered = object_info.query_sizes(client, path, unknown)
+            if answered is None:
+                log.info(
+                    "%s does not offer object-info: sizes will be learned on demand", self.display
+                )
+            else:
+                sizes.update(answered)
         targets = self._symlink_targets(trees, sizes, cas)
 
         def list_directory(tree_id: str) -> DirectoryListing[str]:
@@ -239,9 +253,7 @@ class GitSource:
         """Fetch blobs by id in one pack; publish each to the CAS; return the ids published."""
         try:
             return self._fetch_blobs(oids, cas)
-        except SourceError:
-            raise
-        except Exception as exc:
+        except REMOTE_FAILURES as exc:
             raise SourceError(describe_failure(exc)) from exc
 
     def _fetch_blobs(self, oids: Sequence[str], cas: ContentStore) -> set[str]:

@@ -12,8 +12,17 @@ import socket
 from typing import Any
 
 from dulwich.client import GitClient, HTTPUnauthorized, SubprocessGitClient, get_transport_and_path
-from dulwich.errors import GitProtocolError, HangupException
+from dulwich.errors import (
+    ApplyDeltaError,
+    ChecksumMismatch,
+    FileFormatException,
+    GitProtocolError,
+    HangupException,
+    WrongObjectException,
+)
+from urllib3.exceptions import HTTPError
 
+from ...redact import mask_userinfo
 from ..spec import GitSourceSpec
 
 _LOCAL_UPLOAD_PACK = [
@@ -35,6 +44,20 @@ class LocalUploadPackClient(SubprocessGitClient):
     git_command = _LOCAL_UPLOAD_PACK
 
 
+REMOTE_FAILURES = (
+    OSError,
+    GitProtocolError,
+    HTTPUnauthorized,
+    HTTPError,
+    ChecksumMismatch,
+    ApplyDeltaError,
+    FileFormatException,
+    WrongObjectException,
+)
+"""What a remote call raises when the origin, the network or the data it sent is at fault.
+Anything else is a bug of ours and keeps its traceback."""
+
+
 def open_client(spec: GitSourceSpec) -> tuple[GitClient, str]:
     """A fresh client (dulwich clients keep per-connection state) and the remote path."""
     if spec.transport == "file":
@@ -45,6 +68,10 @@ def open_client(spec: GitSourceSpec) -> tuple[GitClient, str]:
 
 def describe_failure(exc: BaseException) -> str:
     """One line for a failed remote call, without credentials or tracebacks."""
+    return mask_userinfo(_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.gaierror):

@@ -1,0 +1,102 @@
+"""The ready gate through the kernel: blocked while preparing, EIO at once when failed."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.helpers.gitrepos import Repo
+from tests.helpers.mounts import is_mounted, mounted, run_cli
+from tests.helpers.ports import free_port
+from tests.helpers.servers import GitDaemon, GitProxy
+from tests.helpers.waiting import wait_for
+
+
+def blocked_in_fuse(pid: int) -> bool:
+    """True while the process sleeps in the kernel waiting for a FUSE answer."""
+    try:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            where = wchan.read()
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state in ("S", "D") and ("fuse" in where or "request_wait_answer" in where)
+
+
+def test_operations_wait_while_preparing_and_stat_does_not(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    proxy = GitProxy(daemon.port, held=True)
+    try:
+        with mounted(daemon.url("sample.git", proxy.port), mnt, home, ready=False) as mount:
+            wait_for(lambda: proxy.accepted >= 1, 10, "prepare to reach the stalled server")
+            assert os.stat(mnt).st_ino == 1  # returns while the server stalls
+            assert mount.state() == "preparing"
+            assert subprocess.run(["mountpoint", "-q", str(mnt)], timeout=10).returncode == 0
+
+            ls = subprocess.Popen(["ls", str(mnt)], stdout=subprocess.PIPE, text=True)
+            try:
+                wait_for(lambda: blocked_in_fuse(ls.pid), 10, "ls to block in the mount")
+                assert ls.poll() is None
+                proxy.release()
+                out, _ = ls.communicate(timeout=20)
+            finally:
+                if ls.poll() is None:
+                    ls.kill()
+            assert ls.returncode == 0
+            assert out.split("\n")[:3] == ["README.md", "bin", "data"]
+            assert mount.state() == "ready"
+    finally:
+        proxy.stop()
+
+
+def test_server_down_gives_eio_at_once_and_the_reason(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    closed = free_port()
+    with mounted(
+        daemon.url("sample.git", closed), mnt, home, "--keep-failed", ready=False
+    ) as mount:
+        wait_for(lambda: mount.state() == "failed", 20, "prepare to fail")
+        assert mount.xattr("error") == "connection refused"
+        result = subprocess.run(["ls", str(mnt)], capture_output=True, text=True, timeout=10)
+        assert result.returncode != 0
+        assert "Input/output error" in result.stderr
+        try:
+            os.listdir(mnt / "README.md")
+        except OSError as exc:
+            assert exc.errno == errno.EIO
+        else:
+            raise AssertionError("expected EIO")
+        assert "connection refused" in mount.log()
+        report = run_cli("status", str(mnt), "--json", home=home)
+        assert '"state": "failed"' in report.stdout
+
+
+def test_retry_after_failure_with_sighup(sample: Repo, repos: Path, mnt: Path, home: Path) -> None:
+    port = free_port()  # nothing listens here until the test starts a daemon
+    with mounted(
+        f"git://127.0.0.1:{port}/sample.git", mnt, home, "--keep-failed", ready=False
+    ) as mount:
+        wait_for(lambda: mount.state() == "failed", 20, "prepare to fail")
+        server = GitDaemon(repos, port=port)
+        try:
+            mount.process.send_signal(signal.SIGHUP)
+            mount.wait_ready()
+            assert (mnt / "README.md").read_bytes() == b"# sample\n"
+        finally:
+            server.stop()
+
+
+def test_failed_prepare_exits_with_one_line_and_unmounts(
+    sample: Repo, mnt: Path, home: Path
+) -> None:
+    url = f"git://127.0.0.1:{free_port()}/sample.git"
+    result = run_cli("mount", url, str(mnt), home=home)
+    assert result.returncode == 1
+    assert result.stderr == f"artifactfs: cannot prepare {url}: connection refused\n"
+    assert not is_mounted(mnt)
