@@ -1,8 +1,8 @@
 """Fixtures: state homes, real git servers, sample repositories, and a leak check.
 
-Layers, lowest first (run in this order, so the lowest broken layer fails first): pure logic
-(``test_unit_*``), the CAS contract, the git protocol against real servers, and real mounts
-through the kernel (``test_mount_*``).
+Test files are numbered by layer so the lowest broken layer fails first: ``test_1_*`` pure
+logic, ``test_2_*`` the CAS contract on a real disk, ``test_3_*`` the git source against real
+servers (no FUSE), ``test_4_*`` real mounts through the kernel.
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ def _parse_url(text: str, transport: GitTransport) -> GitSourceSpec:
         raise UserError(
             f"malformed source URL {redact_url(text)!r}: unexpected ?query or #fragment"
         )
-    return GitSourceSpec(transport, _normalise(parts), redact_url(text))
+    url = _normalise(parts)
+    return GitSourceSpec(transport, url, redact_url(url))
 
 
 def _normalise(parts: SplitResult) -> str:

@@ -12,6 +12,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
+from dulwich.errors import ObjectFormatException
 from dulwich.objects import parse_tree
 
 from ...errors import SourceError
@@ -84,7 +85,7 @@ def _validated_children(raw: bytes, oid_length: int, directory: bytes) -> list[T
     seen: set[bytes] = set()
     try:
         parsed = list(parse_tree(raw, sha_len=oid_length))
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, ObjectFormatException) as exc:
         raise SourceError(f"malformed tree at {printable(directory) or '/'}: {exc}") from None
     for name, mode, hexsha in parsed:
         path = directory + b"/" + name if directory else name

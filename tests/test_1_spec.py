@@ -1,0 +1,108 @@
+"""Parsing what users type: sources, refs, and keeping credentials out of sight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from artifactfs.errors import UserError
+from artifactfs.redact import mask_userinfo
+from artifactfs.sources.spec import check_ref, parse_source, redact_url
+
+
+@pytest.mark.parametrize(
+    ("text", "transport", "url"),
+    [
+        ("git://example.com/repo.git", "git", "git://example.com/repo.git"),
+        ("GIT://example.com:9418/a/b.git", "git", "git://example.com:9418/a/b.git"),
+        ("https://example.com/org/repo", "https", "https://example.com/org/repo"),
+        ("http://127.0.0.1:8080/x.git", "http", "http://127.0.0.1:8080/x.git"),
+        ("ssh://git@example.com/org/repo.git", "ssh", "ssh://git@example.com/org/repo.git"),
+        ("git+ssh://example.com/repo", "ssh", "git+ssh://example.com/repo"),
+        ("git@example.com:org/repo.git", "ssh", "git@example.com:org/repo.git"),
+    ],
+)
+def test_remote_sources(text: str, transport: str, url: str) -> None:
+    spec = parse_source(text)
+    assert (spec.transport, spec.url, spec.display) == (transport, url, url)
+
+
+def test_local_sources(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.git"
+    (bare / "objects").mkdir(parents=True)
+    (bare / "HEAD").write_text("ref: refs/heads/main\n")
+    work = tmp_path / "work"
+    (work / ".git").mkdir(parents=True)
+    assert parse_source(str(bare)).url == str(bare)
+    assert parse_source(f"file://{bare}").url == str(bare)
+    assert parse_source(f"file://{bare}").display == f"file://{bare}"
+    assert parse_source(str(work)).transport == "file"
+    with pytest.raises(UserError, match="no git repository"):
+        parse_source(str(tmp_path))
+
+
+def test_credentials_are_kept_for_the_transport_but_never_displayed() -> None:
+    spec = parse_source("https://user:s3cret@example.com/org/repo.git")
+    assert spec.url == "https://user:s3cret@example.com/org/repo.git"
+    assert spec.display == "https://user:***@example.com/org/repo.git"
+    assert redact_url("https://ghp_TOKEN@example.com/x") == "https://***@example.com/x"
+    assert redact_url("git://example.com/x") == "git://example.com/x"
+    assert redact_url("https://a:b@[::1/x") == "https://***@[::1/x"
+    assert mask_userinfo("failed: https://u:p@h/x and ssh://k@h/y") == (
+        "failed: https://***@h/x and ssh://***@h/y"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " git://x/y",
+        "git://x/y\n",
+        "ftp://x/y",
+        "git://",
+        "git:///x",
+        "git://host/",
+        "git://host:99999/x",
+        "https://host/x?y=1",
+        "file://remote-host/x",
+        "hf://org/model",
+    ],
+)
+def test_bad_sources(text: str) -> None:
+    with pytest.raises(UserError):
+        parse_source(text)
+
+
+@pytest.mark.parametrize("ref", ["main", "v1.0", "feature/x", "refs/heads/main", "a" * 40])
+def test_good_refs(ref: str) -> None:
+    assert check_ref(ref) == ref
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "",
+        "a..b",
+        "-rf",
+        "x y",
+        "x~1",
+        "x^",
+        "x:y",
+        "a?",
+        "a*",
+        "a[",
+        "a\\b",
+        "x.lock",
+        "/x",
+        "x/",
+        "a//b",
+        "@{u}",
+        "x\x00",
+        "a" * 256,
+    ],
+)
+def test_bad_refs(ref: str) -> None:
+    with pytest.raises(UserError, match="not a valid ref name"):
+        check_ref(ref)
