@@ -25,13 +25,22 @@ def read_status(path: Path) -> dict[str, str | int | None]:
         raise UserError(f"{path} is not an artifactfs mount")
     report: dict[str, str | int | None] = {"mount": str(entry.mountpoint)}
     for field in _FIELDS:
+        raw = _read_attribute(entry.mountpoint, f"user.artifactfs.{field}")
+        if raw is None:
+            report[field] = None
+        else:
+            text = raw.decode("utf-8", "replace")
+            report[field] = int(text) if field in _NUMBERS else text
+    return report
+
+
+def _read_attribute(path: Path, name: str) -> bytes | None:
+    for _ in range(10):
         try:
-            raw = xattr.getxattr(str(entry.mountpoint), f"user.artifactfs.{field}")
+            return bytes(xattr.getxattr(str(path), name))
         except OSError as exc:
             if exc.errno in (errno.ENODATA, errno.ENOTSUP):
-                report[field] = None
-                continue
-            raise UserError(f"cannot read the state of {path}: {exc.strerror}") from None
-        text = raw.decode("utf-8", "replace")
-        report[field] = int(text) if field in _NUMBERS else text
-    return report
+                return None
+            if exc.errno != errno.ERANGE:  # ERANGE: the value grew between size and read
+                raise UserError(f"cannot read the state of {path}: {exc.strerror}") from None
+    raise UserError(f"the state of {path} keeps changing; try again")

@@ -56,7 +56,9 @@ def test_simultaneous_misses_share_one_batch() -> None:
             for n in range(50):
                 nursery.start_soon(fetcher.ensure, [f"{n:040x}"])
         assert len(origin.batches) <= 2
-        assert sorted(sum(origin.batches, [])) == sorted(f"{n:040x}" for n in range(50))
+        assert sorted(oid for batch in origin.batches for oid in batch) == sorted(
+            f"{n:040x}" for n in range(50)
+        )
 
     run_with(origin, body)
 

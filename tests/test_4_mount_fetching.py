@@ -22,13 +22,13 @@ FILES = {
 def read_all_at_once(paths: list[Path]) -> dict[Path, bytes]:
     barrier = threading.Barrier(len(paths))
     results: dict[Path, bytes] = {}
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
 
     def read(path: Path) -> None:
         try:
             barrier.wait(10)
             results[path] = path.read_bytes()
-        except BaseException as exc:  # reported below
+        except Exception as exc:  # noqa: BLE001 - re-raised in the test thread below
             errors.append(exc)
 
     threads = [threading.Thread(target=read, args=(p,)) for p in paths]

@@ -75,7 +75,13 @@ class Mount:
     home: Path
 
     def xattr(self, name: str, path: Path | None = None) -> str:
-        return xattr.getxattr(str(path or self.path), f"user.artifactfs.{name}").decode()
+        for _ in range(100):
+            try:
+                return xattr.getxattr(str(path or self.path), f"user.artifactfs.{name}").decode()
+            except OSError as exc:  # the value grew between the size query and the read
+                if exc.errno != errno.ERANGE:
+                    raise
+        raise AssertionError(f"xattr {name} kept changing")
 
     def state(self) -> str:
         return self.xattr("state")
