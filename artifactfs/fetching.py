@@ -1,10 +1,11 @@
 """Get missing blobs into the CAS, coalescing concurrent misses.
 
 Two promises: one blob wanted by many readers at once is fetched once (they all wait on the
-same pending entry), and many blobs wanted at about the same moment go out as one fetch (the
-batcher waits a couple of milliseconds after the first miss, and while every fetch slot is
-busy new misses pile up into the next batch). The git protocol returns any number of blobs
-in one pack, so a batch costs one round trip however large it is.
+same pending entry), and many blobs wanted at about the same moment go out as one fetch: after
+a miss the batcher waits until no new miss has arrived for ``quiet_seconds`` (2 ms), at most
+``max_gather_seconds`` (20 ms), and while every fetch slot is busy new misses pile up into the
+next batch. A lone reader pays 2 ms; a burst of readers shares round trips. The git protocol
+returns any number of blobs in one pack, so a batch costs one round trip however large it is.
 """
 
 from __future__ import annotations
@@ -43,14 +44,16 @@ class BlobFetcher:
         *,
         parallel_fetches: int = 4,
         max_batch: int = 1000,
-        gather_seconds: float = 0.002,
+        quiet_seconds: float = 0.002,
+        max_gather_seconds: float = 0.02,
     ) -> None:
         self._fetch_batch = fetch_batch
         self._present = present
         self._slots = trio.Semaphore(parallel_fetches)
         self._threads = trio.CapacityLimiter(parallel_fetches)
         self._max_batch = max_batch
-        self._gather_seconds = gather_seconds
+        self._quiet_seconds = quiet_seconds
+        self._max_gather_seconds = max_gather_seconds
         self._pending: dict[str, _Pending] = {}
         self._queue: list[str] = []
         self._wakeup = trio.Event()
@@ -84,11 +87,23 @@ class BlobFetcher:
                 if not self._queue:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
-                    await trio.sleep(self._gather_seconds)
+                    await self._gather()
                 await self._slots.acquire()
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 nursery.start_soon(self._fetch, batch)
+
+    async def _gather(self) -> None:
+        """Let a burst of misses finish arriving: wait until it has been quiet for a moment."""
+        deadline = trio.current_time() + self._max_gather_seconds
+        while True:
+            seen = len(self._queue)
+            now = trio.current_time()
+            if now >= deadline:
+                return
+            await trio.sleep(min(self._quiet_seconds, deadline - now))
+            if len(self._queue) == seen:
+                return
 
     async def _fetch(self, batch: list[str]) -> None:
         error = "the server did not send it"

@@ -25,8 +25,8 @@ from dulwich.objects import Blob, Commit, Tree
 
 from artifactfs.sources.git import object_info
 from artifactfs.sources.git.packs import iter_objects, received_pack
-from artifactfs.sources.spec import parse_source
 from artifactfs.sources.git.transport import open_client
+from artifactfs.sources.spec import parse_source
 
 
 def fetch(url: str, temp: Path, filter_spec: bytes | None) -> tuple[int, list[str], int, str]:
@@ -38,8 +38,14 @@ def fetch(url: str, temp: Path, filter_spec: bytes | None) -> tuple[int, list[st
     blobs = 0
     commit_tree = b""
     with received_pack(
-        client, path, lambda refs: [refs[b"HEAD"]], temp, lambda n: received.__setitem__(0, received[0] + n),
-        depth=1, filter_spec=filter_spec, ref_prefix=[b"HEAD"],
+        client,
+        path,
+        lambda refs: [refs[b"HEAD"]],
+        temp,
+        lambda n: received.__setitem__(0, received[0] + n),
+        depth=1,
+        filter_spec=filter_spec,
+        ref_prefix=[b"HEAD"],
     ) as pack:
         for obj in iter_objects(pack.file, pack.object_format):
             if isinstance(obj, Tree):
@@ -85,7 +91,9 @@ def main() -> None:
             return received, len(blob_ids)
 
         t_oi, (bytes_oi, files) = timed(args.runs, none_plus_object_info)  # type: ignore[misc]
-        t_lim, res_lim = timed(args.runs, lambda: fetch(args.url, temp, b"blob:limit=%d" % args.limit))
+        t_lim, res_lim = timed(
+            args.runs, lambda: fetch(args.url, temp, b"blob:limit=%d" % args.limit)
+        )
         t_all, res_all = timed(args.runs, lambda: fetch(args.url, temp, None))
         bytes_lim, ids, blobs_lim, _ = res_lim  # type: ignore[misc]
         bytes_all = res_all[0]  # type: ignore[index]
@@ -100,8 +108,10 @@ def main() -> None:
     print(f"| blob:limit={args.limit} | {t_lim * 1000:.0f} | {bytes_lim:,} | all but {unknown} |")
     print(f"| no filter (depth 1) | {t_all * 1000:.0f} | {bytes_all:,} | all |")
     per_blob = t_one / len(sample)
-    print(f"| one fetch per blob on stat | {per_blob * files * 1000:.0f} (extrapolated: "
-          f"{per_blob * 1000:.1f} ms x {files}) | contents of every file | all |")
+    print(
+        f"| one fetch per blob on stat | {per_blob * files * 1000:.0f} (extrapolated: "
+        f"{per_blob * 1000:.1f} ms x {files}) | contents of every file | all |"
+    )
 
 
 def fetch_one(url: str, temp: Path, oid: str) -> None:
