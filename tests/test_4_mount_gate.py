@@ -100,3 +100,38 @@ def test_failed_prepare_exits_with_one_line_and_unmounts(
     assert result.returncode == 1
     assert result.stderr == f"artifactfs: cannot prepare {url}: connection refused\n"
     assert not is_mounted(mnt)
+
+
+def test_sigterm_while_the_server_stalls_exits_cleanly(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    proxy = GitProxy(daemon.port, held=True)
+    try:
+        with mounted(daemon.url("sample.git", proxy.port), mnt, home, ready=False) as mount:
+            wait_for(lambda: proxy.accepted >= 1, 10, "prepare to reach the stalled server")
+            mount.process.send_signal(signal.SIGTERM)
+            assert mount.process.wait(10) == 0
+            assert not is_mounted(mnt)
+    finally:
+        proxy.stop()
+
+
+def test_a_read_from_a_silent_server_fails_with_eio_instead_of_hanging(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    proxy = GitProxy(daemon.port)
+    try:
+        url = daemon.url("sample.git", proxy.port)
+        with mounted(url, mnt, home, "--io-timeout", "1") as mount:
+            proxy.hold()
+            try:
+                (mnt / "data" / "big.bin").read_bytes()
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+            else:
+                raise AssertionError("expected EIO")
+            assert "timed out waiting for the server" in mount.log()
+            proxy.release()
+            assert (mnt / "README.md").read_bytes() == b"# sample\n"  # later reads recover
+    finally:
+        proxy.stop()

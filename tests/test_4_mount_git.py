@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -179,3 +180,20 @@ def test_two_homes_share_nothing(daemon: GitDaemon, sample: Repo, tmp_path: Path
     for state in (first, second):
         assert (state / "cas" / "git-sha1" / big_oid[:2] / big_oid).is_file()
         assert len(list((state / "snapshots").glob("git-*.sqlite"))) == 1
+
+
+def test_a_pinned_commit_mounts_from_local_state_while_the_server_is_down(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    with mounted(daemon.url("sample.git"), mnt, home):
+        assert (mnt / "data" / "big.bin").read_bytes() == BIG
+    daemon.stop()
+    with mounted(daemon.url("sample.git"), mnt, home, "--ref", sample.commit) as mount:
+        assert (mnt / "data" / "big.bin").read_bytes() == BIG
+        assert mount.xattr("commit") == sample.commit
+        try:
+            (mnt / "README.md").read_bytes()  # never fetched: needs the server
+        except OSError as exc:
+            assert exc.errno == errno.EIO
+        else:
+            raise AssertionError("expected EIO")

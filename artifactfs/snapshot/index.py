@@ -227,6 +227,14 @@ class SnapshotIndex:
             sizes=values["sizes"],
         )
 
+    @classmethod
+    def read_meta(cls, path: Path) -> SnapshotMeta:
+        index = cls(path)
+        try:
+            return index.meta
+        finally:
+            index.close()
+
     def close(self) -> None:
         self._db.close()
 

@@ -110,6 +110,10 @@ class GitProxy:
     def release(self) -> None:
         self._released.set()
 
+    def hold(self) -> None:
+        """From now on, new connections wait until ``release``."""
+        self._released.clear()
+
     def _accept_loop(self) -> None:
         while not self._closing.is_set():
             try:

@@ -24,7 +24,7 @@ from ...cas import ContentStore, Digest
 from ...cas.digests import git_blob_algorithm
 from ...errors import SourceError
 from ...snapshot.entries import Kind, NewEntry, RefusedEntry, check_symlink_target, printable
-from ...snapshot.index import DirectoryListing, snapshot_path, write_snapshot
+from ...snapshot.index import DirectoryListing, SnapshotIndex, snapshot_path, write_snapshot
 from ..spec import GitSourceSpec
 from . import object_info
 from .packs import iter_objects, received_pack
@@ -115,6 +115,12 @@ class GitSource:
             raise SourceError(describe_failure(exc)) from exc
 
     def _prepare(self, snapshots_dir: Path, cas: ContentStore) -> PreparedSnapshot:
+        if self.ref is not None and _HEX_ID.fullmatch(self.ref):
+            known = snapshot_path(snapshots_dir, self.ref)
+            if known.exists():  # a commit never changes: no need to ask the server
+                meta = SnapshotIndex.read_meta(known)
+                self.object_format = meta.object_format
+                return PreparedSnapshot(known, self.ref, meta.object_format)
         client, path = open_client(self.spec)
         tip: list[str] = []
 

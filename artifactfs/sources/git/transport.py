@@ -72,6 +72,9 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, GitProtocolError) and isinstance(cause, OSError):
+        return _describe(cause)  # dulwich wraps socket errors: the cause says more
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.gaierror):
