@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import BIG, SAMPLE_FILES
 from tests.helpers.gitrepos import Repo, make_repo
 from tests.helpers.mounts import mounted
-from tests.helpers.servers import GitDaemon, GitProxy, HttpGitServer
+from tests.helpers.servers import GitDaemon, GitProxy, HttpGitServer, SshServer
 
 
 def check_sample(mnt: Path) -> None:
@@ -41,6 +41,18 @@ def test_smart_http_protocol_v0(sample: Repo, repos: Path, mnt: Path, home: Path
             posts = [r for r in server.requests if r.startswith("POST")]
             assert len(posts) == 1  # everything came with the first fetch
             assert mount.stderr() == ""
+    finally:
+        server.stop()
+
+
+def test_ssh(sample: Repo, tmp_path: Path, mnt: Path, home: Path) -> None:
+    server = SshServer(tmp_path / "sshd")
+    try:
+        env = {"GIT_SSH_COMMAND": server.ssh_command}
+        with mounted(server.url(sample.path), mnt, home, env=env) as mount:
+            check_sample(mnt)
+            assert mount.xattr("commit") == sample.commit
+            assert "does not offer object-info" not in mount.log()
     finally:
         server.stop()
 

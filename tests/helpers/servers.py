@@ -4,6 +4,7 @@ server, and a TCP proxy that can hold connections (a stalled server) until relea
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import re
 import socket
@@ -264,3 +265,59 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
             chunks.append(handler.rfile.read(size))
             handler.rfile.readline()
     return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+class SshServer:
+    """OpenSSH's sshd on 127.0.0.1 with a throw-away host key and client key.
+
+    Clients connect as the current user with ``ssh_command`` (set it as GIT_SSH_COMMAND);
+    ``GIT_PROTOCOL`` is accepted so git speaks protocol v2 over it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.port = free_port()
+        for name in ("host_key", "client_key"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)],
+                check=True,
+            )
+        (directory / "authorized_keys").write_bytes((directory / "client_key.pub").read_bytes())
+        config = directory / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host_key'}\n"
+            f"AuthorizedKeysFile {directory / 'authorized_keys'}\nPidFile {directory / 'pid'}\n"
+            "PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "UsePAM no\nStrictModes no\nAcceptEnv GIT_PROTOCOL\n"
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+        self._log = open(directory / "sshd.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(
+            lambda: accepts_connections(self.port), 10, "sshd to listen", while_alive=self._alive
+        )
+        self.ssh_command = (
+            f"ssh -i {directory / 'client_key'} -o StrictHostKeyChecking=no"
+            " -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
+        )
+
+    def _alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"sshd exited: {(self.directory / 'sshd.log').read_text()}")
+
+    def url(self, path: Path) -> str:
+        return f"ssh://{getpass.getuser()}@127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()

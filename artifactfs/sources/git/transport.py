@@ -8,6 +8,7 @@ through ``GIT_PROTOCOL`` and ``-c`` settings, whatever the repository's own conf
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -44,6 +45,8 @@ class LocalUploadPackClient(SubprocessGitClient):
     git_command = _LOCAL_UPLOAD_PACK
 
 
+_BATCH_SSH = "ssh -o BatchMode=yes"
+
 REMOTE_FAILURES = (
     OSError,
     GitProtocolError,
@@ -59,10 +62,19 @@ Anything else is a bug of ours and keeps its traceback."""
 
 
 def open_client(spec: GitSourceSpec) -> tuple[GitClient, str]:
-    """A fresh client (dulwich clients keep per-connection state) and the remote path."""
+    """A fresh client (dulwich clients keep per-connection state) and the remote path.
+
+    ssh honours ``GIT_SSH_COMMAND`` and ``GIT_SSH`` as git does; without them it runs
+    ``ssh -o BatchMode=yes``, because a mount has nobody to answer a password prompt.
+    """
     if spec.transport == "file":
         return LocalUploadPackClient(thin_packs=False, quiet=True), spec.url
-    client, path = get_transport_and_path(spec.url, thin_packs=False, quiet=True)
+    ssh_command = None
+    if spec.transport == "ssh":
+        ssh_command = os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH") or _BATCH_SSH
+    client, path = get_transport_and_path(
+        spec.url, thin_packs=False, quiet=True, ssh_command=ssh_command
+    )
     return client, path
 
 
