@@ -1,0 +1,910 @@
+"""Benchmark: time until an artifactfs mount of a git repository is usable, against git clone.
+
+A repository of source-like files with a long history is generated once with ``git fast-import``
+and cached under ``bench-work/`` (keyed by its parameters), then served by a real ``git daemon``
+on 127.0.0.1. Each run measures, interleaved and in rotating order:
+
+- artifactfs, cold: a fresh empty ``ARTIFACTFS_HOME`` and mount directory; the time from spawning
+  ``artifactfs mount git://... MNT`` until the mount point appears in ``/proc/self/mountinfo``,
+  and until ``os.listdir(MNT)`` returns the expected root listing (the listing waits on the ready
+  gate, so it returns once the tree is prepared);
+- peer 1: ``git clone --depth 1 --filter=blob:none --no-checkout`` (metadata only);
+- peer 2: ``git clone --depth 1`` (metadata, contents and a checkout).
+
+Medians and the ratios artifactfs/peer are printed as a markdown table and written into the
+results section of ``docs/benchmarks.md`` (unless ``--no-write``). Run it with ``scripts/bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench-work"
+DOC = ROOT / "docs" / "benchmarks.md"
+PYCACHE = WORK / "pycache"
+"""Bytecode cache of the measured artifactfs processes: an installed program has one, and
+``PYTHONDONTWRITEBYTECODE`` in the environment would otherwise make every start of the
+editable install recompile it. The warm-up round fills it."""
+RESULTS_START = "<!-- bench-git-mount:results:start -->"
+RESULTS_END = "<!-- bench-git-mount:results:end -->"
+
+GENERATOR_VERSION = 1
+"""Bump when the generated repository changes for the same parameters (new cache key)."""
+SEED = 5000
+GOAL_PEER1 = 1.5
+GOAL_PEER2 = 0.3
+TIMES = "\u00d7"
+MOUNT_TIMEOUT = 60.0
+READY_TIMEOUT = 300.0
+CLONE_TIMEOUT = 600.0
+
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_TERMINAL_PROMPT": "0",
+    "LC_ALL": "C",
+}
+"""Keep the user's git configuration out of both the server and the clients."""
+
+SERVE_CONFIG = {
+    "uploadpack.allowFilter": "true",
+    "uploadpack.allowAnySHA1InWant": "true",
+    "transfer.advertiseObjectInfo": "true",
+}
+
+
+class BenchError(Exception):
+    """An expected failure: reported as one line, without a traceback."""
+
+
+# -- running commands ----------------------------------------------------------------------
+
+
+def git_env() -> dict[str, str]:
+    return {**os.environ, **GIT_ENV}
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    """Run git and return its stdout; a failure becomes a BenchError."""
+    try:
+        result = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, env=git_env(), check=False
+        )
+    except FileNotFoundError:
+        raise BenchError("git is not installed") from None
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1:] or ["no message"]
+        raise BenchError(f"git {' '.join(args[:2])} failed: {detail[0]}")
+    return result.stdout
+
+
+def require_tools() -> Path:
+    """Check the commands the benchmark needs; return the artifactfs executable."""
+    for tool in ("git", "fusermount3"):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} is not installed (scripts/install installs it)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise BenchError("/dev/fuse is missing or not accessible: cannot mount FUSE filesystems")
+    beside = Path(sys.executable).parent / "artifactfs"
+    found = beside if beside.exists() else shutil.which("artifactfs")
+    if found is None:
+        raise BenchError("artifactfs is not installed: run scripts/bench (it installs .venv)")
+    return Path(found)
+
+
+# -- the generated repository --------------------------------------------------------------
+
+_TOP_DIRS = ["src", "lib", "tests", "docs", "tools", "examples", "include", "scripts"]
+_ROOT_FILES = ["README.md", "LICENSE", "Makefile", "pyproject.toml", "setup.cfg", "CHANGELOG.md"]
+_EXTENSIONS = [".py"] * 6 + [".c", ".h", ".rs", ".go", ".js", ".ts", ".md", ".json", ".txt"]
+_LINE_TEMPLATES = [
+    "{i}def {a}_{b}({c}, {d}={n}):\n",
+    "{i}    {a} = {b}.{c}({d}, {n})\n",
+    "{i}    if {a} is not None and {b} > {n}:\n",
+    "{i}        return {a}[{b}] + {c}\n",
+    "{i}    for {a} in {b}.{c}():\n",
+    "{i}    # {a} {b} {c} {d}: keep the {a} of {c} until {d} is done\n",
+    "{i}class {A}{B}({C}):\n",
+    '{i}    """{A} the {b} of a {c}, or {d} when there is none."""\n',
+    "{i}    self.{a}_{b} = {c}_{d}({n}, {a}={b})\n",
+    '{i}    raise {A}Error(f"{b} {{{c}!r}} is not a {d}")\n',
+    "{i}import {a}.{b}\n",
+    "{i}from {a} import {b}, {c}\n",
+    "\n",
+    "{i}    {a}.{b}({c}={d}, {n}: {n})\n",
+]
+
+
+@dataclass(frozen=True)
+class RepoParams:
+    """What the generated repository depends on; its cache key."""
+
+    files: int
+    commits: int
+
+    @property
+    def key(self) -> str:
+        return f"repo-v{GENERATOR_VERSION}-seed{SEED}-f{self.files}-c{self.commits}"
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    """A generated bare repository, ready to serve, and what a mount of it must show."""
+
+    base: Path
+    """The directory ``git daemon`` serves (``--base-path``); holds ``repo.git``."""
+    name: str
+    tip: str
+    root_names: list[str]
+    files: int
+    directories: int
+    content_bytes: int
+    pack_bytes: int
+    commits: int
+
+    @property
+    def path(self) -> Path:
+        return self.base / self.name
+
+
+class SourceText:
+    """A deterministic pool of source-like lines to build file contents from."""
+
+    def __init__(self, rng: random.Random, words: int = 3000, lines: int = 40000) -> None:
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        self.words = sorted(
+            {"".join(rng.choices(letters, k=rng.randint(3, 10))) for _ in range(words)}
+        )
+        self.lines = [self._line(rng) for _ in range(lines)]
+        self.mean_line = sum(map(len, self.lines)) / len(self.lines)
+
+    def _line(self, rng: random.Random) -> str:
+        a, b, c, d = rng.sample(self.words, 4)
+        return rng.choice(_LINE_TEMPLATES).format(
+            i="    " * rng.randint(0, 2),
+            a=a,
+            b=b,
+            c=c,
+            d=d,
+            A=a.capitalize(),
+            B=b.capitalize(),
+            C=c.capitalize(),
+            n=rng.randint(0, 4096),
+        )
+
+    def content(self, rng: random.Random, size: int) -> list[str]:
+        """About ``size`` bytes of lines."""
+        return rng.choices(self.lines, k=max(1, round(size / self.mean_line)))
+
+    def edit(self, rng: random.Random, lines: list[str]) -> None:
+        """Change a few lines in place: replace some, insert or delete one now and then."""
+        for _ in range(rng.randint(1, 4)):
+            where = rng.randrange(len(lines))
+            roll = rng.random()
+            if roll < 0.6:
+                lines[where] = rng.choice(self.lines)
+            elif roll < 0.85 or len(lines) < 2:
+                lines.insert(where, rng.choice(self.lines))
+            else:
+                del lines[where]
+
+
+def file_size(rng: random.Random) -> int:
+    """Source-like sizes: log-normal around 3.5 KB, from 200 bytes to 64 KB."""
+    return int(min(65536, max(200, rng.lognormvariate(math.log(3500), 1.0))))
+
+
+def plan_paths(rng: random.Random, words: Sequence[str], files: int) -> list[str]:
+    """``files`` distinct paths over nested directories, in the order they are added."""
+    directories = list(_TOP_DIRS)
+    depth = dict.fromkeys(directories, 1)
+    taken: set[str] = set(directories)
+    for _ in range(max(0, files // 25 - len(directories))):
+        parent = rng.choice([d for d in directories if depth[d] < 5])
+        name = f"{parent}/{rng.choice(words)}"
+        if name not in taken:
+            taken.add(name)
+            directories.append(name)
+            depth[name] = depth[parent] + 1
+    root_files = _ROOT_FILES[: min(len(_ROOT_FILES), files)]
+    paths: list[str] = []
+    while len(paths) + len(root_files) < files:
+        path = f"{rng.choice(directories)}/{rng.choice(words)}_{rng.choice(words)}"
+        path += rng.choice(_EXTENSIONS)
+        if path not in taken:
+            taken.add(path)
+            paths.append(path)
+    return root_files + paths
+
+
+def write_history(stream: IO[bytes], params: RepoParams) -> None:
+    """A ``git fast-import`` stream: ``params.commits`` commits on main adding ``params.files``
+    files in order, each commit also editing one or two files added earlier."""
+    rng = random.Random(SEED)
+    text = SourceText(rng)
+    paths = plan_paths(rng, text.words, params.files)
+    contents: dict[str, list[str]] = {}
+    existing: list[str] = []
+    when = 1_600_000_000
+    for number in range(params.commits):
+        start = -(-number * params.files // params.commits)
+        end = -(-(number + 1) * params.files // params.commits)
+        added = paths[start:end]
+        changed: list[str] = []
+        for path in added:
+            contents[path] = text.content(rng, file_size(rng))
+        if existing:
+            for _ in range(1 + (rng.random() < 0.5)):
+                path = rng.choice(existing)
+                text.edit(rng, contents[path])
+                changed.append(path)
+        existing.extend(added)
+        when += rng.randint(60, 86400)
+        message = f"Change {number + 1}: add {len(added)} files, edit {len(changed)}\n".encode()
+        stream.write(
+            b"commit refs/heads/main\n"
+            b"author Bench <bench@example.com> %d +0000\n"
+            b"committer Bench <bench@example.com> %d +0000\n"
+            b"data %d\n%s" % (when, when, len(message), message)
+        )
+        for path in dict.fromkeys(added + changed):
+            data = "".join(contents[path]).encode()
+            stream.write(b"M 100644 inline %s\ndata %d\n%s\n" % (path.encode(), len(data), data))
+        stream.write(b"\n")
+    stream.write(b"done\n")
+
+
+def generate_repo(params: RepoParams, target: Path) -> None:
+    """Create the bare repository ``target/repo.git`` (via a temporary directory)."""
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    bare = temp / "repo.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare))
+    process = subprocess.Popen(
+        ["git", "fast-import", "--quiet", "--done"],
+        cwd=bare,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=git_env(),
+        bufsize=1 << 20,
+    )
+    assert process.stdin is not None and process.stderr is not None
+    with contextlib.suppress(BrokenPipeError):  # fast-import died: its stderr says why
+        write_history(process.stdin, params)
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.close()
+    error = process.stderr.read().decode(errors="replace").strip()
+    if process.wait() != 0:
+        raise BenchError(f"git fast-import failed: {error.splitlines()[-1:] or 'no message'}")
+    git("repack", "-a", "-d", "-q", cwd=bare)
+    git("prune-packed", cwd=bare)
+    shutil.rmtree(target, ignore_errors=True)
+    temp.rename(target)
+
+
+def describe_repo(base: Path, params: RepoParams) -> RepoInfo:
+    """Read back what the repository holds at HEAD (cached in ``info.json``)."""
+    info_file = base / "info.json"
+    if info_file.exists():
+        return RepoInfo(base=base, **json.loads(info_file.read_text()))
+    bare = base / "repo.git"
+    tip = git("rev-parse", "HEAD", cwd=bare).strip()
+    listed = git("ls-tree", "-z", "--name-only", "HEAD", cwd=bare).split("\0")
+    files = directories = content = 0
+    for record in git("ls-tree", "-r", "-t", "-l", "-z", "HEAD", cwd=bare).split("\0"):
+        if not record:
+            continue
+        kind, size = record.split()[1], record.split()[3]
+        if kind == "tree":
+            directories += 1
+        else:
+            files += 1
+            content += int(size)
+    counts = dict(line.split(": ") for line in git("count-objects", "-v", cwd=bare).splitlines())
+    info: dict[str, Any] = {
+        "name": "repo.git",
+        "tip": tip,
+        "root_names": sorted(n for n in listed if n),
+        "files": files,
+        "directories": directories,
+        "content_bytes": content,
+        "pack_bytes": int(counts["size-pack"]) * 1024,
+        "commits": int(git("rev-list", "--count", "HEAD", cwd=bare)),
+    }
+    if info["commits"] != params.commits or files != params.files:
+        raise BenchError(f"generated repository does not match its parameters: {info_file}")
+    info_file.write_text(json.dumps(info, indent=1) + "\n")
+    return RepoInfo(base=base, **info)
+
+
+def ensure_repo(params: RepoParams) -> tuple[RepoInfo, float | None]:
+    """The cached repository for ``params``, generated first if missing; also the seconds
+    generation took (None when it came from the cache)."""
+    base = WORK / params.key
+    took = None
+    if not (base / "info.json").exists():
+        say(f"generating {params.files} files in {params.commits} commits into {base} ...")
+        started = time.perf_counter()
+        generate_repo(params, base)
+        took = time.perf_counter() - started
+    info = describe_repo(base, params)
+    if took is not None:
+        say(f"generated in {took:.1f} s (pack {info.pack_bytes / 2**20:.1f} MiB)")
+    for key, value in SERVE_CONFIG.items():
+        git("config", key, value, cwd=info.path)
+    return info, took
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def git_daemon(base: Path, log_file: Path) -> Iterator[int]:
+    """Serve every repository under ``base`` with ``git daemon``; yield its port."""
+    for _attempt in range(3):
+        port = free_port()
+        with open(log_file, "ab") as log:
+            process = subprocess.Popen(
+                [
+                    "git",
+                    "daemon",
+                    "--export-all",
+                    "--reuseaddr",
+                    "--informative-errors",
+                    "--listen=127.0.0.1",
+                    f"--port={port}",
+                    f"--base-path={base}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=git_env(),
+            )
+        try:
+            deadline = time.monotonic() + 10
+            while process.poll() is None and time.monotonic() < deadline:
+                if accepts_connections(port):
+                    break
+                time.sleep(0.02)
+            else:
+                continue  # exited (port taken?) or never listened: try another port
+            yield port
+            return
+        finally:
+            stop_process(process)
+    raise BenchError(f"git daemon did not start (see {log_file})")
+
+
+# -- artifactfs mounts ---------------------------------------------------------------------
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps the process."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _mountinfo_escape(path: Path) -> bytes:
+    """``path`` as /proc/self/mountinfo writes it (space, tab, newline, backslash in octal)."""
+    return b"".join(
+        b"\\%03o" % byte if byte in b" \t\n\\" else bytes([byte]) for byte in os.fsencode(path)
+    )
+
+
+class MountTable:
+    """``/proc/self/mountinfo``, read on every change: the kernel wakes ``poll()`` with
+    POLLPRI when the mount table changes, so no sleep adds to the measured time."""
+
+    def __init__(self) -> None:
+        self._file = open("/proc/self/mountinfo", "rb", buffering=0)  # noqa: SIM115
+        self._poll = select.poll()
+        self._poll.register(self._file, select.POLLPRI | select.POLLERR)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def fs_type_at(self, path: Path) -> str | None:
+        """The file system type of the topmost mount at ``path``, or None."""
+        self._file.seek(0)
+        target = _mountinfo_escape(path)
+        found = None
+        for line in (self._file.read() or b"").splitlines():
+            left, _, right = line.partition(b" - ")
+            fields = left.split()
+            if len(fields) >= 5 and fields[4] == target and right:
+                found = right.split()[0].decode(errors="replace")
+        return found
+
+    def wait_change(self, timeout: float) -> None:
+        self._poll.poll(max(0, int(timeout * 1000)))
+
+
+SHM = Path("/dev/shm")
+SHM_NEEDED = 1 << 30
+
+
+def default_scratch() -> Path:
+    """A tmpfs (``/dev/shm``, if it has 1 GiB free), else ``bench-work/``.
+
+    Peer 2 creates thousands of files, and a disk file system makes it measure the disk: ext4
+    slows file creation down for minutes after many deletions (its inode allocator skips
+    recently deleted inodes), and every run deletes the clones of the run before.
+    """
+    with contextlib.suppress(OSError):
+        free = os.statvfs(SHM)
+        if filesystem_of(SHM) == "tmpfs" and free.f_bavail * free.f_frsize >= SHM_NEEDED:
+            return SHM
+    return WORK
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the file system ``path`` is on, from the mount table."""
+    target = os.fsencode(path.resolve())
+    found, longest = "unknown", -1
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            left, _, right = line.partition(b" - ")
+            fields = left.split()
+            if len(fields) < 5 or not right:
+                continue
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+            inside = target == point or target.startswith(point.rstrip(b"/") + b"/")
+            if inside and len(point) >= longest:
+                found, longest = right.split()[0].decode(errors="replace"), len(point)
+    return found
+
+
+def is_mounted(path: Path) -> bool:
+    table = MountTable()
+    try:
+        return table.fs_type_at(path) is not None
+    finally:
+        table.close()
+
+
+def force_unmount(path: Path) -> None:
+    """``fusermount3 -u``, then lazily (``-u -z``), while ``path`` is still a mount point."""
+    for flags in (["-u"], ["-u", "-z"]):
+        if not is_mounted(path):
+            return
+        subprocess.run(["fusermount3", *flags, "-q", str(path)], capture_output=True, check=False)
+
+
+def listdir_within(path: Path, timeout: float) -> tuple[list[str], float]:
+    """``os.listdir(path)`` in a thread (it blocks until the mount is ready); return the names
+    and the ``perf_counter`` at which the call returned. Raise BenchError after ``timeout``."""
+    outcome: dict[str, object] = {}
+
+    def list_it() -> None:
+        try:
+            outcome["names"] = os.listdir(path)
+        except OSError as exc:
+            outcome["error"] = exc
+        outcome["at"] = time.perf_counter()
+
+    thread = threading.Thread(target=list_it, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise BenchError(f"listing {path} did not return within {timeout:.0f} s")
+    if "error" in outcome:
+        raise BenchError(f"listing {path} failed: {outcome['error']}")
+    names = outcome["names"]
+    at = outcome["at"]
+    assert isinstance(names, list) and isinstance(at, float)
+    return names, at
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+@dataclass
+class MountTiming:
+    mounted: float
+    ready: float
+
+
+def time_artifactfs(executable: Path, url: str, repo: RepoInfo, scratch: Path) -> MountTiming:
+    """Mount ``url`` with a cold state home; seconds from spawn to mount point and to ready."""
+    home, mountpoint, output = scratch / "home", scratch / "mnt", scratch / "mount.out"
+    home.mkdir(parents=True)
+    mountpoint.mkdir()
+    env = {**os.environ, "ARTIFACTFS_HOME": str(home), "PYTHONPYCACHEPREFIX": str(PYCACHE)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    table = MountTable()
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        with open(output, "wb") as out:
+            started = time.perf_counter()
+            process = subprocess.Popen(
+                [str(executable), "mount", url, str(mountpoint)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+            )
+        deadline = started + MOUNT_TIMEOUT
+        while (fs_type := table.fs_type_at(mountpoint)) is None:
+            if process.poll() is not None:
+                raise BenchError(
+                    f"artifactfs mount exited with {process.returncode}: {tail(output)}"
+                )
+            if time.perf_counter() > deadline:
+                raise BenchError(f"artifactfs did not mount within {MOUNT_TIMEOUT:.0f} s")
+            table.wait_change(min(0.1, deadline - time.perf_counter()))
+        mounted = time.perf_counter()
+        if fs_type != "fuse.artifactfs":
+            raise BenchError(f"{mountpoint} got a {fs_type} mount, not fuse.artifactfs")
+        names, ready = listdir_within(mountpoint, READY_TIMEOUT)
+        if sorted(names) != repo.root_names:
+            raise BenchError(f"artifactfs listed {sorted(names)[:8]}..., not the repository root")
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, check=False)
+        try:
+            code = process.wait(30)
+        except subprocess.TimeoutExpired:
+            raise BenchError("artifactfs did not exit within 30 s of its unmount") from None
+        if code != 0:
+            say(f"warning: artifactfs exited with {code} after unmount: {tail(output)}")
+        return MountTiming(mounted - started, ready - started)
+    finally:
+        table.close()
+        force_unmount(mountpoint)
+        if process is not None:
+            stop_process(process)
+        force_unmount(mountpoint)
+
+
+# -- git clone peers -----------------------------------------------------------------------
+
+
+def time_clone(url: str, target: Path, extra: Sequence[str]) -> float:
+    """Seconds ``git clone -q <extra> url target`` takes."""
+    command = ["git", "clone", "-q", *extra, url, str(target)]
+    started = time.perf_counter()
+    try:
+        result = subprocess.run(
+            command, capture_output=True, env=git_env(), timeout=CLONE_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{' '.join(command[:-2])} took over {CLONE_TIMEOUT:.0f} s") from None
+    took = time.perf_counter() - started
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise BenchError(f"{' '.join(command[:-2])} failed: {message or 'no message'}")
+    return took
+
+
+def check_clone(target: Path, repo: RepoInfo, checkout: bool) -> None:
+    """The clone is of the right commit (and, checked out, shows the right root)."""
+    head = git("rev-parse", "HEAD", cwd=target).strip()
+    if head != repo.tip:
+        raise BenchError(f"clone at {target} is at {head}, not {repo.tip}")
+    if checkout and sorted(n for n in os.listdir(target) if n != ".git") != repo.root_names:
+        raise BenchError(f"clone at {target} does not show the repository root")
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+PEER1_ARGS = ("--depth", "1", "--filter=blob:none", "--no-checkout")
+PEER2_ARGS = ("--depth", "1")
+
+
+@dataclass
+class Samples:
+    mounted: list[float] = field(default_factory=list)
+    artifactfs: list[float] = field(default_factory=list)
+    peer1: list[float] = field(default_factory=list)
+    peer2: list[float] = field(default_factory=list)
+
+
+def measure(
+    executable: Path, url: str, repo: RepoInfo, runs: int, warmup: int, scratch: Path
+) -> Samples:
+    """``warmup`` unrecorded rounds, then ``runs`` rounds of the three measurements, each round
+    in a rotated order so that none always goes first."""
+    samples = Samples()
+
+    def artifactfs(where: Path, record: bool) -> str:
+        timing = time_artifactfs(executable, url, repo, where)
+        if record:
+            samples.mounted.append(timing.mounted)
+            samples.artifactfs.append(timing.ready)
+        return f"artifactfs {ms(timing.ready)} ms (mounted at {ms(timing.mounted)} ms)"
+
+    def peer1(where: Path, record: bool) -> str:
+        took = time_clone(url, where / "clone", PEER1_ARGS)
+        check_clone(where / "clone", repo, checkout=False)
+        if record:
+            samples.peer1.append(took)
+        return f"peer 1 {ms(took)} ms"
+
+    def peer2(where: Path, record: bool) -> str:
+        took = time_clone(url, where / "clone", PEER2_ARGS)
+        check_clone(where / "clone", repo, checkout=True)
+        if record:
+            samples.peer2.append(took)
+        return f"peer 2 {ms(took)} ms"
+
+    steps: list[tuple[str, Callable[[Path, bool], str]]] = [
+        ("artifactfs", artifactfs),
+        ("peer1", peer1),
+        ("peer2", peer2),
+    ]
+    for round_number in range(warmup + runs):
+        record = round_number >= warmup
+        shift = round_number % len(steps)
+        notes = []
+        for name, step in steps[shift:] + steps[:shift]:
+            where = scratch / f"round{round_number}-{name}"
+            where.mkdir(parents=True)
+            notes.append(step(where, record))
+            remove_tree(where)
+        label = f"run {round_number - warmup + 1}/{runs}" if record else "warm-up"
+        say(f"{label}: {', '.join(notes)}")
+    return samples
+
+
+def remove_tree(path: Path) -> None:
+    """Delete ``path`` unless something is still mounted inside it."""
+    table = MountTable()
+    try:
+        if any(table.fs_type_at(p) for p in [path / "mnt", *path.glob("*/mnt")]):
+            say(f"warning: leaving {path}: still mounted")
+            return
+    finally:
+        table.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- reporting -----------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f}"
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def first_line(command: Sequence[str]) -> str:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError:
+        return "unknown"
+    return (result.stdout.strip().splitlines() or ["unknown"])[0]
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on."""
+    memory = "unknown"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        models = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = models[0] if models else cpu
+    revision = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    status = ["git", "-C", str(ROOT), "status", "--porcelain", "--", "artifactfs"]
+    changed = first_line(status) != "unknown"  # any output: the package differs from HEAD
+    return {
+        "Date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "CPU": f"{first_line(['nproc'])} cores ({cpu})",
+        "Memory": memory,
+        "Kernel": platform.release(),
+        "git": first_line(["git", "--version"]).removeprefix("git version "),
+        "Python": platform.python_version(),
+        "artifactfs": revision + (" with uncommitted changes" if changed else ""),
+    }
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How a benchmark run was made, for the report."""
+
+    runs: int
+    warmup: int
+    scratch: Path
+    took: float
+    """Seconds the whole benchmark took."""
+    generated: float | None
+    """Seconds generating the repository took; None when it came from the cache."""
+
+
+def results_markdown(samples: Samples, repo: RepoInfo, setup: Setup) -> str:
+    """The results section: machine, repository, the table of medians and the ratios."""
+    rows = [
+        ("artifactfs: spawn → root listing returned (ready)", samples.artifactfs),
+        ("artifactfs: spawn → mount point in the mount table", samples.mounted),
+        ("peer 1: `git clone --depth 1 --filter=blob:none --no-checkout`", samples.peer1),
+        ("peer 2: `git clone --depth 1`", samples.peer2),
+    ]
+    ready = statistics.median(samples.artifactfs)
+    ratios = [
+        ("artifactfs / peer 1", ready / statistics.median(samples.peer1), GOAL_PEER1),
+        ("artifactfs / peer 2", ready / statistics.median(samples.peer2), GOAL_PEER2),
+    ]
+    generated = setup.generated
+    source = "generated by this run" if generated is not None else "reused from bench-work/"
+    where = setup.scratch.relative_to(ROOT) if setup.scratch.is_relative_to(ROOT) else setup.scratch
+    lines = ["Machine:", ""]
+    lines += [f"- {key}: {value}" for key, value in machine().items()]
+    lines += [
+        "",
+        f"Repository ({source}): {repo.files:,} files in {repo.directories:,} directories, "
+        f"{repo.content_bytes / 2**20:.1f} MiB of content at HEAD, {repo.commits:,} commits, "
+        f"{repo.pack_bytes / 2**20:.1f} MiB packed; served by `git daemon` on 127.0.0.1.",
+        "",
+        f"State homes, mount points and clones in `{where}/` ({filesystem_of(setup.scratch)}).",
+        "",
+        f"{setup.runs} runs after {setup.warmup} warm-up round{'s' if setup.warmup != 1 else ''}; "
+        f"the whole benchmark took {setup.took:.0f} s"
+        + (f" (generating the repository: {generated:.1f} s)." if generated is not None else "."),
+        "",
+        "| Measurement | Median (ms) | Min (ms) | Max (ms) |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, values in rows:
+        lines.append(
+            f"| {label} | {ms(statistics.median(values))} | {ms(min(values))} | {ms(max(values))} |"
+        )
+    lines += ["", "| Ratio of medians | Value | Goal | Met |", "|---|---:|---:|:---:|"]
+    for label, value, goal in ratios:
+        met = "yes" if value <= goal else "**no**"
+        lines.append(f"| {label} | {value:.2f}{TIMES} | ≤ {goal}{TIMES} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+_DOC_HEADER = "# Benchmarks\n\nRun `scripts/bench`; it rewrites the section below.\n\n"
+
+
+def write_doc(results: str) -> None:
+    """Replace the results section of docs/benchmarks.md (creating the file if needed)."""
+    section = f"{RESULTS_START}\n{results}{RESULTS_END}\n"
+    text = DOC.read_text() if DOC.exists() else _DOC_HEADER
+    pattern = re.compile(re.escape(RESULTS_START) + r".*?" + re.escape(RESULTS_END) + r"\n?", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _match: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    temp = DOC.with_name(f".{DOC.name}.tmp")
+    temp.write_text(text)
+    temp.rename(DOC)
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Time a cold artifactfs mount of a generated git repository until its root "
+        "lists, against git clone --depth 1 with and without --filter=blob:none.",
+    )
+    parser.add_argument("--runs", type=positive, default=5, help="measured runs (default 5)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        choices=range(0, 11),
+        metavar="N",
+        help="unrecorded warm-up rounds first (default 1)",
+    )
+    parser.add_argument("--files", type=positive, default=5000, help="files at HEAD (default 5000)")
+    parser.add_argument(
+        "--commits", type=positive, default=5000, help="commits of history (default 5000)"
+    )
+    parser.add_argument(
+        "--scratch",
+        metavar="DIR",
+        help="where the state homes, mount points and clones go (default: /dev/shm if it is "
+        "a tmpfs with 1 GiB free, else bench-work/)",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the results; leave docs/benchmarks.md"
+    )
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate or reuse the repository, serve it, measure, report."""
+    started = time.perf_counter()
+    executable = require_tools()
+    base = Path(args.scratch).absolute() if args.scratch else default_scratch()
+    if not base.is_dir():
+        raise BenchError(f"--scratch {args.scratch}: not a directory")
+    WORK.mkdir(exist_ok=True)
+    repo, generated = ensure_repo(RepoParams(args.files, args.commits))
+    scratch = base / f"bench-runs-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        with git_daemon(repo.base, WORK / "git-daemon.log") as port:
+            url = f"git://127.0.0.1:{port}/{repo.name}"
+            say(f"serving {repo.path} at {url}")
+            samples = measure(executable, url, repo, args.runs, args.warmup, scratch)
+    finally:
+        remove_tree(scratch)
+    setup = Setup(args.runs, args.warmup, base, time.perf_counter() - started, generated)
+    results = results_markdown(samples, repo, setup)
+    print(results)
+    if not args.no_write:
+        write_doc(results)
+        say(f"wrote the results into {DOC.relative_to(ROOT)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+    try:
+        return run(args)
+    except BenchError as exc:
+        say(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
