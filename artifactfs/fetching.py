@@ -6,6 +6,10 @@ a miss the batcher waits until no new miss has arrived for ``quiet_seconds`` (2 
 ``max_gather_seconds`` (20 ms), and while every fetch slot is busy new misses pile up into the
 next batch. A lone reader pays 2 ms; a burst of readers shares round trips. The git protocol
 returns any number of blobs in one pack, so a batch costs one round trip however large it is.
+
+Callers ask only for blobs they found missing. The fetch thread checks the CAS again before
+going to the network, so a blob published by an earlier batch (or another process) in the
+meantime is never fetched twice.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class BlobFetcher:
         self._pending: dict[str, _Pending] = {}
         self._queue: list[str] = []
         self._wakeup = trio.Event()
+        self._closed: str | None = None
 
     async def ensure(self, oids: Sequence[str]) -> None:
         """Return when every blob in ``oids`` is in the CAS; raise ``BlobUnavailable`` if not.
@@ -67,10 +72,8 @@ class BlobFetcher:
         for oid in dict.fromkeys(oids):
             pending = self._pending.get(oid)
             if pending is None:
-                if await trio.to_thread.run_sync(self._present, oid):
-                    continue
-                pending = self._pending.get(oid)  # someone may have asked meanwhile
-            if pending is None:
+                if self._closed is not None:
+                    raise BlobUnavailable(f"blob {oid}: {self._closed}")
                 pending = self._pending[oid] = _Pending()
                 self._queue.append(oid)
                 self._wakeup.set()
@@ -79,6 +82,15 @@ class BlobFetcher:
             await pending.done.wait()
             if pending.error is not None:
                 raise BlobUnavailable(f"blob {oid}: {pending.error}")
+
+    def close(self, reason: str) -> None:
+        """Fail every waiting and future request at once (the mount is going away)."""
+        self._closed = reason
+        self._queue.clear()
+        for pending in self._pending.values():
+            pending.error = reason
+            pending.done.set()
+        self._pending.clear()
 
     async def run(self) -> None:
         """The batching loop; runs until cancelled."""
@@ -91,7 +103,10 @@ class BlobFetcher:
                 await self._slots.acquire()
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
-                nursery.start_soon(self._fetch, batch)
+                if batch:
+                    nursery.start_soon(self._fetch, batch)
+                else:
+                    self._slots.release()
 
     async def _gather(self) -> None:
         """Let a burst of misses finish arriving: wait until it has been quiet for a moment."""
@@ -105,12 +120,18 @@ class BlobFetcher:
             if len(self._queue) == seen:
                 return
 
+    def _fetch_missing(self, batch: Sequence[str]) -> set[str]:
+        """In a worker thread: what is still missing goes to the origin."""
+        present = {oid for oid in batch if self._present(oid)}
+        missing = [oid for oid in batch if oid not in present]
+        return present | (self._fetch_batch(missing) if missing else set())
+
     async def _fetch(self, batch: list[str]) -> None:
-        error = "the server did not send it"
+        error: str | None = None
         got: set[str] = set()
         try:
             got = await trio.to_thread.run_sync(
-                self._fetch_batch, batch, limiter=self._threads, abandon_on_cancel=True
+                self._fetch_missing, batch, limiter=self._threads, abandon_on_cancel=True
             )
         except SourceError as exc:
             error = str(exc)
@@ -121,7 +142,11 @@ class BlobFetcher:
         finally:
             self._slots.release()
         for oid in batch:
-            pending = self._pending.pop(oid)
+            pending = self._pending.pop(oid, None)
+            if pending is None:  # closed meanwhile: its waiters were already told
+                continue
             if oid not in got:
-                pending.error = error
+                if error is None:
+                    log.error("the server did not send blob %s", oid)
+                pending.error = error or "the server did not send it"
             pending.done.set()

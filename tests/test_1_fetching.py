@@ -1,9 +1,13 @@
-"""Coalescing in the blob fetcher, with a fetch function standing in for the network."""
+"""Coalescing in the blob fetcher, with a fetch function standing in for the network.
+
+The clock is trio's MockClock, so the gather windows cost no real time and batching does not
+depend on how fast this machine is.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import trio
@@ -14,19 +18,17 @@ from artifactfs.fetching import BlobFetcher, BlobUnavailable
 
 
 class FakeOrigin:
-    def __init__(self, missing: set[str] | None = None, fail: bool = False) -> None:
+    def __init__(self, missing: set[str] | None = None) -> None:
         self.batches: list[list[str]] = []
         self.stored: set[str] = set()
         self.missing = missing or set()
-        self.fail = fail
+        self.fail = False
         self.release = threading.Event()
         self.release.set()
-        self.lock = threading.Lock()
 
     def fetch(self, oids: Sequence[str]) -> set[str]:
-        self.release.wait(10)
-        with self.lock:
-            self.batches.append(list(oids))
+        assert self.release.wait(10)
+        self.batches.append(list(oids))
         if self.fail:
             raise SourceError("connection refused")
         got = {oid for oid in oids if oid not in self.missing}
@@ -37,15 +39,20 @@ class FakeOrigin:
         return oid in self.stored
 
 
-def run_with(origin: FakeOrigin, body: object) -> None:
+def run_with(origin: FakeOrigin, body: Callable[[BlobFetcher], Awaitable[None]]) -> None:
     async def main() -> None:
         fetcher = BlobFetcher(origin.fetch, origin.present, parallel_fetches=2)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetcher.run)
-            await body(fetcher)  # type: ignore[operator]
+            await trio.testing.wait_all_tasks_blocked()  # the batcher waits for a first miss
+            await body(fetcher)
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def oid(n: int) -> str:
+    return f"{n:040x}"
 
 
 def test_simultaneous_misses_share_one_batch() -> None:
@@ -54,11 +61,22 @@ def test_simultaneous_misses_share_one_batch() -> None:
     async def body(fetcher: BlobFetcher) -> None:
         async with trio.open_nursery() as nursery:
             for n in range(50):
-                nursery.start_soon(fetcher.ensure, [f"{n:040x}"])
-        assert len(origin.batches) <= 2
-        assert sorted(oid for batch in origin.batches for oid in batch) == sorted(
-            f"{n:040x}" for n in range(50)
-        )
+                nursery.start_soon(fetcher.ensure, [oid(n)])
+        assert len(origin.batches) == 1
+        assert sorted(origin.batches[0]) == [oid(n) for n in range(50)]
+
+    run_with(origin, body)
+
+
+def test_a_trickle_of_misses_is_gathered_until_quiet() -> None:
+    origin = FakeOrigin()
+
+    async def body(fetcher: BlobFetcher) -> None:
+        async with trio.open_nursery() as nursery:
+            for n in range(5):
+                nursery.start_soon(fetcher.ensure, [oid(n)])
+                await trio.sleep(0.001)  # mock time: arrivals 1 ms apart
+        assert origin.batches == [[oid(n) for n in range(5)]]
 
     run_with(origin, body)
 
@@ -74,8 +92,8 @@ def test_one_blob_many_waiters_one_fetch() -> None:
             await trio.testing.wait_all_tasks_blocked()
             origin.release.set()
         assert origin.batches == [["a" * 40]]
-        await fetcher.ensure(["a" * 40])  # now present: no fetch at all
-        assert len(origin.batches) == 1
+        await fetcher.ensure(["a" * 40])  # published meanwhile: checked again, not fetched
+        assert origin.batches == [["a" * 40]]
 
     run_with(origin, body)
 
@@ -93,5 +111,30 @@ def test_missing_blobs_and_failures_reach_every_waiter() -> None:
         origin.fail = False
         await fetcher.ensure(["c" * 40])  # a later read retries
         assert origin.batches[-1] == ["c" * 40]
+
+    run_with(origin, body)
+
+
+def test_close_fails_waiters_at_once() -> None:
+    origin = FakeOrigin()
+    origin.release.clear()
+
+    async def body(fetcher: BlobFetcher) -> None:
+        failures: list[str] = []
+
+        async def reader() -> None:
+            try:
+                await fetcher.ensure(["a" * 40])
+            except BlobUnavailable as exc:
+                failures.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            fetcher.close("unmounting")
+        assert failures == [f"blob {'a' * 40}: unmounting"]
+        with pytest.raises(BlobUnavailable, match="unmounting"):
+            await fetcher.ensure(["d" * 40])
+        origin.release.set()
 
     run_with(origin, body)
