@@ -17,6 +17,7 @@ from .errors import UserError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+MAX_IO_TIMEOUT = 86400.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,8 +79,8 @@ def _mount(args: argparse.Namespace) -> int:
 
     spec = parse_source(args.source)
     ref = check_ref(args.ref)
-    if not args.io_timeout > 0:
-        raise UserError("--io-timeout must be a positive number of seconds")
+    if not 0 < args.io_timeout <= MAX_IO_TIMEOUT:  # also refuses nan and inf
+        raise UserError(f"--io-timeout must be between 0 and {MAX_IO_TIMEOUT:.0f} seconds")
     mountpoint = check_mountpoint(args.mountpoint)
     home = ArtifactHome(default_home())
     try:
@@ -95,11 +96,11 @@ def _mount(args: argparse.Namespace) -> int:
 
 
 def _unmount(args: argparse.Namespace) -> int:
-    from .mount.mountpoints import FS_TYPE, detach, is_stale, mount_at
+    from .mount.mountpoints import FS_TYPE, detach, is_stale, mount_at, remove_stale
 
     path = Path(args.mountpoint).absolute()
     if is_stale(path):
-        detach(path, lazy=True)
+        remove_stale(path)
         return 0
     entry = mount_at(Path(args.mountpoint).resolve())
     if entry is None:

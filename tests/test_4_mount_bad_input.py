@@ -110,3 +110,17 @@ def test_unmount_and_status_of_something_else(tmp_path: Path, home: Path) -> Non
         result = run_cli(*command, home=home)
         assert result.returncode == 2
         assert_one_line(result.stderr, "not")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "1e300", "soon"])
+def test_bad_io_timeouts(
+    value: str, daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    result = run_cli(
+        "mount", daemon.url("sample.git"), str(mnt), f"--io-timeout={value}", home=home
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "--io-timeout" in result.stderr
+    assert not home.exists()
+    assert not is_mounted(mnt)

@@ -8,6 +8,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.gitrepos import Repo
 from tests.helpers.mounts import is_mounted, mounted, run_cli
 from tests.helpers.ports import free_port
@@ -133,5 +135,33 @@ def test_a_read_from_a_silent_server_fails_with_eio_instead_of_hanging(
             assert "timed out waiting for the server" in mount.log()
             proxy.release()
             assert (mnt / "README.md").read_bytes() == b"# sample\n"  # later reads recover
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "fusermount"])
+def test_stopping_with_a_reader_waiting_on_the_gate(
+    stop: str, daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    """Neither the stalled origin nor the blocked reader may hold the exit (io-timeout: 60 s)."""
+    proxy = GitProxy(daemon.port, held=True)
+    try:
+        with mounted(daemon.url("sample.git", proxy.port), mnt, home, ready=False) as mount:
+            wait_for(lambda: proxy.accepted >= 1, 10, "prepare to reach the stalled server")
+            ls = subprocess.Popen(["ls", str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                wait_for(lambda: blocked_in_fuse(ls.pid), 10, "ls to block in the mount")
+                if stop == "SIGTERM":
+                    mount.process.send_signal(signal.SIGTERM)
+                else:
+                    # busy (the reader is inside), so only a lazy unmount can take it away
+                    subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=True, timeout=10)
+                assert mount.process.wait(15) == 0, mount.stderr()
+                assert ls.wait(10) != 0
+            finally:
+                if ls.poll() is None:
+                    ls.kill()
+                ls.communicate()
+            assert not is_mounted(mnt)
     finally:
         proxy.stop()

@@ -86,12 +86,20 @@ def is_stale(path: Path) -> bool:
     return False
 
 
+def remove_stale(path: Path) -> None:
+    """Detach a dead artifactfs mount; refuse to touch another file system's."""
+    entry = mount_at(path)
+    if entry is not None and entry.fs_type != FS_TYPE:
+        raise UserError(f"{path} is a dead {entry.fs_type} mount, not ours: unmount it first")
+    log.warning("removing stale mount at %s (its process is gone)", path)
+    detach(path, lazy=True)
+
+
 def check_mountpoint(text: str) -> Path:
     """Validate a mount point for a new mount, removing a stale mount left there first."""
     path = Path(os.path.realpath(text))
     if is_stale(path):
-        log.warning("removing stale mount at %s (its process is gone)", path)
-        detach(path, lazy=True)
+        remove_stale(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:

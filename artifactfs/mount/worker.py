@@ -7,8 +7,11 @@ root's xattrs). A failed prepare ends the worker with status 1 unless ``keep_fai
 in which case the mount stays in failed state and SIGHUP retries it.
 
 SIGINT and SIGTERM end the worker cleanly; so does an unmount from outside
-(``artifactfs unmount``, ``fusermount3 -u``). Network calls carry a socket timeout so a dead
-origin turns into EIO instead of a reader hanging forever.
+(``artifactfs unmount``, ``fusermount3 -u``), noticed within a second. Stopping fails every
+request that waits (on the gate or on a fetch) at once, so neither a stalled origin nor a
+blocked reader can hold the exit; requests still running after a grace period are cancelled.
+Network calls carry a socket timeout so a dead origin turns into EIO instead of a reader
+hanging forever.
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ from ..cas import ContentStore, Digest
 from ..cas.digests import git_blob_algorithm
 from ..errors import SourceError, UserError
 from ..fetching import BlobFetcher
+from ..fs.gate import GateState
 from ..fs.gated import GatedOperations
 from ..fs.operations import SnapshotOperations
 from ..fs.state import MountState
 from ..home import ArtifactHome
 from ..snapshot import SnapshotIndex
+from ..snapshot.index import sweep_snapshot_temporaries
 from ..sources.git.source import GitSource
 from ..sources.spec import GitSourceSpec
+from .mountpoints import FS_TYPE, mount_at
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,14 @@ class MountRequest:
     home: ArtifactHome
     keep_failed: bool = False
     io_timeout: float = 60.0
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+STOP_GRACE_SECONDS = 5.0
+"""After a stop request, requests still running get this long before they are cancelled."""
+WATCH_SECONDS = 1.0
+"""How often the worker checks that its mount is still there (someone may unmount it)."""
+SWEEP_AGE_SECONDS = 3600.0
 
 
 class _Worker:
@@ -66,27 +80,76 @@ class _Worker:
         inner = SnapshotOperations(self.state, self.cas, self.fetcher)
         self.operations = GatedOperations(inner, self.state.gate)
         self._retry = trio.Event()
+        self._stopping = False
+        self._fuse_scope = trio.CancelScope()
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._handle_signals)
             nursery.start_soon(self.fetcher.run)
             nursery.start_soon(self._prepare)
-            await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
+            nursery.start_soon(self._watch_mount)
+            nursery.start_soon(self._sweep_leftovers)
+            with self._fuse_scope:
+                await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
             nursery.cancel_scope.cancel()
         snapshot = self.state.snapshot
         if snapshot is not None:
             snapshot.close()
 
+    def _stop(self, why: str) -> None:
+        """End the mount: fail what waits, stop taking requests, cancel stragglers later.
+
+        pyfuse3.main returns only once every running request is answered, so requests
+        waiting on the gate or on a fetch are failed at once instead of holding the exit.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("stopping: %s", why)
+        self.fetcher.close("the mount is shutting down")
+        if self.state.gate.state is GateState.PREPARING:
+            self.state.gate.fail("the mount is shutting down")
+        pyfuse3.terminate()
+        self._nursery.start_soon(self._cancel_stragglers)
+
+    async def _cancel_stragglers(self) -> None:
+        await trio.sleep(STOP_GRACE_SECONDS)
+        log.warning("requests still running after %.0f s: cancelling them", STOP_GRACE_SECONDS)
+        self._fuse_scope.cancel()
+
     async def _handle_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked in run()
             async for signum in signals:
-                if signum == signal.SIGHUP:
+                if signum != signal.SIGHUP:
+                    self._stop(signal.Signals(signum).name)
+                elif self.state.gate.state is GateState.FAILED and self.request.keep_failed:
                     log.info("SIGHUP: preparing again")
                     self._retry.set()
                 else:
-                    log.info("%s: unmounting", signal.Signals(signum).name)
-                    pyfuse3.terminate()
+                    log.info("SIGHUP ignored: the mount is %s", self.state.gate.state.value)
+
+    async def _watch_mount(self) -> None:
+        """Notice an unmount from outside (fusermount3 -u) even while requests are waiting."""
+        mountpoint = self.request.mountpoint
+        while True:
+            await trio.sleep(WATCH_SECONDS)
+            entry = await trio.to_thread.run_sync(mount_at, mountpoint)
+            if entry is None or entry.fs_type != FS_TYPE:
+                self._stop(f"{mountpoint} was unmounted")
+                return
+
+    async def _sweep_leftovers(self) -> None:
+        """Remove temporaries that crashed writers left behind (never young ones: they may be
+        another process's work in progress)."""
+        removed = await trio.to_thread.run_sync(self.cas.sweep_temporaries, SWEEP_AGE_SECONDS)
+        removed += await trio.to_thread.run_sync(
+            sweep_snapshot_temporaries, self.request.home.snapshots_dir, SWEEP_AGE_SECONDS
+        )
+        if removed:
+            log.info("removed %d temporary files left by crashed writers", removed)
 
     async def _prepare(self) -> None:
         display = self.request.spec.display
@@ -106,17 +169,22 @@ class _Worker:
                 log.exception("prepare of %s failed unexpectedly", display)
                 reason = f"internal error: {type(exc).__name__}"
             else:
+                if self._stopping:
+                    snapshot.close()
+                    return
                 self.state.blob_algorithm = git_blob_algorithm(prepared.object_format)
                 self.state.snapshot = snapshot
                 self.state.gate.open()
                 files = snapshot.meta.files
                 log.info("ready: %s at %s (%d files)", display, prepared.commit[:12], files)
                 return
+            if self._stopping:
+                return
             self.state.gate.fail(reason)
             log.error("cannot prepare %s: %s", display, reason)
             if not self.request.keep_failed:
                 self.exit_code = 1
-                pyfuse3.terminate()
+                self._stop("prepare failed")
                 return
             await self._retry.wait()
             self.state.gate.reset()
@@ -127,9 +195,13 @@ def run(request: MountRequest) -> int:
     socket.setdefaulttimeout(request.io_timeout)
     worker = _Worker(request)
     options = {"fsname=artifactfs", "subtype=artifactfs", "ro", "default_permissions"}
+    # Until trio's handlers are in place a SIGTERM would kill us with the mount up (stale);
+    # hold the stop signals from before mounting until the handler unblocks them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         pyfuse3.init(worker.operations, str(request.mountpoint), options)
     except RuntimeError as exc:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         raise UserError(f"cannot mount at {request.mountpoint}: {exc}") from None
     log.info("mounted %s at %s (preparing)", request.spec.display, request.mountpoint)
     try:

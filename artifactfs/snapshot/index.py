@@ -20,6 +20,7 @@ import contextlib
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,13 +199,31 @@ def write_snapshot(
         db.execute("PRAGMA journal_mode=WAL")
     finally:
         db.close()
-    fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # link, not rename: another process may have published the same commit meanwhile and
+        # have it open; a snapshot, once published, is never replaced.
+        with contextlib.suppress(FileExistsError):
+            os.link(temp, path)
     finally:
-        os.close(fd)
-    os.rename(temp, path)
+        temp.unlink()
     return meta
+
+
+def sweep_snapshot_temporaries(directory: Path, older_than_seconds: float) -> int:
+    """Remove half-written snapshots that crashed writers left; return how many."""
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for temp in directory.glob(".git-*.tmp-*"):
+        with contextlib.suppress(FileNotFoundError):
+            if temp.stat().st_mtime < cutoff:
+                temp.unlink()
+                removed += 1
+    return removed
 
 
 class SnapshotIndex:
@@ -212,7 +231,8 @@ class SnapshotIndex:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # a short busy timeout: the loop must never wait long on another process's write
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.1)
         self._db.execute("PRAGMA synchronous=NORMAL")
         values = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if values.get("schema_version") != str(SCHEMA_VERSION):
@@ -270,13 +290,21 @@ class SnapshotIndex:
         )
         return [_row(values) for values in found]
 
-    def record_sizes(self, sizes: dict[int, int]) -> None:
-        """Store sizes learned from fetched blobs (inode -> size)."""
-        self._db.execute("BEGIN")
-        self._db.executemany(
-            "UPDATE entries SET size = ? WHERE inode = ?", [(s, i) for i, s in sizes.items()]
-        )
-        self._db.execute("COMMIT")
+    def record_sizes(self, sizes: dict[int, int]) -> bool:
+        """Store sizes learned from fetched blobs (inode -> size); False if the index was busy.
+
+        Losing the race is harmless: the sizes are learned again when next needed.
+        """
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "UPDATE entries SET size = ? WHERE inode = ?",
+                    [(s, i) for i, s in sizes.items()],
+                )
+        except sqlite3.OperationalError:
+            return False
+        return True
 
     def iter_all(self) -> Iterator[Row]:
         for values in self._db.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY inode"):
