@@ -15,7 +15,7 @@ meantime is never fetched twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -24,8 +24,9 @@ from .errors import SourceError
 
 log = logging.getLogger(__name__)
 
-FetchBatch = Callable[[Sequence[str]], set[str]]
-"""Blocking: fetch these blob ids into the CAS; return the ids that were published."""
+FetchBatch = Callable[[Mapping[str, int | None]], set[str]]
+"""Blocking: fetch these blob ids (with their expected sizes, None if unknown) into the CAS;
+return the ids that were published."""
 Present = Callable[[str], bool]
 """Blocking: is this blob already in the CAS?"""
 
@@ -36,6 +37,7 @@ class BlobUnavailable(Exception):
 
 @dataclass
 class _Pending:
+    size: int | None
     done: trio.Event = field(default_factory=trio.Event)
     error: str | None = None
 
@@ -63,18 +65,19 @@ class BlobFetcher:
         self._wakeup = trio.Event()
         self._closed: str | None = None
 
-    async def ensure(self, oids: Sequence[str]) -> None:
-        """Return when every blob in ``oids`` is in the CAS; raise ``BlobUnavailable`` if not.
+    async def ensure(self, wanted: Mapping[str, int | None]) -> None:
+        """Return when every blob in ``wanted`` (id -> expected size, None if unknown) is in
+        the CAS; raise ``BlobUnavailable`` if one cannot be had.
 
         Cancellation: safe; a cancelled caller leaves the fetch running for other waiters.
         """
         waits: list[tuple[str, _Pending]] = []
-        for oid in dict.fromkeys(oids):
+        for oid, size in wanted.items():
             pending = self._pending.get(oid)
             if pending is None:
                 if self._closed is not None:
                     raise BlobUnavailable(f"blob {oid}: {self._closed}")
-                pending = self._pending[oid] = _Pending()
+                pending = self._pending[oid] = _Pending(size)
                 self._queue.append(oid)
                 self._wakeup.set()
             waits.append((oid, pending))
@@ -120,18 +123,19 @@ class BlobFetcher:
             if len(self._queue) == seen:
                 return
 
-    def _fetch_missing(self, batch: Sequence[str]) -> set[str]:
+    def _fetch_missing(self, batch: Mapping[str, int | None]) -> set[str]:
         """In a worker thread: what is still missing goes to the origin."""
         present = {oid for oid in batch if self._present(oid)}
-        missing = [oid for oid in batch if oid not in present]
+        missing = {oid: size for oid, size in batch.items() if oid not in present}
         return present | (self._fetch_batch(missing) if missing else set())
 
     async def _fetch(self, batch: list[str]) -> None:
         error: str | None = None
         got: set[str] = set()
+        sizes = {oid: self._pending[oid].size for oid in batch if oid in self._pending}
         try:
             got = await trio.to_thread.run_sync(
-                self._fetch_missing, batch, limiter=self._threads, abandon_on_cancel=True
+                self._fetch_missing, sizes, limiter=self._threads, abandon_on_cancel=True
             )
         except SourceError as exc:
             error = str(exc)

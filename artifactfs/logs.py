@@ -1,9 +1,10 @@
 """Logging for a mount worker: a log file under the state home, and stderr for people.
 
-stderr shows warnings and errors as ``artifactfs: <message>`` (INFO and DEBUG with
-``--verbose``/``--debug``); the file keeps INFO and above with timestamps. Messages never
-contain credentials: sources are logged by their redacted display form, and as a last line of
-defence any ``scheme://user:secret@`` in a message is masked.
+stderr shows warnings and errors as ``artifactfs: <message>`` (INFO with ``-v``, DEBUG with
+``-vv``); the file keeps INFO and above with timestamps. Messages never contain credentials:
+sources are logged by their redacted display form, and as a last line of defence the
+formatters mask any ``scheme://user:secret@`` in the whole formatted record, tracebacks
+included.
 """
 
 from __future__ import annotations
@@ -15,13 +16,9 @@ from pathlib import Path
 from .redact import mask_userinfo
 
 
-class _MaskCredentials(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_userinfo(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
+class _MaskingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_userinfo(super().format(record))
 
 
 def configure(log_file: Path | None, verbosity: int) -> None:
@@ -29,20 +26,17 @@ def configure(log_file: Path | None, verbosity: int) -> None:
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
-    mask = _MaskCredentials()
 
     to_stderr = logging.StreamHandler(sys.stderr)
     to_stderr.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)])
-    to_stderr.setFormatter(logging.Formatter("artifactfs: %(message)s"))
-    to_stderr.addFilter(mask)
+    to_stderr.setFormatter(_MaskingFormatter("artifactfs: %(message)s"))
     root.addHandler(to_stderr)
 
     if log_file is not None:
         to_file = logging.FileHandler(log_file, encoding="utf-8")
         to_file.setFormatter(
-            logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+            _MaskingFormatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
         )
-        to_file.addFilter(mask)
         root.addHandler(to_file)
     # third-party chatter stays out of stderr unless debugging
     for noisy in ("dulwich", "urllib3", "pyfuse3"):

@@ -7,7 +7,7 @@ depend on how fast this machine is.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 
 import pytest
 import trio
@@ -26,7 +26,8 @@ class FakeOrigin:
         self.release = threading.Event()
         self.release.set()
 
-    def fetch(self, oids: Sequence[str]) -> set[str]:
+    def fetch(self, wanted: Mapping[str, int | None]) -> set[str]:
+        oids = list(wanted)
         assert self.release.wait(10)
         self.batches.append(list(oids))
         if self.fail:
@@ -61,7 +62,7 @@ def test_simultaneous_misses_share_one_batch() -> None:
     async def body(fetcher: BlobFetcher) -> None:
         async with trio.open_nursery() as nursery:
             for n in range(50):
-                nursery.start_soon(fetcher.ensure, [oid(n)])
+                nursery.start_soon(fetcher.ensure, {oid(n): 1})
         assert len(origin.batches) == 1
         assert sorted(origin.batches[0]) == [oid(n) for n in range(50)]
 
@@ -74,7 +75,7 @@ def test_a_trickle_of_misses_is_gathered_until_quiet() -> None:
     async def body(fetcher: BlobFetcher) -> None:
         async with trio.open_nursery() as nursery:
             for n in range(5):
-                nursery.start_soon(fetcher.ensure, [oid(n)])
+                nursery.start_soon(fetcher.ensure, {oid(n): 1})
                 await trio.sleep(0.001)  # mock time: arrivals 1 ms apart
         assert origin.batches == [[oid(n) for n in range(5)]]
 
@@ -88,11 +89,11 @@ def test_one_blob_many_waiters_one_fetch() -> None:
     async def body(fetcher: BlobFetcher) -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(20):
-                nursery.start_soon(fetcher.ensure, ["a" * 40])
+                nursery.start_soon(fetcher.ensure, {"a" * 40: 1})
             await trio.testing.wait_all_tasks_blocked()
             origin.release.set()
         assert origin.batches == [["a" * 40]]
-        await fetcher.ensure(["a" * 40])  # published meanwhile: checked again, not fetched
+        await fetcher.ensure({"a" * 40: 1})  # published meanwhile: checked again, not fetched
         assert origin.batches == [["a" * 40]]
 
     run_with(origin, body)
@@ -102,14 +103,14 @@ def test_missing_blobs_and_failures_reach_every_waiter() -> None:
     origin = FakeOrigin(missing={"b" * 40})
 
     async def body(fetcher: BlobFetcher) -> None:
-        await fetcher.ensure(["a" * 40])
+        await fetcher.ensure({"a" * 40: 1})
         with pytest.raises(BlobUnavailable, match="did not send it"):
-            await fetcher.ensure(["b" * 40])
+            await fetcher.ensure({"b" * 40: 1})
         origin.fail = True
         with pytest.raises(BlobUnavailable, match="connection refused"):
-            await fetcher.ensure(["c" * 40])
+            await fetcher.ensure({"c" * 40: 1})
         origin.fail = False
-        await fetcher.ensure(["c" * 40])  # a later read retries
+        await fetcher.ensure({"c" * 40: 1})  # a later read retries
         assert origin.batches[-1] == ["c" * 40]
 
     run_with(origin, body)
@@ -124,7 +125,7 @@ def test_close_fails_waiters_at_once() -> None:
 
         async def reader() -> None:
             try:
-                await fetcher.ensure(["a" * 40])
+                await fetcher.ensure({"a" * 40: 1})
             except BlobUnavailable as exc:
                 failures.append(str(exc))
 
@@ -134,7 +135,7 @@ def test_close_fails_waiters_at_once() -> None:
             fetcher.close("unmounting")
         assert failures == [f"blob {'a' * 40}: unmounting"]
         with pytest.raises(BlobUnavailable, match="unmounting"):
-            await fetcher.ensure(["d" * 40])
+            await fetcher.ensure({"d" * 40: 1})
         origin.release.set()
 
     run_with(origin, body)

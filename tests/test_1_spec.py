@@ -52,6 +52,7 @@ def test_credentials_are_kept_for_the_transport_but_never_displayed() -> None:
     assert mask_userinfo("failed: https://u:p@h/x and ssh://k@h/y") == (
         "failed: https://***@h/x and ssh://***@h/y"
     )
+    assert mask_userinfo("https://u:p@ss@host/x") == "https://***@host/x"
 
 
 @pytest.mark.parametrize(

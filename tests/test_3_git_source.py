@@ -9,8 +9,9 @@ import pytest
 from artifactfs.cas import GIT_SHA1, ContentStore, Digest
 from artifactfs.errors import SourceError
 from artifactfs.snapshot import ROOT_INODE, SnapshotIndex
+from artifactfs.sources.counters import FetchCounters
 from artifactfs.sources.git import object_info
-from artifactfs.sources.git.source import FetchCounters, GitSource, resolve_ref
+from artifactfs.sources.git.source import GitSource, resolve_ref
 from artifactfs.sources.git.transport import open_client
 from artifactfs.sources.spec import parse_source
 from tests.conftest import BIG
@@ -84,15 +85,15 @@ def test_fetch_blobs_publishes_verified_blobs(
 ) -> None:
     cas = ContentStore(tmp_path / "cas")
     source = source_for(daemon.url("sample.git"), tmp_path)
-    wanted = [sample.blob_id("data/big.bin"), sample.blob_id("README.md")]
+    wanted = {sample.blob_id("data/big.bin"): len(BIG), sample.blob_id("README.md"): 9}
     assert source.fetch_blobs(wanted, cas) == set(wanted)
-    assert cas.path_of(Digest(GIT_SHA1, wanted[0])).read_bytes() == BIG
+    assert cas.path_of(Digest(GIT_SHA1, sample.blob_id("data/big.bin"))).read_bytes() == BIG
     assert source.counters.blob_fetches == 1 and source.counters.blobs_fetched == 2
 
 
 def test_unknown_objects_and_refs(daemon: GitDaemon, sample: Repo, tmp_path: Path) -> None:
     cas = ContentStore(tmp_path / "cas")
-    assert source_for(daemon.url("sample.git"), tmp_path).fetch_blobs(["0" * 40], cas) == set()
+    assert source_for(daemon.url("sample.git"), tmp_path).fetch_blobs({"0" * 40: 1}, cas) == set()
     with pytest.raises(SourceError, match="unknown ref 'nosuch'"):
         source_for(daemon.url("sample.git"), tmp_path, "nosuch").prepare(tmp_path, cas)
 
@@ -112,3 +113,15 @@ def test_ref_resolution_follows_git_precedence() -> None:
     assert resolve_ref("a" * 40, refs) == "a" * 40
     with pytest.raises(SourceError):
         resolve_ref("nope", refs)
+
+
+def test_a_server_sending_more_than_announced_is_cut_off(
+    daemon: GitDaemon, sample: Repo, tmp_path: Path
+) -> None:
+    cas = ContentStore(tmp_path / "cas")
+    source = source_for(daemon.url("sample.git"), tmp_path)
+    big = sample.blob_id("data/big.bin")
+    with pytest.raises(SourceError, match="sent more than"):
+        source.fetch_blobs({big: 1000}, cas)  # as if object-info had said 1000 bytes
+    assert not cas.contains(Digest(GIT_SHA1, big))
+    assert list(tmp_path.glob("pack-*")) == []

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from tests.helpers.gitrepos import Repo, make_repo
-from tests.helpers.mounts import is_stale, mounted
+from tests.helpers.mounts import errno_of, is_stale, mounted
 from tests.helpers.servers import GitDaemon
 from tests.helpers.waiting import wait_for
 
@@ -74,10 +74,7 @@ def test_killed_mounter_leaves_a_stale_mount_that_the_next_mount_cleans(
         mount.process.send_signal(signal.SIGKILL)
         mount.process.wait(10)
         wait_for(lambda: is_stale(mnt), 10, "the mount to go stale")
-        try:
-            os.listdir(mnt)
-        except OSError as exc:
-            assert exc.errno == errno.ENOTCONN
+        assert errno_of(lambda: os.listdir(mnt)) == errno.ENOTCONN
         with mounted(daemon.url("sample.git"), mnt, home) as again:
             assert (mnt / "README.md").read_bytes() == b"# sample\n"
             assert "removing stale mount" in again.stderr()

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 from pathlib import Path
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BIG
-from tests.helpers.gitrepos import Repo, git, make_repo
-from tests.helpers.mounts import is_mounted, mounted, run_cli
-from tests.helpers.servers import GitDaemon
+from tests.helpers.gitrepos import Repo, Symlink, git, make_repo
+from tests.helpers.mounts import errno_of, is_mounted, mounted, run_cli
+from tests.helpers.servers import GitDaemon, HttpGitServer
 
 
 def tree_listing(repo: Repo, commit: str | None = None) -> dict[str, tuple[str, str]]:
@@ -191,9 +192,69 @@ def test_a_pinned_commit_mounts_from_local_state_while_the_server_is_down(
     with mounted(daemon.url("sample.git"), mnt, home, "--ref", sample.commit) as mount:
         assert (mnt / "data" / "big.bin").read_bytes() == BIG
         assert mount.xattr("commit") == sample.commit
-        try:
-            (mnt / "README.md").read_bytes()  # never fetched: needs the server
-        except OSError as exc:
-            assert exc.errno == errno.EIO
-        else:
-            raise AssertionError("expected EIO")
+        assert (
+            errno_of(lambda: (mnt / "README.md").read_bytes()) == errno.EIO
+        )  # never fetched: needs the server
+
+
+def test_sha256_repositories(daemon: GitDaemon, repos: Path, mnt: Path, home: Path) -> None:
+    files = {"a.txt": b"sha256 world\n", "dir/b.bin": BIG[:100_000], "link": Symlink(b"a.txt")}
+    repo = make_repo(repos, "s256.git", files, object_format="sha256")
+    with mounted(daemon.url("s256.git"), mnt, home) as mount:
+        assert mount.xattr("commit") == repo.commit and len(repo.commit) == 64
+        assert os.stat(mnt / "dir" / "b.bin").st_size == 100_000
+        assert (mnt / "dir" / "b.bin").read_bytes() == BIG[:100_000]
+        assert os.readlink(mnt / "link") == "a.txt"
+        assert mount.xattr("oid", mnt / "a.txt") == repo.blob_id("a.txt")
+    oid = repo.blob_id("dir/b.bin")
+    assert (home / "cas" / "git-sha256" / oid[:2] / oid).read_bytes() == BIG[:100_000]
+
+
+def test_a_size_that_does_not_match_the_content_is_never_served(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    """As if object-info had lied: the verified content wins, the wrong size is not served."""
+    with mounted(daemon.url("sample.git"), mnt, home):
+        pass
+    (snapshot,) = (home / "snapshots").glob("git-*.sqlite")
+    with sqlite3.connect(snapshot) as db:
+        db.execute("UPDATE entries SET size = 3 WHERE name = ?", (b"README.md",))
+    pinned = ("--ref", sample.commit)
+    with mounted(daemon.url("sample.git"), mnt, home, *pinned) as mount:
+        assert os.stat(mnt / "README.md").st_size == 3
+        assert errno_of(lambda: (mnt / "README.md").read_bytes()) == errno.EIO
+        assert "the server said blob" in mount.log()
+    with mounted(daemon.url("sample.git"), mnt, home, *pinned):
+        assert (mnt / "README.md").read_bytes() == b"# sample\n"
+
+
+def test_credentials_never_leave_the_transport(
+    http_server: HttpGitServer, sample: Repo, mnt: Path, home: Path
+) -> None:
+    secret = "s3cret-t0ken"
+    url = http_server.url("sample.git").replace("http://", f"http://user:{secret}@")
+    with mounted(url, mnt, home, "-v") as mount:
+        assert (mnt / "README.md").read_bytes() == b"# sample\n"
+        assert mount.xattr("source") == http_server.url("sample.git").replace(
+            "http://", "http://user:***@"
+        )
+        status = run_cli("status", str(mnt), "--json", home=home)
+        assert secret not in status.stdout + status.stderr
+        assert secret not in mount.stderr()
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_directory_of_thousands_lists_exactly(
+    daemon: GitDaemon, repos: Path, mnt: Path, home: Path
+) -> None:
+    names = [f"entry-{n:05d}-{'x' * (n % 40)}" for n in range(3000)]
+    make_repo(repos, "wide.git", {f"wide/{name}": b"" for name in names})
+    with mounted(daemon.url("wide.git"), mnt, home):
+        assert sorted(os.listdir(mnt / "wide")) == sorted(names)  # many readdir calls
+        listed = subprocess.run(
+            ["ls", "-f", str(mnt / "wide")], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert sorted(listed) == sorted([".", "..", *names])
+        assert len(listed) == len(set(listed))

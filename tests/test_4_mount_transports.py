@@ -90,6 +90,8 @@ def test_server_without_object_info(daemon: GitDaemon, repos: Path, mnt: Path, h
             assert set(daemon.wanted()) == {repo.commit} | data_blobs
             assert daemon.fetch_commands() == 2  # the tree, then the whole directory at once
             assert (mnt / "data" / "big.bin").read_bytes() == BIG
+            # a file read without listing its directory costs only its own blob
             assert (mnt / "README.md").read_bytes() == b"# sample\n"
+            assert daemon.wanted()[3:] == [repo.blob_id("README.md")]
     finally:
         proxy.stop()

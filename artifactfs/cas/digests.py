@@ -60,6 +60,8 @@ class Digest:
     hex: str
 
     def __post_init__(self) -> None:
+        if ALGORITHMS.get(self.algorithm.name) is not self.algorithm:
+            raise InvalidDigest(f"unknown digest algorithm {self.algorithm.name[:40]!r}")
         if len(self.hex) != self.algorithm.hex_length or not _HEX.fullmatch(self.hex):
             raise InvalidDigest(f"not a {self.algorithm.name} digest: {self.hex[:80]!r}")
 

@@ -1,6 +1,6 @@
 """The local content-addressed store: verified, immutable blobs on disk.
 
-Contract (tested by ``tests/test_cas_contract.py``):
+Contract (tested by ``tests/test_2_cas_contract.py``):
 
 - a blob appears under its published name only after its content was hashed and matched the
   digest; it is written to a temporary file in the same directory, fsynced, made read-only
@@ -19,7 +19,7 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
 
 from .digests import Algorithm, Digest, digest_of
@@ -113,6 +113,16 @@ class ContentStore:
     def add_bytes(self, algorithm: Algorithm, data: bytes) -> Digest:
         """Publish in-memory content under the digest computed from it."""
         digest = digest_of(algorithm, data)
+        self.put_bytes(digest, data)
+        return digest
+
+    def add_bytes_if(
+        self, algorithm: Algorithm, data: bytes, accept: Container[str]
+    ) -> Digest | None:
+        """Like ``add_bytes``, but only for content whose digest is in ``accept`` (one hash)."""
+        digest = digest_of(algorithm, data)
+        if digest.hex not in accept:
+            return None
         self.put_bytes(digest, data)
         return digest
 

@@ -31,6 +31,8 @@ from .state import MountState
 
 log = logging.getLogger(__name__)
 
+LISTING_HINT_SECONDS = 5.0
+SIZE_BATCH = 1000
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -50,6 +52,8 @@ class SnapshotOperations(pyfuse3.Operations):
         self._io = trio.CapacityLimiter(16)
         self._lookups: Counter[int] = Counter()
         self._files: dict[int, _OpenFile] = {}
+        self._listed: dict[int, float] = {}
+        """Directory inode -> when it was last listed (only while some sizes are unknown)."""
         self._next_fh = 1
 
     # -- helpers ---------------------------------------------------------------------------
@@ -75,39 +79,67 @@ class SnapshotOperations(pyfuse3.Operations):
         return attributes.for_row(row, self._snapshot.meta)
 
     async def _with_known_size(self, row: Row) -> Row:
-        """``row`` with its size, fetching it and its unknown-size siblings in one batch.
+        """``row`` with its size known, fetching its blob if the server never told us.
 
-        Only servers without ``object-info`` leave sizes unknown; a directory listed with
-        ``ls -l`` then costs one fetch, not one per file.
+        Only servers without ``object-info`` leave sizes unknown. If the directory was listed
+        in the last few seconds, someone is probably stat-ing all of it (``ls -l``, ``find``):
+        then the blobs of every unknown-size sibling come along in the same fetch, so the
+        listing costs one round trip rather than one per file. Otherwise only this blob.
         """
         if not attributes.size_unknown(row):
             return row
-        siblings = self._snapshot.unknown_size_siblings(row)
+        listed = self._listed.get(row.parent)
+        batch = [row]
+        if listed is not None and trio.current_time() - listed < LISTING_HINT_SECONDS:
+            siblings = self._snapshot.unknown_size_siblings(row)[:SIZE_BATCH]
+            batch = [row, *(s for s in siblings if s.inode != row.inode)]
         try:
-            await self._fetcher.ensure([s.oid for s in siblings if s.oid])
+            await self._fetcher.ensure({s.oid: None for s in batch if s.oid})
         except BlobUnavailable as exc:
-            log.error("cannot learn the size of %s: %s", row.inode, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            try:  # a sibling may be what failed: this entry alone decides this answer
+                await self._fetcher.ensure({row.oid: None} if row.oid else {})
+            except BlobUnavailable:
+                log.error("cannot learn the size of inode %d: %s", row.inode, exc)
+                raise pyfuse3.FUSEError(errno.EIO) from None
 
         def sizes() -> dict[int, int]:
-            found = {s.inode: self._cas.size_of(self._digest(s)) for s in siblings}
+            found = {s.inode: self._cas.size_of(self._digest(s)) for s in batch}
             return {inode: size for inode, size in found.items() if size is not None}
 
         self._snapshot.record_sizes(await trio.to_thread.run_sync(sizes, limiter=self._io))
         return self._row(row.inode)
 
     async def _open_blob(self, row: Row) -> int:
+        """A descriptor of ``row``'s verified blob, fetching it first if it is missing."""
         digest = self._digest(row)
         try:
-            return await trio.to_thread.run_sync(self._cas.open_fd, digest, limiter=self._io)
+            fd, size = await trio.to_thread.run_sync(self._open_fd, digest, limiter=self._io)
         except FileNotFoundError:
-            pass
-        try:
-            await self._fetcher.ensure([digest.hex])
-        except BlobUnavailable as exc:
-            log.error("read of inode %d failed: %s", row.inode, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        return await trio.to_thread.run_sync(self._cas.open_fd, digest, limiter=self._io)
+            try:
+                await self._fetcher.ensure({digest.hex: row.size})
+            except BlobUnavailable as exc:
+                log.error("read of inode %d failed: %s", row.inode, exc)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            fd, size = await trio.to_thread.run_sync(self._open_fd, digest, limiter=self._io)
+        if row.size is not None and size != row.size:
+            # The content is verified by its digest; the size the server announced was not.
+            # The kernel holds the wrong size, so serving the true bytes would truncate them.
+            os.close(fd)
+            log.error(
+                "the server said blob %s has %d bytes, but it has %d: refusing to serve "
+                "inode %d in this mount (the next mount will show the true size)",
+                row.oid,
+                row.size,
+                size,
+                row.inode,
+            )
+            self._snapshot.record_sizes({row.inode: size})
+            raise pyfuse3.FUSEError(errno.EIO)
+        return fd
+
+    def _open_fd(self, digest: Digest) -> tuple[int, int]:
+        fd = self._cas.open_fd(digest)
+        return fd, os.fstat(fd).st_size
 
     async def _cached_bytes(self, row: Row) -> int:
         if row.size == 0:
@@ -123,7 +155,7 @@ class SnapshotOperations(pyfuse3.Operations):
         row = self._snapshot.lookup(parent_inode, name)
         if row is None:
             return attributes.negative_entry()
-        row = await self._with_known_size(row)
+        # an unknown size is answered as "not cached": the kernel asks getattr before use
         self._lookups[row.inode] += 1
         return self._attributes(row)
 
@@ -165,6 +197,8 @@ class SnapshotOperations(pyfuse3.Operations):
         the kernel accepted does.
         """
         directory = self._row(fh)
+        if self._snapshot.meta.sizes != "complete":
+            self._listed[directory.inode] = trio.current_time()
         dots = ((b".", directory), (b"..", self._row(directory.parent)))
         for offset, (name, row) in enumerate(dots, start=1):
             if start_id < offset and not pyfuse3.readdir_reply(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..cas import GIT_SHA1, Algorithm
 from ..snapshot import SnapshotIndex
-from ..sources.git.source import FetchCounters
+from ..sources.counters import FetchCounters
 from .gate import ReadyGate
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from ..snapshot import Row
+from ..snapshot import Kind, Row
 from .gate import GateState
 from .state import MountState
 
@@ -42,6 +42,8 @@ def root_values(state: MountState) -> dict[bytes, bytes]:
 
 
 def entry_names(row: Row) -> list[bytes]:
+    if row.kind is Kind.SYMLINK:
+        return []  # the kernel refuses user.* attributes on symlinks
     names = []
     if row.oid is not None:
         names.append(OID)

@@ -74,10 +74,12 @@ def serve_config(bare: Path) -> None:
     git("config", "transfer.advertiseObjectInfo", "true", cwd=bare)
 
 
-def make_repo(base: Path, name: str, files: dict[str, Content]) -> Repo:
+def make_repo(
+    base: Path, name: str, files: dict[str, Content], object_format: str = "sha1"
+) -> Repo:
     """A bare repository ``base/name`` whose one commit holds ``files``."""
     work = base / f".work-{name}"
-    git("init", "-q", "-b", "main", str(work))
+    git("init", "-q", "-b", "main", f"--object-format={object_format}", str(work))
     write_tree(work, files)
     git("add", "-A", cwd=work)
     for path, content in files.items():

@@ -11,7 +11,7 @@ import errno
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,15 @@ def run_cli(
         check=False,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def errno_of(action: Callable[[], object]) -> int | None:
+    """The errno ``action`` fails with, or None if it succeeds."""
+    try:
+        action()
+    except OSError as exc:
+        return exc.errno
+    return None
 
 
 def is_mounted(path: Path) -> bool:

@@ -47,8 +47,11 @@ def query_sizes(client: GitClient, path: str, oids: Sequence[str]) -> dict[str, 
     return None
 
 
-def _request(oids: Iterable[str]) -> bytes:
-    lines = [pkt_line(b"command=object-info\n"), b"0001", pkt_line(b"size\n")]
+def _request(oids: Iterable[str], capabilities: set[bytes]) -> bytes:
+    lines = [pkt_line(b"command=object-info\n")]
+    if b"object-format=sha256" in capabilities:  # a sha256 server wants it said
+        lines.append(pkt_line(b"object-format=sha256\n"))
+    lines += [b"0001", pkt_line(b"size\n")]
     lines.extend(pkt_line(b"oid %s\n" % oid.encode("ascii")) for oid in oids)
     lines.append(pkt_line(None))
     return b"".join(lines)
@@ -90,12 +93,13 @@ def _query_stream(
     with proto:
         if negotiate_protocol_version(proto) != 2:
             return None
-        if b"object-info" not in _capabilities(proto.read_pkt_seq()):
+        capabilities = _capabilities(proto.read_pkt_seq())
+        if b"object-info" not in capabilities:
             proto.write_pkt_line(None)
             return None
         sizes: dict[str, int] = {}
         for batch in _batches(oids):
-            proto.write(_request(batch))
+            proto.write(_request(batch, capabilities))
             _read_reply(proto.read_pkt_seq(), set(batch), sizes)
         proto.write_pkt_line(None)
         return sizes
@@ -106,13 +110,14 @@ def _query_http(
 ) -> dict[str, int] | None:
     url = client._get_url(path)
     _refs, capabilities, url, _symrefs, _peeled = client._discover_references(
-        b"git-upload-pack", url, protocol_version=2
+        b"git-upload-pack", url, protocol_version=2, ref_prefix=[b"HEAD"]
     )
-    if client.protocol_version != 2 or b"object-info" not in _capabilities(capabilities):
+    offered = _capabilities(capabilities)
+    if client.protocol_version != 2 or b"object-info" not in offered:
         return None
     sizes: dict[str, int] = {}
     for batch in _batches(oids):
-        response, read = client._smart_request("git-upload-pack", url, _request(batch))
+        response, read = client._smart_request("git-upload-pack", url, _request(batch, offered))
         try:
             _read_reply(Protocol(read, _no_write).read_pkt_seq(), set(batch), sizes)
         finally:

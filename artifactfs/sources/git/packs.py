@@ -6,7 +6,9 @@ for non-thin packs, so every delta in a received pack resolves within it.
 
 from __future__ import annotations
 
+import struct
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +20,12 @@ from dulwich.object_format import get_object_format
 from dulwich.objects import ObjectID, ShaFile
 from dulwich.pack import PackData, PackInflater
 from dulwich.refs import Ref
+
+from ...errors import SourceError
+
+# what dulwich raises on pack data that is not what it should be (besides its own errors,
+# which transport.REMOTE_FAILURES covers)
+_MALFORMED = (ValueError, zlib.error, struct.error, AssertionError, KeyError, IndexError)
 
 WantsFn = Callable[[Mapping[bytes, bytes]], list[bytes]]
 """Given the refs the server listed, the object ids to fetch (empty: fetch nothing)."""
@@ -54,17 +62,24 @@ def received_pack(
     temp_dir: Path,
     on_bytes: Callable[[int], None],
     *,
+    max_bytes: int,
     depth: int | None = None,
     filter_spec: bytes | None = None,
     ref_prefix: Sequence[bytes] | None = None,
 ) -> Iterator[ReceivedPack]:
     """Fetch a pack into a temporary file and yield it with the repository's object format.
 
-    The file is unlinked from the start, so a crash leaves nothing behind.
+    The file is unlinked from the start, so a crash leaves nothing behind. A server that sends
+    more than ``max_bytes`` is cut off (SourceError): it cannot fill the disk.
     """
     with tempfile.TemporaryFile(dir=temp_dir, prefix="pack-") as out:
+        received = 0
 
         def write(data: bytes) -> int:
+            nonlocal received
+            received += len(data)
+            if received > max_bytes:
+                raise SourceError(f"the server sent more than the {max_bytes} bytes expected")
             on_bytes(len(data))
             return out.write(data)
 
@@ -90,14 +105,23 @@ def received_pack(
         yield ReceivedPack(out, object_format)
 
 
+def object_id(obj: ShaFile, object_format: str) -> str:
+    """The hex id of ``obj`` in its repository's hash (dulwich's ``.id`` is always sha1)."""
+    return obj.get_id(get_object_format(object_format)).decode("ascii")
+
+
 def iter_objects(pack: IO[bytes], object_format: str) -> Iterator[ShaFile]:
-    """Every object of a received pack, deltas resolved (blocking, memory per object)."""
+    """Every object of a received pack, deltas resolved (blocking; each object is held in
+    memory while it is handled). Malformed pack data raises SourceError."""
     pack.seek(0, 2)
     if pack.tell() == 0:
         return
     pack.seek(0)
-    data = PackData.from_file(pack, get_object_format(object_format))
     try:
-        yield from PackInflater.for_pack_data(data)
-    finally:
-        data.close()
+        data = PackData.from_file(pack, get_object_format(object_format))
+        try:
+            yield from PackInflater.for_pack_data(data)
+        finally:
+            data.close()
+    except _MALFORMED as exc:
+        raise SourceError(f"the server sent a malformed pack: {exc}"[:300]) from exc

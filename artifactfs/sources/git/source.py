@@ -13,21 +13,29 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from dulwich.objects import Blob, Commit, Tag, Tree
 
 from ...cas import ContentStore, Digest
 from ...cas.digests import git_blob_algorithm
 from ...errors import SourceError
-from ...snapshot.entries import Kind, NewEntry, RefusedEntry, check_symlink_target, printable
+from ...snapshot.entries import (
+    SYMLINK_TARGET_MAX,
+    Kind,
+    NewEntry,
+    RefusedEntry,
+    check_symlink_target,
+    printable,
+)
 from ...snapshot.index import DirectoryListing, SnapshotIndex, snapshot_path, write_snapshot
+from ..counters import FetchCounters
 from ..spec import GitSourceSpec
 from . import object_info
-from .packs import iter_objects, received_pack
+from .packs import iter_objects, object_id, received_pack
 from .transport import REMOTE_FAILURES, describe_failure, open_client
 from .trees import CommitTrees, TreeChild, index_trees
 
@@ -35,25 +43,11 @@ log = logging.getLogger(__name__)
 
 _HEX_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _MAX_TAG_DEPTH = 10
-
-
-@dataclass
-class FetchCounters:
-    """What this process pulled from the origin; updated from worker threads."""
-
-    bytes_received: int = 0
-    blobs_fetched: int = 0
-    blob_fetches: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add_bytes(self, count: int) -> None:
-        with self._lock:
-            self.bytes_received += count
-
-    def add_blob_fetch(self, blobs: int) -> None:
-        with self._lock:
-            self.blob_fetches += 1
-            self.blobs_fetched += blobs
+_BLOB_KINDS = (Kind.FILE, Kind.EXECUTABLE, Kind.SYMLINK)
+MAX_TREE_PACK_BYTES = 2 << 30
+"""A prepare pack holds one commit and its trees; more than this is a hostile server."""
+MAX_UNKNOWN_BLOB_PACK_BYTES = 16 << 30
+"""The ceiling for a blob fetch whose sizes the server never told us."""
 
 
 @dataclass(frozen=True)
@@ -130,61 +124,60 @@ class GitSource:
                 return []
             return [tip[0].encode("ascii")]
 
-        raw_trees: dict[str, bytes] = {}
-        commits: dict[str, Commit] = {}
-        tags: dict[str, Tag] = {}
-        known_sizes: dict[str, int] = {}
-        object_format = "sha1"
         with received_pack(
             client,
             path,
             wants,
             self.temp_dir,
             self.counters.add_bytes,
+            max_bytes=MAX_TREE_PACK_BYTES,
             depth=1,
             filter_spec=b"blob:none",
             ref_prefix=ref_candidates(self.ref),
         ) as pack:
-            object_format = pack.object_format
-            for obj in iter_objects(pack.file, object_format):
-                if isinstance(obj, Tree):
-                    raw_trees[obj.id.decode("ascii")] = obj.as_raw_string()
-                elif isinstance(obj, Commit):
-                    commits[obj.id.decode("ascii")] = obj
-                elif isinstance(obj, Tag):
-                    tags[obj.id.decode("ascii")] = obj
-                elif isinstance(obj, Blob):  # a server that ignored the filter (protocol v0)
-                    data = obj.as_raw_string()
-                    digest = cas.add_bytes(git_blob_algorithm(object_format), data)
-                    known_sizes[digest.hex] = len(data)
-        if known_sizes:
-            log.info(
-                "%s ignored the blob filter: kept %d blobs it sent", self.display, len(known_sizes)
-            )
-        self.object_format = object_format
-        existing = snapshot_path(snapshots_dir, tip[0])
-        if existing.exists():
-            log.info("snapshot of %s already on disk", tip[0])
-            return PreparedSnapshot(existing, tip[0], object_format)
-        commit = _peel_to_commit(tip[0], commits, tags)
-        commit_id = commit.id.decode("ascii")
+            self.object_format = pack.object_format
+            existing = snapshot_path(snapshots_dir, tip[0])
+            if existing.exists():
+                log.info("snapshot of %s already on disk", tip[0])
+                return PreparedSnapshot(existing, tip[0], pack.object_format)
+            objects = _TipObjects.read(pack.file, pack.object_format)
+            commit_id, commit = objects.peel_to_commit(tip[0])
+            oid_length = 20 if pack.object_format == "sha1" else 32
+            trees = index_trees(commit.tree.decode("ascii"), objects.trees, oid_length)
+            known_sizes: dict[str, int] = {}
+            if objects.blobs:  # a server that ignored the filter (protocol v0) sent contents
+                known_sizes = self._keep_sent_blobs(pack.file, trees, cas)
         final = snapshot_path(snapshots_dir, commit_id)
         if not final.exists():
-            self._write_snapshot(final, commit, raw_trees, known_sizes, object_format, cas)
-        return PreparedSnapshot(final, commit_id, object_format)
+            self._write_snapshot(final, commit_id, commit, trees, known_sizes, cas)
+        return PreparedSnapshot(final, commit_id, self.object_format)
+
+    def _keep_sent_blobs(
+        self, pack: IO[bytes], trees: CommitTrees, cas: ContentStore
+    ) -> dict[str, int]:
+        """Publish the blobs a server sent although we asked for none, if the tree uses them."""
+        used = trees.blobs(_BLOB_KINDS)
+        algorithm = git_blob_algorithm(self.object_format)
+        sizes: dict[str, int] = {}
+        for obj in iter_objects(pack, self.object_format):
+            if isinstance(obj, Blob):
+                data = obj.as_raw_string()
+                digest = cas.add_bytes_if(algorithm, data, used)
+                if digest is not None:
+                    sizes[digest.hex] = len(data)
+        log.info("%s ignored the blob filter: kept %d blobs it sent", self.display, len(sizes))
+        return sizes
 
     def _write_snapshot(
         self,
         final: Path,
+        commit_id: str,
         commit: Commit,
-        raw_trees: dict[str, bytes],
+        trees: CommitTrees,
         known_sizes: dict[str, int],
-        object_format: str,
         cas: ContentStore,
     ) -> None:
-        oid_length = 20 if object_format == "sha1" else 32
-        trees = index_trees(commit.tree.decode("ascii"), raw_trees, oid_length)
-        blob_paths = trees.blobs((Kind.FILE, Kind.EXECUTABLE, Kind.SYMLINK))
+        blob_paths = trees.blobs(_BLOB_KINDS)
         sizes = dict(known_sizes)
         unknown = sorted(oid for oid in blob_paths if oid not in sizes)
         if unknown:
@@ -210,8 +203,8 @@ class GitSource:
 
         meta = write_snapshot(
             final,
-            commit.id.decode("ascii"),
-            object_format,
+            commit_id,
+            self.object_format,
             int(commit.commit_time),
             trees.root,
             list_directory,
@@ -229,21 +222,24 @@ class GitSource:
     ) -> dict[str, bytes]:
         """Targets of every acceptable symlink, fetched in one batch; refused ones are logged."""
         links = trees.blobs((Kind.SYMLINK,))
-        wanted = []
+        wanted: dict[str, int | None] = {}
         for oid, path in links.items():
             size = sizes.get(oid)
-            if size is not None and size > 4095:
+            if size is not None and size > SYMLINK_TARGET_MAX:
                 log.warning("refused symlink %s: target of %d bytes", printable(path), size)
             else:
-                wanted.append(oid)
+                wanted[oid] = size
         algorithm = git_blob_algorithm(self.object_format)
-        missing = [oid for oid in wanted if not cas.contains(Digest(algorithm, oid))]
+        missing = {oid: s for oid, s in wanted.items() if not cas.contains(Digest(algorithm, oid))}
         if missing:
             self._fetch_blobs(missing, cas)
         targets: dict[str, bytes] = {}
         for oid in wanted:
+            blob = cas.path_of(Digest(algorithm, oid))
             try:
-                target = cas.path_of(Digest(algorithm, oid)).read_bytes()
+                if blob.stat().st_size > SYMLINK_TARGET_MAX:
+                    raise RefusedEntry(f"target of {blob.stat().st_size} bytes")
+                target = blob.read_bytes()
                 check_symlink_target(target)
             except FileNotFoundError:
                 raise SourceError(f"the server did not send symlink blob {oid}") from None
@@ -255,45 +251,77 @@ class GitSource:
 
     # -- blobs ---------------------------------------------------------------------------
 
-    def fetch_blobs(self, oids: Sequence[str], cas: ContentStore) -> set[str]:
-        """Fetch blobs by id in one pack; publish each to the CAS; return the ids published."""
+    def fetch_blobs(self, wanted: Mapping[str, int | None], cas: ContentStore) -> set[str]:
+        """Fetch blobs by id (with their expected sizes, None if unknown) in one pack; publish
+        each to the CAS; return the ids published. Blobs we did not ask for are dropped."""
         try:
-            return self._fetch_blobs(oids, cas)
+            return self._fetch_blobs(wanted, cas)
         except REMOTE_FAILURES as exc:
             raise SourceError(describe_failure(exc)) from exc
 
-    def _fetch_blobs(self, oids: Sequence[str], cas: ContentStore) -> set[str]:
-        wanted = set(oids)
+    def _fetch_blobs(self, wanted: Mapping[str, int | None], cas: ContentStore) -> set[str]:
         algorithm = git_blob_algorithm(self.object_format)
         client, path = open_client(self.spec)
         got: set[str] = set()
         with received_pack(
             client,
             path,
-            lambda refs: [oid.encode("ascii") for oid in oids],
+            lambda refs: [oid.encode("ascii") for oid in wanted],
             self.temp_dir,
             self.counters.add_bytes,
+            max_bytes=_pack_budget(wanted.values()),
             ref_prefix=[b"HEAD"],
         ) as pack:
             for obj in iter_objects(pack.file, pack.object_format):
-                if obj.type_name != b"blob":
-                    continue
-                digest = cas.add_bytes(algorithm, obj.as_raw_string())
-                if digest.hex in wanted:
-                    got.add(digest.hex)
+                if isinstance(obj, Blob):
+                    digest = cas.add_bytes_if(algorithm, obj.as_raw_string(), wanted)
+                    if digest is not None:
+                        got.add(digest.hex)
         self.counters.add_blob_fetch(len(got))
         return got
 
 
-def _peel_to_commit(oid: str, commits: dict[str, Commit], tags: dict[str, Tag]) -> Commit:
-    for _ in range(_MAX_TAG_DEPTH):
-        if oid in commits:
-            return commits[oid]
-        tag = tags.get(oid)
-        if tag is None:
-            raise SourceError(f"{oid} is not a commit the server sent")
-        oid = tag.object[1].decode("ascii")
-    raise SourceError(f"tag chain from {oid} is too long")
+def _pack_budget(sizes: Iterable[int | None]) -> int:
+    """How many bytes a pack of blobs with these sizes may take: their sum plus pack and zlib
+    overhead, or a fixed ceiling when a size is unknown."""
+    known = list(sizes)
+    if any(size is None for size in known):
+        return MAX_UNKNOWN_BLOB_PACK_BYTES
+    return sum(size or 0 for size in known) * 102 // 100 + 64 * len(known) + 65536
+
+
+class _TipObjects:
+    """The non-blob objects of a prepare pack, and whether it carried blobs at all."""
+
+    def __init__(self) -> None:
+        self.trees: dict[str, bytes] = {}
+        self.commits: dict[str, Commit] = {}
+        self.tags: dict[str, Tag] = {}
+        self.blobs = 0
+
+    @classmethod
+    def read(cls, pack: IO[bytes], object_format: str) -> _TipObjects:
+        found = cls()
+        for obj in iter_objects(pack, object_format):
+            if isinstance(obj, Tree):
+                found.trees[object_id(obj, object_format)] = obj.as_raw_string()
+            elif isinstance(obj, Commit):
+                found.commits[object_id(obj, object_format)] = obj
+            elif isinstance(obj, Tag):
+                found.tags[object_id(obj, object_format)] = obj
+            else:
+                found.blobs += 1
+        return found
+
+    def peel_to_commit(self, oid: str) -> tuple[str, Commit]:
+        for _ in range(_MAX_TAG_DEPTH):
+            if oid in self.commits:
+                return oid, self.commits[oid]
+            tag = self.tags.get(oid)
+            if tag is None:
+                raise SourceError(f"{oid} is not a commit the server sent")
+            oid = tag.object[1].decode("ascii")
+        raise SourceError(f"tag chain from {oid} is too long")
 
 
 def _entry_for(

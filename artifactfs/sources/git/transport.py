@@ -45,7 +45,9 @@ class LocalUploadPackClient(SubprocessGitClient):
     git_command = _LOCAL_UPLOAD_PACK
 
 
-_BATCH_SSH = "ssh -o BatchMode=yes"
+_BATCH_SSH = (
+    "ssh -o BatchMode=yes -o ConnectTimeout=20 -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
+)
 
 REMOTE_FAILURES = (
     OSError,
@@ -64,8 +66,9 @@ Anything else is a bug of ours and keeps its traceback."""
 def open_client(spec: GitSourceSpec) -> tuple[GitClient, str]:
     """A fresh client (dulwich clients keep per-connection state) and the remote path.
 
-    ssh honours ``GIT_SSH_COMMAND`` and ``GIT_SSH`` as git does; without them it runs
-    ``ssh -o BatchMode=yes``, because a mount has nobody to answer a password prompt.
+    ssh honours ``GIT_SSH_COMMAND`` and ``GIT_SSH`` as git does; without them it runs ssh in
+    batch mode (a mount has nobody to answer a prompt) with a connect timeout and keep-alives,
+    since a pipe, unlike a socket, has no timeout of its own.
     """
     if spec.transport == "file":
         return LocalUploadPackClient(thin_packs=False, quiet=True), spec.url

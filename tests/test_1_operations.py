@@ -1,0 +1,136 @@
+"""The FUSE operations without a mount: lookup counts, negative entries, attributes, xattrs.
+
+(The same operations are exercised through the kernel by the test_4 files.)
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from artifactfs.cas import ContentStore
+from artifactfs.fetching import BlobFetcher
+from artifactfs.fs.operations import SnapshotOperations
+from artifactfs.fs.state import MountState
+from artifactfs.snapshot import ROOT_INODE, DirectoryListing, Kind, NewEntry, SnapshotIndex
+from artifactfs.snapshot.index import snapshot_path, write_snapshot
+
+TREE = {
+    "root": [
+        NewEntry(b"dir", Kind.DIRECTORY, "d" * 40),
+        NewEntry(b"file", Kind.FILE, "f" * 40, 5),
+        NewEntry(b"tool", Kind.EXECUTABLE, "e" * 40, 0),
+        NewEntry(b"link", Kind.SYMLINK, "1" * 40, 4, b"file"),
+    ],
+    "dir": [NewEntry(b"inner", Kind.FILE, "2" * 40, 7)],
+}
+
+
+def no_fetch(wanted: Mapping[str, int | None]) -> set[str]:
+    raise AssertionError("these tests never fetch")
+
+
+def run(tmp_path: Path, body: Callable[[SnapshotOperations], Awaitable[None]]) -> None:
+    path = snapshot_path(tmp_path, "9" * 40)
+    write_snapshot(
+        path,
+        "9" * 40,
+        "sha1",
+        1_700_000_000,
+        "root",
+        lambda key: DirectoryListing(
+            TREE[key], [e.name.decode() if e.kind is Kind.DIRECTORY else None for e in TREE[key]]
+        ),
+    )
+    state = MountState("git://example/x", None)
+    state.snapshot = SnapshotIndex(path)
+    state.gate.open()
+    cas = ContentStore(tmp_path / "cas")
+    operations = SnapshotOperations(state, cas, BlobFetcher(no_fetch, lambda oid: False))
+    try:
+        trio.run(body, operations)
+    finally:
+        state.snapshot.close()
+
+
+CTX: Any = None
+
+
+def test_lookup_counts_are_exact(tmp_path: Path) -> None:
+    async def body(ops: SnapshotOperations) -> None:
+        first = await ops.lookup(ROOT_INODE, b"file", CTX)
+        again = await ops.lookup(ROOT_INODE, b"file", CTX)
+        assert first.st_ino == again.st_ino
+        inode = first.st_ino
+        assert ops.lookup_count(inode) == 2
+        await ops.forget([(inode, 1)])
+        assert ops.lookup_count(inode) == 1
+        await ops.forget([(inode, 1)])
+        assert ops.lookup_count(inode) == 0
+        missing = await ops.lookup(ROOT_INODE, b"nope", CTX)
+        assert missing.st_ino == 0 and missing.entry_timeout > 0  # a cached negative entry
+        assert ops.lookup_count(0) == 0
+
+    run(tmp_path, body)
+
+
+def test_attributes_follow_git_modes(tmp_path: Path) -> None:
+    async def body(ops: SnapshotOperations) -> None:
+        root = await ops.getattr(ROOT_INODE, CTX)
+        assert stat.S_ISDIR(root.st_mode) and root.st_nlink == 3  # "." + ".." + dir
+        for name, mode, size in [
+            (b"file", stat.S_IFREG | 0o644, 5),
+            (b"tool", stat.S_IFREG | 0o755, 0),
+            (b"link", stat.S_IFLNK | 0o777, 4),
+        ]:
+            attr = await ops.lookup(ROOT_INODE, name, CTX)
+            assert (attr.st_mode, attr.st_size) == (mode, size), name
+            assert attr.st_mtime_ns == 1_700_000_000 * 10**9
+        link = await ops.lookup(ROOT_INODE, b"link", CTX)
+        assert await ops.readlink(link.st_ino, CTX) == b"file"
+
+    run(tmp_path, body)
+
+
+def test_errors_are_errnos(tmp_path: Path) -> None:
+    async def body(ops: SnapshotOperations) -> None:
+        file = await ops.lookup(ROOT_INODE, b"file", CTX)
+        directory = await ops.lookup(ROOT_INODE, b"dir", CTX)
+        cases = [
+            (ops.getattr(999, CTX), errno.ENOENT),
+            (ops.opendir(file.st_ino, CTX), errno.ENOTDIR),
+            (ops.open(directory.st_ino, 0, CTX), errno.EISDIR),
+            (ops.open(file.st_ino, 1, CTX), errno.EROFS),  # O_WRONLY
+            (ops.readlink(file.st_ino, CTX), errno.EINVAL),
+            (ops.read(12345, 0, 10), errno.EBADF),
+            (ops.getxattr(file.st_ino, b"user.other", CTX), pyfuse3.ENOATTR),
+        ]
+        for call, code in cases:
+            with pytest.raises(pyfuse3.FUSEError) as raised:
+                await call
+            assert raised.value.errno == code
+
+    run(tmp_path, body)
+
+
+def test_extended_attributes(tmp_path: Path) -> None:
+    async def body(ops: SnapshotOperations) -> None:
+        assert await ops.getxattr(ROOT_INODE, b"user.artifactfs.state", CTX) == b"ready"
+        assert await ops.getxattr(ROOT_INODE, b"user.artifactfs.commit", CTX) == b"9" * 40
+        file = await ops.lookup(ROOT_INODE, b"file", CTX)
+        assert await ops.getxattr(file.st_ino, b"user.artifactfs.oid", CTX) == b"f" * 40
+        assert await ops.getxattr(file.st_ino, b"user.artifactfs.cached", CTX) == b"0"
+        link = await ops.lookup(ROOT_INODE, b"link", CTX)
+        assert await ops.listxattr(link.st_ino, CTX) == []
+        fh = (await ops.open(file.st_ino, 0, CTX)).fh
+        assert await ops.read(fh, 5, 100) == b""  # at the end: nothing to fetch
+        await ops.release(fh)
+
+    run(tmp_path, body)
