@@ -89,10 +89,21 @@ def _mount(args: argparse.Namespace) -> int:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
     configure(home.log_file_for(mountpoint), args.verbose)
 
+    import signal
+    import socket
+
+    from .mount.head_start import HeadStart
+
+    # Stop signals wait until the worker can handle them (it unblocks them), so that none can
+    # kill the process with the mount up; threads started from here on inherit the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    socket.setdefaulttimeout(args.io_timeout)
+    head_start = HeadStart(spec, ref, home)  # talks to the origin while the next import runs
+
     from .mount.worker import MountRequest, run
 
-    request = MountRequest(spec, ref, mountpoint, home, args.keep_failed, args.io_timeout)
-    return run(request)
+    request = MountRequest(spec, ref, mountpoint, home, args.keep_failed)
+    return run(request, head_start)
 
 
 def _unmount(args: argparse.Namespace) -> int:

@@ -16,16 +16,18 @@ hanging forever.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
-import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 
-from ..cas import ContentStore, Digest
+from ..cas import Digest
 from ..cas.digests import git_blob_algorithm
 from ..errors import SourceError, UserError
 from ..fetching import BlobFetcher
@@ -36,9 +38,12 @@ from ..fs.state import MountState
 from ..home import ArtifactHome
 from ..snapshot import SnapshotIndex
 from ..snapshot.index import sweep_snapshot_temporaries
-from ..sources.git.source import GitSource
 from ..sources.spec import GitSourceSpec
+from .head_start import HeadStart
 from .mountpoints import FS_TYPE, mount_at
+
+if TYPE_CHECKING:
+    from ..sources.git.source import PreparedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,6 @@ class MountRequest:
     mountpoint: Path
     home: ArtifactHome
     keep_failed: bool = False
-    io_timeout: float = 60.0
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -64,17 +68,14 @@ SWEEP_AGE_SECONDS = 3600.0
 
 
 class _Worker:
-    def __init__(self, request: MountRequest) -> None:
+    def __init__(self, request: MountRequest, head_start: HeadStart) -> None:
         self.request = request
+        self.head_start = head_start
         self.exit_code = 0
-        home = request.home
-        temp_dir = home.root / "tmp"
-        temp_dir.mkdir(exist_ok=True)
-        self.state = MountState(request.spec.display, request.ref)
-        self.cas = ContentStore(home.cas_dir)
-        self.source = GitSource(request.spec, request.ref, temp_dir, self.state.counters)
+        self.state = MountState(request.spec.display, request.ref, counters=head_start.counters)
+        self.cas = head_start.cas
         self.fetcher = BlobFetcher(
-            lambda oids: self.source.fetch_blobs(oids, self.cas),
+            lambda wanted: head_start.source.result().fetch_blobs(wanted, self.cas),
             lambda oid: self.cas.contains(Digest(self.state.blob_algorithm, oid)),
         )
         inner = SnapshotOperations(self.state, self.cas, self.fetcher)
@@ -153,15 +154,11 @@ class _Worker:
 
     async def _prepare(self) -> None:
         display = self.request.spec.display
+        attempt: Callable[[], PreparedSnapshot] = self.head_start.first_prepare.result
         while True:
             self._retry = trio.Event()
             try:
-                prepared = await trio.to_thread.run_sync(
-                    self.source.prepare,
-                    self.request.home.snapshots_dir,
-                    self.cas,
-                    abandon_on_cancel=True,
-                )
+                prepared = await trio.to_thread.run_sync(attempt, abandon_on_cancel=True)
                 snapshot = await trio.to_thread.run_sync(SnapshotIndex, prepared.path)
             except SourceError as exc:
                 reason = str(exc)
@@ -188,15 +185,19 @@ class _Worker:
                 return
             await self._retry.wait()
             self.state.gate.reset()
+            source = self.head_start.source.result()
+            attempt = functools.partial(source.prepare, self.request.home.snapshots_dir, self.cas)
 
 
-def run(request: MountRequest) -> int:
-    """Mount, serve until unmounted or signalled, unmount; return the exit status."""
-    socket.setdefaulttimeout(request.io_timeout)
-    worker = _Worker(request)
+def run(request: MountRequest, head_start: HeadStart) -> int:
+    """Mount, serve until unmounted or signalled, unmount; return the exit status.
+
+    ``head_start`` has begun the first prepare already (see head_start.py).
+    """
+    worker = _Worker(request, head_start)
     options = {"fsname=artifactfs", "subtype=artifactfs", "ro", "default_permissions"}
     # Until trio's handlers are in place a SIGTERM would kill us with the mount up (stale);
-    # hold the stop signals from before mounting until the handler unblocks them.
+    # the stop signals are held (the caller blocked them already) until the handler unblocks.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         pyfuse3.init(worker.operations, str(request.mountpoint), options)
