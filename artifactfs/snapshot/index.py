@@ -17,6 +17,7 @@ bulk write runs in a worker thread on its own connection.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import sqlite3
@@ -205,13 +206,29 @@ def write_snapshot(
             os.fsync(fd)
         finally:
             os.close(fd)
-        # link, not rename: another process may have published the same commit meanwhile and
-        # have it open; a snapshot, once published, is never replaced.
-        with contextlib.suppress(FileExistsError):
-            os.link(temp, path)
+        _publish_once(temp, path)
     finally:
-        temp.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
     return meta
+
+
+def _publish_once(temp: Path, path: Path) -> None:
+    """Give ``temp`` the name ``path`` unless a snapshot is already published there.
+
+    A link, not a rename: another process may have published the same commit meanwhile and
+    have it open, and a published snapshot is never replaced. File systems without hard links
+    fall back to a rename when the name is free.
+    """
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if not path.exists():
+            os.rename(temp, path)
 
 
 def sweep_snapshot_temporaries(directory: Path, older_than_seconds: float) -> int:
