@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import errno
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -26,6 +27,8 @@ class ReadyGate:
         self._state = GateState.PREPARING
         self._error: str | None = None
         self._settled = trio.Event()
+        self.on_change: Callable[[], None] = lambda: None
+        """Called after every state change (the mount's watchers hook in here)."""
 
     @property
     def state(self) -> GateState:
@@ -40,11 +43,13 @@ class ReadyGate:
         self._state = GateState.READY
         self._error = None
         self._settled.set()
+        self.on_change()
 
     def fail(self, reason: str) -> None:
         self._state = GateState.FAILED
         self._error = reason
         self._settled.set()
+        self.on_change()
 
     def reset(self) -> None:
         """Re-arm for another prepare: new waiters block until it settles."""
@@ -53,6 +58,7 @@ class ReadyGate:
         self._state = GateState.PREPARING
         self._error = None
         self._settled = trio.Event()
+        self.on_change()
 
     async def wait(self) -> None:
         """Return once ready; raise ``FUSEError(EIO)`` if prepare failed.

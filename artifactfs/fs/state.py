@@ -4,10 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import trio
+
 from ..cas import GIT_SHA1, Algorithm
 from ..snapshot import SnapshotIndex
 from ..sources.counters import FetchCounters
 from .gate import ReadyGate
+
+
+class ChangeSignal:
+    """A version number that watchers can wait on: ``notify`` after every visible change."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._event = trio.Event()
+
+    def notify(self) -> None:
+        self.version += 1
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait_past(self, version: int) -> int:
+        """Return the current version once it differs from ``version``."""
+        while self.version == version:
+            await self._event.wait()
+        return self.version
 
 
 @dataclass
@@ -18,5 +39,10 @@ class MountState:
     gate: ReadyGate = field(default_factory=ReadyGate)
     counters: FetchCounters = field(default_factory=FetchCounters)
     snapshot: SnapshotIndex | None = None
-    """Set when prepare succeeds; never replaced while a mount runs (refresh comes later)."""
+    """The snapshot new lookups see; set when prepare succeeds, replaced by a refresh."""
     blob_algorithm: Algorithm = GIT_SHA1
+    changes: ChangeSignal = field(default_factory=ChangeSignal)
+    """Notified on every change a watcher may care about (gate state, commit)."""
+
+    def __post_init__(self) -> None:
+        self.gate.on_change = self.changes.notify
