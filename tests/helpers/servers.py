@@ -3,8 +3,10 @@ server, and a TCP proxy that can hold connections (a stalled server) until relea
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
+import hmac
 import os
 import re
 import socket
@@ -187,12 +189,35 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
 
 
 class HttpGitServer:
-    """Smart HTTP: ``git http-backend`` as a CGI program behind a threaded HTTP server."""
+    """Smart HTTP: ``git http-backend`` as a CGI program behind a threaded HTTP server.
 
-    def __init__(self, base: Path, protocol_v2: bool = True) -> None:
+    With a ``token`` it behaves like a git host serving a private repository: every request
+    must carry HTTP basic auth with that token as the password (and ``username``, if given;
+    any username otherwise, as GitLab accepts). A request without credentials gets 401 with
+    ``WWW-Authenticate: Basic realm="git"``; one with wrong credentials gets ``refusal_status``
+    (401, or 403 as some hosts answer for a token without access). ``token`` may be changed
+    while serving (a rotation); ``refused`` counts the requests turned away, and
+    ``authorizations`` keeps every ``Authorization`` header received.
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        protocol_v2: bool = True,
+        *,
+        token: str | None = None,
+        username: str | None = None,
+        refusal_status: int = 401,
+    ) -> None:
         self.base = base
         self.protocol_v2 = protocol_v2
+        self.token = token
+        self.username = username
+        self.refusal_status = refusal_status
         self.requests: list[str] = []
+        self.authorizations: list[str] = []
+        self.refused = 0
+        self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -216,7 +241,17 @@ class HttpGitServer:
     def _cgi(self, handler: BaseHTTPRequestHandler) -> None:
         path, _, query = handler.path.partition("?")
         self.requests.append(f"{handler.command} {handler.path}")
-        body = _read_body(handler)
+        body = _read_body(handler)  # read even when refusing: the client is still sending it
+        status = self._refusal(handler.headers.get("Authorization"))
+        if status is not None:
+            with self._lock:
+                self.refused += 1
+            handler.send_response(status)
+            if status == 401:
+                handler.send_header("WWW-Authenticate", 'Basic realm="git"')
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "GIT_PROJECT_ROOT": str(self.base),
@@ -248,6 +283,26 @@ class HttpGitServer:
         handler.send_header("Content-Length", str(len(payload)))
         handler.end_headers()
         handler.wfile.write(payload)
+
+    def _refusal(self, authorization: str | None) -> int | None:
+        """The status to refuse a request with, or None to serve it."""
+        if authorization is not None:
+            self.authorizations.append(authorization)
+        if self.token is None:
+            return None
+        scheme, _, encoded = (authorization or "").partition(" ")
+        if scheme.lower() != "basic":
+            return 401
+        try:
+            username, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return 401
+        right_user = self.username is None or hmac.compare_digest(
+            username.encode(), self.username.encode()
+        )
+        if right_user and hmac.compare_digest(password.encode(), self.token.encode()):
+            return None
+        return self.refusal_status
 
     def stop(self) -> None:
         self._http.shutdown()

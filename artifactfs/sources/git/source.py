@@ -6,6 +6,10 @@ depth-1 fetch with ``blob:none``: the commit and its trees, no file contents), o
 of the symlink blobs so targets live in the snapshot. If the snapshot of the resolved commit
 already exists, the fetch is skipped: the snapshot is keyed by commit and immutable.
 
+Every remote call opens a fresh client with the credentials as they are then (see
+``sources/credentials.py``): a blob fetched hours after the prepare authenticates like the
+prepare did, with a rotated token if the token file changed meanwhile.
+
 Every method here blocks; the mount runs them in worker threads.
 """
 
@@ -18,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from dulwich.client import GitClient
 from dulwich.objects import Blob, Commit, Tag, Tree
 
 from ...cas import ContentStore, Digest
 from ...cas.digests import git_blob_algorithm
-from ...errors import SourceError
+from ...errors import SourceError, UserError
 from ...snapshot.entries import (
     SYMLINK_TARGET_MAX,
     Kind,
@@ -33,10 +38,17 @@ from ...snapshot.entries import (
 )
 from ...snapshot.index import DirectoryListing, SnapshotIndex, snapshot_path, write_snapshot
 from ..counters import FetchCounters
+from ..credentials import CredentialProvider
 from ..spec import GitSourceSpec
 from . import object_info
 from .packs import iter_objects, object_id, received_pack
-from .transport import REMOTE_FAILURES, describe_failure, open_client
+from .transport import (
+    REMOTE_FAILURES,
+    credentials_note,
+    describe_failure,
+    is_auth_failure,
+    open_client,
+)
 from .trees import CommitTrees, TreeChild, index_trees
 
 log = logging.getLogger(__name__)
@@ -87,12 +99,21 @@ def resolve_ref(ref: str | None, refs: Mapping[bytes, bytes]) -> str:
 
 class GitSource:
     def __init__(
-        self, spec: GitSourceSpec, ref: str | None, temp_dir: Path, counters: FetchCounters
+        self,
+        spec: GitSourceSpec,
+        ref: str | None,
+        temp_dir: Path,
+        counters: FetchCounters,
+        credentials: CredentialProvider | None = None,
     ) -> None:
+        """``credentials`` is asked for a token at every remote call over http(s); without
+        one, a provider reading ``$ARTIFACTFS_GIT_TOKEN`` and ``$ARTIFACTFS_GIT_TOKEN_FILE``
+        now is used (``CredentialProvider.none()`` sends nothing)."""
         self.spec = spec
         self.ref = ref
         self.temp_dir = temp_dir
         self.counters = counters
+        self.credentials = _from_environment() if credentials is None else credentials
         self.object_format = "sha1"
 
     @property
@@ -106,7 +127,17 @@ class GitSource:
         try:
             return self._prepare(snapshots_dir, cas)
         except REMOTE_FAILURES as exc:
-            raise SourceError(describe_failure(exc)) from exc
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: BaseException) -> SourceError:
+        """One line for a failed remote call; a refusal also says what credentials we sent."""
+        message = describe_failure(exc)
+        if is_auth_failure(exc):
+            message += "; " + credentials_note(self.spec, self.credentials)
+        return SourceError(message)
+
+    def _client(self) -> tuple[GitClient, str]:
+        return open_client(self.spec, self.credentials)
 
     def _prepare(self, snapshots_dir: Path, cas: ContentStore) -> PreparedSnapshot:
         if self.ref is not None and _HEX_ID.fullmatch(self.ref):
@@ -115,7 +146,7 @@ class GitSource:
                 meta = SnapshotIndex.read_meta(known)
                 self.object_format = meta.object_format
                 return PreparedSnapshot(known, self.ref, meta.object_format)
-        client, path = open_client(self.spec)
+        client, path = self._client()
         tip: list[str] = []
 
         def wants(refs: Mapping[bytes, bytes]) -> list[bytes]:
@@ -181,7 +212,7 @@ class GitSource:
         sizes = dict(known_sizes)
         unknown = sorted(oid for oid in blob_paths if oid not in sizes)
         if unknown:
-            client, path = open_client(self.spec)
+            client, path = self._client()
             answered = object_info.query_sizes(client, path, unknown)
             if answered is None:
                 log.info(
@@ -257,11 +288,11 @@ class GitSource:
         try:
             return self._fetch_blobs(wanted, cas)
         except REMOTE_FAILURES as exc:
-            raise SourceError(describe_failure(exc)) from exc
+            raise self._failure(exc) from exc
 
     def _fetch_blobs(self, wanted: Mapping[str, int | None], cas: ContentStore) -> set[str]:
         algorithm = git_blob_algorithm(self.object_format)
-        client, path = open_client(self.spec)
+        client, path = self._client()
         got: set[str] = set()
         with received_pack(
             client,
@@ -279,6 +310,15 @@ class GitSource:
                         got.add(digest.hex)
         self.counters.add_blob_fetch(len(got))
         return got
+
+
+def _from_environment() -> CredentialProvider:
+    """The provider the environment describes; a bad variable fails the source in one line
+    (a ``SourceError``, which the worker reports as the reason the prepare failed)."""
+    try:
+        return CredentialProvider()
+    except UserError as exc:
+        raise SourceError(str(exc)) from None
 
 
 def _pack_budget(sizes: Iterable[int | None]) -> int:
