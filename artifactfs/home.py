@@ -4,7 +4,9 @@ Layout (everything may be lost to a crash at any instant without corrupting what
 
 - ``cas/``        verified, immutable blobs, shared by every mount of this home;
 - ``snapshots/``  one SQLite index per commit (content-addressed, so shared too);
-- ``run/logs/``   one log file per mount point.
+- ``registry.sqlite``  the daemon's repositories;
+- ``mnt/<name>/`` default mount points of the daemon's repositories;
+- ``run/``        the daemon's socket and lock, workers' control sockets, and ``logs/``.
 """
 
 from __future__ import annotations
@@ -42,8 +44,37 @@ class ArtifactHome:
         return self.root / "snapshots"
 
     @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
     def logs_dir(self) -> Path:
-        return self.root / "run" / "logs"
+        return self.run_dir / "logs"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.root / "registry.sqlite"
+
+    @property
+    def daemon_socket(self) -> Path:
+        return self.run_dir / "daemon.sock"
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.run_dir / "daemon.lock"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.logs_dir / "daemon.log"
+
+    def worker_socket(self, name: str) -> Path:
+        return self.run_dir / "workers" / f"{name}.sock"
+
+    def worker_stderr(self, name: str) -> Path:
+        return self.logs_dir / f"worker-{name}.stderr"
+
+    def default_mountpoint(self, name: str) -> Path:
+        return self.root / "mnt" / name
 
     def log_file_for(self, mountpoint: Path) -> Path:
         """One log per mount point, named so that a person can tell which is which."""
@@ -52,5 +83,11 @@ class ArtifactHome:
         return self.logs_dir / f"mount-{stem or 'root'}-{tag}.log"
 
     def ensure(self) -> None:
-        for directory in (self.cas_dir, self.snapshots_dir, self.logs_dir):
+        for directory in (
+            self.cas_dir,
+            self.snapshots_dir,
+            self.logs_dir,
+            self.run_dir / "workers",
+        ):
             directory.mkdir(parents=True, exist_ok=True)
+        self.run_dir.chmod(0o700)  # sockets in here take orders: only their owner may reach them

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ..cas import ContentStore
 from ..home import ArtifactHome
 from ..sources.counters import FetchCounters
+from ..sources.credentials import CredentialProvider
 from ..sources.spec import GitSourceSpec
 
 if TYPE_CHECKING:
@@ -23,10 +24,17 @@ if TYPE_CHECKING:
 
 
 class HeadStart:
-    def __init__(self, spec: GitSourceSpec, ref: str | None, home: ArtifactHome) -> None:
+    def __init__(
+        self,
+        spec: GitSourceSpec,
+        ref: str | None,
+        home: ArtifactHome,
+        credentials: CredentialProvider,
+    ) -> None:
         self.spec = spec
         self.ref = ref
         self.home = home
+        self.credentials = credentials
         self.counters = FetchCounters()
         self.cas = ContentStore(home.cas_dir)
         self.source: Future[GitSource] = Future()
@@ -39,7 +47,7 @@ class HeadStart:
 
             temp_dir = self.home.root / "tmp"
             temp_dir.mkdir(exist_ok=True)
-            source = GitSource(self.spec, self.ref, temp_dir, self.counters)
+            source = GitSource(self.spec, self.ref, temp_dir, self.counters, self.credentials)
             self.source.set_result(source)
             self.first_prepare.set_result(source.prepare(self.home.snapshots_dir, self.cas))
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the result

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
@@ -39,6 +41,7 @@ from ..home import ArtifactHome
 from ..snapshot import SnapshotIndex
 from ..snapshot.index import sweep_snapshot_temporaries
 from ..sources.spec import GitSourceSpec
+from .control import serve_control
 from .head_start import HeadStart
 from .mountpoints import FS_TYPE, mount_at
 
@@ -57,6 +60,10 @@ class MountRequest:
     mountpoint: Path
     home: ArtifactHome
     keep_failed: bool = False
+    name: str | None = None
+    """The repository's name when the daemon runs this worker."""
+    control_socket: Path | None = None
+    """Serve control requests here, and say "mounted" on stdout once mounted (daemon mode)."""
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -92,12 +99,50 @@ class _Worker:
             nursery.start_soon(self._prepare)
             nursery.start_soon(self._watch_mount)
             nursery.start_soon(self._sweep_leftovers)
+            if self.request.control_socket is not None:
+                await nursery.start(serve_control, str(self.request.control_socket), self)
+                _tell_daemon_mounted()  # mounted, and now reachable for watching
             with self._fuse_scope:
                 await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
             nursery.cancel_scope.cancel()
         snapshot = self.state.snapshot
         if snapshot is not None:
             snapshot.close()
+
+    # -- what the control socket offers --------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        snapshot = self.state.snapshot
+        return {
+            "name": self.request.name,
+            "pid": os.getpid(),
+            "mount": str(self.request.mountpoint),
+            "source": self.state.source_display,
+            "ref": self.state.ref,
+            "state": self.state.gate.state.value,
+            "error": self.state.gate.error,
+            "commit": snapshot.meta.commit if snapshot else None,
+            "files": snapshot.meta.files if snapshot else None,
+            "bytes_fetched": self.state.counters.bytes_received,
+        }
+
+    def request_prepare(self) -> str:
+        state = self.state.gate.state
+        if state is GateState.FAILED:
+            self.state.gate.reset()  # waiters block again from this moment
+            self._retry.set()
+            return "preparing again"
+        if state is GateState.READY:
+            return self.request_refresh()
+        return "already preparing"
+
+    def request_refresh(self) -> str:
+        return "refresh is not supported yet"
+
+    def request_stop(self, why: str) -> None:
+        self._stop(why)
+
+    # -- stopping -------------------------------------------------------------------------------
 
     def _stop(self, why: str) -> None:
         """End the mount: fail what waits, stop taking requests, cancel stragglers later.
@@ -210,3 +255,12 @@ def run(request: MountRequest, head_start: HeadStart) -> int:
     finally:
         pyfuse3.close(unmount=True)
     return worker.exit_code
+
+
+def _tell_daemon_mounted() -> None:
+    """The daemon waits for this line on our stdout before it answers ``add-repo --async``."""
+    try:
+        sys.stdout.write("mounted\n")
+        sys.stdout.flush()
+    except OSError:  # the daemon went away; the mount goes on regardless
+        pass

@@ -22,17 +22,17 @@ from .waiting import wait_for
 
 
 def run_cli(
-    *args: str, home: Path, timeout: float = 60, **kwargs: object
+    *args: str, home: Path, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ARTIFACTFS_HOME": str(home)}
+    """``artifactfs ARGS`` with ``$ARTIFACTFS_HOME`` set; ``env`` adds to the environment."""
     return subprocess.run(
         [sys.executable, "-m", "artifactfs", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "ARTIFACTFS_HOME": str(home), **(env or {})},
         timeout=timeout,
         check=False,
-        **kwargs,  # type: ignore[arg-type]
+        stdin=subprocess.DEVNULL,
     )
 
 

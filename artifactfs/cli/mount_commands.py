@@ -1,35 +1,19 @@
-"""The ``artifactfs`` command.
-
-Bad input gets one line on stderr and a non-zero exit (``UserError``), never a traceback, and
-is caught before anything is mounted or written.
-"""
+"""``mount`` (one mount in the foreground, no daemon), and ``unmount``/``status`` given a
+mount point instead of a repository name."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from . import __version__
-from .errors import UserError
+from ..errors import UserError
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 MAX_IO_TIMEOUT = 86400.0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="artifactfs",
-        description="Mount a remote git repository at once; fetch only the bytes that are read.",
-        epilog="State (blob cache, snapshots, logs) lives in $ARTIFACTFS_HOME "
-        "(default: ~/.local/share/artifactfs).",
-    )
-    parser.add_argument("--version", action="version", version=f"artifactfs {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_parsers(commands: Any) -> None:
     mount = commands.add_parser(
         "mount",
         help="mount SOURCE at MOUNTPOINT and serve it in the foreground",
@@ -44,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     mount.add_argument("--ref", help="branch, tag or commit to show (default: the remote HEAD)")
+    mount.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="file holding an access token for an http(s) remote, read at each use "
+        "(default: $ARTIFACTFS_GIT_TOKEN)",
+    )
     mount.add_argument(
         "--keep-failed",
         action="store_true",
@@ -60,22 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
     )
-
-    unmount = commands.add_parser("unmount", help="unmount an artifactfs mount point")
-    unmount.add_argument("mountpoint", metavar="MOUNTPOINT")
-    unmount.add_argument("--lazy", action="store_true", help="detach now even if the mount is busy")
-
-    status = commands.add_parser("status", help="show the state of a mounted repository")
-    status.add_argument("mountpoint", metavar="MOUNTPOINT")
-    status.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
+    # for the daemon's workers only
+    mount.add_argument("--name", help=argparse.SUPPRESS)
+    mount.add_argument("--control-socket", help=argparse.SUPPRESS)
+    mount.add_argument("--token-stdin", action="store_true", help=argparse.SUPPRESS)
+    mount.set_defaults(run=mount_foreground)
 
 
-def _mount(args: argparse.Namespace) -> int:
-    from .home import ArtifactHome, default_home
-    from .logs import configure
-    from .mount.mountpoints import check_mountpoint
-    from .sources.spec import check_ref, parse_source
+def mount_foreground(args: argparse.Namespace) -> int:
+    from ..home import ArtifactHome, default_home
+    from ..logs import configure
+    from ..mount.mountpoints import check_mountpoint
+    from ..sources.spec import check_ref, parse_source
 
     spec = parse_source(args.source)
     ref = check_ref(args.ref)
@@ -87,65 +73,70 @@ def _mount(args: argparse.Namespace) -> int:
         home.ensure()
     except OSError as exc:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    credentials = _credentials(args)
     configure(home.log_file_for(mountpoint), args.verbose)
+    control = Path(args.control_socket) if args.control_socket else None
 
     import signal
     import socket
 
-    from .mount.head_start import HeadStart
+    from ..mount.head_start import HeadStart
 
     # Stop signals wait until the worker can handle them (it unblocks them), so that none can
     # kill the process with the mount up; threads started from here on inherit the mask.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     socket.setdefaulttimeout(args.io_timeout)
-    head_start = HeadStart(spec, ref, home)  # talks to the origin while the next import runs
+    head_start = HeadStart(spec, ref, home, credentials)  # works while the next import runs
 
-    from .mount.worker import MountRequest, run
+    from ..mount.worker import MountRequest, run
 
-    request = MountRequest(spec, ref, mountpoint, home, args.keep_failed)
+    request = MountRequest(
+        spec, ref, mountpoint, home, args.keep_failed, name=args.name, control_socket=control
+    )
     return run(request, head_start)
 
 
-def _unmount(args: argparse.Namespace) -> int:
-    from .mount.mountpoints import FS_TYPE, detach, is_stale, mount_at, remove_stale
+def _credentials(args: argparse.Namespace) -> Any:
+    """Where this mount's token comes from; the token variables then leave our environment,
+    so that no child process (ssh, git upload-pack) inherits them."""
+    import os
+    import sys
 
-    path = Path(args.mountpoint).absolute()
+    from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
+
+    token = sys.stdin.read().strip() if args.token_stdin else None
+    token_file = os.path.abspath(args.token_file) if args.token_file else None
+    provider = CredentialProvider(token=token or None, token_file=token_file)
+    provider.check()
+    for variable in (TOKEN_ENV, TOKEN_FILE_ENV):
+        os.environ.pop(variable, None)
+    return provider
+
+
+def unmount_path(path_text: str, lazy: bool) -> int:
+    from ..mount.mountpoints import FS_TYPE, detach, is_stale, mount_at, remove_stale
+
+    path = Path(path_text).absolute()
     if is_stale(path):
         remove_stale(path)
         return 0
-    entry = mount_at(Path(args.mountpoint).resolve())
+    entry = mount_at(Path(path_text).resolve())
     if entry is None:
         raise UserError(f"{path} is not mounted")
     if entry.fs_type != FS_TYPE:
         raise UserError(f"{path} is not an artifactfs mount (it is {entry.fs_type})")
-    detach(entry.mountpoint, lazy=args.lazy)
+    detach(entry.mountpoint, lazy=lazy)
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
-    from .status import read_status
+def status_of_path(path_text: str, as_json: bool) -> int:
+    from ..status import read_status
 
-    report = read_status(Path(args.mountpoint))
-    if args.json:
+    report = read_status(Path(path_text))
+    if as_json:
         print(json.dumps(report, sort_keys=True))
     else:
         width = max(len(key) for key in report)
         for key, value in report.items():
             print(f"{key:<{width}}  {'-' if value is None else value}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    handlers = {"mount": _mount, "unmount": _unmount, "status": _status}
-    try:
-        return handlers[args.command](args)
-    except UserError as exc:
-        print(f"artifactfs: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,265 @@
+"""``daemon`` and the commands that talk to it over its socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ..errors import UserError
+from . import mount_commands
+
+EXIT_FAILED = 1
+
+
+def add_parsers(commands: Any) -> None:
+    daemon = commands.add_parser(
+        "daemon",
+        help="run the supervisor in the foreground",
+        description="Run the supervisor in the foreground: it mounts every registered "
+        "repository, restarts workers that die, and serves the commands below over "
+        "$ARTIFACTFS_HOME/run/daemon.sock. SIGINT/SIGTERM unmount everything and exit.",
+    )
+    daemon.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
+    )
+    daemon.set_defaults(run=run_daemon)
+
+    add = commands.add_parser(
+        "add-repo",
+        help="register a repository with the daemon and mount it",
+        description="Register NAME and mount SOURCE (default mount point: "
+        "$ARTIFACTFS_HOME/mnt/NAME). Returns when it is ready, or with --async as soon as "
+        "the placeholder is mounted. A token for a private http(s) remote comes from "
+        "--token-file (read at each use) or $ARTIFACTFS_GIT_TOKEN (kept in the daemon's "
+        "memory); never put one in the URL.",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("source", metavar="SOURCE")
+    add.add_argument("--ref", help="branch, tag or commit (default: the remote HEAD)")
+    add.add_argument("--mount", metavar="PATH", help="an existing empty directory to mount at")
+    add.add_argument("--token-file", metavar="PATH", help="file holding an access token")
+    add.add_argument(
+        "--async", dest="async_", action="store_true", help="return once the mount point is up"
+    )
+    add.set_defaults(run=add_repo)
+
+    status = commands.add_parser("status", help="state of repositories (or of a mount point)")
+    status.add_argument("target", metavar="NAME|PATH", nargs="?")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=status_command)
+
+    listing = commands.add_parser("list-repos", help="registered repositories")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(run=list_repos)
+
+    for name, verb, description in [
+        ("prepare", "prepare", "retry a failed prepare (or refresh a ready repository)"),
+        ("refresh", "refresh", "move the mount to the ref's current commit"),
+        ("remount", "remount", "mount an unmounted repository again"),
+    ]:
+        command = commands.add_parser(name, help=description, description=description)
+        command.add_argument("name", metavar="NAME")
+        command.add_argument(
+            "--async", dest="async_", action="store_true", help="do not wait until it is ready"
+        )
+        command.set_defaults(run=_follow_command(verb))
+
+    unmount = commands.add_parser(
+        "unmount", help="unmount a repository (by NAME) or a mount point (by PATH)"
+    )
+    unmount.add_argument("target", metavar="NAME|PATH")
+    unmount.add_argument("--lazy", action="store_true", help="PATH: detach even if busy")
+    unmount.set_defaults(run=unmount_command)
+
+    remove = commands.add_parser("remove-repo", help="unmount and forget a repository")
+    remove.add_argument("name", metavar="NAME")
+    remove.add_argument(
+        "--purge",
+        action="store_true",
+        help="also drop its snapshot (never blobs: the cache is shared)",
+    )
+    remove.set_defaults(run=remove_repo)
+
+
+def _home() -> Any:
+    from ..home import ArtifactHome, default_home
+
+    return ArtifactHome(default_home())
+
+
+def _call(message: dict[str, Any], progress: Any = None) -> dict[str, Any]:
+    from ..daemon.client import call
+
+    return call(_home(), message, progress)
+
+
+def _is_path(target: str) -> bool:
+    return "/" in target
+
+
+# -- the daemon --------------------------------------------------------------------------------
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    import trio
+
+    from ..daemon.server import Daemon, acquire_lock
+    from ..logs import configure
+
+    home = _home()
+    try:
+        home.ensure()
+    except OSError as exc:
+        raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    lock = acquire_lock(home)
+    configure(home.daemon_log, max(args.verbose, 1))
+    try:
+        trio.run(Daemon(home).run)
+    finally:
+        os.close(lock)
+    return 0
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def add_repo(args: argparse.Namespace) -> int:
+    from ..daemon.names import check_name
+    from ..sources.spec import check_ref, parse_source
+
+    check_name(args.name)  # the daemon checks again; this spares it the obvious
+    parse_source(args.source)
+    check_ref(args.ref)
+    message: dict[str, Any] = {
+        "cmd": "add",
+        "name": args.name,
+        "source": args.source,
+        "ref": args.ref,
+        "async": args.async_,
+    }
+    if args.mount is not None:
+        message["mount"] = os.path.abspath(args.mount)
+    if args.token_file is not None:
+        message["token_file"] = os.path.abspath(args.token_file)
+    token = os.environ.get("ARTIFACTFS_GIT_TOKEN")
+    if token:
+        message["token"] = token
+    progress = _Progress()
+    answer = _call(message, progress)
+    progress.done()
+    return _finish(answer, args.async_)
+
+
+def _follow_command(verb: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        progress = _Progress()
+        answer = _call({"cmd": verb, "name": args.name, "async": args.async_}, progress)
+        progress.done()
+        return _finish(answer, args.async_)
+
+    return run
+
+
+def _finish(answer: dict[str, Any], async_: bool) -> int:
+    status = answer.get("status") or {}
+    if not async_ and status.get("state") == "failed":
+        print(f"artifactfs: {status.get('name')} failed: {status.get('error')}", file=sys.stderr)
+        return EXIT_FAILED
+    if sys.stdout.isatty():
+        print(_summary(status))
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    if args.target is not None and _is_path(args.target):
+        return mount_commands.status_of_path(args.target, args.json)
+    message: dict[str, Any] = {"cmd": "status"}
+    if args.target is not None:
+        message["name"] = args.target
+    repos = _call(message)["repos"]
+    if args.json:
+        print(json.dumps(repos, indent=2))
+    else:
+        _table(repos, ["name", "state", "commit", "files", "bytes_fetched", "mount", "error"])
+    return 0
+
+
+def list_repos(args: argparse.Namespace) -> int:
+    repos = _call({"cmd": "status"})["repos"]
+    if args.json:
+        print(json.dumps([{k: r[k] for k in ("name", "source", "ref", "mount")} for r in repos]))
+    else:
+        _table(repos, ["name", "state", "source", "ref", "mount"])
+    return 0
+
+
+def unmount_command(args: argparse.Namespace) -> int:
+    if _is_path(args.target):
+        return mount_commands.unmount_path(args.target, args.lazy)
+    _call({"cmd": "unmount", "name": args.target})
+    return 0
+
+
+def remove_repo(args: argparse.Namespace) -> int:
+    answer = _call({"cmd": "remove", "name": args.name, "purge": args.purge})
+    for path in answer.get("removed", []):
+        print(f"removed {path}")
+    return 0
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """One updating line on a terminal; nothing at all otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, status: dict[str, Any]) -> None:
+        if self.tty:
+            fetched = _bytes(status.get("bytes_fetched") or 0)
+            sys.stderr.write(f"\r{status.get('name')}: {status.get('state')}, {fetched} received ")
+            sys.stderr.flush()
+            self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def _summary(status: dict[str, Any]) -> str:
+    name, mount = status.get("name"), status.get("mount")
+    if status.get("state") == "ready":
+        commit = (status.get("commit") or "")[:12]
+        return f"{name}: ready at {commit} ({status.get('files')} files) on {mount}"
+    return f"{name}: {status.get('state')} on {mount}"
+
+
+def _bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("no repositories")
+        return
+    cells = [[("-" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    cells = [[c if len(c) <= 60 else c[:57] + "..." for c in line] for line in cells]
+    header = [c.upper() for c in columns]
+    widths = [max(len(x) for x in column) for column in zip(header, *cells, strict=False)]
+    for line in [header, *cells]:
+        print(
+            "  ".join(
+                value.ljust(width) for value, width in zip(line, widths, strict=True)
+            ).rstrip()
+        )

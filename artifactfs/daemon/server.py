@@ -1,0 +1,325 @@
+"""``artifactfs daemon``: the registry, the supervisors, and the socket the CLI talks to.
+
+The CLI's requests arrive over ``$ARTIFACTFS_HOME/run/daemon.sock`` (mode 0600 in a 0700
+directory), so what a command asks happens before it returns: no polling of files. One daemon
+per home (a lock file says so). On start it takes back workers that outlived an earlier daemon
+and starts workers for every other wanted repository; SIGINT and SIGTERM unmount everything
+and exit, leaving the repositories registered for the next start.
+
+Every request is validated before the registry changes: bad input costs one line and leaves
+the registry as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..errors import UserError
+from ..home import ArtifactHome
+from ..ipc import LineStream, Message, ProtocolError, unix_listener
+from ..mount.mountpoints import FS_TYPE, mount_table
+from ..snapshot.index import snapshot_path
+from ..sources.spec import check_ref, parse_source
+from .names import check_name
+from .registry import Registry, Repo
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_SECONDS = 20.0
+
+Reply = Callable[[Message], Awaitable[None]]
+
+
+class Daemon:
+    def __init__(self, home: ArtifactHome) -> None:
+        self.home = home
+        self.registry = Registry(home.registry_path)
+        self.supervisors: dict[str, Supervisor] = {}
+        self.tokens: dict[str, str] = {}
+        """Tokens handed over by ``add-repo``, kept in memory only (workers get them on stdin)."""
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        listener = await unix_listener(str(self.home.daemon_socket))
+        log.info("daemon %d serving %s", os.getpid(), self.home.root)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for repo in self.registry.all():
+                if repo.wanted:
+                    self._start(repo)
+                else:
+                    self.registry.record_state(repo.name, "unmounted")
+            nursery.start_soon(trio.serve_listeners, self._handle, [listener])
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("%s: unmounting everything", signal.Signals(signum).name)
+                    break
+            with trio.move_on_after(SHUTDOWN_SECONDS):
+                async with trio.open_nursery() as stopping:
+                    for supervisor in self.supervisors.values():
+                        stopping.start_soon(supervisor.stop)
+            for name in self.supervisors:
+                self.registry.record_state(name, "unmounted")
+            nursery.cancel_scope.cancel()
+        self.registry.close()
+
+    def _start(self, repo: Repo) -> Supervisor:
+        supervisor = Supervisor(repo, self.home, self.registry, self.tokens.get(repo.name))
+        self.supervisors[repo.name] = supervisor
+
+        async def supervise() -> None:
+            await supervisor.run()
+            if self.supervisors.get(repo.name) is supervisor:
+                del self.supervisors[repo.name]
+
+        self._nursery.start_soon(supervise)
+        return supervisor
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        lines = LineStream(stream)
+        async with stream:
+            try:
+                request = await lines.receive()
+                if request is None:
+                    return
+                result = await self._dispatch(request, lines.send)
+                await lines.send({"ok": True, **result})
+            except UserError as exc:
+                await _try_send(lines, {"ok": False, "error": str(exc)})
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
+                pass  # the CLI went away (interrupted); what it asked for goes on
+            except Exception:
+                log.exception("request failed")
+                await _try_send(
+                    lines, {"ok": False, "error": "internal error (see the daemon log)"}
+                )
+
+    async def _dispatch(self, request: Message, reply: Reply) -> dict[str, Any]:
+        command = request.get("cmd")
+        handler = {
+            "ping": self._ping,
+            "add": self._add,
+            "status": self._status,
+            "prepare": self._prepare,
+            "refresh": self._refresh,
+            "unmount": self._unmount,
+            "remount": self._remount,
+            "remove": self._remove,
+        }.get(str(command))
+        if handler is None:
+            raise UserError(f"unknown request {str(command)[:40]!r}")
+        return await handler(request, reply)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _ping(self, request: Message, reply: Reply) -> dict[str, Any]:
+        return {"pid": os.getpid(), "home": str(self.home.root)}
+
+    async def _add(self, request: Message, reply: Reply) -> dict[str, Any]:
+        name = check_name(str(request.get("name", "")))
+        if self.registry.get(name) is not None:
+            raise UserError(f"a repository named {name!r} is already registered")
+        spec = parse_source(str(request.get("source", "")))
+        if spec.url != spec.display:
+            raise UserError(
+                "do not put a password or token in the URL (it would be visible in the process"
+                " list): use --token-file or ARTIFACTFS_GIT_TOKEN"
+            )
+        ref = check_ref(request.get("ref"))
+        token_file = _check_token_file(request.get("token_file"))
+        mountpoint = await self._check_new_mountpoint(name, request.get("mount"))
+        repo = self.registry.add(name, spec.url, ref, str(mountpoint), token_file)
+        token = request.get("token")
+        if isinstance(token, str) and token:
+            self.tokens[name] = token
+        supervisor = self._start(repo)
+        await supervisor.mounted_once.wait()
+        if supervisor.mount_error is not None:
+            await supervisor.stop()
+            self.registry.remove(name)
+            self.tokens.pop(name, None)
+            raise UserError(f"cannot mount {name}: {supervisor.mount_error}")
+        log.info("added %s (%s) at %s", name, spec.display, mountpoint)
+        if not request.get("async"):
+            await _follow(supervisor, reply)
+        return {"status": supervisor.status}
+
+    async def _status(self, request: Message, reply: Reply) -> dict[str, Any]:
+        name = request.get("name")
+        if name is None:
+            return {"repos": [self._status_of(repo) for repo in self.registry.all()]}
+        return {"repos": [self._status_of(self._known(str(name)))]}
+
+    def _status_of(self, repo: Repo) -> dict[str, Any]:
+        supervisor = self.supervisors.get(repo.name)
+        return supervisor.status if supervisor is not None else repo.public()
+
+    async def _prepare(self, request: Message, reply: Reply) -> dict[str, Any]:
+        return await self._ask_worker(request, reply, "prepare")
+
+    async def _refresh(self, request: Message, reply: Reply) -> dict[str, Any]:
+        return await self._ask_worker(request, reply, "refresh")
+
+    async def _ask_worker(self, request: Message, reply: Reply, command: str) -> dict[str, Any]:
+        repo = self._known(str(request.get("name", "")))
+        supervisor = self.supervisors.get(repo.name)
+        if supervisor is None:
+            raise UserError(f"{repo.name} is not mounted (artifactfs remount {repo.name})")
+        try:
+            answer = await supervisor.ask(command)
+        except (OSError, ProtocolError, trio.TooSlowError):
+            raise UserError(f"the worker of {repo.name} is not answering; try again") from None
+        if not answer.get("ok"):
+            raise UserError(str(answer.get("error")))
+        if isinstance(answer.get("status"), dict):  # the state it moved to, before we follow
+            supervisor.update(answer["status"])
+        if not request.get("async"):
+            await _follow(supervisor, reply)
+        return {"message": answer.get("message"), "status": supervisor.status}
+
+    async def _unmount(self, request: Message, reply: Reply) -> dict[str, Any]:
+        repo = self._known(str(request.get("name", "")))
+        self.registry.set_wanted(repo.name, False)
+        supervisor = self.supervisors.get(repo.name)
+        if supervisor is not None:
+            await supervisor.stop()
+        self.registry.record_state(repo.name, "unmounted")
+        return {"status": self._status_of(repo)}
+
+    async def _remount(self, request: Message, reply: Reply) -> dict[str, Any]:
+        repo = self._known(str(request.get("name", "")))
+        supervisor = self.supervisors.get(repo.name)
+        if supervisor is None:
+            self.registry.set_wanted(repo.name, True)
+            supervisor = self._start(repo)
+        await supervisor.mounted_once.wait()
+        if not request.get("async"):
+            await _follow(supervisor, reply)
+        return {"status": supervisor.status}
+
+    async def _remove(self, request: Message, reply: Reply) -> dict[str, Any]:
+        repo = self._known(str(request.get("name", "")))
+        await self._unmount(request, reply)
+        self.registry.remove(repo.name)
+        self.tokens.pop(repo.name, None)
+        removed = []
+        if request.get("purge"):
+            removed = await self._purge(repo)
+        default = self.home.default_mountpoint(repo.name)
+        if Path(repo.mountpoint) == default:
+            with contextlib.suppress(OSError):
+                default.rmdir()
+        return {"removed": removed}
+
+    async def _purge(self, repo: Repo) -> list[str]:
+        """Drop the repository's snapshot unless another repository shows the same commit.
+        Blobs stay: the CAS is shared and content-addressed."""
+        if repo.commit is None:
+            return []
+        if any(other.commit == repo.commit for other in self.registry.all()):
+            return []
+        path = snapshot_path(self.home.snapshots_dir, repo.commit)
+
+        def unlink() -> list[str]:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return []
+            return [str(path)]
+
+        return await trio.to_thread.run_sync(unlink)
+
+    # -- validation -----------------------------------------------------------------------------
+
+    def _known(self, name: str) -> Repo:
+        repo = self.registry.get(name)
+        if repo is None:
+            raise UserError(f"no repository named {name[:80]!r} (see: artifactfs list-repos)")
+        return repo
+
+    async def _check_new_mountpoint(self, name: str, given: object) -> Path:
+        path = await trio.to_thread.run_sync(_mountpoint_path, self.home, name, given)
+        if self.registry.by_mountpoint(str(path)) is not None:
+            raise UserError(f"{path} is already the mount point of another repository")
+        for entry in await trio.to_thread.run_sync(mount_table):
+            inside = entry.mountpoint in path.parents or entry.mountpoint == path
+            if inside and entry.fs_type == FS_TYPE:
+                raise UserError(f"{path} is inside another artifactfs mount ({entry.mountpoint})")
+        return await trio.to_thread.run_sync(_check_empty_directory, path)
+
+
+async def _try_send(lines: LineStream, message: Message) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await lines.send(message)
+
+
+def _mountpoint_path(home: ArtifactHome, name: str, given: object) -> Path:
+    """The absolute mount path asked for, or the default one (created if missing)."""
+    if given is None:
+        path = home.default_mountpoint(name)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    text = str(given)
+    if not os.path.isabs(text):
+        raise UserError(f"the mount path must be absolute: {text!r}")
+    return Path(os.path.normpath(text))
+
+
+def _check_empty_directory(path: Path) -> Path:
+    if not path.exists():
+        raise UserError(f"mount path {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"mount path {path} is not a directory")
+    if any(path.iterdir()):
+        raise UserError(f"mount path {path} is not empty")
+    return path
+
+
+def _check_token_file(given: object) -> str | None:
+    if given is None:
+        return None
+    path = Path(str(given))
+    if not path.is_absolute():
+        raise UserError(f"the token file path must be absolute: {str(given)!r}")
+    try:
+        if not path.read_text().strip():
+            raise UserError(f"token file {path} is empty")
+    except OSError as exc:
+        raise UserError(f"cannot read token file {path}: {exc.strerror}") from None
+    return str(path)
+
+
+async def _follow(supervisor: Supervisor, reply: Reply) -> None:
+    """Send progress lines until the repository is ready or failed."""
+    while True:
+        version = supervisor.changes.version
+        status = supervisor.status
+        if status["state"] in ("ready", "failed", "unmounted"):
+            return
+        await reply({"progress": status})
+        await supervisor.changes.wait_past(version)
+
+
+def acquire_lock(home: ArtifactHome) -> int:
+    """Hold the home's daemon lock for the life of the process, or say who holds it."""
+    fd = os.open(home.daemon_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"a daemon is already running for {home.root} (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd

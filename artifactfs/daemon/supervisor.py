@@ -1,0 +1,252 @@
+"""Keep one repository's mount worker alive while the repository is wanted.
+
+A worker is a separate process (pyfuse3 allows one FUSE session per process) started in its
+own session, so it outlives a daemon killed with ``kill -9``: the next daemon finds it by its
+control socket and takes it back without unmounting anything. A worker that dies is started
+again with backoff; its dead mount point is cleaned by the new worker before it mounts, and
+its prepare resumes (a snapshot already on disk makes that quick).
+
+Credentials: a token file's path goes on the worker's command line (it is not secret); a token
+itself only ever travels over the worker's stdin, read once and closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..fs.state import ChangeSignal
+from ..home import ArtifactHome
+from ..ipc import Message, ProtocolError, open_unix_stream
+from .registry import Registry, Repo
+
+log = logging.getLogger(__name__)
+
+MOUNT_TIMEOUT = 30.0
+"""How long a new worker may take to mount its placeholder."""
+BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+STABLE_SECONDS = 60.0
+"""A worker that ran this long resets the backoff."""
+STOP_TIMEOUT = 10.0
+WATCH_RETRY_SECONDS = 0.2
+
+
+class WorkerFailed(Exception):
+    """A worker could not mount; the message is its last words."""
+
+
+class Supervisor:
+    def __init__(
+        self, repo: Repo, home: ArtifactHome, registry: Registry, token: str | None
+    ) -> None:
+        self.name = repo.name
+        self.home = home
+        self.registry = registry
+        self.token = token
+        self.status: dict[str, Any] = repo.public()
+        self.changes = ChangeSignal()
+        self.mounted_once = trio.Event()
+        self.mount_error: str | None = None
+        self._wanted = True
+        self._pid: int | None = None
+        self._done = trio.Event()
+
+    @property
+    def socket_path(self) -> str:
+        return str(self.home.worker_socket(self.name))
+
+    # -- talking to the worker ------------------------------------------------------------------
+
+    async def ask(self, command: str) -> Message:
+        """Send one control command to the running worker and return its answer."""
+        with trio.fail_after(10):
+            lines = await open_unix_stream(self.socket_path)
+            async with lines.stream:
+                await lines.send({"cmd": command})
+                answer = await lines.receive()
+        if answer is None:
+            raise ProtocolError("the worker closed the connection")
+        return answer
+
+    # -- the lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Adopt a worker left by an earlier daemon, or start one; restart it until unwanted."""
+        try:
+            failures = 0
+            adopted = await self._try_adopt()
+            while self.wanted():
+                started = trio.current_time()
+                if not adopted:
+                    try:
+                        await self._run_new_worker()
+                    except WorkerFailed as exc:
+                        self.mount_error = str(exc)
+                        self.mounted_once.set()  # wake add-repo: it reports the error
+                        self._record("failed", str(exc))
+                        log.error("%s: %s", self.name, exc)
+                adopted = False
+                if not self.wanted():  # unmounted or removed while it ran
+                    break
+                failures = 0 if trio.current_time() - started > STABLE_SECONDS else failures + 1
+                delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
+                log.warning("%s: worker ended; starting another in %.1f s", self.name, delay)
+                await trio.sleep(delay)
+        finally:
+            self._done.set()
+
+    def wanted(self) -> bool:
+        return self._wanted
+
+    async def stop(self) -> None:
+        """Unmount: ask the worker to stop, wait for it, kill it if it will not go."""
+        self._wanted = False
+        pid = self._pid
+        with contextlib.suppress(OSError, ProtocolError, trio.TooSlowError):
+            await self.ask("stop")
+        with trio.move_on_after(STOP_TIMEOUT):
+            await self._done.wait()
+            return
+        if pid is not None:
+            log.warning("%s: worker %d did not stop; killing it", self.name, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with trio.move_on_after(STOP_TIMEOUT):
+            await self._done.wait()
+
+    async def _try_adopt(self) -> bool:
+        try:
+            answer = await self.ask("status")
+        except (OSError, ProtocolError, trio.TooSlowError):
+            return False
+        status = answer.get("status") or {}
+        self._pid = status.get("pid")
+        log.info("%s: took back running worker %s", self.name, self._pid)
+        self.mounted_once.set()
+        await self._watch()  # returns when the worker is gone
+        return True
+
+    async def _run_new_worker(self) -> None:
+        repo = self.registry.get(self.name)
+        if repo is None:
+            self._wanted = False
+            return
+        self._record("preparing", None)
+        stderr_path = self.home.worker_stderr(self.name)
+        with open(stderr_path, "ab") as stderr:  # noqa: ASYNC230 - opening a log file is instant
+            process = await trio.lowlevel.open_process(
+                self._command(repo),
+                stdin=subprocess.PIPE if self.token else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,  # not killed with the daemon, nor by its terminal
+            )
+        self._pid = process.pid
+        try:
+            if self.token and process.stdin is not None:
+                await process.stdin.send_all(self.token.encode())
+                await process.stdin.aclose()
+            await self._wait_mounted(process, stderr_path)
+            self.mounted_once.set()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch)
+                await process.wait()
+                nursery.cancel_scope.cancel()
+            log.info("%s: worker %d exited with %s", self.name, process.pid, process.returncode)
+        finally:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+            self._pid = None
+
+    def _command(self, repo: Repo) -> list[str]:
+        command = [
+            sys.executable, "-m", "artifactfs", "mount", repo.source, repo.mountpoint,
+            "--keep-failed", "--name", repo.name, "--control-socket", self.socket_path,
+        ]  # fmt: skip
+        if repo.ref:
+            command += ["--ref", repo.ref]
+        if repo.token_file:
+            command += ["--token-file", repo.token_file]
+        if self.token:
+            command.append("--token-stdin")
+        return command
+
+    async def _wait_mounted(self, process: trio.Process, stderr_path: Path) -> None:
+        assert process.stdout is not None
+        line = b""
+        with trio.move_on_after(MOUNT_TIMEOUT):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(64)
+                if not chunk:
+                    break
+                line += chunk
+        if line.strip() == b"mounted":
+            return
+        with trio.move_on_after(5):
+            await process.wait()
+        raise WorkerFailed(_last_words(stderr_path) or f"the worker exited ({process.returncode})")
+
+    async def _watch(self) -> None:
+        """Follow the worker's status until it goes away, recording every change."""
+        while True:
+            with contextlib.suppress(OSError, ProtocolError, trio.BrokenResourceError):
+                lines = await open_unix_stream(self.socket_path)
+                async with lines.stream:
+                    await lines.send({"cmd": "watch"})
+                    async for message in lines:
+                        status = message.get("status")
+                        if isinstance(status, dict):
+                            self.update(status)
+            if self._pid is None or not _alive(self._pid):
+                return
+            await trio.sleep(WATCH_RETRY_SECONDS)  # lost the socket, not the worker
+
+    def update(self, status: dict[str, Any]) -> None:
+        """Take in a status the worker reported."""
+        self._pid = status.get("pid", self._pid)
+        self.registry.record_status(self.name, status)
+        self._refresh_status()
+
+    def _record(self, state: str, error: str | None) -> None:
+        self.registry.record_state(self.name, state, error)
+        self._refresh_status()
+
+    def _refresh_status(self) -> None:
+        repo = self.registry.get(self.name)
+        if repo is not None:
+            self.status = repo.public()
+        self.changes.notify()
+
+    async def wait_settled(self) -> dict[str, Any]:
+        """The status once it is ready or failed."""
+        while self.status["state"] not in ("ready", "failed"):
+            await self.changes.wait_past(self.changes.version)
+        return self.status
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+def _last_words(path: Path) -> str:
+    try:
+        lines = path.read_bytes().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    last = lines[-1] if lines else ""
+    return last.removeprefix("artifactfs: ")[:300]

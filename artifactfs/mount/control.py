@@ -1,0 +1,94 @@
+"""A worker's control socket: how the daemon asks a mount for its status, watches it, retries
+its prepare, refreshes it or stops it.
+
+The socket lives at a known path, not on an inherited pipe, so a mount outlives the daemon
+that started it: a daemon killed with ``kill -9`` and started again connects to the same
+socket and takes the worker back, and the mount never goes away.
+
+Requests (one JSON line each): ``status``; ``watch`` (a status line now and after every
+change, and twice a second while preparing, until the connection closes); ``prepare`` (retry
+a failed prepare, or refresh a ready mount); ``refresh``; ``stop``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Protocol
+
+import trio
+
+from ..fs.gate import GateState
+from ..fs.state import MountState
+from ..ipc import LineStream, Message, ProtocolError, unix_listener
+
+log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 0.5
+
+
+class Controllable(Protocol):
+    state: MountState
+
+    def status(self) -> dict[str, Any]: ...
+
+    def request_prepare(self) -> str: ...
+
+    def request_refresh(self) -> str: ...
+
+    def request_stop(self, why: str) -> None: ...
+
+
+async def serve_control(
+    path: str,
+    worker: Controllable,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    listener = await unix_listener(path)
+    task_status.started()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await _handle(LineStream(stream), worker)
+
+    await trio.serve_listeners(handle, [listener])
+
+
+async def _handle(lines: LineStream, worker: Controllable) -> None:
+    try:
+        async with lines.stream:
+            request = await lines.receive()
+            if request is None:
+                return
+            await _answer(lines, request, worker)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as exc:
+        log.debug("control connection ended: %s", exc)
+
+
+async def _answer(lines: LineStream, request: Message, worker: Controllable) -> None:
+    command = request.get("cmd")
+    if command == "status":
+        await lines.send({"ok": True, "status": worker.status()})
+    elif command == "watch":
+        await _watch(lines, worker)
+    elif command == "prepare":
+        message = worker.request_prepare()
+        await lines.send({"ok": True, "message": message, "status": worker.status()})
+    elif command == "refresh":
+        message = worker.request_refresh()
+        await lines.send({"ok": True, "message": message, "status": worker.status()})
+    elif command == "stop":
+        await lines.send({"ok": True})
+        worker.request_stop("asked to stop by the daemon")
+    else:
+        await lines.send({"ok": False, "error": f"unknown command {str(command)[:40]!r}"})
+
+
+async def _watch(lines: LineStream, worker: Controllable) -> None:
+    changes = worker.state.changes
+    while True:
+        version = changes.version
+        await lines.send({"status": worker.status()})
+        preparing = worker.state.gate.state is GateState.PREPARING
+        with trio.move_on_after(PROGRESS_SECONDS if preparing else math.inf):
+            await changes.wait_past(version)

@@ -1,0 +1,247 @@
+"""The daemon through real processes: a real daemon, real workers, real git servers, the real
+kernel. Registration, --async, failure and retry, crashes of workers and of the daemon."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIG
+from tests.helpers.daemons import Daemon, running_daemon, worker_pids
+from tests.helpers.gitrepos import Repo, make_repo
+from tests.helpers.mounts import errno_of, is_mounted, is_stale
+from tests.helpers.ports import free_port
+from tests.helpers.servers import GitDaemon, GitProxy
+from tests.helpers.waiting import wait_for
+from tests.test_4_mount_gate import blocked_in_fuse
+
+
+def mounts_at(path: Path) -> int:
+    with open("/proc/self/mountinfo") as table:
+        return sum(1 for line in table if line.split()[4] == str(path))
+
+
+def test_add_repo_async_returns_at_once_and_operations_wait(
+    daemon: GitDaemon, sample: Repo, home: Path
+) -> None:
+    proxy = GitProxy(daemon.port, held=True)
+    try:
+        with running_daemon(home) as artifactfs:
+            url = daemon.url("sample.git", proxy.port)
+            artifactfs.ok("add-repo", "sample", url, "--async")
+            mnt = home / "mnt" / "sample"
+            assert is_mounted(mnt)  # returned with the placeholder mounted, server still held
+            assert artifactfs.status("sample")["state"] == "preparing"
+            ls = subprocess.Popen(["ls", str(mnt)], stdout=subprocess.PIPE, text=True)
+            try:
+                wait_for(lambda: blocked_in_fuse(ls.pid), 10, "ls to block")
+                proxy.release()
+                out, _ = ls.communicate(timeout=30)
+            finally:
+                if ls.poll() is None:
+                    ls.kill()
+            assert "README.md" in out.split()
+            status = artifactfs.wait_state("sample", "ready")
+            assert status["commit"] == sample.commit
+            assert status["files"] == 12
+            assert status["source"] == url
+            assert status["mount"] == str(mnt)
+    finally:
+        proxy.stop()
+
+
+def test_add_repo_waits_until_ready(daemon: GitDaemon, sample: Repo, home: Path) -> None:
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
+        assert artifactfs.status("sample")["state"] == "ready"
+        mnt = home / "mnt" / "sample"
+        assert (mnt / "data" / "big.bin").read_bytes() == BIG
+        listing = artifactfs.ok("list-repos")
+        assert listing.splitlines()[1].split()[:2] == ["sample", "ready"]
+
+
+def test_failure_then_retry(sample: Repo, repos: Path, home: Path) -> None:
+    port = free_port()
+    with running_daemon(home) as artifactfs:
+        url = f"git://127.0.0.1:{port}/sample.git"
+        failed = artifactfs.cli("add-repo", "sample", url)
+        assert failed.returncode == 1
+        assert failed.stderr == "artifactfs: sample failed: connection refused\n"
+        status = artifactfs.status("sample")
+        assert (status["state"], status["error"]) == ("failed", "connection refused")
+        mnt = home / "mnt" / "sample"
+        assert errno_of(lambda: os.listdir(mnt)) == errno.EIO
+        server = GitDaemon(repos, port=port)
+        try:
+            artifactfs.ok("prepare", "sample")
+            assert artifactfs.status("sample")["state"] == "ready"
+            assert (mnt / "README.md").read_bytes() == b"# sample\n"
+        finally:
+            server.stop()
+
+
+def test_a_killed_worker_comes_back(daemon: GitDaemon, sample: Repo, home: Path) -> None:
+    proxy = GitProxy(daemon.port)
+    try:
+        with running_daemon(home) as artifactfs:
+            artifactfs.ok("add-repo", "sample", daemon.url("sample.git", proxy.port))
+            mnt = home / "mnt" / "sample"
+            (pid,) = worker_pids(home)
+            proxy.hold()  # the next fetch stalls: kill the worker in the middle of it
+            reader = subprocess.Popen(
+                ["cat", str(mnt / "data" / "big.bin")], stdout=subprocess.DEVNULL
+            )
+            wait_for(lambda: proxy.accepted >= 2, 10, "the blob fetch to start")
+            os.kill(pid, signal.SIGKILL)
+            reader.wait(20)
+            proxy.release()
+            wait_for(lambda: worker_pids(home) not in ([], [pid]), 20, "a new worker")
+            artifactfs.wait_state("sample", "ready")
+            assert mounts_at(mnt) == 1 and not is_stale(mnt)
+            assert (mnt / "data" / "big.bin").read_bytes() == BIG
+    finally:
+        proxy.stop()
+
+
+def test_a_killed_daemon_leaves_mounts_serving_and_the_next_takes_them_back(
+    daemon: GitDaemon, sample: Repo, home: Path
+) -> None:
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
+        mnt = home / "mnt" / "sample"
+        workers = worker_pids(home)
+        artifactfs.kill()
+        assert (mnt / "data" / "big.bin").read_bytes() == BIG  # still served
+        artifactfs.start()
+        assert artifactfs.status("sample")["state"] == "ready"
+        assert worker_pids(home) == workers  # taken back, not restarted
+        artifactfs.ok("unmount", "sample")
+        assert not is_mounted(mnt)
+        assert artifactfs.status("sample")["state"] == "unmounted"
+        artifactfs.ok("remount", "sample")
+        assert (mnt / "README.md").read_bytes() == b"# sample\n"
+
+
+def test_everything_killed_comes_back_on_the_next_start(
+    daemon: GitDaemon, sample: Repo, repos: Path, home: Path
+) -> None:
+    other = make_repo(repos, "other.git", {"hello.txt": b"hello\n"})
+    proxy = GitProxy(daemon.port, held=True)
+    try:
+        with running_daemon(home) as artifactfs:
+            artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
+            artifactfs.ok("add-repo", "other", daemon.url("other.git", proxy.port), "--async")
+            artifactfs.kill()
+            for pid in worker_pids(home):
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: worker_pids(home) == [], 10, "the workers to die")
+            proxy.release()
+            artifactfs.start()
+            artifactfs.wait_state("sample", "ready")
+            assert artifactfs.wait_state("other", "ready")["commit"] == other.commit
+            for name in ("sample", "other"):
+                assert mounts_at(home / "mnt" / name) == 1
+            assert (home / "mnt" / "other" / "hello.txt").read_bytes() == b"hello\n"
+    finally:
+        proxy.stop()
+
+
+def test_sigterm_unmounts_everything_and_the_next_start_mounts_it_again(
+    daemon: GitDaemon, sample: Repo, home: Path
+) -> None:
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
+        assert artifactfs.process is not None
+        artifactfs.process.send_signal(signal.SIGTERM)
+        assert artifactfs.process.wait(30) == 0
+        assert not is_mounted(home / "mnt" / "sample")
+        assert worker_pids(home) == []
+        artifactfs.start()
+        assert artifactfs.wait_state("sample", "ready")["commit"] == sample.commit
+
+
+def test_two_repositories_share_the_cache(daemon: GitDaemon, repos: Path, home: Path) -> None:
+    first = make_repo(repos, "first.git", {"shared.bin": BIG, "a.txt": b"a\n"})
+    make_repo(repos, "second.git", {"copy/shared.bin": BIG, "b.txt": b"b\n"})
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "first", daemon.url("first.git"))
+        artifactfs.ok("add-repo", "second", daemon.url("second.git"))
+        assert (home / "mnt" / "first" / "shared.bin").read_bytes() == BIG
+        assert (home / "mnt" / "second" / "copy" / "shared.bin").read_bytes() == BIG
+        assert daemon.wanted().count(first.blob_id("shared.bin")) == 1
+
+
+def test_remove_repo_with_purge(daemon: GitDaemon, sample: Repo, home: Path) -> None:
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
+        assert (home / "mnt" / "sample" / "data" / "big.bin").read_bytes() == BIG
+        out = artifactfs.ok("remove-repo", "sample", "--purge")
+        assert out == f"removed {home / 'snapshots' / f'git-{sample.commit}.v1.sqlite'}\n"
+        assert artifactfs.registry_rows() == []
+        assert not (home / "mnt" / "sample").exists()
+        big = sample.blob_id("data/big.bin")
+        assert (home / "cas" / "git-sha1" / big[:2] / big).read_bytes() == BIG  # the cache stays
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["add-repo", "sample", "SOURCE"], "already registered"),
+        (["add-repo", "a/b", "SOURCE"], "not a valid repository name"),
+        (["add-repo", ".hidden", "SOURCE"], "not a valid repository name"),
+        (["add-repo", "x" * 65, "SOURCE"], "not a valid repository name"),
+        (["add-repo", "new", "ftp://example.com/x.git"], "unsupported source scheme"),
+        (["add-repo", "new", "https://u:pw@example.com/x.git"], "do not put a password"),
+        (["add-repo", "new", "SOURCE", "--ref", "a..b"], "not a valid ref name"),
+        (["add-repo", "new", "SOURCE", "--mount", "MNT/sample/inner"], "inside another"),
+        (["add-repo", "new", "SOURCE", "--mount", "FULL"], "not empty"),
+        (["add-repo", "new", "SOURCE", "--mount", "relative/path"], "does not exist"),
+        (["add-repo", "new", "SOURCE", "--token-file", "/no/such/file"], "cannot read token"),
+        (["status", "nosuch"], "no repository named 'nosuch'"),
+        (["prepare", "nosuch"], "no repository named 'nosuch'"),
+        (["unmount", "nosuch"], "no repository named 'nosuch'"),
+        (["remount", "nosuch"], "no repository named 'nosuch'"),
+        (["remove-repo", "nosuch"], "no repository named 'nosuch'"),
+    ],
+)
+def test_bad_input_changes_nothing(
+    args: list[str], fragment: str, daemon: GitDaemon, sample: Repo, home: Path, tmp_path: Path
+) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep").write_bytes(b"x")
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
+        before = artifactfs.registry_rows()
+        substitutions = {"SOURCE": daemon.url("sample.git"), "FULL": str(full)}
+        concrete = [substitutions.get(a, a).replace("MNT", str(home / "mnt")) for a in args]
+        result = artifactfs.cli(*concrete)
+        assert result.returncode == 2, result
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("artifactfs: ") and fragment in lines[0]
+        assert artifactfs.registry_rows() == before
+        assert (full / "keep").read_bytes() == b"x"
+
+
+def test_no_daemon_running(home: Path, daemon: GitDaemon, sample: Repo) -> None:
+    idle = Daemon(home)
+    for args in (["add-repo", "x", daemon.url("sample.git")], ["status"], ["list-repos"]):
+        result = idle.cli(*args)
+        assert result.returncode == 2
+        assert result.stderr == (
+            f"artifactfs: no artifactfs daemon is running for {home}; "
+            "start one with: artifactfs daemon\n"
+        )
+
+
+def test_one_daemon_per_home(home: Path) -> None:
+    with running_daemon(home):
+        second = Daemon(home)
+        result = second.cli("daemon")
+        assert result.returncode == 2
+        assert "a daemon is already running" in result.stderr
