@@ -3,6 +3,7 @@ kernel. Registration, --async, failure and retry, crashes of workers and of the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -16,7 +17,7 @@ from tests.helpers.daemons import Daemon, running_daemon, worker_pids
 from tests.helpers.gitrepos import Repo, make_repo
 from tests.helpers.mounts import errno_of, is_mounted, is_stale
 from tests.helpers.ports import free_port
-from tests.helpers.servers import GitDaemon, GitProxy
+from tests.helpers.servers import GitDaemon, GitProxy, HttpGitServer
 from tests.helpers.waiting import wait_for
 from tests.test_4_mount_gate import blocked_in_fuse
 
@@ -245,3 +246,52 @@ def test_one_daemon_per_home(home: Path) -> None:
         result = second.cli("daemon")
         assert result.returncode == 2
         assert "a daemon is already running" in result.stderr
+
+
+def _cmdlines() -> bytes:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.append((entry / "cmdline").read_bytes())
+    return b"\n".join(found)
+
+
+@pytest.mark.parametrize("how", ["environment", "token-file"])
+def test_a_private_repository_with_a_token(
+    how: str, sample: Repo, repos: Path, home: Path, tmp_path: Path
+) -> None:
+    token = "tok-3f9a7c1e5d"
+    server = HttpGitServer(repos, token=token)
+    try:
+        with running_daemon(home) as artifactfs:
+            url = server.url("sample.git")
+            refused = artifactfs.cli("add-repo", "private", url)
+            assert refused.returncode == 1
+            assert "authentication required or refused by the server (401)" in refused.stderr
+            artifactfs.ok("remove-repo", "private")
+
+            if how == "environment":
+                artifactfs.ok("add-repo", "private", url, env={"ARTIFACTFS_GIT_TOKEN": token})
+            else:
+                token_file = tmp_path / "token"
+                token_file.write_text(token + "\n")
+                artifactfs.ok("add-repo", "private", url, "--token-file", str(token_file))
+            mnt = home / "mnt" / "private"
+            assert (mnt / "README.md").read_bytes() == b"# sample\n"  # a lazy fetch, later
+            (pid,) = worker_pids(home)
+            os.kill(pid, signal.SIGKILL)  # the next worker still has the token
+            wait_for(lambda: worker_pids(home) not in ([], [pid]), 20, "a new worker")
+            artifactfs.wait_state("private", "ready")
+            assert (mnt / "data" / "big.bin").read_bytes() == BIG
+
+            secret = token.encode()
+            assert secret not in _cmdlines()
+            shown = artifactfs.ok("status", "--json") + artifactfs.ok("list-repos")
+            assert token not in shown
+            for path in home.rglob("*"):
+                if path.is_file() and not path.is_socket():
+                    assert secret not in path.read_bytes(), path
+            assert secret not in artifactfs.stderr().encode()
+    finally:
+        server.stop()
