@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 import stat
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pyfuse3
 import pytest
 import trio
 
-from artifactfs.cas import ContentStore
+from artifactfs.cas import GIT_SHA1, ContentStore
 from artifactfs.fetching import BlobFetcher
 from artifactfs.fs.operations import SnapshotOperations
 from artifactfs.fs.state import MountState
@@ -37,27 +37,54 @@ def no_fetch(wanted: Mapping[str, int | None]) -> set[str]:
     raise AssertionError("these tests never fetch")
 
 
-def run(tmp_path: Path, body: Callable[[SnapshotOperations], Awaitable[None]]) -> None:
-    path = snapshot_path(tmp_path, "9" * 40)
+def snapshot_of(tmp_path: Path, tree: dict[str, list[NewEntry]], commit: str) -> SnapshotIndex:
+    path = snapshot_path(tmp_path, commit)
     write_snapshot(
         path,
-        "9" * 40,
+        commit,
         "sha1",
         1_700_000_000,
         "root",
         lambda key: DirectoryListing(
-            TREE[key], [e.name.decode() if e.kind is Kind.DIRECTORY else None for e in TREE[key]]
+            tree[key], [e.name.decode() if e.kind is Kind.DIRECTORY else None for e in tree[key]]
         ),
     )
+    return SnapshotIndex(path)
+
+
+class RecordingKernel:
+    """Stands in for the kernel's caches (there is no mount here): records what we forget."""
+
+    def __init__(self) -> None:
+        self.forgotten: list[tuple[int, bytes | None]] = []
+
+    async def forget_entries(self, parent: int, names: Iterable[bytes]) -> None:
+        self.forgotten += [(parent, name) for name in names]
+
+    async def forget_inode(self, inode: int) -> None:
+        self.forgotten.append((inode, None))
+
+
+KERNEL = RecordingKernel()
+
+
+def run(tmp_path: Path, body: Callable[[SnapshotOperations], Awaitable[None]]) -> None:
     state = MountState("git://example/x", None)
-    state.snapshot = SnapshotIndex(path)
-    state.gate.open()
     cas = ContentStore(tmp_path / "cas")
-    operations = SnapshotOperations(state, cas, BlobFetcher(no_fetch, lambda oid: False))
+    KERNEL.forgotten.clear()
+    operations = SnapshotOperations(
+        state, cas, BlobFetcher(no_fetch, lambda oid: False), kernel=KERNEL
+    )
+
+    async def main() -> None:
+        await operations.install(snapshot_of(tmp_path, TREE, "9" * 40), GIT_SHA1)
+        state.gate.open()
+        await body(operations)
+
     try:
-        trio.run(body, operations)
+        trio.run(main)
     finally:
-        state.snapshot.close()
+        operations.close()
 
 
 CTX: Any = None
@@ -132,5 +159,39 @@ def test_extended_attributes(tmp_path: Path) -> None:
         fh = (await ops.open(file.st_ino, 0, CTX)).fh
         assert await ops.read(fh, 5, 100) == b""  # at the end: nothing to fetch
         await ops.release(fh)
+
+    run(tmp_path, body)
+
+
+def test_generations_keep_old_directories_consistent_and_retire(tmp_path: Path) -> None:
+    """A refresh: the root shows the new tree; a directory looked up before keeps the old one
+    (nothing half old, half new); the old snapshot closes once the kernel forgot it all."""
+    newer = {
+        "root": [
+            NewEntry(b"dir", Kind.DIRECTORY, "3" * 40),
+            NewEntry(b"new", Kind.FILE, "4" * 40, 1),
+        ],
+        "dir": [NewEntry(b"changed", Kind.FILE, "5" * 40, 2)],
+    }
+
+    async def body(ops: SnapshotOperations) -> None:
+        old_dir = await ops.lookup(ROOT_INODE, b"dir", CTX)
+        old_inner = await ops.lookup(old_dir.st_ino, b"inner", CTX)
+        await ops.install(snapshot_of(tmp_path, newer, "8" * 40), GIT_SHA1)
+        assert ops.live_generations() == 2
+        names = [b"dir", b"file", b"link", b"new", b"tool"]
+        assert KERNEL.forgotten == [(ROOT_INODE, n) for n in names] + [(ROOT_INODE, None)]
+        new_dir = await ops.lookup(ROOT_INODE, b"dir", CTX)
+        assert new_dir.st_ino != old_dir.st_ino
+        assert (await ops.lookup(new_dir.st_ino, b"changed", CTX)).st_size == 2
+        assert (await ops.lookup(new_dir.st_ino, b"inner", CTX)).st_ino == 0
+        assert (await ops.lookup(old_dir.st_ino, b"inner", CTX)).st_ino == old_inner.st_ino
+        assert (await ops.lookup(old_dir.st_ino, b"changed", CTX)).st_ino == 0
+        assert (await ops.getattr(old_inner.st_ino, CTX)).st_size == 7
+        assert (await ops.lookup(ROOT_INODE, b"file", CTX)).st_ino == 0  # gone in the new tree
+        await ops.forget([(old_dir.st_ino, 1), (old_inner.st_ino, 2)])
+        assert ops.live_generations() == 1
+        with pytest.raises(pyfuse3.FUSEError):
+            await ops.getattr(old_inner.st_ino, CTX)
 
     run(tmp_path, body)

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import BIG
 from tests.helpers.daemons import Daemon, running_daemon, worker_pids
-from tests.helpers.gitrepos import Repo, make_repo
+from tests.helpers.gitrepos import Repo, commit_files, make_repo
 from tests.helpers.mounts import errno_of, is_mounted, is_stale
 from tests.helpers.ports import free_port
 from tests.helpers.servers import GitDaemon, GitProxy, HttpGitServer
@@ -295,3 +295,41 @@ def test_a_private_repository_with_a_token(
             assert secret not in artifactfs.stderr().encode()
     finally:
         server.stop()
+
+
+def test_refresh_moves_to_the_new_commit_without_mixing_trees(
+    daemon: GitDaemon, repos: Path, home: Path
+) -> None:
+    repo = make_repo(
+        repos, "moving.git", {"a.txt": b"one\n", "old.txt": b"old\n", "dir/x": b"x1\n"}
+    )
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "moving", daemon.url("moving.git"))
+        mnt = home / "mnt" / "moving"
+        held_file = os.open(mnt / "a.txt", os.O_RDONLY)
+        held_dir = os.open(mnt / "dir", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert os.pread(held_file, 100, 0) == b"one\n"
+            assert (mnt / "old.txt").exists()  # a name the kernel now caches as present
+            assert not (mnt / "new.txt").exists()  # and one it caches as absent
+            assert (mnt / "dir" / "x").read_bytes() == b"x1\n"
+            changes = {"a.txt": b"two!\n", "new.txt": b"new\n", "dir/x": b"x2\n"}
+            moved = commit_files(repo, changes, remove=("old.txt",))
+            assert artifactfs.status("moving")["commit"] == repo.commit
+            artifactfs.ok("refresh", "moving")
+            assert artifactfs.status("moving")["commit"] == moved.commit
+            assert (mnt / "a.txt").read_bytes() == b"two!\n"
+            assert (mnt / "new.txt").read_bytes() == b"new\n"
+            assert (mnt / "dir" / "x").read_bytes() == b"x2\n"
+            assert sorted(os.listdir(mnt)) == ["a.txt", "dir", "new.txt"]
+            assert not (mnt / "old.txt").exists()
+            # what was open before keeps the old commit, whole
+            assert os.pread(held_file, 100, 0) == b"one\n"
+            assert os.listdir(held_dir) == ["x"]
+            with open(f"/proc/self/fd/{held_dir}/x", "rb") as old_x:
+                assert old_x.read() == b"x1\n"
+        finally:
+            os.close(held_file)
+            os.close(held_dir)
+        artifactfs.ok("refresh", "moving")  # nothing new: stays
+        assert artifactfs.status("moving")["commit"] == moved.commit

@@ -18,9 +18,10 @@ BLOCK = 512
 IO_SIZE = 128 * 1024
 
 
-def for_row(row: Row, meta: SnapshotMeta) -> pyfuse3.EntryAttributes:
+def for_row(row: Row, meta: SnapshotMeta, inode: int) -> pyfuse3.EntryAttributes:
+    """Attributes of ``row`` as the kernel knows it: as inode number ``inode``."""
     attr = pyfuse3.EntryAttributes()
-    attr.st_ino = row.inode
+    attr.st_ino = inode
     attr.st_mode = row.kind.st_mode
     attr.st_nlink = 2 + row.subdirs if row.kind.is_directory else 1
     attr.st_uid = os.getuid()

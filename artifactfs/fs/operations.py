@@ -7,8 +7,8 @@ never by ``lookup``, ``readdir`` or ``open``; a read at or past the known end of
 fetches nothing.
 
 Lookup counts are exact: every entry returned by ``lookup`` or ``readdir`` adds one, every
-``forget`` removes what it says. Inodes are never freed (they are rows of an immutable
-snapshot), but the counts are kept for the refresh that will retire old snapshots.
+``forget`` removes what it says; when an older generation (see generations.py) has no count
+left, its snapshot is closed.
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ import errno
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pyfuse3
 import trio
 
-from ..cas import ContentStore, Digest
+from ..cas import Algorithm, ContentStore, Digest
 from ..fetching import BlobFetcher, BlobUnavailable
 from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from . import attributes, xattrs
+from .generations import Generation, Generations
 from .state import MountState
 
 log = logging.getLogger(__name__)
@@ -38,47 +40,104 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 @dataclass
 class _OpenFile:
+    generation: Generation
     row: Row
     fd: int | None = None
     opening: trio.Lock = field(default_factory=trio.Lock)
 
 
+class KernelCache(Protocol):
+    """What the kernel caches of a mount, and how to make it forget."""
+
+    async def forget_entries(self, parent: int, names: Iterable[bytes]) -> None: ...
+
+    async def forget_inode(self, inode: int) -> None: ...
+
+
+class FuseKernelCache:
+    """The real thing: pyfuse3's notifications (the entry form is queued to its own thread,
+    so it is safe even while requests on the same directory are running)."""
+
+    async def forget_entries(self, parent: int, names: Iterable[bytes]) -> None:
+        for name in names:
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+
+    async def forget_inode(self, inode: int) -> None:
+        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode)
+
+
 class SnapshotOperations(pyfuse3.Operations):
-    def __init__(self, state: MountState, cas: ContentStore, fetcher: BlobFetcher) -> None:
+    def __init__(
+        self,
+        state: MountState,
+        cas: ContentStore,
+        fetcher: BlobFetcher,
+        kernel: KernelCache | None = None,
+    ) -> None:
         super().__init__()
+        self._kernel = kernel or FuseKernelCache()
         self._state = state
         self._cas = cas
         self._fetcher = fetcher
         self._io = trio.CapacityLimiter(16)
+        self._generations = Generations()
         self._lookups: Counter[int] = Counter()
         self._files: dict[int, _OpenFile] = {}
         self._listed: dict[int, float] = {}
         """Directory inode -> when it was last listed (only while some sizes are unknown)."""
         self._next_fh = 1
 
+    # -- snapshots ------------------------------------------------------------------------------
+
+    async def install(self, index: SnapshotIndex, algorithm: Algorithm) -> None:
+        """Show ``index`` from now on: the first snapshot, or a newer one (a refresh).
+
+        On a refresh the kernel is told that the root's names and attributes may have changed;
+        everything below follows from the new root's entries.
+        """
+        previous = self._generations.current
+        stale_names: set[bytes] = set()
+        if previous is not None:
+            stale_names = {row.name for row in _root_children(previous.index)}
+        self._generations.install(index, algorithm)
+        self._state.snapshot = index
+        self._state.blob_algorithm = algorithm
+        self._state.changes.notify()
+        if previous is None:
+            return
+        stale_names |= {row.name for row in _root_children(index)}
+        await self._kernel.forget_entries(ROOT_INODE, sorted(stale_names))
+        await self._kernel.forget_inode(ROOT_INODE)
+
+    def close(self) -> None:
+        self._generations.close()
+
+    def live_generations(self) -> int:
+        return self._generations.live()
+
     # -- helpers ---------------------------------------------------------------------------
 
-    @property
-    def _snapshot(self) -> SnapshotIndex:
-        snapshot = self._state.snapshot
-        if snapshot is None:  # the gate lets nobody here before prepare succeeded
-            raise pyfuse3.FUSEError(errno.EIO)
-        return snapshot
-
-    def _row(self, inode: int) -> Row:
-        row = self._snapshot.get(inode)
+    def _node(self, inode: int) -> tuple[Generation, Row]:
+        found = self._generations.resolve(inode)
+        if found is None:  # the gate lets nobody here before prepare succeeded
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        generation, row_inode = found
+        row = generation.index.get(row_inode)
         if row is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return row
+        return generation, row
 
-    def _digest(self, row: Row) -> Digest:
-        assert row.oid is not None
-        return Digest(self._state.blob_algorithm, row.oid)
+    def _attributes(self, generation: Generation, row: Row) -> pyfuse3.EntryAttributes:
+        return attributes.for_row(row, generation.index.meta, generation.kernel_inode(row.inode))
 
-    def _attributes(self, row: Row) -> pyfuse3.EntryAttributes:
-        return attributes.for_row(row, self._snapshot.meta)
+    def _counted(self, generation: Generation, row: Row) -> pyfuse3.EntryAttributes:
+        """Attributes of an entry handed to the kernel, which now holds a lookup on it."""
+        attrs = self._attributes(generation, row)
+        self._lookups[attrs.st_ino] += 1
+        generation.lookups += 1
+        return attrs
 
-    async def _with_known_size(self, row: Row) -> Row:
+    async def _with_known_size(self, generation: Generation, row: Row) -> Row:
         """``row`` with its size known, fetching its blob if the server never told us.
 
         Only servers without ``object-info`` leave sizes unknown. If the directory was listed
@@ -88,10 +147,11 @@ class SnapshotOperations(pyfuse3.Operations):
         """
         if not attributes.size_unknown(row):
             return row
-        listed = self._listed.get(row.parent)
+        index = generation.index
+        listed = self._listed.get(generation.kernel_inode(row.parent))
         batch = [row]
         if listed is not None and trio.current_time() - listed < LISTING_HINT_SECONDS:
-            siblings = self._snapshot.unknown_size_siblings(row)[:SIZE_BATCH]
+            siblings = index.unknown_size_siblings(row)[:SIZE_BATCH]
             batch = [row, *(s for s in siblings if s.inode != row.inode)]
         try:
             await self._fetcher.ensure({s.oid: None for s in batch if s.oid})
@@ -99,26 +159,26 @@ class SnapshotOperations(pyfuse3.Operations):
             try:  # a sibling may be what failed: this entry alone decides this answer
                 await self._fetcher.ensure({row.oid: None} if row.oid else {})
             except BlobUnavailable:
-                log.error("cannot learn the size of inode %d: %s", row.inode, exc)
+                log.error("cannot learn the size of %s: %s", row.oid, exc)
                 raise pyfuse3.FUSEError(errno.EIO) from None
 
         def sizes() -> dict[int, int]:
-            found = {s.inode: self._cas.size_of(self._digest(s)) for s in batch}
+            found = {s.inode: self._cas.size_of(generation.digest(s)) for s in batch}
             return {inode: size for inode, size in found.items() if size is not None}
 
-        self._snapshot.record_sizes(await trio.to_thread.run_sync(sizes, limiter=self._io))
-        return self._row(row.inode)
+        index.record_sizes(await trio.to_thread.run_sync(sizes, limiter=self._io))
+        return index.get(row.inode) or row
 
-    async def _open_blob(self, row: Row) -> int:
+    async def _open_blob(self, generation: Generation, row: Row) -> int:
         """A descriptor of ``row``'s verified blob, fetching it first if it is missing."""
-        digest = self._digest(row)
+        digest = generation.digest(row)
         try:
             fd, size = await trio.to_thread.run_sync(self._open_fd, digest, limiter=self._io)
         except FileNotFoundError:
             try:
                 await self._fetcher.ensure({digest.hex: row.size})
             except BlobUnavailable as exc:
-                log.error("read of inode %d failed: %s", row.inode, exc)
+                log.error("read of %s failed: %s", row.oid, exc)
                 raise pyfuse3.FUSEError(errno.EIO) from None
             fd, size = await trio.to_thread.run_sync(self._open_fd, digest, limiter=self._io)
         if row.size is not None and size != row.size:
@@ -126,14 +186,13 @@ class SnapshotOperations(pyfuse3.Operations):
             # The kernel holds the wrong size, so serving the true bytes would truncate them.
             os.close(fd)
             log.error(
-                "the server said blob %s has %d bytes, but it has %d: refusing to serve "
-                "inode %d in this mount (the next mount will show the true size)",
+                "the server said blob %s has %d bytes, but it has %d: refusing to serve it in"
+                " this mount (the next mount will show the true size)",
                 row.oid,
                 row.size,
                 size,
-                row.inode,
             )
-            self._snapshot.record_sizes({row.inode: size})
+            generation.index.record_sizes({row.inode: size})
             raise pyfuse3.FUSEError(errno.EIO)
         return fd
 
@@ -141,10 +200,11 @@ class SnapshotOperations(pyfuse3.Operations):
         fd = self._cas.open_fd(digest)
         return fd, os.fstat(fd).st_size
 
-    async def _cached_bytes(self, row: Row) -> int:
+    async def _cached_bytes(self, generation: Generation, row: Row) -> int:
         if row.size == 0:
             return 0
-        size = await trio.to_thread.run_sync(self._cas.size_of, self._digest(row), limiter=self._io)
+        digest = generation.digest(row)
+        size = await trio.to_thread.run_sync(self._cas.size_of, digest, limiter=self._io)
         return size or 0
 
     # -- names and attributes ----------------------------------------------------------------
@@ -152,17 +212,18 @@ class SnapshotOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        row = self._snapshot.lookup(parent_inode, name)
+        generation, parent = self._node(parent_inode)
+        row = generation.index.lookup(parent.inode, name)
         if row is None:
             return attributes.negative_entry()
         # an unknown size is answered as "not cached": the kernel asks getattr before use
-        self._lookups[row.inode] += 1
-        return self._attributes(row)
+        return self._counted(generation, row)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if self._state.snapshot is None and inode == ROOT_INODE:
+        if self._generations.current is None and inode == ROOT_INODE:
             return attributes.placeholder_root()
-        return self._attributes(await self._with_known_size(self._row(inode)))
+        generation, row = self._node(inode)
+        return self._attributes(generation, await self._with_known_size(generation, row))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
@@ -173,12 +234,13 @@ class SnapshotOperations(pyfuse3.Operations):
                 if remaining < 0:
                     log.warning("forget(%d, %d) below zero lookups", inode, count)
                 del self._lookups[inode]
+            self._generations.forgotten(inode, count)
 
     def lookup_count(self, inode: int) -> int:
         return self._lookups[inode]
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        row = self._row(inode)
+        _, row = self._node(inode)
         if row.kind is not Kind.SYMLINK or row.target is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return row.target
@@ -186,35 +248,38 @@ class SnapshotOperations(pyfuse3.Operations):
     # -- directories ---------------------------------------------------------------------------
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if not self._row(inode).kind.is_directory:
+        _, row = self._node(inode)
+        if not row.kind.is_directory:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """List ``.``, ``..`` and the children; offsets are 1, 2 and child inode + 2.
+        """List ``.``, ``..`` and the children; offsets are 1, 2 and child row id + 2.
 
         ``.`` and ``..`` take no lookup reference (the kernel never forgets them); every child
         the kernel accepted does.
         """
-        directory = self._row(fh)
-        if self._snapshot.meta.sizes != "complete":
-            self._listed[directory.inode] = trio.current_time()
-        dots = ((b".", directory), (b"..", self._row(directory.parent)))
+        generation, directory = self._node(fh)
+        index = generation.index
+        if index.meta.sizes != "complete":
+            self._listed[fh] = trio.current_time()
+        parent = index.get(directory.parent) or directory
+        dots = ((b".", directory), (b"..", parent))
         for offset, (name, row) in enumerate(dots, start=1):
-            if start_id < offset and not pyfuse3.readdir_reply(
-                token, name, self._attributes(row), offset
-            ):
+            attrs = self._attributes(generation, row)
+            if start_id < offset and not pyfuse3.readdir_reply(token, name, attrs, offset):
                 return
         after = max(start_id - 2, 0)
         while True:
-            children = self._snapshot.children(directory, after_inode=after, limit=256)
+            children = index.children(directory, after_inode=after, limit=256)
             if not children:
                 return
             for child in children:
-                attrs = self._attributes(child)
+                attrs = self._attributes(generation, child)
                 if not pyfuse3.readdir_reply(token, child.name, attrs, child.inode + 2):
                     return
-                self._lookups[child.inode] += 1
+                self._lookups[attrs.st_ino] += 1
+                generation.lookups += 1
                 after = child.inode
 
     async def releasedir(self, fh: int) -> None:
@@ -223,7 +288,7 @@ class SnapshotOperations(pyfuse3.Operations):
     # -- files ---------------------------------------------------------------------------------
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        row = self._row(inode)
+        generation, row = self._node(inode)
         if row.kind.is_directory:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if row.kind is not Kind.FILE and row.kind is not Kind.EXECUTABLE:
@@ -232,7 +297,7 @@ class SnapshotOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         fh = self._next_fh
         self._next_fh += 1
-        self._files[fh] = _OpenFile(row)
+        self._files[fh] = _OpenFile(generation, row)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -245,7 +310,7 @@ class SnapshotOperations(pyfuse3.Operations):
         if handle.fd is None:
             async with handle.opening:
                 if handle.fd is None:
-                    handle.fd = await self._open_blob(handle.row)
+                    handle.fd = await self._open_blob(handle.generation, handle.row)
         return await trio.to_thread.run_sync(os.pread, handle.fd, size, off, limiter=self._io)
 
     async def release(self, fh: int) -> None:
@@ -259,7 +324,12 @@ class SnapshotOperations(pyfuse3.Operations):
         if inode == ROOT_INODE:
             value = xattrs.root_values(self._state).get(name)
         else:
-            value = await xattrs.entry_value(self._row(inode), name, self._cached_bytes)
+            generation, row = self._node(inode)
+
+            async def cached(row: Row) -> int:
+                return await self._cached_bytes(generation, row)
+
+            value = await xattrs.entry_value(row, name, cached)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -267,7 +337,7 @@ class SnapshotOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         if inode == ROOT_INODE:
             return list(xattrs.root_values(self._state))
-        return xattrs.entry_names(self._row(inode))
+        return xattrs.entry_names(self._node(inode)[1])
 
     # -- the file system -------------------------------------------------------------------------
 
@@ -280,3 +350,10 @@ class SnapshotOperations(pyfuse3.Operations):
             data.f_blocks = (snapshot.meta.total_size + 4095) // 4096
             data.f_files = snapshot.meta.files
         return data
+
+
+def _root_children(index: SnapshotIndex) -> list[Row]:
+    root = index.get(ROOT_INODE)
+    if root is None:
+        return []
+    return index.children(root, limit=root.child_count or 1)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import trio
 
+from ..errors import SourceError
 from ..fs.gate import GateState
 from ..fs.state import MountState
 from ..ipc import LineStream, Message, ProtocolError, unix_listener
@@ -32,9 +33,9 @@ class Controllable(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
-    def request_prepare(self) -> str: ...
+    async def prepare(self) -> str: ...
 
-    def request_refresh(self) -> str: ...
+    async def refresh(self) -> str: ...
 
     def request_stop(self, why: str) -> None: ...
 
@@ -71,12 +72,13 @@ async def _answer(lines: LineStream, request: Message, worker: Controllable) -> 
         await lines.send({"ok": True, "status": worker.status()})
     elif command == "watch":
         await _watch(lines, worker)
-    elif command == "prepare":
-        message = worker.request_prepare()
-        await lines.send({"ok": True, "message": message, "status": worker.status()})
-    elif command == "refresh":
-        message = worker.request_refresh()
-        await lines.send({"ok": True, "message": message, "status": worker.status()})
+    elif command in ("prepare", "refresh"):
+        try:
+            message = await (worker.prepare() if command == "prepare" else worker.refresh())
+        except SourceError as exc:
+            await lines.send({"ok": False, "error": str(exc), "status": worker.status()})
+        else:
+            await lines.send({"ok": True, "message": message, "status": worker.status()})
     elif command == "stop":
         await lines.send({"ok": True})
         worker.request_stop("asked to stop by the daemon")

@@ -85,8 +85,9 @@ class _Worker:
             lambda wanted: head_start.source.result().fetch_blobs(wanted, self.cas),
             lambda oid: self.cas.contains(Digest(self.state.blob_algorithm, oid)),
         )
-        inner = SnapshotOperations(self.state, self.cas, self.fetcher)
-        self.operations = GatedOperations(inner, self.state.gate)
+        self.snapshots = SnapshotOperations(self.state, self.cas, self.fetcher)
+        self.operations = GatedOperations(self.snapshots, self.state.gate)
+        self._refreshing = trio.Lock()
         self._retry = trio.Event()
         self._stopping = False
         self._fuse_scope = trio.CancelScope()
@@ -105,9 +106,7 @@ class _Worker:
             with self._fuse_scope:
                 await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
             nursery.cancel_scope.cancel()
-        snapshot = self.state.snapshot
-        if snapshot is not None:
-            snapshot.close()
+        self.snapshots.close()
 
     # -- what the control socket offers --------------------------------------------------------
 
@@ -126,18 +125,36 @@ class _Worker:
             "bytes_fetched": self.state.counters.bytes_received,
         }
 
-    def request_prepare(self) -> str:
+    async def prepare(self) -> str:
+        """Retry a failed prepare (waiters block again from this moment), or refresh."""
         state = self.state.gate.state
         if state is GateState.FAILED:
-            self.state.gate.reset()  # waiters block again from this moment
+            self.state.gate.reset()
             self._retry.set()
             return "preparing again"
         if state is GateState.READY:
-            return self.request_refresh()
+            return await self.refresh()
         return "already preparing"
 
-    def request_refresh(self) -> str:
-        return "refresh is not supported yet"
+    async def refresh(self) -> str:
+        """Move to the ref's current commit. New lookups see the new tree; open files and
+        directories of the old one keep it (fs/generations.py). Raises SourceError."""
+        current = self.state.snapshot
+        if self.state.gate.state is not GateState.READY or current is None:
+            return f"the mount is {self.state.gate.state.value}: nothing to refresh"
+        async with self._refreshing:
+            source = self.head_start.source.result()
+            prepared = await trio.to_thread.run_sync(
+                source.prepare, self.request.home.snapshots_dir, self.cas, abandon_on_cancel=True
+            )
+            old = current.meta.commit
+            if prepared.commit == old:
+                return f"already at {old[:12]}"
+            snapshot = await trio.to_thread.run_sync(SnapshotIndex, prepared.path)
+            algorithm = git_blob_algorithm(prepared.object_format)
+            await self.snapshots.install(snapshot, algorithm)
+        log.info("refreshed %s from %s to %s", self.request.spec.display, old, prepared.commit)
+        return f"moved from {old[:12]} to {prepared.commit[:12]}"
 
     def request_stop(self, why: str) -> None:
         self._stop(why)
@@ -214,8 +231,7 @@ class _Worker:
                 if self._stopping:
                     snapshot.close()
                     return
-                self.state.blob_algorithm = git_blob_algorithm(prepared.object_format)
-                self.state.snapshot = snapshot
+                await self.snapshots.install(snapshot, git_blob_algorithm(prepared.object_format))
                 self.state.gate.open()
                 files = snapshot.meta.files
                 log.info("ready: %s at %s (%d files)", display, prepared.commit[:12], files)

@@ -107,11 +107,15 @@ def write_tree(work: Path, files: dict[str, Content]) -> None:
             target.write_bytes(content)
 
 
-def commit_files(repo: Repo, files: dict[str, Content], message: str = "change") -> Repo:
-    """Add a commit on main that writes ``files`` (through a temporary clone)."""
+def commit_files(
+    repo: Repo, files: dict[str, Content], message: str = "change", remove: tuple[str, ...] = ()
+) -> Repo:
+    """Add a commit on main that writes ``files`` and deletes ``remove`` (in a clone)."""
     work = repo.path.parent / f".work-update-{hashlib.sha1(message.encode()).hexdigest()[:8]}"
     git("clone", "-q", str(repo.path), str(work))
     write_tree(work, files)
+    for path in remove:
+        git("rm", "-q", path, cwd=work)
     git("add", "-A", cwd=work)
     git("commit", "-q", "-m", message, cwd=work)
     git("push", "-q", "origin", "HEAD:main", cwd=work)
