@@ -9,7 +9,8 @@ returns any number of blobs in one pack, so a batch costs one round trip however
 
 Callers ask only for blobs they found missing. The fetch thread checks the CAS again before
 going to the network, so a blob published by an earlier batch (or another process) in the
-meantime is never fetched twice.
+meantime is never fetched twice; and with ``claims`` (cas/claims.py) a blob another process is
+fetching right now is waited for, not fetched again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .cas.claims import FetchClaims
 from .errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class BlobFetcher:
         fetch_batch: FetchBatch,
         present: Present,
         *,
+        claims: FetchClaims | None = None,
         parallel_fetches: int = 4,
         max_batch: int = 1000,
         quiet_seconds: float = 0.002,
@@ -55,6 +58,7 @@ class BlobFetcher:
     ) -> None:
         self._fetch_batch = fetch_batch
         self._present = present
+        self._claims = claims
         self._slots = trio.Semaphore(parallel_fetches)
         self._threads = trio.CapacityLimiter(parallel_fetches)
         self._max_batch = max_batch
@@ -124,10 +128,29 @@ class BlobFetcher:
                 return
 
     def _fetch_missing(self, batch: Mapping[str, int | None]) -> set[str]:
-        """In a worker thread: what is still missing goes to the origin."""
+        """In a worker thread: what is still missing goes to the origin, unless another
+        process is fetching it already, in which case we wait for that."""
         present = {oid for oid in batch if self._present(oid)}
         missing = {oid: size for oid, size in batch.items() if oid not in present}
-        return present | (self._fetch_batch(missing) if missing else set())
+        if not missing:
+            return present
+        if self._claims is None:
+            return present | self._fetch_batch(missing)
+        claims = [(oid, self._claims.try_claim(oid)) for oid in missing]
+        try:
+            mine = {oid: missing[oid] for oid, claim in claims if claim is not None}
+            got = self._fetch_batch(mine) if mine else set()
+        finally:
+            for _, claim in claims:
+                if claim is not None:
+                    claim.release()
+        theirs = {oid: missing[oid] for oid, claim in claims if claim is None}
+        for oid in theirs:
+            self._claims.wait(oid)
+        still_missing = {oid: size for oid, size in theirs.items() if not self._present(oid)}
+        if still_missing:  # the other process failed: try ourselves
+            got |= self._fetch_batch(still_missing)
+        return present | got | (set(theirs) - set(still_missing))
 
     async def _fetch(self, batch: list[str]) -> None:
         error: str | None = None

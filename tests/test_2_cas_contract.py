@@ -188,3 +188,46 @@ def test_a_writer_killed_mid_blob_leaves_only_a_temporary(store: ContentStore) -
     assert store.sweep_temporaries(older_than_seconds=3600) == 0  # too young to be swept
     assert store.sweep_temporaries(older_than_seconds=0) == 1
     assert leftovers(store) == []
+
+
+_CLAIMER = """
+import sys, time
+from pathlib import Path
+from artifactfs.cas.claims import FetchClaims
+claim = FetchClaims(Path(sys.argv[1])).try_claim(sys.argv[2])
+print("claimed" if claim else "busy", flush=True)
+sys.stdin.read()  # hold it until told (or killed)
+if claim:
+    claim.release()
+"""
+
+
+def test_one_process_at_a_time_may_fetch_a_blob(tmp_path: Path) -> None:
+    from artifactfs.cas.claims import FetchClaims
+
+    claims = FetchClaims(tmp_path)
+    oid = "ab" * 20
+    with subprocess.Popen(
+        [sys.executable, "-c", _CLAIMER, str(tmp_path), oid],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "claimed\n"
+            assert claims.try_claim(oid) is None  # another process is fetching it
+            mine = claims.try_claim("cd" * 20)
+            assert mine is not None  # other blobs are free
+            mine.release()
+            holder.send_signal(signal.SIGKILL)  # a crashed fetcher's claim dies with it
+            holder.wait(10)
+            claims.wait(oid)
+            again = claims.try_claim(oid)
+            assert again is not None
+            again.release()
+            assert list((tmp_path / ".claims").iterdir()) == []  # released claims leave nothing
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+    with pytest.raises(ValueError):
+        claims.try_claim("../../etc/passwd")

@@ -11,22 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.gitrepos import Repo
-from tests.helpers.mounts import errno_of, is_mounted, mounted, run_cli
+from tests.helpers.mounts import blocked_in_fuse, errno_of, is_mounted, mounted, run_cli
 from tests.helpers.ports import free_port
 from tests.helpers.servers import GitDaemon, GitProxy
 from tests.helpers.waiting import wait_for
-
-
-def blocked_in_fuse(pid: int) -> bool:
-    """True while the process sleeps in the kernel waiting for a FUSE answer."""
-    try:
-        with open(f"/proc/{pid}/wchan") as wchan:
-            where = wchan.read()
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state in ("S", "D") and ("fuse" in where or "request_wait_answer" in where)
 
 
 def test_operations_wait_while_preparing_and_stat_does_not(

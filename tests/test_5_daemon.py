@@ -15,11 +15,10 @@ import pytest
 from tests.conftest import BIG
 from tests.helpers.daemons import Daemon, running_daemon, worker_pids
 from tests.helpers.gitrepos import Repo, commit_files, make_repo
-from tests.helpers.mounts import errno_of, is_mounted, is_stale
+from tests.helpers.mounts import blocked_in_fuse, errno_of, is_mounted, is_stale
 from tests.helpers.ports import free_port
 from tests.helpers.servers import GitDaemon, GitProxy, HttpGitServer
 from tests.helpers.waiting import wait_for
-from tests.test_4_mount_gate import blocked_in_fuse
 
 
 def mounts_at(path: Path) -> int:
@@ -175,6 +174,41 @@ def test_two_repositories_share_the_cache(daemon: GitDaemon, repos: Path, home: 
         assert (home / "mnt" / "first" / "shared.bin").read_bytes() == BIG
         assert (home / "mnt" / "second" / "copy" / "shared.bin").read_bytes() == BIG
         assert daemon.wanted().count(first.blob_id("shared.bin")) == 1
+
+
+def test_two_workers_missing_the_same_blob_at_once_fetch_it_once(
+    daemon: GitDaemon, repos: Path, home: Path
+) -> None:
+    first = make_repo(repos, "first.git", {"shared.bin": BIG})
+    make_repo(repos, "second.git", {"copy/shared.bin": BIG})
+    proxy = GitProxy(daemon.port)
+    readers: list[subprocess.Popen[bytes]] = []
+    try:
+        with running_daemon(home) as artifactfs:
+            for name in ("first", "second"):
+                artifactfs.ok("add-repo", name, daemon.url(f"{name}.git", proxy.port))
+            proxy.hold()
+            before = proxy.accepted
+            paths = [
+                home / "mnt" / "first" / "shared.bin",
+                home / "mnt" / "second" / "copy" / "shared.bin",
+            ]
+            readers.append(subprocess.Popen(["cat", str(paths[0])], stdout=subprocess.PIPE))
+            wait_for(lambda: proxy.accepted == before + 1, 10, "the first fetch to start")
+            readers.append(subprocess.Popen(["cat", str(paths[1])], stdout=subprocess.PIPE))
+            wait_for(lambda: blocked_in_fuse(readers[1].pid), 10, "the second reader to wait")
+            proxy.release()
+            for reader in readers:
+                out, _ = reader.communicate(timeout=30)
+                assert out == BIG
+            assert proxy.accepted == before + 1  # the second worker never asked the server
+            assert daemon.wanted().count(first.blob_id("shared.bin")) == 1
+    finally:
+        for reader in readers:
+            if reader.poll() is None:
+                reader.kill()
+                reader.communicate()
+        proxy.stop()
 
 
 def test_remove_repo_with_purge(daemon: GitDaemon, sample: Repo, home: Path) -> None:

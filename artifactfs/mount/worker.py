@@ -30,6 +30,7 @@ import pyfuse3
 import trio
 
 from ..cas import Digest
+from ..cas.claims import FetchClaims
 from ..cas.digests import git_blob_algorithm
 from ..errors import SourceError, UserError
 from ..fetching import BlobFetcher
@@ -84,6 +85,7 @@ class _Worker:
         self.fetcher = BlobFetcher(
             lambda wanted: head_start.source.result().fetch_blobs(wanted, self.cas),
             lambda oid: self.cas.contains(Digest(self.state.blob_algorithm, oid)),
+            claims=FetchClaims(self.cas.root),
         )
         self.snapshots = SnapshotOperations(self.state, self.cas, self.fetcher)
         self.operations = GatedOperations(self.snapshots, self.state.gate)

@@ -45,6 +45,20 @@ def errno_of(action: Callable[[], object]) -> int | None:
     return None
 
 
+def blocked_in_fuse(pid: int) -> bool:
+    """True while the process sleeps in the kernel waiting for a FUSE answer: a request of its
+    own, or a page that a FUSE read is filling."""
+    try:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            where = wchan.read()
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    waits = ("fuse", "request_wait_answer", "folio_wait")
+    return state in ("S", "D") and any(w in where for w in waits)
+
+
 def is_mounted(path: Path) -> bool:
     target = str(path)
     with open("/proc/self/mountinfo") as table:
