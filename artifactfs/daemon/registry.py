@@ -37,6 +37,13 @@ CREATE TABLE IF NOT EXISTS repos (
 STATES = ("preparing", "ready", "failed", "unmounted")
 
 
+class Conflict(Exception):
+    """The name or the mount point is registered already."""
+
+    def __init__(self, name: str, mountpoint: str) -> None:
+        super().__init__(f"{name!r} or {mountpoint} is registered already")
+
+
 @dataclass(frozen=True)
 class Repo:
     name: str
@@ -117,12 +124,16 @@ class Registry:
     def add(
         self, name: str, source: str, ref: str | None, mountpoint: str, token_file: str | None
     ) -> Repo:
+        """Register a repository; raise ``Conflict`` if its name or mount point is taken."""
         now = time.time()
-        self._db.execute(
-            "INSERT INTO repos (name, source, ref, mountpoint, token_file, wanted, state,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
-            (name, source, ref, mountpoint, token_file, now, now),
-        )
+        try:
+            self._db.execute(
+                "INSERT INTO repos (name, source, ref, mountpoint, token_file, wanted, state,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
+                (name, source, ref, mountpoint, token_file, now, now),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(name, mountpoint) from None
         repo = self.get(name)
         assert repo is not None
         return repo

@@ -30,7 +30,7 @@ from ..mount.mountpoints import FS_TYPE, mount_table
 from ..snapshot.index import snapshot_path
 from ..sources.spec import check_ref, parse_source
 from .names import check_name
-from .registry import Registry, Repo
+from .registry import Conflict, Registry, Repo
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -137,9 +137,12 @@ class Daemon:
                 " list): use --token-file or ARTIFACTFS_GIT_TOKEN"
             )
         ref = check_ref(request.get("ref"))
-        token_file = _check_token_file(request.get("token_file"))
+        token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
         mountpoint = await self._check_new_mountpoint(name, request.get("mount"))
-        repo = self.registry.add(name, spec.url, ref, str(mountpoint), token_file)
+        try:  # checked above, but another add-repo may have won the race meanwhile
+            repo = self.registry.add(name, spec.url, ref, str(mountpoint), token_file)
+        except Conflict:
+            raise UserError(f"a repository named {name!r} or at {mountpoint} exists") from None
         token = request.get("token")
         if isinstance(token, str) and token:
             self.tokens[name] = token
