@@ -33,8 +33,20 @@ Present = Callable[[str], bool]
 """Blocking: is this blob already in the CAS?"""
 
 
+CLAIM_WAIT_SECONDS = 300.0
+"""How long to wait for another process's fetch of a blob before fetching it ourselves."""
+
+
 class BlobUnavailable(Exception):
     """A blob could not be fetched; the message is one line for the log."""
+
+
+class PartialFetch(SourceError):
+    """Some of a batch arrived (``got``), the rest failed for ``cause``."""
+
+    def __init__(self, got: set[str], cause: SourceError) -> None:
+        super().__init__(str(cause))
+        self.got = got
 
 
 @dataclass
@@ -137,20 +149,34 @@ class BlobFetcher:
         if self._claims is None:
             return present | self._fetch_batch(missing)
         claims = [(oid, self._claims.try_claim(oid)) for oid in missing]
+        failure: SourceError | None = None
+        got: set[str] = set()
         try:
-            mine = {oid: missing[oid] for oid, claim in claims if claim is not None}
-            got = self._fetch_batch(mine) if mine else set()
+            # another process may have published it between our check and our claim
+            mine = {
+                oid: missing[oid]
+                for oid, claim in claims
+                if claim is not None and not self._present(oid)
+            }
+            got = {oid for oid, claim in claims if claim is not None and oid not in mine}
+            if mine:
+                got |= self._fetch_batch(mine)
+        except SourceError as exc:
+            failure = exc  # still wait for what others fetch: that may well succeed
         finally:
             for _, claim in claims:
                 if claim is not None:
                     claim.release()
         theirs = {oid: missing[oid] for oid, claim in claims if claim is None}
         for oid in theirs:
-            self._claims.wait(oid)
+            self._claims.wait(oid, CLAIM_WAIT_SECONDS)
         still_missing = {oid: size for oid, size in theirs.items() if not self._present(oid)}
-        if still_missing:  # the other process failed: try ourselves
+        if still_missing and failure is None:  # the other process failed: try ourselves
             got |= self._fetch_batch(still_missing)
-        return present | got | (set(theirs) - set(still_missing))
+        got |= set(theirs) - set(still_missing)
+        if failure is not None:
+            raise PartialFetch(present | got, failure)
+        return present | got
 
     async def _fetch(self, batch: list[str]) -> None:
         error: str | None = None
@@ -162,7 +188,8 @@ class BlobFetcher:
             )
         except SourceError as exc:
             error = str(exc)
-            log.error("fetching %d blob(s) failed: %s", len(batch), error)
+            got = exc.got if isinstance(exc, PartialFetch) else set()
+            log.error("fetching %d blob(s) failed: %s", len(batch) - len(got), error)
         except Exception:
             error = "internal error (see the log)"
             log.exception("fetching %d blob(s) failed", len(batch))

@@ -221,7 +221,7 @@ def test_one_process_at_a_time_may_fetch_a_blob(tmp_path: Path) -> None:
             mine.release()
             holder.send_signal(signal.SIGKILL)  # a crashed fetcher's claim dies with it
             holder.wait(10)
-            claims.wait(oid)
+            assert claims.wait(oid, timeout=10)
             again = claims.try_claim(oid)
             assert again is not None
             again.release()

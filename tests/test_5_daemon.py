@@ -8,6 +8,7 @@ import errno
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -233,10 +234,12 @@ def test_remove_repo_with_purge(daemon: GitDaemon, sample: Repo, home: Path) -> 
         (["add-repo", "new", "ftp://example.com/x.git"], "unsupported source scheme"),
         (["add-repo", "new", "https://u:pw@example.com/x.git"], "do not put a password"),
         (["add-repo", "new", "SOURCE", "--ref", "a..b"], "not a valid ref name"),
-        (["add-repo", "new", "SOURCE", "--mount", "MNT/sample/inner"], "inside another"),
+        (["add-repo", "new", "SOURCE", "--mount", "OUTER/inner"], "inside another"),
         (["add-repo", "new", "SOURCE", "--mount", "FULL"], "not empty"),
         (["add-repo", "new", "SOURCE", "--mount", "relative/path"], "does not exist"),
-        (["add-repo", "new", "SOURCE", "--token-file", "/no/such/file"], "cannot read token"),
+        (["add-repo", "new", "SOURCE", "--token-file", "/no/such/file"], "cannot read the token"),
+        (["add-repo", "new", "SOURCE", "--token-file", "FIFO"], "not a regular file"),
+        (["add-repo", "new", "SOURCE", "--mount", "HOME/snapshots"], "inside the state directory"),
         (["status", "nosuch"], "no repository named 'nosuch'"),
         (["prepare", "nosuch"], "no repository named 'nosuch'"),
         (["unmount", "nosuch"], "no repository named 'nosuch'"),
@@ -250,11 +253,18 @@ def test_bad_input_changes_nothing(
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep").write_bytes(b"x")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    outer = tmp_path / "outer"
+    outer.mkdir()
     with running_daemon(home) as artifactfs:
-        artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
+        artifactfs.ok("add-repo", "sample", daemon.url("sample.git"), "--mount", str(outer))
         before = artifactfs.registry_rows()
-        substitutions = {"SOURCE": daemon.url("sample.git"), "FULL": str(full)}
-        concrete = [substitutions.get(a, a).replace("MNT", str(home / "mnt")) for a in args]
+        substitutions = {"SOURCE": daemon.url("sample.git"), "FULL": str(full), "FIFO": str(fifo)}
+        concrete = [
+            substitutions.get(a, a).replace("OUTER", str(outer)).replace("HOME", str(home))
+            for a in args
+        ]
         result = artifactfs.cli(*concrete)
         assert result.returncode == 2, result
         lines = result.stderr.splitlines()
@@ -367,3 +377,52 @@ def test_refresh_moves_to_the_new_commit_without_mixing_trees(
             os.close(held_dir)
         artifactfs.ok("refresh", "moving")  # nothing new: stays
         assert artifactfs.status("moving")["commit"] == moved.commit
+
+
+def test_remove_and_unmount_while_a_worker_is_still_preparing(
+    daemon: GitDaemon, sample: Repo, home: Path
+) -> None:
+    proxy = GitProxy(daemon.port, held=True)
+    try:
+        with running_daemon(home) as artifactfs:
+            url = daemon.url("sample.git", proxy.port)
+            artifactfs.ok("add-repo", "early", url, "--async")
+            waiting = subprocess.Popen(
+                [sys.executable, "-m", "artifactfs", "prepare", "early"],
+                env={**os.environ, "ARTIFACTFS_HOME": str(home)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )  # follows the preparing repository
+            artifactfs.ok("remove-repo", "early")
+            assert waiting.wait(20) in (0, 1, 2)  # it is told, it does not hang
+            waiting.communicate()
+            mnt = home / "mnt" / "early"
+            assert not is_mounted(mnt) and not mnt.exists()
+            assert worker_pids(home) == [] and artifactfs.registry_rows() == []
+            artifactfs.ok("add-repo", "early", url, "--async")  # the name is free again
+            artifactfs.ok("unmount", "early")
+            artifactfs.ok("remount", "early", "--async")
+            artifactfs.ok("unmount", "early")
+            proxy.release()
+            artifactfs.ok("remount", "early")
+            assert artifactfs.status("early")["state"] == "ready"
+            assert (home / "mnt" / "early" / "README.md").read_bytes() == b"# sample\n"
+    finally:
+        proxy.stop()
+
+
+def test_a_listing_interrupted_by_a_refresh_stays_whole(
+    daemon: GitDaemon, repos: Path, home: Path
+) -> None:
+    old = {f"old-{n:04d}.txt": b"" for n in range(2000)}
+    repo = make_repo(repos, "wide.git", old)
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "wide", daemon.url("wide.git"))
+        mnt = home / "mnt" / "wide"
+        with os.scandir(mnt) as entries:
+            first = next(entries).name  # one getdents call done, many to go
+            commit_files(repo, {f"new-{n:04d}.txt": b"" for n in range(2000)}, remove=tuple(old))
+            artifactfs.ok("refresh", "wide")
+            rest = [entry.name for entry in entries]
+        assert sorted([first, *rest]) == sorted(old)
+        assert sorted(os.listdir(mnt)) == [f"new-{n:04d}.txt" for n in range(2000)]

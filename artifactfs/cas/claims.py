@@ -14,9 +14,11 @@ import contextlib
 import fcntl
 import os
 import re
+import time
 from pathlib import Path
 
 _HEX = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+WAIT_POLL_SECONDS = 0.02
 
 
 class Claim:
@@ -45,11 +47,33 @@ class FetchClaims:
         """Claim the right to fetch this blob, or None if another process holds it."""
         return self._claim(hex_digest, blocking=False)
 
-    def wait(self, hex_digest: str) -> None:
-        """Wait until nobody fetches this blob any more."""
-        claim = self._claim(hex_digest, blocking=True)
-        if claim is not None:
-            claim.release()
+    def wait(self, hex_digest: str, timeout: float) -> bool:
+        """Wait until nobody fetches this blob any more; False if that took over ``timeout``
+        seconds (the other fetcher may be stuck: the caller then fetches it itself)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            claim = self._claim(hex_digest, blocking=False)
+            if claim is not None:
+                claim.release()
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(WAIT_POLL_SECONDS)
+
+    def sweep(self, older_than_seconds: float) -> int:
+        """Remove claim files nobody holds that crashed fetchers left; return how many."""
+        if not self.directory.is_dir():
+            return 0
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for path in self.directory.iterdir():
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if path.stat().st_mtime < cutoff:
+                    claim = self.try_claim(path.name)
+                    if claim is not None:
+                        claim.release()
+                        removed += 1
+        return removed
 
     def _claim(self, hex_digest: str, blocking: bool) -> Claim | None:
         path = self._path(hex_digest)

@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import signal
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ import trio
 from ..errors import UserError
 from ..home import ArtifactHome
 from ..ipc import LineStream, Message, ProtocolError, unix_listener
-from ..mount.mountpoints import FS_TYPE, mount_table
+from ..mount.mountpoints import FS_TYPE, is_stale, mount_table, remove_stale
 from ..snapshot.index import snapshot_path
+from ..sources.credentials import CredentialProvider
 from ..sources.spec import check_ref, parse_source
 from .names import check_name
 from .registry import Conflict, Registry, Repo
@@ -47,6 +49,8 @@ class Daemon:
         self.supervisors: dict[str, Supervisor] = {}
         self.tokens: dict[str, str] = {}
         """Tokens handed over by ``add-repo``, kept in memory only (workers get them on stdin)."""
+        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        """One lock per name: add, unmount, remount and remove of a name happen one at a time."""
 
     # -- running ----------------------------------------------------------------------------
 
@@ -69,8 +73,9 @@ class Daemon:
                 async with trio.open_nursery() as stopping:
                     for supervisor in self.supervisors.values():
                         stopping.start_soon(supervisor.stop)
-            for name in self.supervisors:
-                self.registry.record_state(name, "unmounted")
+            for repo in self.registry.all():
+                if repo.wanted:
+                    self.registry.record_state(repo.name, "unmounted")
             nursery.cancel_scope.cancel()
         self.registry.close()
 
@@ -128,6 +133,14 @@ class Daemon:
 
     async def _add(self, request: Message, reply: Reply) -> dict[str, Any]:
         name = check_name(str(request.get("name", "")))
+        async with self._locks[name]:
+            supervisor = await self._register(name, request)
+        if not request.get("async"):
+            await _follow(supervisor, reply)
+        return {"status": supervisor.status}
+
+    async def _register(self, name: str, request: Message) -> Supervisor:
+        """Validate, register and mount; undo the registration if the worker cannot mount."""
         if self.registry.get(name) is not None:
             raise UserError(f"a repository named {name!r} is already registered")
         spec = parse_source(str(request.get("source", "")))
@@ -139,9 +152,10 @@ class Daemon:
         ref = check_ref(request.get("ref"))
         token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
         mountpoint = await self._check_new_mountpoint(name, request.get("mount"))
-        try:  # checked above, but another add-repo may have won the race meanwhile
+        try:
             repo = self.registry.add(name, spec.url, ref, str(mountpoint), token_file)
         except Conflict:
+            await self._drop_default_mountpoint(name)
             raise UserError(f"a repository named {name!r} or at {mountpoint} exists") from None
         token = request.get("token")
         if isinstance(token, str) and token:
@@ -152,11 +166,15 @@ class Daemon:
             await supervisor.stop()
             self.registry.remove(name)
             self.tokens.pop(name, None)
+            await self._drop_default_mountpoint(name)
             raise UserError(f"cannot mount {name}: {supervisor.mount_error}")
         log.info("added %s (%s) at %s", name, spec.display, mountpoint)
-        if not request.get("async"):
-            await _follow(supervisor, reply)
-        return {"status": supervisor.status}
+        return supervisor
+
+    async def _drop_default_mountpoint(self, name: str) -> None:
+        default = self.home.default_mountpoint(name)
+        with contextlib.suppress(OSError):
+            await trio.to_thread.run_sync(default.rmdir)
 
     async def _status(self, request: Message, reply: Reply) -> dict[str, Any]:
         name = request.get("name")
@@ -179,8 +197,8 @@ class Daemon:
         supervisor = self.supervisors.get(repo.name)
         if supervisor is None:
             raise UserError(f"{repo.name} is not mounted (artifactfs remount {repo.name})")
-        try:
-            answer = await supervisor.ask(command)
+        try:  # no deadline for the answer: a refresh takes as long as the fetch it needs
+            answer = await supervisor.ask(command, answer_within=None)
         except (OSError, ProtocolError, trio.TooSlowError):
             raise UserError(f"the worker of {repo.name} is not answering; try again") from None
         if not answer.get("ok"):
@@ -193,36 +211,43 @@ class Daemon:
 
     async def _unmount(self, request: Message, reply: Reply) -> dict[str, Any]:
         repo = self._known(str(request.get("name", "")))
+        async with self._locks[repo.name]:
+            await self._stop(repo)
+        return {"status": self._status_of(repo)}
+
+    async def _stop(self, repo: Repo) -> None:
         self.registry.set_wanted(repo.name, False)
         supervisor = self.supervisors.get(repo.name)
         if supervisor is not None:
             await supervisor.stop()
         self.registry.record_state(repo.name, "unmounted")
-        return {"status": self._status_of(repo)}
 
     async def _remount(self, request: Message, reply: Reply) -> dict[str, Any]:
         repo = self._known(str(request.get("name", "")))
-        supervisor = self.supervisors.get(repo.name)
-        if supervisor is None:
-            self.registry.set_wanted(repo.name, True)
-            supervisor = self._start(repo)
-        await supervisor.mounted_once.wait()
+        async with self._locks[repo.name]:
+            supervisor = self.supervisors.get(repo.name)
+            if supervisor is not None and not supervisor.wanted():
+                await supervisor.wait_done()  # an unmount still in progress: let it finish
+                supervisor = None
+            if supervisor is None:
+                self.registry.set_wanted(repo.name, True)
+                supervisor = self._start(repo)
+            await supervisor.mounted_once.wait()
+        if supervisor.mount_error is not None and not supervisor.status["state"] == "ready":
+            raise UserError(f"cannot mount {repo.name}: {supervisor.mount_error}")
         if not request.get("async"):
             await _follow(supervisor, reply)
         return {"status": supervisor.status}
 
     async def _remove(self, request: Message, reply: Reply) -> dict[str, Any]:
         repo = self._known(str(request.get("name", "")))
-        await self._unmount(request, reply)
-        self.registry.remove(repo.name)
-        self.tokens.pop(repo.name, None)
-        removed = []
-        if request.get("purge"):
-            removed = await self._purge(repo)
-        default = self.home.default_mountpoint(repo.name)
-        if Path(repo.mountpoint) == default:
-            with contextlib.suppress(OSError):
-                default.rmdir()
+        async with self._locks[repo.name]:
+            await self._stop(repo)
+            self.registry.remove(repo.name)
+            self.tokens.pop(repo.name, None)
+            removed = await self._purge(repo) if request.get("purge") else []
+            if Path(repo.mountpoint) == self.home.default_mountpoint(repo.name):
+                await self._drop_default_mountpoint(repo.name)
         return {"removed": removed}
 
     async def _purge(self, repo: Repo) -> list[str]:
@@ -268,15 +293,25 @@ async def _try_send(lines: LineStream, message: Message) -> None:
 
 
 def _mountpoint_path(home: ArtifactHome, name: str, given: object) -> Path:
-    """The absolute mount path asked for, or the default one (created if missing)."""
+    """The absolute mount path asked for, or the default one (created if missing).
+
+    Inside the state home only ``mnt/<name>`` may be a mount point: a mount over the CAS,
+    the snapshots or the sockets would break every repository of the home.
+    """
     if given is None:
         path = home.default_mountpoint(name)
+        if is_stale(path):
+            remove_stale(path)
         path.mkdir(parents=True, exist_ok=True)
         return path
     text = str(given)
     if not os.path.isabs(text):
         raise UserError(f"the mount path must be absolute: {text!r}")
-    return Path(os.path.normpath(text))
+    path = Path(os.path.realpath(text))
+    root = Path(os.path.realpath(home.root))
+    if (path == root or root in path.parents) and path.parent != root / "mnt":
+        raise UserError(f"{path} is inside the state directory {root}")
+    return path
 
 
 def _check_empty_directory(path: Path) -> Path:
@@ -295,20 +330,17 @@ def _check_token_file(given: object) -> str | None:
     path = Path(str(given))
     if not path.is_absolute():
         raise UserError(f"the token file path must be absolute: {str(given)!r}")
-    try:
-        if not path.read_text().strip():
-            raise UserError(f"token file {path} is empty")
-    except OSError as exc:
-        raise UserError(f"cannot read token file {path}: {exc.strerror}") from None
+    CredentialProvider(token_file=path, environ={}).check()
     return str(path)
 
 
 async def _follow(supervisor: Supervisor, reply: Reply) -> None:
-    """Send progress lines until the repository is ready or failed."""
+    """Send progress lines until the repository is ready or failed (or its supervisor ends:
+    unmounted or removed meanwhile)."""
     while True:
         version = supervisor.changes.version
         status = supervisor.status
-        if status["state"] in ("ready", "failed", "unmounted"):
+        if status["state"] in ("ready", "failed", "unmounted") or supervisor.done:
             return
         await reply({"progress": status})
         await supervisor.changes.wait_past(version)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -24,9 +25,11 @@ from typing import Any
 
 import trio
 
+from ..errors import UserError
 from ..fs.state import ChangeSignal
 from ..home import ArtifactHome
 from ..ipc import Message, ProtocolError, open_unix_stream
+from ..mount.mountpoints import is_stale, remove_stale
 from .registry import Registry, Repo
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 STABLE_SECONDS = 60.0
 """A worker that ran this long resets the backoff."""
 STOP_TIMEOUT = 10.0
+ASK_SECONDS = 10.0
 WATCH_RETRY_SECONDS = 0.2
 
 
@@ -58,7 +62,9 @@ class Supervisor:
         self.mount_error: str | None = None
         self._wanted = True
         self._pid: int | None = None
+        self._mountpoint: str | None = repo.mountpoint
         self._done = trio.Event()
+        self._stopped = trio.Event()
 
     @property
     def socket_path(self) -> str:
@@ -66,12 +72,17 @@ class Supervisor:
 
     # -- talking to the worker ------------------------------------------------------------------
 
-    async def ask(self, command: str) -> Message:
-        """Send one control command to the running worker and return its answer."""
-        with trio.fail_after(10):
+    async def ask(self, command: str, answer_within: float | None = ASK_SECONDS) -> Message:
+        """Send one control command to the running worker and return its answer.
+
+        Connecting must succeed within ``ASK_SECONDS``; the answer may take ``answer_within``
+        (None: as long as the worker needs, e.g. a refresh of a large repository).
+        """
+        with trio.fail_after(ASK_SECONDS):
             lines = await open_unix_stream(self.socket_path)
-            async with lines.stream:
-                await lines.send({"cmd": command})
+        async with lines.stream:
+            await lines.send({"cmd": command})
+            with trio.fail_after(math.inf if answer_within is None else answer_within):
                 answer = await lines.receive()
         if answer is None:
             raise ProtocolError("the worker closed the connection")
@@ -80,39 +91,57 @@ class Supervisor:
     # -- the lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Adopt a worker left by an earlier daemon, or start one; restart it until unwanted."""
+        """Take back a worker that is already serving, or start one; again until unwanted."""
         try:
             failures = 0
-            adopted = await self._try_adopt()
             while self.wanted():
                 started = trio.current_time()
-                if not adopted:
-                    try:
+                try:
+                    if not await self._try_adopt():
                         await self._run_new_worker()
-                    except WorkerFailed as exc:
-                        self.mount_error = str(exc)
-                        self.mounted_once.set()  # wake add-repo: it reports the error
-                        self._record("failed", str(exc))
-                        log.error("%s: %s", self.name, exc)
-                adopted = False
+                except WorkerFailed as exc:
+                    if self.wanted():
+                        self._failed(str(exc))
+                except Exception as exc:  # a bug of ours must not take the daemon down
+                    log.exception("%s: supervising failed", self.name)
+                    self._failed(f"internal error: {type(exc).__name__} (see the daemon log)")
                 if not self.wanted():  # unmounted or removed while it ran
                     break
                 failures = 0 if trio.current_time() - started > STABLE_SECONDS else failures + 1
                 delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
                 log.warning("%s: worker ended; starting another in %.1f s", self.name, delay)
-                await trio.sleep(delay)
+                with trio.move_on_after(delay):
+                    await self._stopped.wait()
         finally:
             self._done.set()
+            self.mounted_once.set()  # nobody waits for a mount that will never come
+            self.changes.notify()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait_done(self) -> None:
+        await self._done.wait()
 
     def wanted(self) -> bool:
         return self._wanted
 
+    def _failed(self, reason: str) -> None:
+        self.mount_error = reason
+        self.mounted_once.set()  # wake add-repo: it reports the error
+        self._record("failed", reason)
+        log.error("%s: %s", self.name, reason)
+
     async def stop(self) -> None:
-        """Unmount: ask the worker to stop, wait for it, kill it if it will not go."""
+        """Unmount: SIGTERM the worker (it fails what waits, unmounts and exits; a worker still
+        starting holds the signal until it can), kill it if it will not go, and clean up."""
         self._wanted = False
+        self._stopped.set()
         pid = self._pid
-        with contextlib.suppress(OSError, ProtocolError, trio.TooSlowError):
-            await self.ask("stop")
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         with trio.move_on_after(STOP_TIMEOUT):
             await self._done.wait()
             return
@@ -122,6 +151,7 @@ class Supervisor:
                 os.kill(pid, signal.SIGKILL)
         with trio.move_on_after(STOP_TIMEOUT):
             await self._done.wait()
+        await trio.to_thread.run_sync(_detach_if_dead, self._mountpoint)
 
     async def _try_adopt(self) -> bool:
         try:
@@ -131,6 +161,7 @@ class Supervisor:
         status = answer.get("status") or {}
         self._pid = status.get("pid")
         log.info("%s: took back running worker %s", self.name, self._pid)
+        self.update(status)
         self.mounted_once.set()
         await self._watch()  # returns when the worker is gone
         return True
@@ -140,8 +171,10 @@ class Supervisor:
         if repo is None:
             self._wanted = False
             return
+        self._mountpoint = repo.mountpoint
         self._record("preparing", None)
         stderr_path = self.home.worker_stderr(self.name)
+        stderr_start = await trio.to_thread.run_sync(_size, stderr_path)
         with open(stderr_path, "ab") as stderr:  # noqa: ASYNC230 - opening a log file is instant
             process = await trio.lowlevel.open_process(
                 self._command(repo),
@@ -152,10 +185,13 @@ class Supervisor:
             )
         self._pid = process.pid
         try:
+            if not self.wanted():  # stopped while we were starting it
+                process.send_signal(signal.SIGTERM)
             if self.token and process.stdin is not None:
-                await process.stdin.send_all(self.token.encode())
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await process.stdin.send_all(self.token.encode())
                 await process.stdin.aclose()
-            await self._wait_mounted(process, stderr_path)
+            await self._wait_mounted(process, stderr_path, stderr_start)
             self.mounted_once.set()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch)
@@ -182,7 +218,9 @@ class Supervisor:
             command.append("--token-stdin")
         return command
 
-    async def _wait_mounted(self, process: trio.Process, stderr_path: Path) -> None:
+    async def _wait_mounted(
+        self, process: trio.Process, stderr_path: Path, stderr_start: int
+    ) -> None:
         assert process.stdout is not None
         line = b""
         with trio.move_on_after(MOUNT_TIMEOUT):
@@ -195,7 +233,8 @@ class Supervisor:
             return
         with trio.move_on_after(5):
             await process.wait()
-        raise WorkerFailed(_last_words(stderr_path) or f"the worker exited ({process.returncode})")
+        words = await trio.to_thread.run_sync(_last_words, stderr_path, stderr_start)
+        raise WorkerFailed(words or f"the worker exited ({process.returncode})")
 
     async def _watch(self) -> None:
         """Follow the worker's status until it goes away, recording every change."""
@@ -243,10 +282,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _last_words(path: Path) -> str:
+def _size(path: Path) -> int:
     try:
-        lines = path.read_bytes().decode("utf-8", "replace").strip().splitlines()
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _last_words(path: Path, since: int) -> str:
+    """The last line this worker wrote to its stderr log (not an earlier worker's)."""
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(max(since, _size(path) - 4096))
+            lines = log_file.read().decode("utf-8", "replace").strip().splitlines()
     except OSError:
         return ""
     last = lines[-1] if lines else ""
     return last.removeprefix("artifactfs: ")[:300]
+
+
+def _detach_if_dead(mountpoint: str | None) -> None:
+    """After a worker was killed, its mount point answers ENOTCONN: detach it."""
+    if mountpoint is None:
+        return
+    path = Path(mountpoint)
+    if is_stale(path):
+        with contextlib.suppress(UserError):
+            remove_stale(path)

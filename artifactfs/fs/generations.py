@@ -5,9 +5,10 @@ is a *generation* with its own range of kernel inode numbers (row id + generatio
 inode 1 is always the root of the current generation), so inode numbers are never reused and
 an inode keeps meaning the same entry of the same commit for as long as the kernel holds it.
 Lookups from the root see the newest generation; a directory of an older generation (a shell
-whose working directory it is) keeps listing its own commit: nothing is served half old, half
-new. An old generation is retired, its index closed, when the kernel has forgotten every inode
-of it (exact lookup counts make that knowable).
+whose working directory it is) keeps listing its own commit, and an open directory handle,
+the root's included, keeps listing the generation it was opened in: nothing is served half
+old, half new. An old generation is retired, its index closed, when the kernel has forgotten
+every inode of it (exact lookup counts make that knowable) and no handle of it is open.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Generation:
     algorithm: Algorithm
     lookups: int = 0
     """Lookup references the kernel holds on inodes of this generation."""
+    handles: int = 0
+    """Open files and directories of this generation."""
 
     def kernel_inode(self, row_inode: int) -> int:
         return ROOT_INODE if row_inode == ROOT_INODE else row_inode + self.number * STRIDE
@@ -71,8 +74,15 @@ class Generations:
             generation.lookups -= count
             self.retire_if_unused(generation)
 
+    def opened(self, generation: Generation) -> None:
+        generation.handles += 1
+
+    def closed(self, generation: Generation) -> None:
+        generation.handles -= 1
+        self.retire_if_unused(generation)
+
     def retire_if_unused(self, generation: Generation) -> None:
-        if generation is self.current or generation.lookups > 0:
+        if generation is self.current or generation.lookups > 0 or generation.handles > 0:
             return
         if self._all.pop(generation.number, None) is not None:
             log.info("retired the snapshot of %s", generation.index.meta.commit)

@@ -39,6 +39,12 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
 @dataclass
+class _OpenDirectory:
+    generation: Generation
+    row: Row
+
+
+@dataclass
 class _OpenFile:
     generation: Generation
     row: Row
@@ -83,6 +89,7 @@ class SnapshotOperations(pyfuse3.Operations):
         self._generations = Generations()
         self._lookups: Counter[int] = Counter()
         self._files: dict[int, _OpenFile] = {}
+        self._directories: dict[int, _OpenDirectory] = {}
         self._listed: dict[int, float] = {}
         """Directory inode -> when it was last listed (only while some sizes are unknown)."""
         self._next_fh = 1
@@ -100,6 +107,7 @@ class SnapshotOperations(pyfuse3.Operations):
         if previous is not None:
             stale_names = {row.name for row in _root_children(previous.index)}
         self._generations.install(index, algorithm)
+        self._listed.clear()  # a hint about the old tree's directories
         self._state.snapshot = index
         self._state.blob_algorithm = algorithm
         self._state.changes.notify()
@@ -248,10 +256,20 @@ class SnapshotOperations(pyfuse3.Operations):
     # -- directories ---------------------------------------------------------------------------
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        _, row = self._node(inode)
+        """A handle that keeps the generation it was opened in: a listing that a refresh
+        interrupts goes on with the same tree."""
+        generation, row = self._node(inode)
         if not row.kind.is_directory:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+        fh = self._new_handle()
+        self._directories[fh] = _OpenDirectory(generation, row)
+        self._generations.opened(generation)
+        return fh
+
+    def _new_handle(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """List ``.``, ``..`` and the children; offsets are 1, 2 and child row id + 2.
@@ -259,10 +277,13 @@ class SnapshotOperations(pyfuse3.Operations):
         ``.`` and ``..`` take no lookup reference (the kernel never forgets them); every child
         the kernel accepted does.
         """
-        generation, directory = self._node(fh)
+        handle = self._directories.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        generation, directory = handle.generation, handle.row
         index = generation.index
         if index.meta.sizes != "complete":
-            self._listed[fh] = trio.current_time()
+            self._listed[generation.kernel_inode(directory.inode)] = trio.current_time()
         parent = index.get(directory.parent) or directory
         dots = ((b".", directory), (b"..", parent))
         for offset, (name, row) in enumerate(dots, start=1):
@@ -283,7 +304,9 @@ class SnapshotOperations(pyfuse3.Operations):
                 after = child.inode
 
     async def releasedir(self, fh: int) -> None:
-        pass
+        handle = self._directories.pop(fh, None)
+        if handle is not None:
+            self._generations.closed(handle.generation)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -295,9 +318,9 @@ class SnapshotOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
-        fh = self._next_fh
-        self._next_fh += 1
+        fh = self._new_handle()
         self._files[fh] = _OpenFile(generation, row)
+        self._generations.opened(generation)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -315,8 +338,11 @@ class SnapshotOperations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
-        if handle is not None and handle.fd is not None:
+        if handle is None:
+            return
+        if handle.fd is not None:
             os.close(handle.fd)
+        self._generations.closed(handle.generation)
 
     # -- extended attributes ---------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ a failed prepare, or refresh a ready mount); ``refresh``; ``stop``.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Protocol
 
 import trio
@@ -26,6 +25,8 @@ from ..ipc import LineStream, Message, ProtocolError, unix_listener
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 0.5
+KEEPALIVE_SECONDS = 30.0
+"""A watch sends its status at least this often, so a watcher that died is noticed."""
 
 
 class Controllable(Protocol):
@@ -61,7 +62,13 @@ async def _handle(lines: LineStream, worker: Controllable) -> None:
             request = await lines.receive()
             if request is None:
                 return
-            await _answer(lines, request, worker)
+            try:
+                await _answer(lines, request, worker)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
+                raise
+            except Exception:  # a bug must cost this answer, not the mount
+                log.exception("control request %r failed", request.get("cmd"))
+                await lines.send({"ok": False, "error": "internal error (see the mount's log)"})
     except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as exc:
         log.debug("control connection ended: %s", exc)
 
@@ -92,5 +99,5 @@ async def _watch(lines: LineStream, worker: Controllable) -> None:
         version = changes.version
         await lines.send({"status": worker.status()})
         preparing = worker.state.gate.state is GateState.PREPARING
-        with trio.move_on_after(PROGRESS_SECONDS if preparing else math.inf):
+        with trio.move_on_after(PROGRESS_SECONDS if preparing else KEEPALIVE_SECONDS):
             await changes.wait_past(version)

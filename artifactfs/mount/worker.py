@@ -141,10 +141,10 @@ class _Worker:
     async def refresh(self) -> str:
         """Move to the ref's current commit. New lookups see the new tree; open files and
         directories of the old one keep it (fs/generations.py). Raises SourceError."""
-        current = self.state.snapshot
-        if self.state.gate.state is not GateState.READY or current is None:
-            return f"the mount is {self.state.gate.state.value}: nothing to refresh"
         async with self._refreshing:
+            current = self.state.snapshot
+            if self.state.gate.state is not GateState.READY or current is None:
+                return f"the mount is {self.state.gate.state.value}: nothing to refresh"
             source = self.head_start.source.result()
             prepared = await trio.to_thread.run_sync(
                 source.prepare, self.request.home.snapshots_dir, self.cas, abandon_on_cancel=True
@@ -207,12 +207,22 @@ class _Worker:
                 return
 
     async def _sweep_leftovers(self) -> None:
-        """Remove temporaries that crashed writers left behind (never young ones: they may be
-        another process's work in progress)."""
-        removed = await trio.to_thread.run_sync(self.cas.sweep_temporaries, SWEEP_AGE_SECONDS)
-        removed += await trio.to_thread.run_sync(
-            sweep_snapshot_temporaries, self.request.home.snapshots_dir, SWEEP_AGE_SECONDS
-        )
+        """Remove temporaries and fetch claims that crashed writers left behind (never young
+        ones: they may be another process's work in progress). Best effort."""
+
+        def sweep() -> int:
+            home = self.request.home
+            return (
+                self.cas.sweep_temporaries(SWEEP_AGE_SECONDS)
+                + sweep_snapshot_temporaries(home.snapshots_dir, SWEEP_AGE_SECONDS)
+                + FetchClaims(self.cas.root).sweep(SWEEP_AGE_SECONDS)
+            )
+
+        try:
+            removed = await trio.to_thread.run_sync(sweep)
+        except OSError as exc:
+            log.warning("could not sweep leftover temporary files: %s", exc)
+            return
         if removed:
             log.info("removed %d temporary files left by crashed writers", removed)
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,12 +141,21 @@ class CredentialProvider:
 
 
 def _read_token_file(path: Path) -> str:
+    """Read a token file without ever blocking: a FIFO or a device is refused, not waited on."""
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_TOKEN_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         reason = (exc.strerror or type(exc).__name__).lower()
         raise SourceError(f"cannot read the token file {path}: {reason}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceError(f"the token file {path} is not a regular file")
+        data = os.read(fd, MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise SourceError(f"cannot read the token file {path}: {reason}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_TOKEN_BYTES:
         raise SourceError(f"the token file {path} is too large to hold a token")
     try:
