@@ -66,8 +66,8 @@ def test_add_repo_waits_until_ready(daemon: GitDaemon, sample: Repo, home: Path)
         assert listing.splitlines()[1].split()[:2] == ["sample", "ready"]
 
 
-def test_failure_then_retry(sample: Repo, repos: Path, home: Path) -> None:
-    port = free_port()
+def test_failure_then_retry(daemon: GitDaemon, sample: Repo, home: Path) -> None:
+    port = free_port()  # nothing listens there until the retry
     with running_daemon(home) as artifactfs:
         url = f"git://127.0.0.1:{port}/sample.git"
         failed = artifactfs.cli("add-repo", "sample", url)
@@ -77,13 +77,23 @@ def test_failure_then_retry(sample: Repo, repos: Path, home: Path) -> None:
         assert (status["state"], status["error"]) == ("failed", "connection refused")
         mnt = home / "mnt" / "sample"
         assert errno_of(lambda: os.listdir(mnt)) == errno.EIO
-        server = GitDaemon(repos, port=port)
+        proxy = GitProxy(daemon.port, held=True, port=port)  # up now, but slow to answer
         try:
-            artifactfs.ok("prepare", "sample")
-            assert artifactfs.status("sample")["state"] == "ready"
+            artifactfs.ok("prepare", "sample", "--async")
+            assert artifactfs.status("sample")["state"] == "preparing"
+            ls = subprocess.Popen(["ls", str(mnt)], stdout=subprocess.PIPE, text=True)
+            try:
+                wait_for(lambda: blocked_in_fuse(ls.pid), 10, "ls to wait on the re-armed gate")
+                proxy.release()
+                out, _ = ls.communicate(timeout=30)
+            finally:
+                if ls.poll() is None:
+                    ls.kill()
+            assert ls.returncode == 0 and "README.md" in out.split()
+            assert artifactfs.wait_state("sample", "ready")["commit"] == sample.commit
             assert (mnt / "README.md").read_bytes() == b"# sample\n"
         finally:
-            server.stop()
+            proxy.stop()
 
 
 def test_a_killed_worker_comes_back(daemon: GitDaemon, sample: Repo, home: Path) -> None:
@@ -115,12 +125,22 @@ def test_a_killed_daemon_leaves_mounts_serving_and_the_next_takes_them_back(
     with running_daemon(home) as artifactfs:
         artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
         mnt = home / "mnt" / "sample"
-        workers = worker_pids(home)
-        artifactfs.kill()
-        assert (mnt / "data" / "big.bin").read_bytes() == BIG  # still served
-        artifactfs.start()
-        assert artifactfs.status("sample")["state"] == "ready"
-        assert worker_pids(home) == workers  # taken back, not restarted
+        (worker,) = worker_pids(home)
+        held = os.open(mnt / "README.md", os.O_RDONLY)  # dies with the mount if it goes away
+        try:
+            artifactfs.kill()
+            assert (mnt / "data" / "big.bin").read_bytes() == BIG  # still served
+            artifactfs.start()
+            wait_for(
+                lambda: f"took back running worker {worker}" in artifactfs.stderr(),
+                20,
+                "the new daemon to take the worker back",
+            )
+            assert artifactfs.status("sample")["state"] == "ready"
+            assert worker_pids(home) == [worker]
+            assert os.pread(held, 100, 0) == b"# sample\n"  # the mount never went away
+        finally:
+            os.close(held)
         artifactfs.ok("unmount", "sample")
         assert not is_mounted(mnt)
         assert artifactfs.status("sample")["state"] == "unmounted"

@@ -95,11 +95,15 @@ class GitProxy:
     """
 
     def __init__(
-        self, upstream_port: int, held: bool = False, hide_capability: bytes | None = None
+        self,
+        upstream_port: int,
+        held: bool = False,
+        hide_capability: bytes | None = None,
+        port: int | None = None,
     ) -> None:
         self.upstream_port = upstream_port
         self.hide_capability = hide_capability
-        self.port = free_port()
+        self.port = port or free_port()
         self.accepted = 0
         self._released = threading.Event()
         if not held:
