@@ -9,10 +9,19 @@ on 127.0.0.1. Each run measures, interleaved and in rotating order:
   and until ``os.listdir(MNT)`` returns the expected root listing (the listing waits on the ready
   gate, so it returns once the tree is prepared);
 - peer 1: ``git clone --depth 1 --filter=blob:none --no-checkout`` (metadata only);
-- peer 2: ``git clone --depth 1`` (metadata, contents and a checkout).
+- peer 2: ``git clone --depth 1`` (metadata, contents and a checkout);
+- daemon, warm: ``artifactfs add-repo NAME git://... --async`` against one ``artifactfs daemon``
+  started before the first round and stopped after the last (a new NAME every round, but the
+  commit's snapshot is in its home from the rounds before); the time from spawning the command
+  until it exits (its mount must then be in the mount table) and until ``os.listdir`` of the
+  mount, issued as it exits, returns the expected root; then ``remove-repo`` (untimed);
+- daemon, cold: the same against a daemon started for this round on an empty home (started
+  before the clock starts, stopped after).
 
 Medians and the ratios artifactfs/peer are printed as a markdown table and written into the
 results section of ``docs/benchmarks.md`` (unless ``--no-write``). Run it with ``scripts/bench``.
+Every daemon is stopped with SIGTERM however the benchmark ends; leftover workers are killed
+and mounts under its home detached.
 """
 
 from __future__ import annotations
@@ -55,8 +64,11 @@ GENERATOR_VERSION = 1
 SEED = 5000
 GOAL_PEER1 = 1.5
 GOAL_PEER2 = 0.3
+GOALS_ADD = (0.5, 1.0)
+"""Seconds ``add-repo --async`` may take (median): the target, and the issue's ceiling."""
 TIMES = "\u00d7"
 MOUNT_TIMEOUT = 60.0
+FUSE_TYPE = "fuse.artifactfs"
 READY_TIMEOUT = 300.0
 CLONE_TIMEOUT = 600.0
 
@@ -536,6 +548,30 @@ def listdir_within(path: Path, timeout: float) -> tuple[list[str], float]:
     return names, at
 
 
+def mounts_under(path: Path) -> list[Path]:
+    """Every mount point at or below ``path`` (an absolute path without symlinks), deepest
+    first, so that unmounting them in this order never meets a busy parent."""
+    prefix = os.fsencode(path).rstrip(b"/")
+    found = []
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) < 5:
+                continue
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+            if point == prefix or point.startswith(prefix + b"/"):
+                found.append(Path(os.fsdecode(point)))
+    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+
+
+def artifactfs_env(home: Path) -> dict[str, str]:
+    """The environment of every measured artifactfs process: its own state home, and a
+    bytecode cache that persists between runs (see ``PYCACHE``)."""
+    env = {**os.environ, "ARTIFACTFS_HOME": str(home), "PYTHONPYCACHEPREFIX": str(PYCACHE)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def tail(path: Path, lines: int = 5) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -555,8 +591,7 @@ def time_artifactfs(executable: Path, url: str, repo: RepoInfo, scratch: Path) -
     home, mountpoint, output = scratch / "home", scratch / "mnt", scratch / "mount.out"
     home.mkdir(parents=True)
     mountpoint.mkdir()
-    env = {**os.environ, "ARTIFACTFS_HOME": str(home), "PYTHONPYCACHEPREFIX": str(PYCACHE)}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = artifactfs_env(home)
     table = MountTable()
     process: subprocess.Popen[bytes] | None = None
     try:
@@ -579,7 +614,7 @@ def time_artifactfs(executable: Path, url: str, repo: RepoInfo, scratch: Path) -
                 raise BenchError(f"artifactfs did not mount within {MOUNT_TIMEOUT:.0f} s")
             table.wait_change(min(0.1, deadline - time.perf_counter()))
         mounted = time.perf_counter()
-        if fs_type != "fuse.artifactfs":
+        if fs_type != FUSE_TYPE:
             raise BenchError(f"{mountpoint} got a {fs_type} mount, not fuse.artifactfs")
         names, ready = listdir_within(mountpoint, READY_TIMEOUT)
         if sorted(names) != repo.root_names:
@@ -598,6 +633,212 @@ def time_artifactfs(executable: Path, url: str, repo: RepoInfo, scratch: Path) -
         if process is not None:
             stop_process(process)
         force_unmount(mountpoint)
+
+
+# -- the artifactfs daemon -----------------------------------------------------------------
+
+DAEMON_START_TIMEOUT = 30.0
+DAEMON_STOP_TIMEOUT = 30.0
+"""The daemon gives its workers 20 s to stop on SIGTERM; this is longer."""
+CLI_TIMEOUT = 60.0
+
+
+class ArtifactDaemon:
+    """``artifactfs daemon`` on a state home of its own, run by the benchmark.
+
+    It runs in a session of its own, so a Ctrl-C at the terminal reaches only the benchmark,
+    which then stops the daemon with one SIGTERM (a second signal during its shutdown would
+    kill it before it unmounts). Its workers run in sessions of their own too, by design;
+    ``clean_up`` finds any that are left by ``--control-socket`` and this home on their command
+    line, kills them, and detaches every mount under the home.
+    """
+
+    def __init__(self, executable: Path, home: Path) -> None:
+        self.executable = executable
+        self.home = home
+        self.env = artifactfs_env(home)
+        self.output = home.with_name(f"{home.name}-daemon.out")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the daemon and return once ``artifactfs status`` answers."""
+        self.home.mkdir(parents=True)
+        with open(self.output, "ab") as out:
+            self.process = subprocess.Popen(
+                [str(self.executable), "daemon"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=self.env,
+                start_new_session=True,
+            )
+        socket_path = self.home / "run" / "daemon.sock"
+        deadline = time.monotonic() + DAEMON_START_TIMEOUT
+        while not (socket_path.exists() and self.cli("status").returncode == 0):
+            if self.process.poll() is not None:
+                raise BenchError(
+                    f"artifactfs daemon exited with {self.process.returncode}: {tail(self.output)}"
+                )
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"artifactfs daemon did not answer within {DAEMON_START_TIMEOUT:.0f} s"
+                )
+            time.sleep(0.02)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``artifactfs ARGS`` against this daemon (not timed)."""
+        try:
+            return subprocess.run(
+                [str(self.executable), *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                env=self.env,
+                timeout=CLI_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"artifactfs {args[0]} took over {CLI_TIMEOUT:.0f} s") from None
+
+    def remove_repo(self, name: str) -> None:
+        """``artifactfs remove-repo NAME``; its mount must be gone when the command returns."""
+        result = self.cli("remove-repo", name)
+        if result.returncode != 0:
+            raise BenchError(f"artifactfs remove-repo {name} failed: {result.stderr.strip()}")
+        if is_mounted(self.mountpoint(name)):
+            raise BenchError(f"{self.mountpoint(name)} is still mounted after remove-repo")
+
+    def mountpoint(self, name: str) -> Path:
+        return self.home / "mnt" / name
+
+    def stop(self) -> None:
+        """SIGTERM (the daemon unmounts everything), then wait; SIGKILL if it will not go."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            code = process.wait(DAEMON_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            say(f"warning: artifactfs daemon did not stop within {DAEMON_STOP_TIMEOUT:.0f} s")
+            process.kill()
+            process.wait()
+            return
+        if code != 0:
+            say(f"warning: artifactfs daemon exited with {code}: {tail(self.output)}")
+
+    def worker_pids(self) -> list[int]:
+        """Mount workers of this home that are still running."""
+        home = os.fsencode(self.home)
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--control-socket" in command and any(home in part for part in command):
+                pids.append(int(entry.name))
+        return pids
+
+    def clean_up(self) -> None:
+        """Kill leftover workers and detach every mount under the home."""
+        leftovers = self.worker_pids()
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if leftovers:
+            say(f"warning: killed {len(leftovers)} artifactfs worker(s) left running")
+        deadline = time.monotonic() + 5
+        while self.worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.02)  # not our children: wait for them to be gone
+        for mountpoint in mounts_under(self.home):
+            say(f"warning: detaching {mountpoint}, left mounted")
+            subprocess.run(
+                ["fusermount3", "-u", "-z", "-q", str(mountpoint)], capture_output=True, check=False
+            )
+
+
+@contextlib.contextmanager
+def artifactfs_daemon(executable: Path, home: Path) -> Iterator[ArtifactDaemon]:
+    """A running daemon on ``home``; stopped, and anything it leaves cleaned up, however the
+    block ends (an error, Ctrl-C, SIGTERM)."""
+    daemon = ArtifactDaemon(executable, home)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        try:
+            daemon.stop()
+        finally:
+            daemon.clean_up()
+
+
+@dataclass
+class AddTiming:
+    returned: float
+    ready: float
+
+
+def wait_exactly(process: subprocess.Popen[bytes], timeout: float) -> tuple[int | None, float]:
+    """Wait for ``process`` in a blocking ``waitpid``; return its exit status (None if it ran
+    over ``timeout`` and was killed) and the ``perf_counter`` at which the wait returned.
+
+    ``Popen.wait(timeout)`` polls, sleeping up to 50 ms between checks, which would round the
+    measured times up to a 50 ms grid; a timer thread kills the process instead."""
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        process.kill()
+
+    watchdog = threading.Timer(timeout, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        code = process.wait()
+        at = time.perf_counter()
+    finally:
+        watchdog.cancel()
+    return (None if expired.is_set() else code), at
+
+
+def time_add_repo(daemon: ArtifactDaemon, name: str, url: str, repo: RepoInfo) -> AddTiming:
+    """``artifactfs add-repo NAME URL --async``: seconds from spawning it to its exit, and to
+    ``os.listdir`` of the mount (issued as it exits) returning the root. Then remove-repo."""
+    mountpoint = daemon.mountpoint(name)
+    output = daemon.home.with_name(f"add-{name}.out")
+    table = MountTable()
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        with open(output, "wb") as out:
+            started = time.perf_counter()
+            process = subprocess.Popen(
+                [str(daemon.executable), "add-repo", name, url, "--async"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=daemon.env,
+            )
+        code, returned = wait_exactly(process, CLI_TIMEOUT)
+        if code is None:
+            raise BenchError(f"artifactfs add-repo took over {CLI_TIMEOUT:.0f} s")
+        fs_type = table.fs_type_at(mountpoint)
+        if code != 0:
+            raise BenchError(f"artifactfs add-repo exited with {code}: {tail(output)}")
+        if fs_type != FUSE_TYPE:
+            got = f"a {fs_type} mount" if fs_type else "no mount"
+            raise BenchError(f"add-repo --async returned with {got} at {mountpoint}")
+        names, ready = listdir_within(mountpoint, READY_TIMEOUT)
+    finally:
+        table.close()
+        if process is not None:
+            stop_process(process)  # already reaped unless interrupted
+    if sorted(names) != repo.root_names:
+        raise BenchError(f"{name} listed {sorted(names)[:8]}..., not the repository root")
+    daemon.remove_repo(name)
+    return AddTiming(returned - started, ready - started)
 
 
 # -- git clone peers -----------------------------------------------------------------------
@@ -641,13 +882,24 @@ class Samples:
     artifactfs: list[float] = field(default_factory=list)
     peer1: list[float] = field(default_factory=list)
     peer2: list[float] = field(default_factory=list)
+    warm_returned: list[float] = field(default_factory=list)
+    warm_ready: list[float] = field(default_factory=list)
+    cold_returned: list[float] = field(default_factory=list)
+    cold_ready: list[float] = field(default_factory=list)
 
 
 def measure(
-    executable: Path, url: str, repo: RepoInfo, runs: int, warmup: int, scratch: Path
+    executable: Path,
+    url: str,
+    repo: RepoInfo,
+    runs: int,
+    warmup: int,
+    scratch: Path,
+    shared: ArtifactDaemon,
 ) -> Samples:
-    """``warmup`` unrecorded rounds, then ``runs`` rounds of the three measurements, each round
-    in a rotated order so that none always goes first."""
+    """``warmup`` unrecorded rounds, then ``runs`` rounds of the five measurements, each round
+    in a rotated order so that none always goes first. ``shared`` is the daemon that every
+    round's warm ``add-repo`` goes to."""
     samples = Samples()
 
     def artifactfs(where: Path, record: bool) -> str:
@@ -671,10 +923,30 @@ def measure(
             samples.peer2.append(took)
         return f"peer 2 {ms(took)} ms"
 
+    def daemon_note(label: str, timing: AddTiming) -> str:
+        return f"{label} {ms(timing.ready)} ms (returned at {ms(timing.returned)} ms)"
+
+    def daemon_warm(where: Path, record: bool) -> str:
+        timing = time_add_repo(shared, f"bench-{where.name}", url, repo)
+        if record:
+            samples.warm_returned.append(timing.returned)
+            samples.warm_ready.append(timing.ready)
+        return daemon_note("daemon warm", timing)
+
+    def daemon_cold(where: Path, record: bool) -> str:
+        with artifactfs_daemon(executable, where / "home") as daemon:
+            timing = time_add_repo(daemon, "bench", url, repo)
+        if record:
+            samples.cold_returned.append(timing.returned)
+            samples.cold_ready.append(timing.ready)
+        return daemon_note("daemon cold", timing)
+
     steps: list[tuple[str, Callable[[Path, bool], str]]] = [
         ("artifactfs", artifactfs),
         ("peer1", peer1),
         ("peer2", peer2),
+        ("daemon-warm", daemon_warm),
+        ("daemon-cold", daemon_cold),
     ]
     for round_number in range(warmup + runs):
         record = round_number >= warmup
@@ -692,13 +964,9 @@ def measure(
 
 def remove_tree(path: Path) -> None:
     """Delete ``path`` unless something is still mounted inside it."""
-    table = MountTable()
-    try:
-        if any(table.fs_type_at(p) for p in [path / "mnt", *path.glob("*/mnt")]):
-            say(f"warning: leaving {path}: still mounted")
-            return
-    finally:
-        table.close()
+    if mounts_under(path):
+        say(f"warning: leaving {path}: still mounted")
+        return
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -759,6 +1027,9 @@ class Setup:
     """Seconds generating the repository took; None when it came from the cache."""
 
 
+ADD = "`add-repo --async`"
+
+
 def results_markdown(samples: Samples, repo: RepoInfo, setup: Setup) -> str:
     """The results section: machine, repository, the table of medians and the ratios."""
     rows = [
@@ -766,6 +1037,14 @@ def results_markdown(samples: Samples, repo: RepoInfo, setup: Setup) -> str:
         ("artifactfs: spawn → mount point in the mount table", samples.mounted),
         ("peer 1: `git clone --depth 1 --filter=blob:none --no-checkout`", samples.peer1),
         ("peer 2: `git clone --depth 1`", samples.peer2),
+        (f"daemon, warm: spawn {ADD} → root listing returned (ready)", samples.warm_ready),
+        (f"daemon, warm: spawn {ADD} → command exited (mounted)", samples.warm_returned),
+        (f"daemon, cold: spawn {ADD} → root listing returned (ready)", samples.cold_ready),
+        (f"daemon, cold: spawn {ADD} → command exited (mounted)", samples.cold_returned),
+    ]
+    added = [
+        ("daemon, warm", statistics.median(samples.warm_returned)),
+        ("daemon, cold", statistics.median(samples.cold_returned)),
     ]
     ready = statistics.median(samples.artifactfs)
     ratios = [
@@ -800,6 +1079,12 @@ def results_markdown(samples: Samples, repo: RepoInfo, setup: Setup) -> str:
     for label, value, goal in ratios:
         met = "yes" if value <= goal else "**no**"
         lines.append(f"| {label} | {value:.2f}{TIMES} | ≤ {goal}{TIMES} | {met} |")
+    lines += ["", f"| {ADD} returned, median | Value (ms) | Goal (ms) | Met |"]
+    lines.append("|---|---:|---:|:---:|")
+    for goal in GOALS_ADD:
+        for label, value in added:
+            met = "yes" if value <= goal else "**no**"
+            lines.append(f"| {label} | {ms(value)} | ≤ {ms(goal)} | {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -838,7 +1123,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Time a cold artifactfs mount of a generated git repository until its root "
-        "lists, against git clone --depth 1 with and without --filter=blob:none.",
+        "lists, against git clone --depth 1 with and without --filter=blob:none, and "
+        "artifactfs add-repo --async through a running daemon (warm and cold home).",
     )
     parser.add_argument("--runs", type=positive, default=5, help="measured runs (default 5)")
     parser.add_argument(
@@ -869,7 +1155,7 @@ def run(args: argparse.Namespace) -> int:
     """Generate or reuse the repository, serve it, measure, report."""
     started = time.perf_counter()
     executable = require_tools()
-    base = Path(args.scratch).absolute() if args.scratch else default_scratch()
+    base = Path(args.scratch).resolve() if args.scratch else default_scratch().resolve()
     if not base.is_dir():
         raise BenchError(f"--scratch {args.scratch}: not a directory")
     WORK.mkdir(exist_ok=True)
@@ -878,10 +1164,13 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     try:
-        with git_daemon(repo.base, WORK / "git-daemon.log") as port:
+        with (
+            git_daemon(repo.base, WORK / "git-daemon.log") as port,
+            artifactfs_daemon(executable, scratch / "daemon-warm" / "home") as shared,
+        ):
             url = f"git://127.0.0.1:{port}/{repo.name}"
-            say(f"serving {repo.path} at {url}")
-            samples = measure(executable, url, repo, args.runs, args.warmup, scratch)
+            say(f"serving {repo.path} at {url}; artifactfs daemon on {shared.home}")
+            samples = measure(executable, url, repo, args.runs, args.warmup, scratch, shared)
     finally:
         remove_tree(scratch)
     setup = Setup(args.runs, args.warmup, base, time.perf_counter() - started, generated)
