@@ -13,9 +13,10 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
+if TYPE_CHECKING:  # the CLI's blocking client must not pay for importing trio
+    import trio
 
 MAX_LINE = 1 << 20
 
@@ -85,6 +86,8 @@ def _addressable(path: str) -> Iterator[str]:
 
 
 async def open_unix_stream(path: str) -> LineStream:
+    import trio
+
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with _addressable(path) as address:
@@ -98,6 +101,8 @@ async def open_unix_stream(path: str) -> LineStream:
 async def unix_listener(path: str) -> trio.SocketListener:
     """A listening unix socket at ``path`` that only its owner may use (a stale socket file
     left there by a dead process is replaced)."""
+
+    import trio
 
     def clear() -> None:
         with contextlib.suppress(FileNotFoundError):
