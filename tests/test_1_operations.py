@@ -21,6 +21,7 @@ from artifactfs.fs.operations import SnapshotOperations
 from artifactfs.fs.state import MountState
 from artifactfs.snapshot import ROOT_INODE, DirectoryListing, Kind, NewEntry, SnapshotIndex
 from artifactfs.snapshot.index import snapshot_path, write_snapshot
+from artifactfs.sources.git.content import GitContent
 
 TREE = {
     "root": [
@@ -72,9 +73,8 @@ def run(tmp_path: Path, body: Callable[[SnapshotOperations], Awaitable[None]]) -
     state = MountState("git://example/x", None)
     cas = ContentStore(tmp_path / "cas")
     KERNEL.forgotten.clear()
-    operations = SnapshotOperations(
-        state, cas, BlobFetcher(no_fetch, lambda oid: False), kernel=KERNEL
-    )
+    content = GitContent(cas, BlobFetcher(no_fetch, lambda oid: False))
+    operations = SnapshotOperations(state, content, kernel=KERNEL)
 
     async def main() -> None:
         await operations.install(snapshot_of(tmp_path, TREE, "9" * 40), GIT_SHA1)

@@ -8,7 +8,7 @@ import pytest
 
 from artifactfs.errors import UserError
 from artifactfs.redact import mask_userinfo
-from artifactfs.sources.spec import check_ref, parse_source, redact_url
+from artifactfs.sources.spec import HubSourceSpec, check_ref, parse_source, redact_url, with_ref
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,12 @@ def test_credentials_are_kept_for_the_transport_but_never_displayed() -> None:
         "git://host:99999/x",
         "https://host/x?y=1",
         "file://remote-host/x",
-        "hf://org/model",
+        "hf://",
+        "hf://a/b/c",
+        "hf://org/na--me",
+        "hf://org/model@",
+        "hf://-org/model",
+        "hf://org/x@a..b",
     ],
 )
 def test_bad_sources(text: str) -> None:
@@ -107,3 +112,29 @@ def test_good_refs(ref: str) -> None:
 def test_bad_refs(ref: str) -> None:
     with pytest.raises(UserError, match="not a valid ref name"):
         check_ref(ref)
+
+
+@pytest.mark.parametrize(
+    ("text", "repo_type", "repo_id", "revision"),
+    [
+        ("hf://org/model", "model", "org/model", None),
+        ("hf://gpt2", "model", "gpt2", None),
+        ("hf://org/model@v1.0", "model", "org/model", "v1.0"),
+        ("hf://models/org/model", "model", "org/model", None),
+        ("hf://datasets/org/data@refs/pr/1", "dataset", "org/data", "refs/pr/1"),
+        ("hf://spaces/org/app", "space", "org/app", None),
+    ],
+)
+def test_hub_sources(text: str, repo_type: str, repo_id: str, revision: str | None) -> None:
+    spec = parse_source(text)
+    assert isinstance(spec, HubSourceSpec)
+    assert (spec.repo_type, spec.repo_id, spec.revision) == (repo_type, repo_id, revision)
+    assert parse_source(spec.url) == spec
+
+
+def test_a_hub_revision_is_given_once() -> None:
+    spec = parse_source("hf://org/model")
+    assert with_ref(spec, "dev") == parse_source("hf://org/model@dev")
+    assert with_ref(parse_source("hf://org/model@dev"), "dev") == parse_source("hf://org/model@dev")
+    with pytest.raises(UserError, match="already names a revision"):
+        with_ref(parse_source("hf://org/model@dev"), "main")

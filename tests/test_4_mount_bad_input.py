@@ -34,7 +34,7 @@ def assert_one_line(result_stderr: str, *fragments: str) -> None:
         ("git://host/with space", "not a valid source"),
         ("/no/such/repository", "no git repository"),
         ("file:///no/such/repository", "no git repository"),
-        ("hf://org/model", "not supported yet"),
+        ("hf://org/na--me", "not a Hugging Face repository"),
     ],
 )
 def test_malformed_sources(source: str, fragment: str, mnt: Path, home: Path) -> None:

@@ -237,7 +237,7 @@ def test_remove_repo_with_purge(daemon: GitDaemon, sample: Repo, home: Path) -> 
         artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
         assert (home / "mnt" / "sample" / "data" / "big.bin").read_bytes() == BIG
         out = artifactfs.ok("remove-repo", "sample", "--purge")
-        assert out == f"removed {home / 'snapshots' / f'git-{sample.commit}.v1.sqlite'}\n"
+        assert out == f"removed {home / 'snapshots' / f'git-{sample.commit}.v2.sqlite'}\n"
         assert artifactfs.registry_rows() == []
         assert not (home / "mnt" / "sample").exists()
         big = sample.blob_id("data/big.bin")

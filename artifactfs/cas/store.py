@@ -126,6 +126,28 @@ class ContentStore:
         self.put_bytes(digest, data)
         return digest
 
+    def adopt(self, digest: Digest, path: Path) -> Path:
+        """Move a complete file into the store if it hashes to ``digest``.
+
+        The file must be on the same file system (partials are, under the same root). On a
+        mismatch it is deleted and ``DigestMismatch`` raised: its bytes are never published.
+        """
+        final = self.path_of(digest)
+        size = path.stat().st_size
+        hasher = digest.algorithm.new_hasher(size)
+        with open(path, "rb") as source:
+            while chunk := source.read(1 << 20):
+                hasher.update(chunk)
+        actual = hasher.hexdigest()
+        if actual != digest.hex:
+            path.unlink()
+            raise DigestMismatch(digest, actual)
+        os.chmod(path, 0o444)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, final)
+        _fsync_directory(final.parent)
+        return final
+
     def sweep_temporaries(self, older_than_seconds: float = 3600.0) -> int:
         """Remove temporaries left by writers that crashed; return how many were removed."""
         cutoff = time.time() - older_than_seconds

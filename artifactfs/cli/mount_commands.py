@@ -24,7 +24,8 @@ def add_parsers(commands: Any) -> None:
     mount.add_argument(
         "source",
         metavar="SOURCE",
-        help="git://, http(s)://, ssh://, file:// URL or a local repository path",
+        help="hf://org/name[@rev], hf://datasets/org/name[@rev], or a git URL (git://, "
+        "http(s)://, ssh://, file://) or local repository path",
     )
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     mount.add_argument("--ref", help="branch, tag or commit to show (default: the remote HEAD)")
@@ -61,10 +62,10 @@ def mount_foreground(args: argparse.Namespace) -> int:
     from ..home import ArtifactHome, default_home
     from ..logs import configure
     from ..mount.mountpoints import check_mountpoint
-    from ..sources.spec import check_ref, parse_source
+    from ..sources.spec import HubSourceSpec, check_ref, parse_source, with_ref
 
-    spec = parse_source(args.source)
     ref = check_ref(args.ref)
+    spec = with_ref(parse_source(args.source), ref)
     if not 0 < args.io_timeout <= MAX_IO_TIMEOUT:  # also refuses nan and inf
         raise UserError(f"--io-timeout must be between 0 and {MAX_IO_TIMEOUT:.0f} seconds")
     mountpoint = check_mountpoint(args.mountpoint)
@@ -74,6 +75,8 @@ def mount_foreground(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
     credentials = _credentials(args)
+    explicit = credentials.credentials() if args.token_stdin or args.token_file else None
+    hub_token = explicit.token if explicit and isinstance(spec, HubSourceSpec) else None
     configure(home.log_file_for(mountpoint), args.verbose)
     control = Path(args.control_socket) if args.control_socket else None
 
@@ -86,12 +89,19 @@ def mount_foreground(args: argparse.Namespace) -> int:
     # kill the process with the mount up; threads started from here on inherit the mask.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     socket.setdefaulttimeout(args.io_timeout)
-    head_start = HeadStart(spec, ref, home, credentials)  # works while the next import runs
+    head_start = HeadStart(spec, ref, home, credentials, hub_token)  # works during the import
 
     from ..mount.worker import MountRequest, run
 
     request = MountRequest(
-        spec, ref, mountpoint, home, args.keep_failed, name=args.name, control_socket=control
+        spec,
+        ref,
+        mountpoint,
+        home,
+        args.keep_failed,
+        name=args.name,
+        control_socket=control,
+        io_timeout=args.io_timeout,
     )
     return run(request, head_start)
 

@@ -30,7 +30,7 @@ from ..ipc import LineStream, Message, ProtocolError, unix_listener
 from ..mount.mountpoints import FS_TYPE, is_stale, mount_table, remove_stale
 from ..snapshot.index import snapshot_path
 from ..sources.credentials import CredentialProvider
-from ..sources.spec import check_ref, parse_source
+from ..sources.spec import check_ref, parse_source, with_ref
 from .names import check_name
 from .registry import Conflict, Registry, Repo
 from .supervisor import Supervisor
@@ -150,6 +150,7 @@ class Daemon:
                 " list): use --token-file or ARTIFACTFS_GIT_TOKEN"
             )
         ref = check_ref(request.get("ref"))
+        with_ref(spec, ref)  # a Hub source may name its revision once, not twice
         token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
         mountpoint = await self._check_new_mountpoint(name, request.get("mount"))
         try:
@@ -257,7 +258,8 @@ class Daemon:
             return []
         if any(other.commit == repo.commit for other in self.registry.all()):
             return []
-        path = snapshot_path(self.home.snapshots_dir, repo.commit)
+        origin = "hub" if repo.source.startswith("hf://") else "git"
+        path = snapshot_path(self.home.snapshots_dir, repo.commit, origin)
 
         def unlink() -> list[str]:
             try:

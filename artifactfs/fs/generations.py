@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..cas import Algorithm, Digest
-from ..snapshot import ROOT_INODE, Row, SnapshotIndex
+from ..cas import Algorithm
+from ..snapshot import ROOT_INODE, SnapshotIndex
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,6 @@ class Generation:
 
     def kernel_inode(self, row_inode: int) -> int:
         return ROOT_INODE if row_inode == ROOT_INODE else row_inode + self.number * STRIDE
-
-    def digest(self, row: Row) -> Digest:
-        assert row.oid is not None
-        return Digest(self.algorithm, row.oid)
 
 
 class Generations:

@@ -18,23 +18,22 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import pyfuse3
 import trio
 
-from ..cas import Algorithm, ContentStore, Digest
-from ..fetching import BlobFetcher, BlobUnavailable
+from ..cas import Algorithm
 from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from . import attributes, xattrs
+from .content import BlobReader, Content
 from .generations import Generation, Generations
 from .state import MountState
 
 log = logging.getLogger(__name__)
 
 LISTING_HINT_SECONDS = 5.0
-SIZE_BATCH = 1000
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -47,9 +46,7 @@ class _OpenDirectory:
 @dataclass
 class _OpenFile:
     generation: Generation
-    row: Row
-    fd: int | None = None
-    opening: trio.Lock = field(default_factory=trio.Lock)
+    reader: BlobReader
 
 
 class KernelCache(Protocol):
@@ -76,16 +73,13 @@ class SnapshotOperations(pyfuse3.Operations):
     def __init__(
         self,
         state: MountState,
-        cas: ContentStore,
-        fetcher: BlobFetcher,
+        content: Content,
         kernel: KernelCache | None = None,
     ) -> None:
         super().__init__()
         self._kernel = kernel or FuseKernelCache()
         self._state = state
-        self._cas = cas
-        self._fetcher = fetcher
-        self._io = trio.CapacityLimiter(16)
+        self._content = content
         self._generations = Generations()
         self._lookups: Counter[int] = Counter()
         self._files: dict[int, _OpenFile] = {}
@@ -120,6 +114,10 @@ class SnapshotOperations(pyfuse3.Operations):
     def close(self) -> None:
         self._generations.close()
 
+    async def forget_cached(self, kernel_inode: int) -> None:
+        """Make the kernel drop what it cached of an inode (its bytes were bad)."""
+        await self._kernel.forget_inode(kernel_inode)
+
     def live_generations(self) -> int:
         return self._generations.live()
 
@@ -145,76 +143,6 @@ class SnapshotOperations(pyfuse3.Operations):
         generation.lookups += 1
         return attrs
 
-    async def _with_known_size(self, generation: Generation, row: Row) -> Row:
-        """``row`` with its size known, fetching its blob if the server never told us.
-
-        Only servers without ``object-info`` leave sizes unknown. If the directory was listed
-        in the last few seconds, someone is probably stat-ing all of it (``ls -l``, ``find``):
-        then the blobs of every unknown-size sibling come along in the same fetch, so the
-        listing costs one round trip rather than one per file. Otherwise only this blob.
-        """
-        if not attributes.size_unknown(row):
-            return row
-        index = generation.index
-        listed = self._listed.get(generation.kernel_inode(row.parent))
-        batch = [row]
-        if listed is not None and trio.current_time() - listed < LISTING_HINT_SECONDS:
-            siblings = index.unknown_size_siblings(row)[:SIZE_BATCH]
-            batch = [row, *(s for s in siblings if s.inode != row.inode)]
-        try:
-            await self._fetcher.ensure({s.oid: None for s in batch if s.oid})
-        except BlobUnavailable as exc:
-            try:  # a sibling may be what failed: this entry alone decides this answer
-                await self._fetcher.ensure({row.oid: None} if row.oid else {})
-            except BlobUnavailable:
-                log.error("cannot learn the size of %s: %s", row.oid, exc)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-
-        def sizes() -> dict[int, int]:
-            found = {s.inode: self._cas.size_of(generation.digest(s)) for s in batch}
-            return {inode: size for inode, size in found.items() if size is not None}
-
-        index.record_sizes(await trio.to_thread.run_sync(sizes, limiter=self._io))
-        return index.get(row.inode) or row
-
-    async def _open_blob(self, generation: Generation, row: Row) -> int:
-        """A descriptor of ``row``'s verified blob, fetching it first if it is missing."""
-        digest = generation.digest(row)
-        try:
-            fd, size = await trio.to_thread.run_sync(self._open_fd, digest, limiter=self._io)
-        except FileNotFoundError:
-            try:
-                await self._fetcher.ensure({digest.hex: row.size})
-            except BlobUnavailable as exc:
-                log.error("read of %s failed: %s", row.oid, exc)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-            fd, size = await trio.to_thread.run_sync(self._open_fd, digest, limiter=self._io)
-        if row.size is not None and size != row.size:
-            # The content is verified by its digest; the size the server announced was not.
-            # The kernel holds the wrong size, so serving the true bytes would truncate them.
-            os.close(fd)
-            log.error(
-                "the server said blob %s has %d bytes, but it has %d: refusing to serve it in"
-                " this mount (the next mount will show the true size)",
-                row.oid,
-                row.size,
-                size,
-            )
-            generation.index.record_sizes({row.inode: size})
-            raise pyfuse3.FUSEError(errno.EIO)
-        return fd
-
-    def _open_fd(self, digest: Digest) -> tuple[int, int]:
-        fd = self._cas.open_fd(digest)
-        return fd, os.fstat(fd).st_size
-
-    async def _cached_bytes(self, generation: Generation, row: Row) -> int:
-        if row.size == 0:
-            return 0
-        digest = generation.digest(row)
-        size = await trio.to_thread.run_sync(self._cas.size_of, digest, limiter=self._io)
-        return size or 0
-
     # -- names and attributes ----------------------------------------------------------------
 
     async def lookup(
@@ -231,7 +159,11 @@ class SnapshotOperations(pyfuse3.Operations):
         if self._generations.current is None and inode == ROOT_INODE:
             return attributes.placeholder_root()
         generation, row = self._node(inode)
-        return self._attributes(generation, await self._with_known_size(generation, row))
+        if attributes.size_unknown(row):
+            listed = self._listed.get(generation.kernel_inode(row.parent))
+            recently = listed is not None and trio.current_time() - listed < LISTING_HINT_SECONDS
+            row = await self._content.with_size(generation, row, recently)
+        return self._attributes(generation, row)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
@@ -319,7 +251,8 @@ class SnapshotOperations(pyfuse3.Operations):
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
         fh = self._new_handle()
-        self._files[fh] = _OpenFile(generation, row)
+        reader = self._content.open(generation, row, inode)
+        self._files[fh] = _OpenFile(generation, reader)
         self._generations.opened(generation)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
@@ -327,21 +260,13 @@ class SnapshotOperations(pyfuse3.Operations):
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        known = handle.row.size
-        if known is not None and off >= known:
-            return b""
-        if handle.fd is None:
-            async with handle.opening:
-                if handle.fd is None:
-                    handle.fd = await self._open_blob(handle.generation, handle.row)
-        return await trio.to_thread.run_sync(os.pread, handle.fd, size, off, limiter=self._io)
+        return await handle.reader.read(off, size)
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
         if handle is None:
             return
-        if handle.fd is not None:
-            os.close(handle.fd)
+        handle.reader.close()
         self._generations.closed(handle.generation)
 
     # -- extended attributes ---------------------------------------------------------------------
@@ -353,7 +278,7 @@ class SnapshotOperations(pyfuse3.Operations):
             generation, row = self._node(inode)
 
             async def cached(row: Row) -> int:
-                return await self._cached_bytes(generation, row)
+                return await self._content.cached_bytes(generation, row)
 
             value = await xattrs.entry_value(row, name, cached)
         if value is None:

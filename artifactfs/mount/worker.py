@@ -21,19 +21,21 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyfuse3
 import trio
 
+from .. import __version__
 from ..cas import Digest
 from ..cas.claims import FetchClaims
 from ..cas.digests import git_blob_algorithm
 from ..errors import SourceError, UserError
 from ..fetching import BlobFetcher
+from ..fs.content import Content
 from ..fs.gate import GateState
 from ..fs.gated import GatedOperations
 from ..fs.operations import SnapshotOperations
@@ -41,13 +43,16 @@ from ..fs.state import MountState
 from ..home import ArtifactHome
 from ..snapshot import SnapshotIndex
 from ..snapshot.index import sweep_snapshot_temporaries
-from ..sources.spec import GitSourceSpec
+from ..sources.spec import HubSourceSpec, SourceSpec
 from .control import serve_control
 from .head_start import HeadStart
 from .mountpoints import FS_TYPE, mount_at
 
 if TYPE_CHECKING:
-    from ..sources.git.source import PreparedSnapshot
+    from ..sources.git.source import GitSource
+    from ..sources.hub.client import HubClient
+    from ..sources.hub.source import HubSource
+    from ..sources.prepared import PreparedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ MAX_FUSE_TASKS = 1000
 
 @dataclass(frozen=True)
 class MountRequest:
-    spec: GitSourceSpec
+    spec: SourceSpec
     ref: str | None
     mountpoint: Path
     home: ArtifactHome
@@ -65,6 +70,8 @@ class MountRequest:
     """The repository's name when the daemon runs this worker."""
     control_socket: Path | None = None
     """Serve control requests here, and say "mounted" on stdout once mounted (daemon mode)."""
+    io_timeout: float = 60.0
+    """A read whose bytes cannot be had this long fails (Hub sources; git uses sockets')."""
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -82,23 +89,66 @@ class _Worker:
         self.exit_code = 0
         self.state = MountState(request.spec.display, request.ref, counters=head_start.counters)
         self.cas = head_start.cas
-        self.fetcher = BlobFetcher(
-            lambda wanted: head_start.source.result().fetch_blobs(wanted, self.cas),
-            lambda oid: self.cas.contains(Digest(self.state.blob_algorithm, oid)),
-            claims=FetchClaims(self.cas.root),
-        )
-        self.snapshots = SnapshotOperations(self.state, self.cas, self.fetcher)
+        self._background: Callable[[], Awaitable[None]]
+        self._close_fetches: Callable[[str], None]
+        self._client: HubClient | None = None
+        self.snapshots = SnapshotOperations(self.state, self._content())
         self.operations = GatedOperations(self.snapshots, self.state.gate)
         self._refreshing = trio.Lock()
         self._retry = trio.Event()
         self._stopping = False
         self._fuse_scope = trio.CancelScope()
 
+    def _content(self) -> Content:
+        """How file contents are read, and the background task that fetches them."""
+        spec = self.request.spec
+        if isinstance(spec, HubSourceSpec):
+            from ..sources.hub.content import HubContent
+            from ..sources.hub.reader import RangedBlobs
+
+            blobs = RangedBlobs(
+                self.cas, self._hub_client, self.request.io_timeout, self._forget_cached
+            )
+            self._background = blobs.run
+            self._close_fetches = blobs.close
+            return HubContent(blobs, self._hub_client, spec)
+        from ..sources.git.content import GitContent
+
+        fetcher = BlobFetcher(
+            lambda wanted: self._git_source().fetch_blobs(wanted, self.cas),
+            lambda oid: self.cas.contains(Digest(self.state.blob_algorithm, oid)),
+            claims=FetchClaims(self.cas.root),
+        )
+        self._background = fetcher.run
+        self._close_fetches = fetcher.close
+        return GitContent(self.cas, fetcher)
+
+    def _git_source(self) -> GitSource:
+        return cast("GitSource", self.head_start.source.result())
+
+    def _hub_client(self) -> HubClient:
+        """One client for the worker's life, made once the source exists (after prepare)."""
+        if self._client is None:
+            from ..sources.hub.client import HubClient
+
+            source = cast("HubSource", self.head_start.source.result())
+            self._client = HubClient(
+                source.endpoint,
+                source.token,
+                self.request.io_timeout,
+                f"artifactfs/{__version__}",
+                self.state.counters,
+            )
+        return self._client
+
+    async def _forget_cached(self, kernel_inode: int) -> None:
+        await self.snapshots.forget_cached(kernel_inode)
+
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._handle_signals)
-            nursery.start_soon(self.fetcher.run)
+            nursery.start_soon(self._background)
             nursery.start_soon(self._prepare)
             nursery.start_soon(self._watch_mount)
             nursery.start_soon(self._sweep_leftovers)
@@ -173,7 +223,7 @@ class _Worker:
             return
         self._stopping = True
         log.info("stopping: %s", why)
-        self.fetcher.close("the mount is shutting down")
+        self._close_fetches("the mount is shutting down")
         if self.state.gate.state is GateState.PREPARING:
             self.state.gate.fail("the mount is shutting down")
         pyfuse3.terminate()

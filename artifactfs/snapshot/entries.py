@@ -108,3 +108,5 @@ class NewEntry:
     """Content size in bytes; None while unknown."""
     target: bytes | None = None
     """Symlink target, for symlinks only."""
+    sha256: str | None = None
+    """Plain sha256 of the content when the origin vouches for one (Hub LFS files)."""

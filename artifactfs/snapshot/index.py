@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from .entries import Kind, NewEntry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROOT_INODE = 1
 
 _SCHEMA = """
@@ -48,12 +48,14 @@ CREATE TABLE entries (
     first_child INTEGER NOT NULL DEFAULT 0,  -- directories: inode of the first child (0 if none)
     child_count INTEGER NOT NULL DEFAULT 0,  -- directories: number of children, numbered
                                              -- first_child .. first_child + child_count - 1
-    subdirs     INTEGER NOT NULL DEFAULT 0   -- directories: children that are directories
+    subdirs     INTEGER NOT NULL DEFAULT 0,  -- directories: children that are directories
+    sha256      TEXT                  -- plain sha256 of the content, when the origin vouches
+                                      -- for one (Hub LFS files); the CAS key then; else NULL
 );
 CREATE UNIQUE INDEX entries_by_name ON entries (parent, name);
 """
 
-_COLUMNS = "inode, parent, name, kind, oid, size, target, first_child, child_count, subdirs"
+_COLUMNS = "inode, parent, name, kind, oid, size, target, first_child, child_count, subdirs, sha256"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,7 @@ class Row:
     first_child: int
     child_count: int
     subdirs: int
+    sha256: str | None
 
 
 def _row(values: Any) -> Row:
@@ -90,8 +93,9 @@ class SnapshotMeta:
     """``complete`` when every blob size is known, ``on-demand`` when some are NULL."""
 
 
-def snapshot_path(directory: Path, commit: str) -> Path:
-    return directory / f"git-{commit}.v{SCHEMA_VERSION}.sqlite"
+def snapshot_path(directory: Path, commit: str, origin: str = "git") -> Path:
+    """Where the snapshot of ``commit`` lives; ``origin`` is ``git`` or ``hub``."""
+    return directory / f"{origin}-{commit}.v{SCHEMA_VERSION}.sqlite"
 
 
 K = TypeVar("K")
@@ -154,6 +158,7 @@ def write_snapshot(
                             entry.oid,
                             entry.size,
                             entry.target,
+                            entry.sha256,
                         )
                     )
                     if entry.kind.is_directory:
@@ -167,8 +172,8 @@ def write_snapshot(
                         else:
                             total += entry.size
                 db.executemany(
-                    "INSERT INTO entries (inode, parent, name, kind, oid, size, target)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO entries (inode, parent, name, kind, oid, size, target, sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 db.execute(
@@ -235,7 +240,7 @@ def sweep_snapshot_temporaries(directory: Path, older_than_seconds: float) -> in
     """Remove half-written snapshots that crashed writers left; return how many."""
     cutoff = time.time() - older_than_seconds
     removed = 0
-    for temp in directory.glob(".git-*.tmp-*"):
+    for temp in directory.glob(".*-*.tmp-*"):
         with contextlib.suppress(FileNotFoundError):
             if temp.stat().st_mtime < cutoff:
                 temp.unlink()
@@ -298,6 +303,15 @@ class SnapshotIndex:
             (start, end, limit),
         )
         return [_row(values) for values in found]
+
+    def path_of(self, inode: int) -> bytes:
+        """The entry's path from the root, components joined by ``/`` (the root is ``b""``)."""
+        parts: list[bytes] = []
+        row = self.get(inode)
+        while row is not None and row.inode != ROOT_INODE:
+            parts.append(row.name)
+            row = self.get(row.parent)
+        return b"/".join(reversed(parts))
 
     def unknown_size_siblings(self, row: Row) -> list[Row]:
         """Blob entries in ``row``'s directory whose size is not known yet (``row`` included)."""

@@ -43,6 +43,45 @@ class GitSourceSpec:
     display: str
     """The same with any password replaced by ``***``; safe to log and show."""
 
+    kind = "git"
+
+
+HubRepoType = Literal["model", "dataset", "space"]
+
+_HUB_PREFIXES: dict[str, HubRepoType] = {
+    "models/": "model",
+    "datasets/": "dataset",
+    "spaces/": "space",
+}
+# the Hub's own rule: letters, digits, "-", "_", "."; no "--" or ".."; at most 96 characters
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_HUB_REPO_ID = re.compile(rf"(?:{_HUB_PART}/)?{_HUB_PART}")
+
+
+@dataclass(frozen=True)
+class HubSourceSpec:
+    """``hf://[datasets/|spaces/]org/name[@revision]``: a Hugging Face Hub repository."""
+
+    repo_type: HubRepoType
+    repo_id: str
+    revision: str | None
+    """As typed (a branch, tag or commit); None means ``main``. Pinned to a commit at prepare."""
+
+    kind = "hub"
+
+    @property
+    def url(self) -> str:
+        prefix = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        at = f"@{self.revision}" if self.revision else ""
+        return f"hf://{prefix}{self.repo_id}{at}"
+
+    @property
+    def display(self) -> str:
+        return self.url
+
+
+SourceSpec = GitSourceSpec | HubSourceSpec
+
 
 def redact_url(url: str) -> str:
     """``url`` with the password (or a lone token) in its userinfo replaced by ``***``."""
@@ -67,7 +106,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
-def parse_source(text: str) -> GitSourceSpec:
+def parse_source(text: str) -> SourceSpec:
     """Validate a SOURCE argument; raise ``UserError`` with one line if it is unusable."""
     if not text or _CONTROL.search(text):
         raise UserError(
@@ -77,7 +116,7 @@ def parse_source(text: str) -> GitSourceSpec:
     if match:
         scheme = match["scheme"].lower()
         if scheme == "hf":
-            raise UserError("hf:// sources are not supported yet by this version of artifactfs")
+            return _parse_hub(text[match.end() :], text)
         transport = _SCHEMES.get(scheme)
         if transport is None:
             raise UserError(
@@ -89,6 +128,32 @@ def parse_source(text: str) -> GitSourceSpec:
     if scp and not Path(text).exists():
         return GitSourceSpec("ssh", text, text)
     return _local_repository(Path(text))
+
+
+def _parse_hub(rest: str, text: str) -> HubSourceSpec:
+    repo_type: HubRepoType = "model"
+    for prefix, kind in _HUB_PREFIXES.items():
+        if rest.startswith(prefix):
+            repo_type, rest = kind, rest[len(prefix) :]
+            break
+    repo_id, at, revision = rest.partition("@")
+    if not _HUB_REPO_ID.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id:
+        raise UserError(
+            f"not a Hugging Face repository: {text!r} (use hf://org/name[@revision], "
+            "hf://datasets/org/name or hf://spaces/org/name)"
+        )
+    if at and not revision:
+        raise UserError(f"empty revision after '@' in {text!r}")
+    return HubSourceSpec(repo_type, repo_id, check_ref(revision) if at else None)
+
+
+def with_ref(spec: SourceSpec, ref: str | None) -> SourceSpec:
+    """Apply ``--ref``: for a Hub source it is the revision (given once, not twice)."""
+    if ref is None or not isinstance(spec, HubSourceSpec):
+        return spec
+    if spec.revision is not None and spec.revision != ref:
+        raise UserError(f"{spec.url} already names a revision; drop --ref {ref}")
+    return HubSourceSpec(spec.repo_type, spec.repo_id, ref)
 
 
 def _parse_url(text: str, transport: GitTransport) -> GitSourceSpec:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -39,6 +38,7 @@ from ...snapshot.entries import (
 from ...snapshot.index import DirectoryListing, SnapshotIndex, snapshot_path, write_snapshot
 from ..counters import FetchCounters
 from ..credentials import CredentialProvider
+from ..prepared import PreparedSnapshot
 from ..spec import GitSourceSpec
 from . import object_info
 from .packs import iter_objects, object_id, received_pack
@@ -60,13 +60,6 @@ MAX_TREE_PACK_BYTES = 2 << 30
 """A prepare pack holds one commit and its trees; more than this is a hostile server."""
 MAX_UNKNOWN_BLOB_PACK_BYTES = 16 << 30
 """The ceiling for a blob fetch whose sizes the server never told us."""
-
-
-@dataclass(frozen=True)
-class PreparedSnapshot:
-    path: Path
-    commit: str
-    object_format: str
 
 
 def ref_candidates(ref: str | None) -> list[bytes]:

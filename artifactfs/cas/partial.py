@@ -1,0 +1,171 @@
+"""Partial blobs: content fetched by range, kept across restarts until it is whole.
+
+A large file on the Hub is fetched in the ranges that are read, not at once. Its bytes go into
+``<cas>/partial/<algorithm>/<2 hex>/<hex>`` (a sparse file of the final size) and which
+256 KiB blocks are present into ``<hex>.blocks`` beside it. Because both are keyed by the
+content digest, not by commit or path, a download survives restarts, and an upstream commit
+that keeps the file (same sha256) continues the same partial.
+
+Durability: a block counts as present only once the map says so, and the map is written (to a
+temporary file, fsynced, renamed) only after the data it describes was fdatasynced. A crash
+loses at most the blocks fetched since the last flush; it never makes the map claim bytes that
+are not on disk. When every block is present the whole content is hashed; only if it matches
+its digest is it moved into the CAS (``ContentStore.adopt``). Otherwise the partial is thrown
+away.
+
+One process writes a partial at a time (an ``flock`` on the data file); a second process that
+wants the same blob at the same moment works on a private, unpersisted copy instead.
+
+Blocking API: call it from worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+from pathlib import Path
+
+from .digests import Digest
+
+BLOCK = 256 * 1024
+_MAGIC = b"AFPB"
+_HEADER = struct.Struct("<4sIQ")  # magic, block size, content size
+
+
+def blocks_in(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK
+
+
+class PartialBlob:
+    """One partial download. Not thread-safe: its owner serialises calls."""
+
+    def __init__(self, data_path: Path, size: int, fd: int, present: bytearray) -> None:
+        self.data_path = data_path
+        self.map_path = data_path.with_name(data_path.name + ".blocks")
+        self.size = size
+        self._fd = fd
+        self._present = present
+        self._dirty = False
+        self.persistent = True
+
+    @classmethod
+    def open(cls, root: Path, digest: Digest, size: int) -> PartialBlob:
+        """Open (or start) the partial of ``digest``, of ``size`` bytes."""
+        directory = root / "partial" / digest.algorithm.name / digest.hex[:2]
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / digest.hex
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return cls._private(root, digest, size)
+        try:
+            present = _read_map(path.with_name(path.name + ".blocks"), size)
+            if present is None:  # new, or a map we cannot trust: start over
+                present = bytearray(blocks_in(size))
+                os.ftruncate(fd, 0)
+            os.ftruncate(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, size, fd, present)
+
+    @classmethod
+    def _private(cls, root: Path, digest: Digest, size: int) -> PartialBlob:
+        """Another process is filling the shared partial: fill our own, unpersisted one."""
+        directory = root / "partial" / "private"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{digest.hex}-{os.getpid()}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.ftruncate(fd, size)
+        blob = cls(path, size, fd, bytearray(blocks_in(size)))
+        blob.persistent = False
+        return blob
+
+    # -- what is there --------------------------------------------------------------------
+
+    def has(self, block: int) -> bool:
+        return bool(self._present[block])
+
+    def missing(self, first: int, last: int) -> list[int]:
+        return [b for b in range(first, last + 1) if not self._present[b]]
+
+    @property
+    def complete(self) -> bool:
+        return all(self._present)
+
+    def present_bytes(self) -> int:
+        count = sum(self._present)
+        if count and self._present[-1] and self.size % BLOCK:
+            return (count - 1) * BLOCK + self.size % BLOCK
+        return count * BLOCK
+
+    # -- filling ------------------------------------------------------------------------------
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Store bytes fetched at ``offset``; whole blocks they complete become present
+        (at the next ``flush`` for the map on disk, at once for readers)."""
+        if offset < 0 or offset + len(data) > self.size:
+            raise ValueError(f"write of {len(data)} bytes at {offset} beyond {self.size}")
+        os.pwrite(self._fd, data, offset)
+        end = offset + len(data)
+        first = -(-offset // BLOCK)  # the blocks wholly inside [offset, end)
+        stop = blocks_in(self.size) if end == self.size else end // BLOCK
+        for block in range(first, stop):
+            self._present[block] = 1
+            self._dirty = True
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def flush(self) -> None:
+        """Make the map on disk say what is durably present."""
+        if not self._dirty or not self.persistent:
+            return
+        os.fdatasync(self._fd)
+        temp = self.map_path.with_name(self.map_path.name + f".tmp-{os.getpid()}")
+        with open(temp, "wb") as out:
+            out.write(_HEADER.pack(_MAGIC, BLOCK, self.size) + bytes(self._present))
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(temp, self.map_path)
+        self._dirty = False
+
+    def discard(self) -> None:
+        """Throw everything away (the content did not match its digest)."""
+        self.close()
+        for path in (self.data_path, self.map_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                self.flush()
+            os.close(self._fd)
+            self._fd = -1
+
+    def detach_file(self) -> Path:
+        """Hand the complete data file over (to be verified and adopted by the CAS)."""
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            self.map_path.unlink()
+        return self.data_path
+
+
+def _read_map(path: Path, size: int) -> bytearray | None:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(raw) != _HEADER.size + blocks_in(size):
+        return None
+    magic, block, recorded = _HEADER.unpack_from(raw)
+    if magic != _MAGIC or block != BLOCK or recorded != size:
+        return None
+    return bytearray(raw[_HEADER.size :])

@@ -1,0 +1,357 @@
+"""Serve reads of Hub files from partial blobs, fetching the ranges that are read.
+
+- A read waits only for the blocks it covers. Blocks missing at the same moment go out as one
+  range request per contiguous run (at most 8 MiB each); a block wanted by many readers is
+  fetched once.
+- A reader that reads sequentially opens a read-ahead window that doubles (1 MiB up to
+  64 MiB), fetched as parallel range requests; a random reader gets what it asks for, rounded
+  to 256 KiB blocks.
+- When every block is present the content is hashed and, only if it matches its digest,
+  moved into the CAS. A mismatch throws the data away, logs it, makes the kernel drop any of it
+  it cached, and refetches; a second mismatch gives up on the file (EIO).
+- Files that are not LFS (the Hub vouches only for their git blob id) are small: they are
+  fetched whole and verified *before* a byte is served. LFS files are served by range as the
+  issue asks, before the whole-file sha256 can be checked — the Hub offers no per-range digest
+  over HTTP; TLS guards them in transit, and the check on completion guards what is kept.
+- A read that cannot be served within ``io_timeout`` fails (EIO) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from ...cas import ContentStore, Digest, DigestMismatch
+from ...cas.partial import BLOCK, PartialBlob, blocks_in
+from ...errors import SourceError
+from .client import HubClient
+
+log = logging.getLogger(__name__)
+
+MAX_RANGE_BLOCKS = 32  # 8 MiB per request
+FIRST_WINDOW = 1 << 20
+MAX_WINDOW = 64 << 20
+PARALLEL_RANGES = 8
+FLUSH_SECONDS = 2.0
+MAX_MISMATCHES = 2
+
+
+class Unavailable(Exception):
+    """The bytes cannot be had (one line for the log); the read gets EIO."""
+
+
+@dataclass(frozen=True)
+class HubBlob:
+    digest: Digest
+    size: int
+    url: str
+    verify_first: bool
+    """True for files the Hub vouches for only by git blob id: served only once verified."""
+
+
+@dataclass
+class Cursor:
+    """One open file's reading position, for read-ahead, and its descriptor."""
+
+    next_offset: int = -1
+    window: int = 0
+    fd: int = -1
+    fd_epoch: int = -1
+    kernel_inode: int = 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class _State:
+    blob: HubBlob
+    partial: PartialBlob | None = None
+    published: bool = False
+    epoch: int = 0
+    """Bumped when the partial is thrown away: descriptors of an older epoch are stale."""
+    inflight: dict[int, trio.Event] = field(default_factory=dict)
+    error: str | None = None
+    mismatches: int = 0
+    publishing: trio.Lock = field(default_factory=trio.Lock)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    inodes: set[int] = field(default_factory=set)
+
+
+class RangedBlobs:
+    def __init__(
+        self,
+        cas: ContentStore,
+        client: Callable[[], HubClient],
+        io_timeout: float,
+        forget_inode: Callable[[int], Awaitable[None]],
+    ) -> None:
+        self._cas = cas
+        self._client = client
+        self._client_made = False
+        self._closed: str | None = None
+        self._io_timeout = io_timeout
+        self._forget_inode = forget_inode
+        self._states: dict[Digest, _State] = {}
+        self._ranges = trio.CapacityLimiter(PARALLEL_RANGES)
+        self._io = trio.CapacityLimiter(8)
+
+    async def run(self) -> None:
+        """Background work: fetches and flushes of partial maps. Runs until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                while True:
+                    await trio.sleep(FLUSH_SECONDS)
+                    await self._flush_all()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush_all()
+                if self._client_made:
+                    await self._http().aclose()
+
+    def _http(self) -> HubClient:
+        self._client_made = True
+        return self._client()
+
+    def close(self, reason: str) -> None:
+        """Fail every waiting and future read at once (the mount is going away)."""
+        self._closed = reason
+        for state in self._states.values():
+            state.error = reason
+            for event in state.inflight.values():
+                event.set()
+
+    async def _flush_all(self) -> None:
+        for state in list(self._states.values()):
+            if state.partial is not None:
+                async with state.lock:
+                    if state.partial is not None:
+                        await trio.to_thread.run_sync(state.partial.flush, limiter=self._io)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read(self, blob: HubBlob, offset: int, size: int, cursor: Cursor) -> bytes:
+        if self._closed is not None:
+            raise Unavailable(self._closed)
+        state = await self._state(blob)
+        state.inodes.add(cursor.kernel_inode)
+        if offset >= blob.size:
+            return b""
+        size = min(size, blob.size - offset)
+        with trio.move_on_after(self._io_timeout) as deadline:
+            if blob.verify_first:
+                await self._whole(state)
+            else:
+                first, last = offset // BLOCK, (offset + size - 1) // BLOCK
+                await self._blocks(state, first, last)
+                self._read_ahead(state, offset, size, cursor)
+        if deadline.cancelled_caught:
+            raise Unavailable(f"{blob.url}: no answer within {self._io_timeout:.0f} s")
+        await self._ensure_descriptor(state, cursor)
+        return await trio.to_thread.run_sync(os.pread, cursor.fd, size, offset, limiter=self._io)
+
+    async def cached_bytes(self, blob: HubBlob) -> int:
+        state = self._states.get(blob.digest)
+        if state is not None and state.partial is not None:
+            return state.partial.present_bytes()
+        if (state is not None and state.published) or await trio.to_thread.run_sync(
+            self._cas.contains, blob.digest
+        ):
+            return blob.size
+        return 0
+
+    async def _state(self, blob: HubBlob) -> _State:
+        state = self._states.get(blob.digest)
+        if state is None:
+            state = self._states[blob.digest] = _State(blob)
+            if await trio.to_thread.run_sync(self._cas.contains, blob.digest):
+                state.published = True
+        async with state.lock:
+            if state.partial is None and not state.published:
+                state.partial = await trio.to_thread.run_sync(
+                    PartialBlob.open, self._cas.root, blob.digest, blob.size
+                )
+                if state.partial.complete:  # finished before a crash, never published
+                    self._nursery.start_soon(self._publish, state)
+        return state
+
+    async def _ensure_descriptor(self, state: _State, cursor: Cursor) -> None:
+        if cursor.fd >= 0 and cursor.fd_epoch == state.epoch:
+            return
+        cursor.close()
+        path = (
+            self._cas.path_of(state.blob.digest)
+            if state.published or state.partial is None
+            else state.partial.data_path
+        )
+        cursor.fd = await trio.to_thread.run_sync(_open_read, path)
+        cursor.fd_epoch = state.epoch
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    async def _whole(self, state: _State) -> None:
+        """Fetch all of it, verify it, keep it; again after a mismatch, up to the limit."""
+        while not state.published:
+            await self._blocks(state, 0, blocks_in(state.blob.size) - 1)
+            await self._publish(state)
+
+    async def _blocks(self, state: _State, first: int, last: int) -> None:
+        """Return once blocks ``first..last`` are present, fetching what is missing."""
+        if state.published:
+            return
+        if state.mismatches >= MAX_MISMATCHES:
+            raise Unavailable(state.error or "content does not match its digest")
+        waits = self._request(state, first, last)
+        for event in waits:
+            await event.wait()
+        partial = state.partial
+        if state.published or partial is None:
+            return
+        if partial.missing(first, last):
+            raise Unavailable(state.error or f"{state.blob.url}: the bytes did not arrive")
+
+    def _request(self, state: _State, first: int, last: int) -> list[trio.Event]:
+        """Events for blocks ``first..last``: in flight already, or fetched from now on."""
+        partial = state.partial
+        waits: list[trio.Event] = []
+        if partial is None:  # being thrown away after a mismatch: the caller looks again
+            return waits
+        run: list[int] = []
+        for block in range(first, last + 1):
+            if partial.has(block):
+                continue
+            event = state.inflight.get(block)
+            if event is None:
+                event = state.inflight[block] = trio.Event()
+                run.append(block)
+                if len(run) == MAX_RANGE_BLOCKS:
+                    self._nursery.start_soon(self._fetch, state, run)
+                    run = []
+            elif run:
+                self._nursery.start_soon(self._fetch, state, run)
+                run = []
+            waits.append(event)
+        if run:
+            self._nursery.start_soon(self._fetch, state, run)
+        return waits
+
+    def _read_ahead(self, state: _State, offset: int, size: int, cursor: Cursor) -> None:
+        sequential = offset == cursor.next_offset
+        cursor.next_offset = offset + size
+        if not sequential:
+            cursor.window = 0
+            return
+        cursor.window = min(max(cursor.window * 2, FIRST_WINDOW), MAX_WINDOW)
+        start = offset + size
+        end = min(start + cursor.window, state.blob.size)
+        if start < end and not state.published and state.partial is not None:
+            self._request(state, start // BLOCK, (end - 1) // BLOCK)
+
+    async def _fetch(self, state: _State, blocks: list[int]) -> None:
+        blob = state.blob
+        start = blocks[0] * BLOCK
+        end = min((blocks[-1] + 1) * BLOCK, blob.size)
+        epoch = state.epoch
+        writer = _AlignedWriter(self, state, epoch)
+        try:
+            async with self._ranges:
+                await self._http().fetch(blob.url, start, end, blob.size, writer.deliver)
+            await writer.finish()
+        except SourceError as exc:
+            state.error = str(exc)
+            log.error("fetching %s bytes %d-%d failed: %s", blob.digest, start, end, exc)
+        finally:
+            for block in blocks:
+                event = state.inflight.pop(block, None)
+                if event is not None:
+                    event.set()
+        partial = state.partial
+        if partial is not None and partial.complete and not state.blob.verify_first:
+            self._nursery.start_soon(self._publish, state)
+
+    async def _write(self, state: _State, epoch: int, offset: int, data: bytes) -> None:
+        async with state.lock:
+            partial = state.partial
+            if partial is not None and state.epoch == epoch:
+                await trio.to_thread.run_sync(partial.write, offset, data, limiter=self._io)
+
+    async def _publish(self, state: _State) -> None:
+        """Verify the complete partial and move it into the CAS; on a mismatch, start over.
+        Concurrent callers wait for the one doing it."""
+        async with state.publishing:
+            async with state.lock:
+                partial = state.partial
+                if state.published or partial is None or not partial.complete:
+                    return
+                path = await trio.to_thread.run_sync(partial.detach_file, limiter=self._io)
+            try:
+                await trio.to_thread.run_sync(self._cas.adopt, state.blob.digest, path)
+            except DigestMismatch as exc:
+                await self._mismatch(state, exc)
+                return
+            state.partial = None
+            state.published = True
+            state.error = None
+            log.info("verified and kept %s (%d bytes)", state.blob.digest, state.blob.size)
+
+    async def _mismatch(self, state: _State, exc: DigestMismatch) -> None:
+        state.mismatches += 1
+        state.error = f"the content of {state.blob.url} does not match {state.blob.digest}"
+        log.error("%s (got %s): thrown away", state.error, exc.actual_hex)
+        state.epoch += 1
+        state.partial = None
+        for inode in list(state.inodes):  # the kernel may hold pages of the bad bytes
+            await self._forget_inode(inode)
+        if state.mismatches < MAX_MISMATCHES:
+            state.partial = await trio.to_thread.run_sync(
+                PartialBlob.open, self._cas.root, state.blob.digest, state.blob.size
+            )
+
+
+class _AlignedWriter:
+    """Collects delivered bytes into block-aligned writes (a block counts only when whole)."""
+
+    FLUSH = 1 << 20
+
+    def __init__(self, owner: RangedBlobs, state: _State, epoch: int) -> None:
+        self._owner = owner
+        self._state = state
+        self._epoch = epoch
+        self._start = 0
+        self._buffer = bytearray()
+
+    async def deliver(self, offset: int, chunk: bytes) -> None:
+        if self._buffer and offset != self._start + len(self._buffer):
+            await self._flush(final=False)  # the server started over (an ignored Range)
+            self._buffer.clear()
+        if not self._buffer:
+            self._start = offset
+        self._buffer += chunk
+        if len(self._buffer) >= self.FLUSH:
+            await self._flush(final=False)
+
+    async def finish(self) -> None:
+        await self._flush(final=True)
+
+    async def _flush(self, final: bool) -> None:
+        end = self._start + len(self._buffer)
+        size = self._state.blob.size
+        cut = len(self._buffer) if final or end == size else end - end % BLOCK - self._start
+        if cut <= 0:
+            return
+        data = bytes(self._buffer[:cut])
+        del self._buffer[:cut]
+        await self._owner._write(self._state, self._epoch, self._start, data)
+        self._start += cut
+
+
+def _open_read(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
