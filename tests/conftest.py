@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.gitrepos import Executable, Repo, Submodule, Symlink, make_repo
+from tests.helpers.hub import HubServer, running_hub
 from tests.helpers.mounts import force_unmount
 from tests.helpers.servers import GitDaemon, HttpGitServer
 
@@ -65,6 +66,23 @@ def http_server(repos: Path) -> Iterator[HttpGitServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def hub() -> Iterator[HubServer]:
+    """A Hugging Face Hub stand-in on loopback (tests/helpers/hub.py)."""
+    with running_hub() as server:
+        yield server
+
+
+def hub_env(server: HubServer, tmp_path: Path) -> dict[str, str]:
+    """The environment a mount of the stand-in needs: its endpoint, no real token, no Xet."""
+    return {
+        "HF_ENDPOINT": server.endpoint,
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_TOKEN": "",
+        "HF_HUB_DISABLE_XET": "1",
+    }
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 On the root: ``user.artifactfs.state`` (``preparing|ready|failed``), ``.error`` when failed,
 ``.source`` (credentials redacted), ``.ref``, ``.commit`` and ``.files`` once ready, and
 ``.bytes_fetched`` (bytes received from the origin by this mount). On entries with an object:
-``user.artifactfs.oid``; on files also ``user.artifactfs.cached`` (bytes present locally).
+``user.artifactfs.oid`` (the git object id); ``user.artifactfs.sha256`` where the origin vouches
+for one (Hub LFS files); on files ``user.artifactfs.cached`` (bytes present locally).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ COMMIT = PREFIX + b"commit"
 FILES = PREFIX + b"files"
 BYTES_FETCHED = PREFIX + b"bytes_fetched"
 OID = PREFIX + b"oid"
+SHA256 = PREFIX + b"sha256"
 CACHED = PREFIX + b"cached"
 
 
@@ -47,6 +49,8 @@ def entry_names(row: Row) -> list[bytes]:
     names = []
     if row.oid is not None:
         names.append(OID)
+    if row.sha256 is not None:
+        names.append(SHA256)
     if row.kind.has_blob:
         names.append(CACHED)
     return names
@@ -57,6 +61,8 @@ async def entry_value(
 ) -> bytes | None:
     if name == OID and row.oid is not None:
         return row.oid.encode()
+    if name == SHA256 and row.sha256 is not None:
+        return row.sha256.encode()
     if name == CACHED and row.kind.has_blob:
         return str(await cached_bytes(row)).encode()
     return None
