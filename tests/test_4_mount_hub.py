@@ -14,6 +14,7 @@ from tests.conftest import hub_env
 from tests.helpers.hub import HubServer
 from tests.helpers.models import model_repo, tensor_locations, with_big_file
 from tests.helpers.mounts import mounted
+from tests.helpers.waiting import wait_for
 
 BIG_MIB = 64
 
@@ -80,3 +81,141 @@ def test_one_tensor_costs_a_fraction_of_the_shard(
         served = hub.bytes_served("org/wide", shard)
         assert served <= (1 << 20) + (location.end - location.start)
         assert served < len(files[shard]) // 4
+
+
+BIG = "weights/big.bin"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_range(path: Path, offset: int, size: int) -> bytes:
+    """Read in another process (a reader in this one could starve the stand-in's threads)."""
+    return subprocess.run(
+        ["dd", f"if={path}", "bs=64K", f"skip={offset}", f"count={size}",
+         "iflag=skip_bytes,count_bytes", "status=none"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+
+
+def test_a_download_survives_a_restart_and_a_moving_branch(
+    hub: HubServer, model: dict[str, bytes], tmp_path: Path, mnt: Path, home: Path
+) -> None:
+    env = hub_env(hub, tmp_path)
+    big = model[BIG]
+    head = 4 << 20
+    with mounted("hf://org/model", mnt, home, env=env):
+        assert read_range(mnt / BIG, 0, head) == big[:head]
+        first = hub.bytes_served("org/model", BIG)
+        assert head <= first <= 3 * head  # the read-ahead grows with what was read
+    moved = hub.commit("org/model", {"README.md": b"# moved on\n"})  # same big file, new commit
+    with mounted("hf://org/model", mnt, home, env=env) as mount:
+        assert mount.xattr("commit") == moved
+        assert (mnt / "README.md").read_bytes() == b"# moved on\n"
+        assert sha256_of(mnt / BIG) == hashlib.sha256(big).hexdigest()
+        total = hub.bytes_served("org/model", BIG)
+        assert total <= len(big) + (8 << 20)  # the rest, not all of it again
+        assert mount.xattr("cached", mnt / BIG) == str(len(big))
+    digest = hashlib.sha256(big).hexdigest()
+    assert (home / "cas" / "sha256" / digest[:2] / digest).stat().st_size == len(big)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["429", "503", "cut", "ignore-range", "corrupt-lfs", "corrupt-small", "redirect"],
+)
+def test_hub_trouble_is_survived_without_corruption(
+    fault: str, hub: HubServer, model: dict[str, bytes], tmp_path: Path, mnt: Path, home: Path
+) -> None:
+    big, small = model[BIG], model["config.json"]
+    if fault == "429":
+        hub.fault_status(429, retry_after=1, times=2, path=BIG)
+    elif fault == "503":
+        hub.fault_status(503, times=3, path=BIG)
+    elif fault == "cut":
+        hub.fault_cut(after_bytes=3 << 20, times=2, path=BIG)
+    elif fault == "ignore-range":
+        hub.fault_ignore_range(times=1, path=BIG)
+    elif fault == "corrupt-lfs":
+        hub.fault_corrupt(path=BIG, times=1)
+    elif fault == "corrupt-small":
+        hub.fault_corrupt(path="config.json", times=1)
+    else:
+        hub.lfs_redirect = True
+    with mounted("hf://org/model", mnt, home, env=hub_env(hub, tmp_path)) as mount:
+        assert (mnt / "config.json").read_bytes() == small  # a small file is verified first
+        digest = sha256_of(mnt / BIG)
+        if fault == "corrupt-lfs":  # served as it came; found out when complete
+            assert digest != hashlib.sha256(big).hexdigest()
+            wait_for(lambda: "will be fetched again" in mount.log(), 30, "the bad copy to go")
+            assert "does not match" in mount.log()
+            digest = sha256_of(mnt / BIG)  # fetched again, clean
+        assert digest == hashlib.sha256(big).hexdigest()
+        assert mount.xattr("cached", mnt / BIG) == str(len(big))
+    expected = hashlib.sha256(big).hexdigest()
+    kept = home / "cas" / "sha256" / expected[:2] / expected
+    assert sha256_of(kept) == expected
+
+
+def test_a_stalled_read_fails_with_eio_within_the_timeout(
+    hub: HubServer, model: dict[str, bytes], tmp_path: Path, mnt: Path, home: Path
+) -> None:
+    env = hub_env(hub, tmp_path)
+    with mounted("hf://org/model", mnt, home, "--io-timeout", "2", env=env) as mount:
+        hub.fault_stall(path=BIG)
+        reader = subprocess.run(
+            ["dd", f"if={mnt / BIG}", "of=/dev/null", "bs=1M", "count=1", "status=none"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert reader.returncode != 0 and "Input/output error" in reader.stderr
+        hub.release()
+        hub.clear_faults()
+        assert read_range(mnt / BIG, 0, 1 << 20) == model[BIG][: 1 << 20]
+        assert "no answer within 2 s" in mount.log()
+
+
+@pytest.mark.parametrize(
+    ("source", "setup", "reason"),
+    [
+        ("hf://org/missing", None, "not found, or private"),
+        ("hf://org/model@nosuch", None, "unknown revision"),
+        ("hf://org/private", "private", "not found, or private"),
+        ("hf://datasets/org/model", None, "not found"),
+    ],
+)
+def test_hub_refusals_fail_the_mount_with_the_reason(
+    source: str, setup: str | None, reason: str,
+    hub: HubServer, model: dict[str, bytes], tmp_path: Path, mnt: Path, home: Path,
+) -> None:  # fmt: skip
+    if setup == "private":
+        hub.create_repo("org/private", {"a.txt": b"secret\n"}, private=True)
+    env = hub_env(hub, tmp_path)
+    with mounted(source, mnt, home, "--keep-failed", ready=False, env=env) as mount:
+        wait_for(lambda: mount.state() == "failed", 30, "prepare to fail")
+        assert reason in mount.xattr("error")
+
+
+def test_a_private_repository_with_hf_token(
+    hub: HubServer, tmp_path: Path, mnt: Path, home: Path
+) -> None:
+    hub.token = "hf_stand_in_token"
+    hub.create_repo("org/private", {"a.txt": b"secret\n", "w.bin": b"\1" * 3_000_000}, private=True)
+    env = {**hub_env(hub, tmp_path), "HF_TOKEN": "hf_stand_in_token"}
+    with mounted("hf://org/private", mnt, home, env=env):
+        assert (mnt / "a.txt").read_bytes() == b"secret\n"
+        assert read_range(mnt / "w.bin", 1000, 10) == b"\1" * 10
+
+
+def test_a_dataset_and_a_pinned_revision(
+    hub: HubServer, tmp_path: Path, mnt: Path, home: Path
+) -> None:
+    first = hub.create_repo("org/data", {"train/part-0.jsonl": b'{"x": 1}\n'}, repo_type="dataset")
+    hub.commit("org/data", {"train/part-0.jsonl": b'{"x": 2}\n'}, repo_type="dataset")
+    with mounted(f"hf://datasets/org/data@{first}", mnt, home, env=hub_env(hub, tmp_path)) as m:
+        assert (mnt / "train" / "part-0.jsonl").read_bytes() == b'{"x": 1}\n'
+        assert m.xattr("commit") == first

@@ -123,7 +123,7 @@ class PartialBlob:
 
     def flush(self) -> None:
         """Make the map on disk say what is durably present."""
-        if not self._dirty or not self.persistent:
+        if not self._dirty or not self.persistent or self._fd < 0:
             return
         os.fdatasync(self._fd)
         temp = self.map_path.with_name(self.map_path.name + f".tmp-{os.getpid()}")

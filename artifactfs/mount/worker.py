@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -235,16 +235,24 @@ class _Worker:
         self._fuse_scope.cancel()
 
     async def _handle_signals(self) -> None:
-        with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked in run()
-            async for signum in signals:
-                if signum != signal.SIGHUP:
-                    self._stop(signal.Signals(signum).name)
-                elif self.state.gate.state is GateState.FAILED and self.request.keep_failed:
-                    log.info("SIGHUP: preparing again")
-                    self._retry.set()
-                else:
-                    log.info("SIGHUP ignored: the mount is %s", self.state.gate.state.value)
+        try:
+            with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked in run()
+                await self._answer_signals(signals)
+        finally:
+            # shutting down: from here a signal would find no handler and kill us before the
+            # last flushes; hold it (the process ends anyway)
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+    async def _answer_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum != signal.SIGHUP:
+                self._stop(signal.Signals(signum).name)
+            elif self.state.gate.state is GateState.FAILED and self.request.keep_failed:
+                log.info("SIGHUP: preparing again")
+                self._retry.set()
+            else:
+                log.info("SIGHUP ignored: the mount is %s", self.state.gate.state.value)
 
     async def _watch_mount(self) -> None:
         """Notice an unmount from outside (fusermount3 -u) even while requests are waiting."""

@@ -164,5 +164,7 @@ def mounted(
     finally:
         with suppress(Exception):
             force_unmount(mountpoint)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(10)  # an unmounted worker ends by itself, after its last flushes
         stop_process(process)
         force_unmount(mountpoint)

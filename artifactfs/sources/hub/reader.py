@@ -60,6 +60,8 @@ class Cursor:
 
     next_offset: int = -1
     window: int = 0
+    prefetched_to: int = 0
+    """Where the read-ahead asked for so far ends."""
     fd: int = -1
     fd_epoch: int = -1
     kernel_inode: int = 0
@@ -131,10 +133,14 @@ class RangedBlobs:
 
     async def _flush_all(self) -> None:
         for state in list(self._states.values()):
-            if state.partial is not None:
-                async with state.lock:
-                    if state.partial is not None:
-                        await trio.to_thread.run_sync(state.partial.flush, limiter=self._io)
+            async with state.lock:  # the partial may change while we wait for the lock
+                partial = state.partial
+                if partial is None:
+                    continue
+                try:
+                    await trio.to_thread.run_sync(partial.flush, limiter=self._io)
+                except OSError as exc:  # a full disk costs refetches, never the mount
+                    log.warning("could not save the progress of %s: %s", state.blob.digest, exc)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -180,7 +186,7 @@ class RangedBlobs:
                     PartialBlob.open, self._cas.root, blob.digest, blob.size
                 )
                 if state.partial.complete:  # finished before a crash, never published
-                    self._nursery.start_soon(self._publish, state)
+                    self._nursery.start_soon(self._publish_in_background, state)
         return state
 
     async def _ensure_descriptor(self, state: _State, cursor: Cursor) -> None:
@@ -205,18 +211,22 @@ class RangedBlobs:
 
     async def _blocks(self, state: _State, first: int, last: int) -> None:
         """Return once blocks ``first..last`` are present, fetching what is missing."""
-        if state.published:
-            return
-        if state.mismatches >= MAX_MISMATCHES:
-            raise Unavailable(state.error or "content does not match its digest")
-        waits = self._request(state, first, last)
-        for event in waits:
-            await event.wait()
-        partial = state.partial
-        if state.published or partial is None:
-            return
-        if partial.missing(first, last):
-            raise Unavailable(state.error or f"{state.blob.url}: the bytes did not arrive")
+        while not state.published:
+            if state.mismatches >= MAX_MISMATCHES:
+                raise Unavailable(state.error or "content does not match its digest")
+            partial = state.partial
+            if partial is None:  # thrown away a moment ago; its successor is on its way
+                await trio.sleep(0.01)
+                continue
+            for event in self._request(state, first, last):
+                await event.wait()
+            if state.published or state.partial is not partial:
+                continue  # kept meanwhile, or thrown away: look again
+            if not partial.missing(first, last):
+                return
+            if state.error is not None:
+                raise Unavailable(state.error)
+            # events of fetches from before a mismatch fire without data: ask again
 
     def _request(self, state: _State, first: int, last: int) -> list[trio.Event]:
         """Events for blocks ``first..last``: in flight already, or fetched from now on."""
@@ -244,18 +254,36 @@ class RangedBlobs:
         return waits
 
     def _read_ahead(self, state: _State, offset: int, size: int, cursor: Cursor) -> None:
+        """Keep a window ahead of a sequential reader. The window doubles each time the reader
+        has used half of it (1 MiB up to 64 MiB): read-ahead grows with what is read, so a
+        reader that stops early has cost at most about twice what it read."""
         sequential = offset == cursor.next_offset
-        cursor.next_offset = offset + size
+        position = offset + size
+        cursor.next_offset = position
         if not sequential:
             cursor.window = 0
+            cursor.prefetched_to = 0
             return
-        cursor.window = min(max(cursor.window * 2, FIRST_WINDOW), MAX_WINDOW)
-        start = offset + size
-        end = min(start + cursor.window, state.blob.size)
+        if cursor.window == 0:
+            cursor.window = FIRST_WINDOW
+        elif cursor.prefetched_to - position < cursor.window // 2:
+            cursor.window = min(cursor.window * 2, MAX_WINDOW)
+        else:
+            return
+        start = max(position, cursor.prefetched_to)
+        end = min(position + cursor.window, state.blob.size)
+        cursor.prefetched_to = max(cursor.prefetched_to, end)
         if start < end and not state.published and state.partial is not None:
             self._request(state, start // BLOCK, (end - 1) // BLOCK)
 
     async def _fetch(self, state: _State, blocks: list[int]) -> None:
+        try:
+            await self._fetch_blocks(state, blocks)
+        except Exception:  # a bug here must cost this fetch (EIO for its readers), not the mount
+            log.exception("fetching %s failed", state.blob.digest)
+            state.error = "internal error (see the log)"
+
+    async def _fetch_blocks(self, state: _State, blocks: list[int]) -> None:
         blob = state.blob
         start = blocks[0] * BLOCK
         end = min((blocks[-1] + 1) * BLOCK, blob.size)
@@ -265,6 +293,8 @@ class RangedBlobs:
             async with self._ranges:
                 await self._http().fetch(blob.url, start, end, blob.size, writer.deliver)
             await writer.finish()
+            if state.epoch == epoch:
+                state.error = None  # what failed before worked now
         except SourceError as exc:
             state.error = str(exc)
             log.error("fetching %s bytes %d-%d failed: %s", blob.digest, start, end, exc)
@@ -275,7 +305,14 @@ class RangedBlobs:
                     event.set()
         partial = state.partial
         if partial is not None and partial.complete and not state.blob.verify_first:
-            self._nursery.start_soon(self._publish, state)
+            self._nursery.start_soon(self._publish_in_background, state)
+
+    async def _publish_in_background(self, state: _State) -> None:
+        try:
+            await self._publish(state)
+        except Exception:  # an unexpected failure costs this blob its keeping, not the mount
+            log.exception("keeping %s failed", state.blob.digest)
+            state.error = "internal error (see the log)"
 
     async def _write(self, state: _State, epoch: int, offset: int, data: bytes) -> None:
         async with state.lock:
@@ -308,12 +345,18 @@ class RangedBlobs:
         log.error("%s (got %s): thrown away", state.error, exc.actual_hex)
         state.epoch += 1
         state.partial = None
-        for inode in list(state.inodes):  # the kernel may hold pages of the bad bytes
-            await self._forget_inode(inode)
         if state.mismatches < MAX_MISMATCHES:
             state.partial = await trio.to_thread.run_sync(
                 PartialBlob.open, self._cas.root, state.blob.digest, state.blob.size
             )
+        if not state.blob.verify_first:
+            # Bytes of it were served: make the kernel drop the pages it cached. Readers must
+            # be able to go on meanwhile (a page locked by a read in progress holds this up),
+            # hence after the new partial is in place; and never from a read handler.
+            for inode in list(state.inodes):
+                await self._forget_inode(inode)
+        if state.partial is not None:
+            log.info("%s will be fetched again", state.blob.digest)
 
 
 class _AlignedWriter:
