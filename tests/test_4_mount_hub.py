@@ -185,6 +185,7 @@ def test_a_stalled_read_fails_with_eio_within_the_timeout(
         ("hf://org/missing", None, "not found, or private"),
         ("hf://org/model@nosuch", None, "unknown revision"),
         ("hf://org/private", "private", "not found, or private"),
+        ("hf://org/gated", "gated", "gated (accept its conditions"),
         ("hf://datasets/org/model", None, "not found"),
     ],
 )
@@ -194,6 +195,8 @@ def test_hub_refusals_fail_the_mount_with_the_reason(
 ) -> None:  # fmt: skip
     if setup == "private":
         hub.create_repo("org/private", {"a.txt": b"secret\n"}, private=True)
+    if setup == "gated":
+        hub.create_repo("org/gated", {"a.txt": b"conditions apply\n"}, gated=True)
     env = hub_env(hub, tmp_path)
     with mounted(source, mnt, home, "--keep-failed", ready=False, env=env) as mount:
         wait_for(lambda: mount.state() == "failed", 30, "prepare to fail")
@@ -219,3 +222,23 @@ def test_a_dataset_and_a_pinned_revision(
     with mounted(f"hf://datasets/org/data@{first}", mnt, home, env=hub_env(hub, tmp_path)) as m:
         assert (mnt / "train" / "part-0.jsonl").read_bytes() == b'{"x": 1}\n'
         assert m.xattr("commit") == first
+
+
+def test_through_the_daemon(
+    hub: HubServer, model: dict[str, bytes], tmp_path: Path, home: Path
+) -> None:
+    from tests.helpers.daemons import running_daemon
+
+    with running_daemon(home, env=hub_env(hub, tmp_path)) as artifactfs:
+        artifactfs.ok("add-repo", "minilm", "hf://org/model", "--async")
+        mnt = home / "mnt" / "minilm"
+        assert (mnt / "config.json").read_bytes() == model["config.json"]
+        status = artifactfs.status("minilm")
+        assert (status["state"], status["source"]) == ("ready", "hf://org/model")
+        assert status["commit"] == hub.sha("org/model")
+        first = hub.commit("org/model", {"config.json": b"{}\n"})
+        artifactfs.ok("refresh", "minilm")
+        assert artifactfs.status("minilm")["commit"] == first
+        assert (mnt / "config.json").read_bytes() == b"{}\n"
+        assert read_range(mnt / BIG, 0, 1000) == model[BIG][:1000]
+        artifactfs.ok("remove-repo", "minilm", "--purge")

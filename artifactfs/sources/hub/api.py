@@ -41,6 +41,8 @@ class HubCommit:
     sha: str
     timestamp: int
     """Seconds since the epoch of the commit (the mtime of every entry)."""
+    gated: bool
+    """Its files need accepted conditions (its metadata does not)."""
 
 
 class HubApi:
@@ -48,6 +50,8 @@ class HubApi:
         from huggingface_hub import HfApi
 
         self.spec = spec
+        self._endpoint = endpoint
+        self._token = token
         self._api = HfApi(endpoint=endpoint, token=token or False)
 
     def resolve(self) -> HubCommit:
@@ -64,7 +68,24 @@ class HubApi:
             raise SourceError(f"the Hub gave no usable commit for {self.spec.url}: {sha!r:.60}")
         modified = getattr(info, "last_modified", None)
         timestamp = int(modified.timestamp()) if modified is not None else 0
-        return HubCommit(sha, timestamp)
+        return HubCommit(sha, timestamp, bool(getattr(info, "gated", False)))
+
+    def check_access(self, commit: str, path: str) -> None:
+        """For a gated repository: can we read its files? (A HEAD of one; the listing would
+        succeed either way, and every read fail later.)"""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        url = hf_hub_url(
+            self.spec.repo_id,
+            path,
+            repo_type=self.spec.repo_type,
+            revision=commit,
+            endpoint=self._endpoint,
+        )
+        self._call(
+            lambda: get_hf_file_metadata(url, token=self._token or False, endpoint=self._endpoint),
+            f"{self.spec.url}",
+        )
 
     def files(self, commit: str) -> Iterator[HubFile]:
         """Every file of ``commit``, each checked (a bad entry raises SourceError)."""

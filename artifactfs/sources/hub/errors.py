@@ -9,10 +9,14 @@ RETRYABLE = (429, 500, 502, 503, 504)
 
 def describe_status(status: int, what: str, error_code: str | None = None) -> str:
     """One line for an HTTP status the Hub answered about ``what``."""
+    if status == 401 and error_code is None:
+        return f"{what}: the Hub refused the token (is HF_TOKEN right?)"
+    if error_code == "GatedRepo":
+        return f"{what}: gated (accept its conditions on the Hub, and set HF_TOKEN)"
     if status == 401 or (error_code == "RepoNotFound" and status in (401, 404)):
         return f"{what}: not found, or private (set HF_TOKEN or log in with `hf auth login`)"
-    if status == 403 or error_code == "GatedRepo":
-        return f"{what}: gated or forbidden (accept its conditions on the Hub, and set HF_TOKEN)"
+    if status == 403:
+        return f"{what}: forbidden (does HF_TOKEN have access to it?)"
     if status == 404:
         if error_code == "RevisionNotFound":
             return f"{what}: unknown revision"

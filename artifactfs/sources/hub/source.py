@@ -71,7 +71,10 @@ class HubSource:
         if path.exists():
             log.info("snapshot of %s already on disk", commit.sha)
             return PreparedSnapshot(path, commit.sha, "sha1")
-        root = _tree(api.files(commit.sha))
+        files = list(api.files(commit.sha))
+        if commit.gated and files:
+            api.check_access(commit.sha, files[0].path)
+        root = _tree(files)
         meta = write_snapshot(path, commit.sha, "sha1", commit.timestamp, root, _listing)
         log.info(
             "indexed %s at %s: %d files, %d bytes", self.display, commit.sha, meta.files,
