@@ -1091,11 +1091,12 @@ def results_markdown(samples: Samples, repo: RepoInfo, setup: Setup) -> str:
 _DOC_HEADER = "# Benchmarks\n\nRun `scripts/bench`; it rewrites the section below.\n\n"
 
 
-def write_doc(results: str) -> None:
-    """Replace the results section of docs/benchmarks.md (creating the file if needed)."""
-    section = f"{RESULTS_START}\n{results}{RESULTS_END}\n"
+def write_doc(results: str, start: str = RESULTS_START, end: str = RESULTS_END) -> None:
+    """Replace the results section between the markers ``start`` and ``end`` of
+    docs/benchmarks.md (appending it, or creating the file, if needed)."""
+    section = f"{start}\n{results}{end}\n"
     text = DOC.read_text() if DOC.exists() else _DOC_HEADER
-    pattern = re.compile(re.escape(RESULTS_START) + r".*?" + re.escape(RESULTS_END) + r"\n?", re.S)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _match: section, text, count=1)
     else:
