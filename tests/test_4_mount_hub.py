@@ -83,6 +83,40 @@ def test_one_tensor_costs_a_fraction_of_the_shard(
         assert served < len(files[shard]) // 4
 
 
+def test_read_ahead_stops_at_the_end_of_a_tensor_until_the_reader_streams(
+    hub: HubServer, tmp_path: Path, mnt: Path, home: Path
+) -> None:
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(4)
+    tensors = {f"t{i:02d}": rng.standard_normal((1024, 1024), dtype=np.float32) for i in range(8)}
+    data = save(tensors)  # 8 tensors of 4 MiB
+    hub.create_repo("org/layers", {"model.safetensors": data})
+    name = "t03"
+    expected = tensors[name].tobytes()
+    with mounted("hf://org/layers", mnt, home, env=hub_env(hub, tmp_path)):
+        loaded = subprocess.run(
+            [sys.executable, "-c", _LOAD_TENSOR, str(mnt / "model.safetensors"), name],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        assert loaded == expected
+        served = hub.bytes_served("org/layers", "model.safetensors")
+        # a growing window would have fetched up to 4 MiB past the tensor
+        assert len(expected) <= served <= len(expected) + (1 << 20)
+        whole = subprocess.run(  # another process: see _LOAD_TENSOR
+            ["sha256sum", str(mnt / "model.safetensors")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[0]
+        assert whole == hashlib.sha256(data).hexdigest()
+        # and what the tensor brought is not fetched again
+        assert hub.bytes_served("org/layers", "model.safetensors") == len(data)
+
+
 BIG = "weights/big.bin"
 
 

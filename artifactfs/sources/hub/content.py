@@ -34,6 +34,7 @@ class HubContent:
             size=row.size or 0,
             url=self._client().url(self._spec, index.meta.commit, path),
             verify_first=row.sha256 is None,
+            safetensors=path.endswith(".safetensors"),
         )
 
     def open(self, generation: Generation, row: Row, kernel_inode: int) -> BlobReader:

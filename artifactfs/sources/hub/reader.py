@@ -5,7 +5,11 @@
   fetched once.
 - A reader that reads sequentially opens a read-ahead window that doubles (1 MiB up to
   64 MiB), fetched as parallel range requests; a random reader gets what it asks for, rounded
-  to 256 KiB blocks.
+  to 256 KiB blocks. A block's readers wake as soon as that block is written, not when the
+  whole range request ends.
+- In a safetensors file (layout.py) read-ahead stops at the end of the tensor being read
+  until the reader goes more than a block past it: reading one tensor costs that tensor, not a
+  window beyond it, while a reader of the whole file streams after its first tensor.
 - When every block is present the content is hashed and, only if it matches its digest,
   moved into the CAS. A mismatch throws the data away, logs it, makes the kernel drop any of it
   it cached, and refetches; a second mismatch gives up on the file (EIO).
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +35,7 @@ from ...cas import ContentStore, Digest, DigestMismatch
 from ...cas.partial import BLOCK, PartialBlob, blocks_in
 from ...errors import SourceError
 from .client import HubClient
+from .layout import header_length, tensor_boundaries
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,9 @@ MAX_WINDOW = 64 << 20
 PARALLEL_RANGES = 8
 FLUSH_SECONDS = 2.0
 MAX_MISMATCHES = 2
+CROSSING = BLOCK
+"""How far past a tensor's end a reader must go before read-ahead streams on: more than the
+kernel's own read-ahead (128 KiB), which reads past a tensor without anyone asking."""
 
 
 class Unavailable(Exception):
@@ -52,6 +61,8 @@ class HubBlob:
     url: str
     verify_first: bool
     """True for files the Hub vouches for only by git blob id: served only once verified."""
+    safetensors: bool = False
+    """Named like a safetensors file: learn its tensor layout once its header is here."""
 
 
 @dataclass
@@ -62,6 +73,10 @@ class Cursor:
     window: int = 0
     prefetched_to: int = 0
     """Where the read-ahead asked for so far ends."""
+    tensor_end: int = 0
+    """The end of the tensor read-ahead stops at (safetensors files), 0 if none."""
+    streaming: bool = False
+    """The reader went past a tensor's end: read-ahead no longer stops at tensors."""
     fd: int = -1
     fd_epoch: int = -1
     kernel_inode: int = 0
@@ -83,6 +98,9 @@ class _State:
     error: str | None = None
     mismatches: int = 0
     publishing: trio.Lock = field(default_factory=trio.Lock)
+    boundaries: list[int] | None = None
+    """Offsets where a safetensors file's tensors begin and end, once its header was read."""
+    layout_known: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
     inodes: set[int] = field(default_factory=set)
 
@@ -158,6 +176,8 @@ class RangedBlobs:
             else:
                 first, last = offset // BLOCK, (offset + size - 1) // BLOCK
                 await self._blocks(state, first, last)
+                if blob.safetensors and not state.layout_known:
+                    await self._learn_layout(state)
                 self._read_ahead(state, offset, size, cursor)
         if deadline.cancelled_caught:
             raise Unavailable(f"{blob.url}: no answer within {self._io_timeout:.0f} s")
@@ -234,9 +254,12 @@ class RangedBlobs:
         waits: list[trio.Event] = []
         if partial is None:  # being thrown away after a mismatch: the caller looks again
             return waits
-        run: list[int] = []
+        run: list[int] = []  # contiguous missing blocks: one range request
         for block in range(first, last + 1):
             if partial.has(block):
+                if run:
+                    self._nursery.start_soon(self._fetch, state, run)
+                    run = []
                 continue
             event = state.inflight.get(block)
             if event is None:
@@ -253,6 +276,26 @@ class RangedBlobs:
             self._nursery.start_soon(self._fetch, state, run)
         return waits
 
+    async def _learn_layout(self, state: _State) -> None:
+        """Parse a safetensors header if its bytes are here already (never fetch for it)."""
+        partial = state.partial
+        if state.published or partial is None:
+            state.layout_known = True  # whole and kept: read-ahead no longer matters
+            return
+        size = state.blob.size
+        if not partial.has(0):
+            return
+        prefix = await trio.to_thread.run_sync(partial.read, 0, 8, limiter=self._io)
+        length = header_length(prefix, size)
+        if length is None:
+            state.layout_known = True
+            return
+        if partial.missing(0, (8 + length - 1) // BLOCK):
+            return  # a header longer than what was read so far: look again at the next read
+        header = await trio.to_thread.run_sync(partial.read, 8, length, limiter=self._io)
+        state.boundaries = tensor_boundaries(header, size)
+        state.layout_known = True
+
     def _read_ahead(self, state: _State, offset: int, size: int, cursor: Cursor) -> None:
         """Keep a window ahead of a sequential reader. The window doubles each time the reader
         has used half of it (1 MiB up to 64 MiB): read-ahead grows with what is read, so a
@@ -263,7 +306,10 @@ class RangedBlobs:
         if not sequential:
             cursor.window = 0
             cursor.prefetched_to = 0
+            cursor.tensor_end = 0
+            cursor.streaming = False
             return
+        limit = self._read_ahead_limit(state, position, cursor)
         if cursor.window == 0:
             cursor.window = FIRST_WINDOW
         elif cursor.prefetched_to - position < cursor.window // 2:
@@ -271,10 +317,27 @@ class RangedBlobs:
         else:
             return
         start = max(position, cursor.prefetched_to)
-        end = min(position + cursor.window, state.blob.size)
+        end = min(position + cursor.window, limit)
         cursor.prefetched_to = max(cursor.prefetched_to, end)
         if start < end and not state.published and state.partial is not None:
             self._request(state, start // BLOCK, (end - 1) // BLOCK)
+
+    @staticmethod
+    def _read_ahead_limit(state: _State, position: int, cursor: Cursor) -> int:
+        """Where read-ahead must stop: the end of the file, or of the tensor being read."""
+        boundaries = state.boundaries
+        if cursor.streaming or not boundaries:
+            return state.blob.size
+        if not cursor.tensor_end:
+            index = bisect_left(boundaries, position)
+            if index == len(boundaries):
+                return state.blob.size
+            cursor.tensor_end = boundaries[index]
+        elif position > cursor.tensor_end + CROSSING:
+            cursor.streaming = True  # read on past a tensor: reading the file, not a tensor
+            return state.blob.size
+        beyond = CROSSING if position > cursor.tensor_end else 0
+        return min(cursor.tensor_end + beyond, state.blob.size)
 
     async def _fetch(self, state: _State, blocks: list[int]) -> None:
         try:
@@ -317,8 +380,14 @@ class RangedBlobs:
     async def _write(self, state: _State, epoch: int, offset: int, data: bytes) -> None:
         async with state.lock:
             partial = state.partial
-            if partial is not None and state.epoch == epoch:
-                await trio.to_thread.run_sync(partial.write, offset, data, limiter=self._io)
+            if partial is None or state.epoch != epoch:
+                return
+            await trio.to_thread.run_sync(partial.write, offset, data, limiter=self._io)
+        if state.partial is partial:  # wake the readers of the blocks now present
+            end = offset + len(data)
+            for block in range(offset // BLOCK, (end - 1) // BLOCK + 1):
+                if partial.has(block) and (event := state.inflight.pop(block, None)) is not None:
+                    event.set()
 
     async def _publish(self, state: _State) -> None:
         """Verify the complete partial and move it into the CAS; on a mismatch, start over.
