@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 from .digests import Digest
@@ -105,13 +106,26 @@ class PartialBlob:
 
     # -- filling ------------------------------------------------------------------------------
 
-    def write(self, offset: int, data: bytes) -> None:
-        """Store bytes fetched at ``offset``; whole blocks they complete become present
-        (at the next ``flush`` for the map on disk, at once for readers)."""
-        if offset < 0 or offset + len(data) > self.size:
-            raise ValueError(f"write of {len(data)} bytes at {offset} beyond {self.size}")
-        os.pwrite(self._fd, data, offset)
-        end = offset + len(data)
+    def write(self, offset: int, data: bytes | Sequence[bytes | memoryview]) -> None:
+        """Store bytes fetched at ``offset`` (one buffer, or several written as one with
+        ``pwritev``); whole blocks they complete become present (at the next ``flush`` for
+        the map on disk, at once for readers)."""
+        pieces: list[bytes | memoryview] = [data] if isinstance(data, bytes) else list(data)
+        length = sum(len(piece) for piece in pieces)
+        if offset < 0 or offset + length > self.size:
+            raise ValueError(f"write of {length} bytes at {offset} beyond {self.size}")
+        position = offset
+        while pieces:
+            written = os.pwritev(self._fd, pieces, position)
+            if written == 0 and any(pieces):
+                raise OSError(f"no progress writing {self.data_path}")
+            position += written
+            while pieces and written >= len(pieces[0]):  # a short write: go on with the rest
+                written -= len(pieces[0])
+                pieces.pop(0)
+            if pieces and written:
+                pieces[0] = memoryview(pieces[0])[written:]
+        end = offset + length
         first = -(-offset // BLOCK)  # the blocks wholly inside [offset, end)
         stop = blocks_in(self.size) if end == self.size else end // BLOCK
         for block in range(first, stop):
