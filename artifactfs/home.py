@@ -7,26 +7,49 @@ Layout (everything may be lost to a crash at any instant without corrupting what
 - ``registry.sqlite``  the daemon's repositories;
 - ``mnt/<name>/`` default mount points of the daemon's repositories;
 - ``run/``        the daemon's socket and lock, workers' control sockets, and ``logs/``.
+
+The default is per user, so that anyone — not only root — can run ``mount`` and the daemon.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import UserError
 
 HOME_ENV = "ARTIFACTFS_HOME"
 
 
 def default_home() -> Path:
-    """``$ARTIFACTFS_HOME``, else ``$XDG_DATA_HOME/artifactfs``, else ~/.local/share/artifactfs."""
+    """``$ARTIFACTFS_HOME``, else ``$XDG_DATA_HOME/artifactfs``, else ~/.local/share/artifactfs.
+
+    A relative ``XDG_DATA_HOME`` is ignored, as the XDG spec says; so is a relative or empty
+    ``HOME`` (``~`` is then our passwd entry's home): either would put the state wherever the
+    command happens to run.
+    """
     explicit = os.environ.get(HOME_ENV)
     if explicit:
-        return Path(explicit).expanduser().absolute()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
-    return (base / "artifactfs").absolute()
+        return Path(os.path.expanduser(explicit)).absolute()
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else _user_home() / ".local" / "share"
+    return base / "artifactfs"
+
+
+def _user_home() -> Path:
+    home = os.environ.get("HOME", "")
+    if os.path.isabs(home):
+        return Path(home)
+    try:  # no usable $HOME: a container run with --user, a cron job, env -i ...
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        raise UserError(
+            f"cannot tell where to keep state: $HOME is not set and uid {os.getuid()} has no"
+            f" home directory; set {HOME_ENV}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -83,11 +106,17 @@ class ArtifactHome:
         return self.logs_dir / f"mount-{stem or 'root'}-{tag}.log"
 
     def ensure(self) -> None:
+        """Create the layout. What we create is private to its owner: the cache holds the
+        contents of private repositories, and the run directory's sockets take orders. The
+        root itself may be traversed but not listed (0711), so that other users can reach
+        mount points in ``mnt/`` that were mounted with ``--allow-other``."""
+        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
         for directory in (
             self.cas_dir,
             self.snapshots_dir,
+            self.run_dir,
             self.logs_dir,
             self.run_dir / "workers",
         ):
-            directory.mkdir(parents=True, exist_ok=True)
-        self.run_dir.chmod(0o700)  # sockets in here take orders: only their owner may reach them
+            directory.mkdir(mode=0o700, exist_ok=True)
+        self.run_dir.chmod(0o700)  # also when an older artifactfs made it

@@ -42,6 +42,12 @@ def add_parsers(commands: Any) -> None:
     add.add_argument("--mount", metavar="PATH", help="an existing empty directory to mount at")
     add.add_argument("--token-file", metavar="PATH", help="file holding an access token")
     add.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users, root included, read the mount (a daemon not run by root needs "
+        "user_allow_other in /etc/fuse.conf); kept across remounts and restarts",
+    )
+    add.add_argument(
         "--async", dest="async_", action="store_true", help="return once the mount point is up"
     )
     add.set_defaults(run=add_repo)
@@ -143,6 +149,8 @@ def add_repo(args: argparse.Namespace) -> int:
         message["mount"] = os.path.abspath(args.mount)
     if args.token_file is not None:
         message["token_file"] = os.path.abspath(args.token_file)
+    if args.allow_other:
+        message["allow_other"] = True
     token = os.environ.get("ARTIFACTFS_GIT_TOKEN")
     if token:
         message["token"] = token

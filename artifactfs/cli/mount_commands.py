@@ -49,6 +49,12 @@ def add_parsers(commands: Any) -> None:
         help="give up on a silent server after this long; reads then fail with EIO (default 60)",
     )
     mount.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users, root included, read the mount (a user other than root needs "
+        "user_allow_other in /etc/fuse.conf)",
+    )
+    mount.add_argument(
         "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
     )
     # for the daemon's workers only
@@ -61,13 +67,17 @@ def add_parsers(commands: Any) -> None:
 def mount_foreground(args: argparse.Namespace) -> int:
     from ..home import ArtifactHome, default_home
     from ..logs import configure
-    from ..mount.mountpoints import check_mountpoint
+    from ..mount.mountpoints import check_fuse_device, check_mountpoint
+    from ..mount.options import check_allow_other
     from ..sources.spec import HubSourceSpec, check_ref, parse_source, with_ref
 
     ref = check_ref(args.ref)
     spec = with_ref(parse_source(args.source), ref)
     if not 0 < args.io_timeout <= MAX_IO_TIMEOUT:  # also refuses nan and inf
         raise UserError(f"--io-timeout must be between 0 and {MAX_IO_TIMEOUT:.0f} seconds")
+    if args.allow_other:
+        check_allow_other()
+    check_fuse_device()
     mountpoint = check_mountpoint(args.mountpoint)
     home = ArtifactHome(default_home())
     try:
@@ -102,6 +112,7 @@ def mount_foreground(args: argparse.Namespace) -> int:
         name=args.name,
         control_socket=control,
         io_timeout=args.io_timeout,
+        allow_other=args.allow_other,
     )
     return run(request, head_start)
 

@@ -5,6 +5,10 @@ happen, so ``status`` after a crash still tells the last known state. No credent
 stored: a token file's *path* may be (it is read at each use), its contents never are.
 
 Concurrency: used by the daemon only, from its trio loop; statements are short (s3ql's rule).
+
+Schema changes are migrations numbered by SQLite's ``user_version``: a registry written by an
+older artifactfs is brought up to date when it is opened (in one transaction, so a crash
+leaves it as it was), and one written by a newer artifactfs is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+
+SCHEMA_VERSION = 1
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS repos (
     name          TEXT PRIMARY KEY,   -- the user's name for it: [A-Za-z0-9][A-Za-z0-9._-]{0,63}
@@ -22,6 +30,7 @@ CREATE TABLE IF NOT EXISTS repos (
     ref           TEXT,               -- the ref asked for; NULL means the remote's HEAD
     mountpoint    TEXT NOT NULL UNIQUE,  -- absolute path of its mount point
     token_file    TEXT,               -- path of a file holding an access token (never the token)
+    allow_other   INTEGER NOT NULL DEFAULT 0,  -- 1: mounted with allow_other (others may read)
     wanted        INTEGER NOT NULL,   -- 1: keep it mounted (restart its worker if it dies);
                                       -- 0: unmounted on request, until remount
     state         TEXT NOT NULL,      -- last known: preparing | ready | failed | unmounted
@@ -33,6 +42,11 @@ CREATE TABLE IF NOT EXISTS repos (
     updated_at    REAL NOT NULL       -- when any column last changed
 );
 """
+
+MIGRATIONS = {
+    1: "ALTER TABLE repos ADD COLUMN allow_other INTEGER NOT NULL DEFAULT 0",
+}
+"""Version N's change, applied to a registry at version N - 1 (version 0: before versions)."""
 
 STATES = ("preparing", "ready", "failed", "unmounted")
 
@@ -57,6 +71,7 @@ class Repo:
     commit: str | None
     files: int | None
     bytes_fetched: int
+    allow_other: bool = False
 
     def public(self) -> dict[str, Any]:
         """What ``status --json`` shows (no token file path: that is configuration)."""
@@ -70,17 +85,20 @@ class Repo:
             "error": self.error,
             "files": self.files,
             "bytes_fetched": self.bytes_fetched,
+            "allow_other": self.allow_other,
         }
 
 
 _COLUMNS = (
     "name, source, ref, mountpoint, token_file, wanted, state, error, commit_id, files,"
-    " bytes_fetched"
+    " bytes_fetched, allow_other"
 )
 
 
 def _repo(row: Any) -> Repo:
-    name, source, ref, mountpoint, token_file, wanted, state, error, commit, files, fetched = row
+    """A row of ``_COLUMNS`` (SQLite keeps booleans as integers)."""
+    name, source, ref, mountpoint, token_file, wanted = row[:6]
+    state, error, commit, files, fetched, allow_other = row[6:]
     return Repo(
         name,
         source,
@@ -93,7 +111,33 @@ def _repo(row: Any) -> Repo:
         commit,
         files,
         fetched,
+        bool(allow_other),
     )
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Create the newest schema, or bring an older registry up to it, in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"{path} was written by a newer artifactfs (registry version {version}, this one"
+                f" knows {SCHEMA_VERSION}): upgrade artifactfs"
+            )
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'repos'"
+        ).fetchone()
+        if not exists:
+            db.execute(SCHEMA)
+        else:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                db.execute(MIGRATIONS[target])
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 class Registry:
@@ -102,7 +146,11 @@ class Registry:
         self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            _migrate(self._db, path)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -122,15 +170,22 @@ class Registry:
         return _repo(row) if row else None
 
     def add(
-        self, name: str, source: str, ref: str | None, mountpoint: str, token_file: str | None
+        self,
+        name: str,
+        source: str,
+        ref: str | None,
+        mountpoint: str,
+        token_file: str | None,
+        allow_other: bool = False,
     ) -> Repo:
         """Register a repository; raise ``Conflict`` if its name or mount point is taken."""
         now = time.time()
         try:
             self._db.execute(
-                "INSERT INTO repos (name, source, ref, mountpoint, token_file, wanted, state,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
-                (name, source, ref, mountpoint, token_file, now, now),
+                "INSERT INTO repos (name, source, ref, mountpoint, token_file, allow_other,"
+                " wanted, state, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
+                (name, source, ref, mountpoint, token_file, int(allow_other), now, now),
             )
         except sqlite3.IntegrityError:
             raise Conflict(name, mountpoint) from None

@@ -27,7 +27,8 @@ import trio
 from ..errors import UserError
 from ..home import ArtifactHome
 from ..ipc import LineStream, Message, ProtocolError, unix_listener
-from ..mount.mountpoints import FS_TYPE, is_stale, mount_table, remove_stale
+from ..mount.mountpoints import FS_TYPE, check_directory, is_stale, mount_table, remove_stale
+from ..mount.options import check_allow_other
 from ..snapshot.index import snapshot_path
 from ..sources.credentials import CredentialProvider
 from ..sources.spec import check_ref, parse_source, with_ref
@@ -80,7 +81,7 @@ class Daemon:
         self.registry.close()
 
     def _start(self, repo: Repo) -> Supervisor:
-        supervisor = Supervisor(repo, self.home, self.registry, self.tokens.get(repo.name))
+        supervisor = _Supervisor(repo, self.home, self.registry, self.tokens.get(repo.name))
         self.supervisors[repo.name] = supervisor
 
         async def supervise() -> None:
@@ -152,9 +153,14 @@ class Daemon:
         ref = check_ref(request.get("ref"))
         with_ref(spec, ref)  # a Hub source may name its revision once, not twice
         token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
+        allow_other = bool(request.get("allow_other"))
+        if allow_other:  # our workers mount with our rights: may *we* ask for it?
+            await trio.to_thread.run_sync(check_allow_other)
         mountpoint = await self._check_new_mountpoint(name, request.get("mount"))
         try:
-            repo = self.registry.add(name, spec.url, ref, str(mountpoint), token_file)
+            repo = self.registry.add(
+                name, spec.url, ref, str(mountpoint), token_file, allow_other=allow_other
+            )
         except Conflict:
             await self._drop_default_mountpoint(name)
             raise UserError(f"a repository named {name!r} or at {mountpoint} exists") from None
@@ -286,7 +292,22 @@ class Daemon:
             inside = entry.mountpoint in path.parents or entry.mountpoint == path
             if inside and entry.fs_type == FS_TYPE:
                 raise UserError(f"{path} is inside another artifactfs mount ({entry.mountpoint})")
-        return await trio.to_thread.run_sync(_check_empty_directory, path)
+        await trio.to_thread.run_sync(check_directory, path)
+        return path
+
+
+class _Supervisor(Supervisor):
+    """A supervisor whose workers mount with ``allow_other`` when the registry says so.
+
+    This belongs in ``Supervisor._command``; it lives here until supervisor.py, being
+    reworked, takes it (the check keeps the flag from being passed twice once it does).
+    """
+
+    def _command(self, repo: Repo) -> list[str]:
+        command = super()._command(repo)
+        if repo.allow_other and "--allow-other" not in command:
+            command.append("--allow-other")
+        return command
 
 
 async def _try_send(lines: LineStream, message: Message) -> None:
@@ -313,16 +334,6 @@ def _mountpoint_path(home: ArtifactHome, name: str, given: object) -> Path:
     root = Path(os.path.realpath(home.root))
     if (path == root or root in path.parents) and path.parent != root / "mnt":
         raise UserError(f"{path} is inside the state directory {root}")
-    return path
-
-
-def _check_empty_directory(path: Path) -> Path:
-    if not path.exists():
-        raise UserError(f"mount path {path} does not exist")
-    if not path.is_dir():
-        raise UserError(f"mount path {path} is not a directory")
-    if any(path.iterdir()):
-        raise UserError(f"mount path {path} is not empty")
     return path
 
 

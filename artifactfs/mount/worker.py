@@ -47,6 +47,7 @@ from ..sources.spec import HubSourceSpec, SourceSpec
 from .control import serve_control
 from .head_start import HeadStart
 from .mountpoints import FS_TYPE, mount_at
+from .options import mount_options
 
 if TYPE_CHECKING:
     from ..sources.git.source import GitSource
@@ -72,10 +73,12 @@ class MountRequest:
     """Serve control requests here, and say "mounted" on stdout once mounted (daemon mode)."""
     io_timeout: float = 60.0
     """A read whose bytes cannot be had this long fails (Hub sources; git uses sockets')."""
+    allow_other: bool = False
+    """Let other users (root included) see the mount (see options.mount_options)."""
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-STOP_GRACE_SECONDS = 5.0
+STOP_GRACE_SECONDS = 3.0
 """After a stop request, requests still running get this long before they are cancelled."""
 WATCH_SECONDS = 1.0
 """How often the worker checks that its mount is still there (someone may unmount it)."""
@@ -326,7 +329,7 @@ def run(request: MountRequest, head_start: HeadStart) -> int:
     ``head_start`` has begun the first prepare already (see head_start.py).
     """
     worker = _Worker(request, head_start)
-    options = {"fsname=artifactfs", "subtype=artifactfs", "ro", "default_permissions"}
+    options = mount_options(request.allow_other)
     # Until trio's handlers are in place a SIGTERM would kill us with the mount up (stale);
     # the stop signals are held (the caller blocked them already) until the handler unblocks.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
