@@ -81,7 +81,7 @@ class Daemon:
         self.registry.close()
 
     def _start(self, repo: Repo) -> Supervisor:
-        supervisor = _Supervisor(repo, self.home, self.registry, self.tokens.get(repo.name))
+        supervisor = Supervisor(repo, self.home, self.registry, self.tokens.get(repo.name))
         self.supervisors[repo.name] = supervisor
 
         async def supervise() -> None:
@@ -294,20 +294,6 @@ class Daemon:
                 raise UserError(f"{path} is inside another artifactfs mount ({entry.mountpoint})")
         await trio.to_thread.run_sync(check_directory, path)
         return path
-
-
-class _Supervisor(Supervisor):
-    """A supervisor whose workers mount with ``allow_other`` when the registry says so.
-
-    This belongs in ``Supervisor._command``; it lives here until supervisor.py, being
-    reworked, takes it (the check keeps the flag from being passed twice once it does).
-    """
-
-    def _command(self, repo: Repo) -> list[str]:
-        command = super()._command(repo)
-        if repo.allow_other and "--allow-other" not in command:
-            command.append("--allow-other")
-        return command
 
 
 async def _try_send(lines: LineStream, message: Message) -> None:

@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..fs.state import ChangeSignal
 from ..home import ArtifactHome
 from ..ipc import Message, ProtocolError, open_unix_stream
+from ..mount.last_resort import force_detach
 from ..mount.mountpoints import is_stale, remove_stale
 from .registry import Registry, Repo
 
@@ -39,7 +40,13 @@ MOUNT_TIMEOUT = 30.0
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 STABLE_SECONDS = 60.0
 """A worker that ran this long resets the backoff."""
-STOP_TIMEOUT = 10.0
+STOP_GRACE = 5.0
+"""How long a stopping worker gets to exit by itself (its own grace for requests still
+running is shorter: worker.STOP_GRACE_SECONDS)."""
+KILL_WAIT = 2.0
+STOP_BOUND = STOP_GRACE + 2 * KILL_WAIT
+"""Stopping a repository takes at most about this long (the last resort's own steps
+included), under docker's default 10 s between SIGTERM and SIGKILL."""
 ASK_SECONDS = 10.0
 WATCH_RETRY_SECONDS = 0.2
 
@@ -134,22 +141,30 @@ class Supervisor:
         log.error("%s: %s", self.name, reason)
 
     async def stop(self) -> None:
-        """Unmount: SIGTERM the worker (it fails what waits, unmounts and exits; a worker still
-        starting holds the signal until it can), kill it if it will not go, and clean up."""
+        """Unmount within ``STOP_BOUND`` seconds whatever the worker does: SIGTERM it (it fails
+        what waits, unmounts and exits; a worker still starting holds the signal until it
+        can); if it has not gone within ``STOP_GRACE``, abort its FUSE connection, detach its
+        mount point and SIGKILL it (last_resort.py); then clean up."""
         self._wanted = False
         self._stopped.set()
         pid = self._pid
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        with trio.move_on_after(STOP_TIMEOUT):
+        with trio.move_on_after(STOP_GRACE):
             await self._done.wait()
             return
+        pid = self._pid
+        log.warning("%s: worker %s did not stop within %.0f s", self.name, pid, STOP_GRACE)
+        if self._mountpoint is not None:
+            with trio.move_on_after(KILL_WAIT):  # fusermount3 itself must not hold us up
+                path = Path(self._mountpoint)
+                await trio.to_thread.run_sync(force_detach, path, abandon_on_cancel=True)
         if pid is not None:
-            log.warning("%s: worker %d did not stop; killing it", self.name, pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with trio.move_on_after(STOP_TIMEOUT):
+            for kill in (os.killpg, os.kill):  # its session (the worker and any child), then it
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    kill(pid, signal.SIGKILL)
+        with trio.move_on_after(KILL_WAIT):
             await self._done.wait()
         await trio.to_thread.run_sync(_detach_if_dead, self._mountpoint)
 
@@ -216,6 +231,8 @@ class Supervisor:
             command += ["--token-file", repo.token_file]
         if self.token:
             command.append("--token-stdin")
+        if repo.allow_other:
+            command.append("--allow-other")
         return command
 
     async def _wait_mounted(
