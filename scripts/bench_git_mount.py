@@ -1122,7 +1122,7 @@ def positive(text: str) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="scripts/bench",
+        prog="scripts/bench git",
         description="Time a cold artifactfs mount of a generated git repository until its root "
         "lists, against git clone --depth 1 with and without --filter=blob:none, and "
         "artifactfs add-repo --async through a running daemon (warm and cold home).",
@@ -1183,8 +1183,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_reporting(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a benchmark: a BenchError is one line and status 1, SIGTERM and ^C end it cleanly
+    (its ``finally`` blocks unmount and stop what it started)."""
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     try:
         return run(args)
@@ -1194,6 +1195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_reporting(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from bench_git_mount import (
     positive,
     remove_tree,
     require_tools,
+    run_reporting,
     say,
     stop_process,
     tail,
@@ -475,15 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve:
         serve(Path(args.serve))
         return 0
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
-    try:
-        return run(args)
-    except BenchError as exc:
-        say(str(exc))
-        return 1
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
+    return run_reporting(run, args)
 
 
 if __name__ == "__main__":
