@@ -48,6 +48,7 @@ from .control import serve_control
 from .head_start import HeadStart
 from .mountpoints import FS_TYPE, mount_at
 from .options import mount_options
+from .read_ahead import GIT_READ_AHEAD_KIB, set_read_ahead
 
 if TYPE_CHECKING:
     from ..sources.git.source import GitSource
@@ -338,6 +339,8 @@ def run(request: MountRequest, head_start: HeadStart) -> int:
     except RuntimeError as exc:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         raise UserError(f"cannot mount at {request.mountpoint}: {exc}") from None
+    if not isinstance(request.spec, HubSourceSpec):
+        set_read_ahead(request.mountpoint, GIT_READ_AHEAD_KIB)
     log.info("mounted %s at %s (preparing)", request.spec.display, request.mountpoint)
     try:
         trio.run(worker.serve)

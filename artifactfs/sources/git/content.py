@@ -13,7 +13,7 @@ import trio
 
 from ...cas import ContentStore, Digest
 from ...fetching import BlobFetcher, BlobUnavailable
-from ...fs import attributes
+from ...fs import attributes, local_reads
 from ...fs.content import BlobReader, digest_of
 from ...fs.generations import Generation
 from ...snapshot import Row
@@ -98,7 +98,7 @@ class GitContent:
         return fd, os.fstat(fd).st_size
 
     async def pread(self, fd: int, size: int, offset: int) -> bytes:
-        return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=self._io)
+        return await local_reads.pread(fd, size, offset, self._io)
 
 
 class _WholeBlob:

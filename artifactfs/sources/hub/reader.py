@@ -34,6 +34,7 @@ import trio
 from ...cas import ContentStore, Digest, DigestMismatch
 from ...cas.partial import BLOCK, PartialBlob, blocks_in
 from ...errors import SourceError
+from ...fs import local_reads
 from .client import HubClient
 from .layout import header_length, tensor_boundaries
 
@@ -45,9 +46,11 @@ MAX_WINDOW = 64 << 20
 PARALLEL_RANGES = 8
 FLUSH_SECONDS = 2.0
 MAX_MISMATCHES = 2
-CROSSING = BLOCK
+CROSSING = 2 * BLOCK
 """How far past a tensor's end a reader must go before read-ahead streams on: more than the
-kernel's own read-ahead (128 KiB), which reads past a tensor without anyone asking."""
+kernel reads past a mapped tensor without anyone asking (its read-around of a faulting page
+and the asynchronous read-ahead after it: up to about 192 KiB at the default 128 KiB). Until
+then reads past the end are fetched as asked, rounded to blocks, and nothing ahead of them."""
 
 
 class Unavailable(Exception):
@@ -170,6 +173,9 @@ class RangedBlobs:
         if offset >= blob.size:
             return b""
         size = min(size, blob.size - offset)
+        if state.published and cursor.fd >= 0 and cursor.fd_epoch == state.epoch:
+            # kept in the CAS and open already: nothing to wait for (the common case)
+            return await local_reads.pread(cursor.fd, size, offset, self._io)
         with trio.move_on_after(self._io_timeout) as deadline:
             if blob.verify_first:
                 await self._whole(state)
@@ -182,7 +188,7 @@ class RangedBlobs:
         if deadline.cancelled_caught:
             raise Unavailable(f"{blob.url}: no answer within {self._io_timeout:.0f} s")
         await self._ensure_descriptor(state, cursor)
-        return await trio.to_thread.run_sync(os.pread, cursor.fd, size, offset, limiter=self._io)
+        return await local_reads.pread(cursor.fd, size, offset, self._io)
 
     async def cached_bytes(self, blob: HubBlob) -> int:
         state = self._states.get(blob.digest)
@@ -196,6 +202,8 @@ class RangedBlobs:
 
     async def _state(self, blob: HubBlob) -> _State:
         state = self._states.get(blob.digest)
+        if state is not None and (state.published or state.partial is not None):
+            return state  # set up already: no lock to take on every read
         if state is None:
             state = self._states[blob.digest] = _State(blob)
             if await trio.to_thread.run_sync(self._cas.contains, blob.digest):
@@ -332,12 +340,15 @@ class RangedBlobs:
             index = bisect_left(boundaries, position)
             if index == len(boundaries):
                 return state.blob.size
+            if index > 0 and position - boundaries[index - 1] <= CROSSING:
+                # only just into this tensor: maybe the kernel reading past the one before,
+                # maybe its start; read ahead once the reader is clearly in it
+                return position
             cursor.tensor_end = boundaries[index]
         elif position > cursor.tensor_end + CROSSING:
             cursor.streaming = True  # read on past a tensor: reading the file, not a tensor
             return state.blob.size
-        beyond = CROSSING if position > cursor.tensor_end else 0
-        return min(cursor.tensor_end + beyond, state.blob.size)
+        return min(cursor.tensor_end, state.blob.size)  # past it, by demand only
 
     async def _fetch(self, state: _State, blocks: list[int]) -> None:
         try:

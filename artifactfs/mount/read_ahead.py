@@ -1,0 +1,43 @@
+"""How much the kernel reads ahead on a mount, which decides how large its FUSE reads are.
+
+The kernel asks a FUSE file system for file contents in requests no larger than its read-ahead
+for that mount (``/sys/class/bdi/<major:minor>/read_ahead_kb``, 128 KiB by default). Every
+request is a Python call here, so 128 KiB requests cap a cached read at a few hundred MB/s;
+at 4 MiB the kernel sends 1 MiB requests (FUSE's largest) and the same read goes several
+times faster.
+
+It is not raised for Hub mounts: the kernel also reads that far around every page a program
+maps (``safetensors`` maps its files), past the end of the one tensor it wanted, and those
+bytes are fetched from the Hub (docs/benchmarks.md has the figures). Git blobs are fetched
+whole anyway.
+
+Only root may write the setting; anyone else keeps the kernel's default, silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .mountpoints import mount_at
+
+log = logging.getLogger(__name__)
+
+BDI = Path("/sys/class/bdi")
+GIT_READ_AHEAD_KIB = 4096
+
+
+def set_read_ahead(mountpoint: Path, kib: int) -> bool:
+    """Set the read-ahead of the mount at ``mountpoint``; True if it was set. Finds the mount
+    in the mount table (a ``stat`` of our own mount before we serve it would hang)."""
+    entry = mount_at(mountpoint)
+    if entry is None or ":" not in entry.device:
+        return False
+    setting = BDI / entry.device / "read_ahead_kb"
+    try:
+        setting.write_text(f"{kib}\n")
+    except OSError as exc:
+        log.debug("read-ahead of %s stays at the default: %s", mountpoint, exc)
+        return False
+    log.debug("read-ahead of %s: %d KiB", mountpoint, kib)
+    return True
