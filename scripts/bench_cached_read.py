@@ -87,7 +87,10 @@ def ensure_repo() -> tuple[Path, str]:
         cwd=bare,
         check=True,
     ).stdout.strip()
-    commit = git("commit-tree", tree, "-m", "one big file", cwd=bare).strip()
+    commit = git(
+        "-c", "user.name=bench", "-c", "user.email=bench@localhost",
+        "commit-tree", tree, "-m", "one big file", cwd=bare,
+    ).strip()  # fmt: skip
     git("update-ref", "refs/heads/main", commit, cwd=bare)
     for key, value in (
         ("uploadpack.allowFilter", "true"),

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.mount.mountpoints import mount_at
+from artifactfs.mount.read_ahead import GIT_READ_AHEAD_KIB
 from tests.conftest import BIG
 from tests.helpers.gitrepos import Repo, Symlink, git, make_repo
 from tests.helpers.mounts import errno_of, is_mounted, mounted, run_cli
 from tests.helpers.servers import GitDaemon, HttpGitServer
+from tests.helpers.waiting import wait_for
 
 
 def tree_listing(repo: Repo, commit: str | None = None) -> dict[str, tuple[str, str]]:
@@ -258,3 +261,18 @@ def test_a_directory_of_thousands_lists_exactly(
         ).stdout.split()
         assert sorted(listed) == sorted([".", "..", *names])
         assert len(listed) == len(set(listed))
+
+
+def read_ahead_kib(mountpoint: Path) -> int:
+    entry = mount_at(mountpoint)
+    assert entry is not None
+    return int(Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").read_text())
+
+
+def test_git_mounts_read_ahead_in_large_requests(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    with mounted(daemon.url("sample.git"), mnt, home):
+        wait_for(lambda: read_ahead_kib(mnt) == GIT_READ_AHEAD_KIB, 10, "the read-ahead")
+        assert (mnt / "data" / "big.bin").read_bytes() == BIG
+        assert read_ahead_kib(mnt) == GIT_READ_AHEAD_KIB  # INIT did not reset it

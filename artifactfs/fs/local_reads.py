@@ -15,12 +15,14 @@ request's bytes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
 import trio
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
+DISK_AHEAD = 8 << 20
 
 
 async def pread(fd: int, size: int, offset: int, limiter: trio.CapacityLimiter) -> bytes:
@@ -39,4 +41,13 @@ async def pread(fd: int, size: int, offset: int, limiter: trio.CapacityLimiter) 
             return buffer  # type: ignore[return-value]  # pyfuse3 takes any buffer
         if got == 0 and offset >= os.fstat(fd).st_size:
             return b""
-    return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=limiter)
+    return await trio.to_thread.run_sync(_read_from_disk, fd, size, offset, limiter=limiter)
+
+
+def _read_from_disk(fd: int, size: int, offset: int) -> bytes:
+    """A read the page cache could not serve: ask the kernel to read on ahead of it too, so
+    that the next requests of a sequential reader find their pages cached (the kernel's own
+    read-ahead on the CAS file is tuned for its disk, not for the 1 MiB requests FUSE sends)."""
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, offset, size + DISK_AHEAD, os.POSIX_FADV_WILLNEED)
+    return os.pread(fd, size, offset)

@@ -11,6 +11,10 @@ maps (``safetensors`` maps its files), past the end of the one tensor it wanted,
 bytes are fetched from the Hub (docs/benchmarks.md has the figures). Git blobs are fetched
 whole anyway.
 
+The kernel sets it when it gets the file system's answer to FUSE's INIT request, which the
+worker sends once its loop runs, after the mount: a value written before that is overwritten.
+So it is set from the loop, and checked again a little later.
+
 Only root may write the setting; anyone else keeps the kernel's default, silently.
 """
 
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+import trio
 
 from .mountpoints import mount_at
 
@@ -27,14 +33,24 @@ BDI = Path("/sys/class/bdi")
 GIT_READ_AHEAD_KIB = 4096
 
 
+async def keep_read_ahead(mountpoint: Path, kib: int) -> None:
+    """Set the read-ahead of our mount once FUSE's INIT has been answered, and see it stays."""
+    for delay in (0.05, 0.25, 1.0):
+        await trio.sleep(delay)
+        if not await trio.to_thread.run_sync(set_read_ahead, mountpoint, kib):
+            return
+
+
 def set_read_ahead(mountpoint: Path, kib: int) -> bool:
-    """Set the read-ahead of the mount at ``mountpoint``; True if it was set. Finds the mount
-    in the mount table (a ``stat`` of our own mount before we serve it would hang)."""
+    """Set the read-ahead of the mount at ``mountpoint`` (if it differs); True if it is set.
+    Finds the mount in the mount table (a ``stat`` of our own mount could wait on us)."""
     entry = mount_at(mountpoint)
     if entry is None or ":" not in entry.device:
         return False
     setting = BDI / entry.device / "read_ahead_kb"
     try:
+        if setting.read_text().strip() == str(kib):
+            return True
         setting.write_text(f"{kib}\n")
     except OSError as exc:
         log.debug("read-ahead of %s stays at the default: %s", mountpoint, exc)

@@ -48,7 +48,7 @@ from .control import serve_control
 from .head_start import HeadStart
 from .mountpoints import FS_TYPE, mount_at
 from .options import mount_options
-from .read_ahead import GIT_READ_AHEAD_KIB, set_read_ahead
+from .read_ahead import GIT_READ_AHEAD_KIB, keep_read_ahead
 
 if TYPE_CHECKING:
     from ..sources.git.source import GitSource
@@ -156,6 +156,8 @@ class _Worker:
             nursery.start_soon(self._prepare)
             nursery.start_soon(self._watch_mount)
             nursery.start_soon(self._sweep_leftovers)
+            if not isinstance(self.request.spec, HubSourceSpec):
+                nursery.start_soon(keep_read_ahead, self.request.mountpoint, GIT_READ_AHEAD_KIB)
             if self.request.control_socket is not None:
                 await nursery.start(serve_control, str(self.request.control_socket), self)
                 _tell_daemon_mounted()  # mounted, and now reachable for watching
@@ -339,8 +341,6 @@ def run(request: MountRequest, head_start: HeadStart) -> int:
     except RuntimeError as exc:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         raise UserError(f"cannot mount at {request.mountpoint}: {exc}") from None
-    if not isinstance(request.spec, HubSourceSpec):
-        set_read_ahead(request.mountpoint, GIT_READ_AHEAD_KIB)
     log.info("mounted %s at %s (preparing)", request.spec.display, request.mountpoint)
     try:
         trio.run(worker.serve)
