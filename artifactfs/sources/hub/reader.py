@@ -3,13 +3,10 @@
 - A read waits only for the blocks it covers. Blocks missing at the same moment go out as one
   range request per contiguous run (at most 8 MiB each); a block wanted by many readers is
   fetched once.
-- A reader that reads sequentially opens a read-ahead window that doubles (1 MiB up to
-  64 MiB), fetched as parallel range requests; a random reader gets what it asks for, rounded
-  to 256 KiB blocks. A block's readers wake as soon as that block is written, not when the
-  whole range request ends.
-- In a safetensors file (layout.py) read-ahead stops at the end of the tensor being read
-  until the reader goes more than a block past it: reading one tensor costs that tensor, not a
-  window beyond it, while a reader of the whole file streams after its first tensor.
+- What a reader gets fetched ahead of it is read_ahead.py's policy (a doubling window for
+  sequential readers, stopped at tensor ends in safetensors files), fetched as parallel range
+  requests; a random reader gets what it asks for, rounded to 256 KiB blocks. A block's
+  readers wake as soon as that block is written, not when the whole range request ends.
 - When every block is present the content is hashed and, only if it matches its digest,
   moved into the CAS. A mismatch throws the data away, logs it, makes the kernel drop any of it
   it cached, and refetches; a second mismatch gives up on the file (EIO).
@@ -24,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,20 +33,14 @@ from ...errors import SourceError
 from ...fs import local_reads
 from .client import HubClient
 from .layout import header_length, tensor_boundaries
+from .read_ahead import ReadAhead
 
 log = logging.getLogger(__name__)
 
 MAX_RANGE_BLOCKS = 32  # 8 MiB per request
-FIRST_WINDOW = 1 << 20
-MAX_WINDOW = 64 << 20
 PARALLEL_RANGES = 8
 FLUSH_SECONDS = 2.0
 MAX_MISMATCHES = 2
-CROSSING = 2 * BLOCK
-"""How far past a tensor's end a reader must go before read-ahead streams on: more than the
-kernel reads past a mapped tensor without anyone asking (its read-around of a faulting page
-and the asynchronous read-ahead after it: up to about 192 KiB at the default 128 KiB). Until
-then reads past the end are fetched as asked, rounded to blocks, and nothing ahead of them."""
 
 
 class Unavailable(Exception):
@@ -72,14 +62,7 @@ class HubBlob:
 class Cursor:
     """One open file's reading position, for read-ahead, and its descriptor."""
 
-    next_offset: int = -1
-    window: int = 0
-    prefetched_to: int = 0
-    """Where the read-ahead asked for so far ends."""
-    tensor_end: int = 0
-    """The end of the tensor read-ahead stops at (safetensors files), 0 if none."""
-    streaming: bool = False
-    """The reader went past a tensor's end: read-ahead no longer stops at tensors."""
+    ahead: ReadAhead = field(default_factory=ReadAhead)
     fd: int = -1
     fd_epoch: int = -1
     kernel_inode: int = 0
@@ -221,12 +204,20 @@ class RangedBlobs:
         if cursor.fd >= 0 and cursor.fd_epoch == state.epoch:
             return
         cursor.close()
-        path = (
-            self._cas.path_of(state.blob.digest)
-            if state.published or state.partial is None
-            else state.partial.data_path
-        )
-        cursor.fd = await trio.to_thread.run_sync(_open_read, path)
+        for attempt in range(3):
+            path = (
+                self._cas.path_of(state.blob.digest)
+                if state.published or state.partial is None
+                else state.partial.data_path
+            )
+            try:
+                cursor.fd = await trio.to_thread.run_sync(_open_read, path)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                async with state.publishing:  # handed to the CAS meanwhile: let it finish
+                    pass
         cursor.fd_epoch = state.epoch
 
     # -- fetching -----------------------------------------------------------------------------
@@ -285,70 +276,26 @@ class RangedBlobs:
         return waits
 
     async def _learn_layout(self, state: _State) -> None:
-        """Parse a safetensors header if its bytes are here already (never fetch for it)."""
-        partial = state.partial
-        if state.published or partial is None:
-            state.layout_known = True  # whole and kept: read-ahead no longer matters
-            return
-        size = state.blob.size
-        if not partial.has(0):
-            return
-        prefix = await trio.to_thread.run_sync(partial.read, 0, 8, limiter=self._io)
-        length = header_length(prefix, size)
-        if length is None:
-            state.layout_known = True
-            return
-        if partial.missing(0, (8 + length - 1) // BLOCK):
-            return  # a header longer than what was read so far: look again at the next read
-        header = await trio.to_thread.run_sync(partial.read, 8, length, limiter=self._io)
-        state.boundaries = tensor_boundaries(header, size)
-        state.layout_known = True
+        """Parse a safetensors header if its bytes are here already (never fetch for it).
+        Under the state's lock: the partial may be completed and handed to the CAS meanwhile."""
+        async with state.lock:
+            partial = state.partial
+            if state.published or partial is None:
+                state.layout_known = True  # whole and kept: read-ahead no longer matters
+                return
+            decided, header = await trio.to_thread.run_sync(
+                _header_of, partial, state.blob.size, limiter=self._io
+            )
+        if header is not None:
+            state.boundaries = tensor_boundaries(header, state.blob.size)
+        state.layout_known = decided
 
     def _read_ahead(self, state: _State, offset: int, size: int, cursor: Cursor) -> None:
-        """Keep a window ahead of a sequential reader. The window doubles each time the reader
-        has used half of it (1 MiB up to 64 MiB): read-ahead grows with what is read, so a
-        reader that stops early has cost at most about twice what it read."""
-        sequential = offset == cursor.next_offset
-        position = offset + size
-        cursor.next_offset = position
-        if not sequential:
-            cursor.window = 0
-            cursor.prefetched_to = 0
-            cursor.tensor_end = 0
-            cursor.streaming = False
-            return
-        limit = self._read_ahead_limit(state, position, cursor)
-        if cursor.window == 0:
-            cursor.window = FIRST_WINDOW
-        elif cursor.prefetched_to - position < cursor.window // 2:
-            cursor.window = min(cursor.window * 2, MAX_WINDOW)
-        else:
-            return
-        start = max(position, cursor.prefetched_to)
-        end = min(position + cursor.window, limit)
-        cursor.prefetched_to = max(cursor.prefetched_to, end)
-        if start < end and not state.published and state.partial is not None:
+        """Fetch what the read-ahead policy (read_ahead.py) wants ahead of this reader."""
+        wanted = cursor.ahead.after_read(offset, size, state.blob.size, state.boundaries)
+        if wanted is not None and not state.published and state.partial is not None:
+            start, end = wanted
             self._request(state, start // BLOCK, (end - 1) // BLOCK)
-
-    @staticmethod
-    def _read_ahead_limit(state: _State, position: int, cursor: Cursor) -> int:
-        """Where read-ahead must stop: the end of the file, or of the tensor being read."""
-        boundaries = state.boundaries
-        if cursor.streaming or not boundaries:
-            return state.blob.size
-        if not cursor.tensor_end:
-            index = bisect_left(boundaries, position)
-            if index == len(boundaries):
-                return state.blob.size
-            if index > 0 and position - boundaries[index - 1] <= CROSSING:
-                # only just into this tensor: maybe the kernel reading past the one before,
-                # maybe its start; read ahead once the reader is clearly in it
-                return position
-            cursor.tensor_end = boundaries[index]
-        elif position > cursor.tensor_end + CROSSING:
-            cursor.streaming = True  # read on past a tensor: reading the file, not a tensor
-            return state.blob.size
-        return min(cursor.tensor_end, state.blob.size)  # past it, by demand only
 
     async def _fetch(self, state: _State, blocks: list[int]) -> None:
         try:
@@ -490,6 +437,19 @@ class _AlignedWriter:
         self._chunks, self._length = kept, self._length - cut
         await self._owner._write(self._state, self._epoch, self._start, out)
         self._start += cut
+
+
+def _header_of(partial: PartialBlob, size: int) -> tuple[bool, bytes | None]:
+    """(decided, header) of a safetensors file from what the partial holds: not decided while
+    the header's bytes are not all here; decided without a header if it cannot be one."""
+    if not partial.has(0):
+        return False, None
+    length = header_length(partial.read(0, 8), size)
+    if length is None:
+        return True, None
+    if partial.missing(0, (8 + length - 1) // BLOCK):
+        return False, None  # a header longer than what was read so far: look again later
+    return True, partial.read(8, length)
 
 
 def _open_read(path: Path) -> int:
