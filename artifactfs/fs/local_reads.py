@@ -39,8 +39,9 @@ async def pread(fd: int, size: int, offset: int, limiter: trio.CapacityLimiter) 
             got = -1  # not offered by this file system (tmpfs, for one): a thread it is
         if got == size:
             return buffer  # type: ignore[return-value]  # pyfuse3 takes any buffer
-        if got == 0 and offset >= os.fstat(fd).st_size:
-            return b""
+        if got >= 0 and offset + got >= os.fstat(fd).st_size:
+            # short because the file ends there (the kernel asks for whole pages): all of it
+            return memoryview(buffer)[:got]  # type: ignore[return-value]
     return await trio.to_thread.run_sync(_read_from_disk, fd, size, offset, limiter=limiter)
 
 
