@@ -7,6 +7,13 @@ a miss the batcher waits until no new miss has arrived for ``quiet_seconds`` (2 
 next batch. A lone reader pays 2 ms; a burst of readers shares round trips. The git protocol
 returns any number of blobs in one pack, so a batch costs one round trip however large it is.
 
+Blobs can also be asked for ahead of need (``prefetch``: the small files of a directory once
+one of them is read, so that a walker such as ``grep -r`` pays one round trip per directory,
+not per file). Such guesses go in batches of their own, after every batch that someone waits
+for, so a guess that fails (one blob the server will not send fails its whole batch) never
+fails a reader: a reader whose blob was in a failed guess asks for it again, alone. A reader
+whose blob is still queued as a guess moves it to the front.
+
 Callers ask only for blobs they found missing. The fetch thread checks the CAS again before
 going to the network, so a blob published by an earlier batch (or another process) in the
 meantime is never fetched twice; and with ``claims`` (cas/claims.py) a blob another process is
@@ -54,6 +61,8 @@ class _Pending:
     size: int | None
     done: trio.Event = field(default_factory=trio.Event)
     error: str | None = None
+    guess: bool = False
+    """Asked for ahead of need (``prefetch``), not by a reader."""
 
 
 class BlobFetcher:
@@ -78,6 +87,7 @@ class BlobFetcher:
         self._max_gather_seconds = max_gather_seconds
         self._pending: dict[str, _Pending] = {}
         self._queue: list[str] = []
+        self._guesses: list[str] = []
         self._wakeup = trio.Event()
         self._closed: str | None = None
 
@@ -87,25 +97,48 @@ class BlobFetcher:
 
         Cancellation: safe; a cancelled caller leaves the fetch running for other waiters.
         """
-        waits: list[tuple[str, _Pending]] = []
-        for oid, size in wanted.items():
-            pending = self._pending.get(oid)
-            if pending is None:
-                if self._closed is not None:
-                    raise BlobUnavailable(f"blob {oid}: {self._closed}")
-                pending = self._pending[oid] = _Pending(size)
-                self._queue.append(oid)
-                self._wakeup.set()
-            waits.append((oid, pending))
+        waits = [(oid, self._demand(oid, size)) for oid, size in wanted.items()]
         for oid, pending in waits:
             await pending.done.wait()
+            if pending.error is not None and pending.guess:  # a failed guess: ask alone
+                pending = self._demand(oid, pending.size)
+                await pending.done.wait()
             if pending.error is not None:
                 raise BlobUnavailable(f"blob {oid}: {pending.error}")
+
+    def prefetch(self, wanted: Mapping[str, int | None]) -> None:
+        """Fetch these blobs ahead of need, in batches of their own, after every batch a
+        reader waits for; nobody waits, and a failure is only logged."""
+        if self._closed is not None:
+            return
+        for oid, size in wanted.items():
+            if oid not in self._pending:
+                self._pending[oid] = _Pending(size, guess=True)
+                self._guesses.append(oid)
+        if self._guesses:
+            self._wakeup.set()
+
+    def _demand(self, oid: str, size: int | None) -> _Pending:
+        """The pending fetch of ``oid`` a reader waits on (made, or moved to the front)."""
+        pending = self._pending.get(oid)
+        if pending is None:
+            if self._closed is not None:
+                raise BlobUnavailable(f"blob {oid}: {self._closed}")
+            pending = self._pending[oid] = _Pending(size)
+            self._queue.append(oid)
+            self._wakeup.set()
+        elif pending.guess and oid in self._guesses:  # not sent yet: it is wanted now
+            self._guesses.remove(oid)
+            pending.guess = False
+            self._queue.append(oid)
+            self._wakeup.set()
+        return pending
 
     def close(self, reason: str) -> None:
         """Fail every waiting and future request at once (the mount is going away)."""
         self._closed = reason
         self._queue.clear()
+        self._guesses.clear()
         for pending in self._pending.values():
             pending.error = reason
             pending.done.set()
@@ -115,13 +148,14 @@ class BlobFetcher:
         """The batching loop; runs until cancelled."""
         async with trio.open_nursery() as nursery:
             while True:
-                if not self._queue:
+                if not self._queue and not self._guesses:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                     await self._gather()
                 await self._slots.acquire()
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
+                queue = self._queue or self._guesses  # what readers wait for first
+                batch = queue[: self._max_batch]
+                del queue[: self._max_batch]
                 if batch:
                     nursery.start_soon(self._fetch, batch)
                 else:
@@ -131,12 +165,12 @@ class BlobFetcher:
         """Let a burst of misses finish arriving: wait until it has been quiet for a moment."""
         deadline = trio.current_time() + self._max_gather_seconds
         while True:
-            seen = len(self._queue)
+            seen = len(self._queue) + len(self._guesses)
             now = trio.current_time()
             if now >= deadline:
                 return
             await trio.sleep(min(self._quiet_seconds, deadline - now))
-            if len(self._queue) == seen:
+            if len(self._queue) + len(self._guesses) == seen:
                 return
 
     def _fetch_missing(self, batch: Mapping[str, int | None]) -> set[str]:

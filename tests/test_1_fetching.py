@@ -25,12 +25,15 @@ class FakeOrigin:
         self.fail = False
         self.release = threading.Event()
         self.release.set()
+        self.entered = threading.Event()
 
     def fetch(self, wanted: Mapping[str, int | None]) -> set[str]:
         oids = list(wanted)
+        failing = self.fail  # decided as the fetch starts
+        self.entered.set()
         assert self.release.wait(10)
         self.batches.append(list(oids))
-        if self.fail:
+        if failing:
             raise SourceError("connection refused")
         got = {oid for oid in oids if oid not in self.missing}
         self.stored |= got
@@ -139,3 +142,57 @@ def test_close_fails_waiters_at_once() -> None:
         origin.release.set()
 
     run_with(origin, body)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for the fetch threads (real threads under a mock clock) to get there."""
+    for _ in range(100_000):
+        if condition():
+            return
+        await trio.to_thread.run_sync(lambda: None)  # real time passes, not only trio's
+    raise AssertionError("the condition never held")
+
+
+def test_guesses_go_in_their_own_batch() -> None:
+    origin = FakeOrigin()
+
+    async def body(fetcher: BlobFetcher) -> None:
+        fetcher.prefetch({oid(n): None for n in range(10, 14)})
+        await fetcher.ensure({oid(1): None})
+        await until(lambda: len(origin.stored) == 5)
+
+    run_with(origin, body)
+    assert sorted(map(sorted, origin.batches)) == [[oid(1)], sorted(oid(n) for n in range(10, 14))]
+    assert origin.stored == {oid(n) for n in (1, 10, 11, 12, 13)}
+
+
+def test_a_failed_guess_never_fails_a_reader() -> None:
+    origin = FakeOrigin()
+    origin.release.clear()
+    origin.fail = True
+
+    async def body(fetcher: BlobFetcher) -> None:
+        fetcher.prefetch({oid(1): None, oid(2): None})
+        await trio.to_thread.run_sync(origin.entered.wait, 10)  # the guess is in flight
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetcher.ensure, {oid(1): None})
+            await trio.testing.wait_all_tasks_blocked()
+            origin.fail = False  # the guess batch fails as it was taken; the retry works
+            origin.release.set()
+
+    run_with(origin, body)
+    assert origin.batches == [[oid(1), oid(2)], [oid(1)]]
+    assert origin.stored == {oid(1)}
+
+
+def test_a_queued_guess_a_reader_wants_goes_alone() -> None:
+    origin = FakeOrigin()
+
+    async def body(fetcher: BlobFetcher) -> None:
+        fetcher.prefetch({oid(n): None for n in range(20)})
+        await fetcher.ensure({oid(7): None})
+        await until(lambda: len(origin.stored) == 20)
+
+    run_with(origin, body)
+    assert [oid(7)] in origin.batches
+    assert all(oid(7) not in batch for batch in origin.batches if batch != [oid(7)])
