@@ -112,25 +112,32 @@ def test_sigterm_with_a_read_stuck_on_a_silent_origin(
         proxy.stop()
 
 
+@contextmanager
+def frozen_worker(artifactfs: Daemon, daemon: GitDaemon, home: Path) -> Iterator[Path]:
+    """A repository mounted as "frozen" whose worker is then stopped with SIGSTOP: it cannot
+    answer anything, not even SIGTERM. Yields the mount point; the worker is killed after."""
+    artifactfs.ok("add-repo", "frozen", daemon.url("sample.git"))
+    mountpoint = Path(artifactfs.wait_state("frozen", "ready")["mount"])
+    (worker,) = worker_pids(home)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        yield mountpoint
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+
+
 def test_sigterm_with_a_frozen_worker_takes_the_last_resort(
     sample: Repo, daemon: GitDaemon, home: Path
 ) -> None:
-    with running_daemon(home) as artifactfs:
-        artifactfs.ok("add-repo", "frozen", daemon.url("sample.git"))
-        mountpoint = Path(artifactfs.wait_state("frozen", "ready")["mount"])
-        (worker,) = worker_pids(home)
-        os.kill(worker, signal.SIGSTOP)  # cannot answer anything, not even SIGTERM
-        try:
-            with reader("cat", str(mountpoint / "README.md")) as cat:
-                wait_for(lambda: blocked_in_fuse(cat.pid), 20, "cat to wait on the worker")
-                took = stop_daemon(artifactfs)
-                assert "Software caused connection abort" in failed_with(cat)  # ECONNABORTED
-            assert took >= 4.0  # it waited for the worker's grace first, then acted
-            assert_nothing_left(home, mountpoint)
-            assert "did not stop within" in artifactfs.stderr() + _logs(home)
-        finally:
-            with suppress(ProcessLookupError):
-                os.kill(worker, signal.SIGKILL)
+    with running_daemon(home) as artifactfs, frozen_worker(artifactfs, daemon, home) as mnt:
+        with reader("cat", str(mnt / "README.md")) as cat:
+            wait_for(lambda: blocked_in_fuse(cat.pid), 20, "cat to wait on the worker")
+            took = stop_daemon(artifactfs)
+            assert "Software caused connection abort" in failed_with(cat)  # ECONNABORTED
+        assert took >= 4.0  # it waited for the worker's grace first, then acted
+        assert_nothing_left(home, mnt)
+        assert "did not stop within" in artifactfs.stderr() + _logs(home)
 
 
 def _logs(home: Path) -> str:
@@ -140,19 +147,11 @@ def _logs(home: Path) -> str:
 def test_unmount_of_a_frozen_worker_is_bounded_too(
     sample: Repo, daemon: GitDaemon, home: Path
 ) -> None:
-    with running_daemon(home) as artifactfs:
-        artifactfs.ok("add-repo", "frozen", daemon.url("sample.git"))
-        mountpoint = Path(artifactfs.wait_state("frozen", "ready")["mount"])
-        (worker,) = worker_pids(home)
-        os.kill(worker, signal.SIGSTOP)
-        try:
-            started = time.monotonic()
-            artifactfs.ok("unmount", "frozen", timeout=DEADLINE)
-            assert time.monotonic() - started < DEADLINE
-            assert not is_mounted(mountpoint)
-            wait_for(lambda: worker_pids(home) == [], 10, "the frozen worker to be gone")
-            assert artifactfs.status("frozen")["state"] == "unmounted"
-            artifactfs.check_alive()
-        finally:
-            with suppress(ProcessLookupError):
-                os.kill(worker, signal.SIGKILL)
+    with running_daemon(home) as artifactfs, frozen_worker(artifactfs, daemon, home) as mnt:
+        started = time.monotonic()
+        artifactfs.ok("unmount", "frozen", timeout=DEADLINE)
+        assert time.monotonic() - started < DEADLINE
+        assert not is_mounted(mnt)
+        wait_for(lambda: worker_pids(home) == [], 10, "the frozen worker to be gone")
+        assert artifactfs.status("frozen")["state"] == "unmounted"
+        artifactfs.check_alive()
