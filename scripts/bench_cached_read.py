@@ -35,19 +35,16 @@ from bench_git_mount import (
     TIMES,
     WORK,
     BenchError,
-    artifactfs_env,
-    force_unmount,
     git,
     git_daemon,
     listdir_within,
     machine,
+    mounted,
     positive,
     remove_tree,
     require_tools,
     run_reporting,
     say,
-    stop_process,
-    tail,
     write_doc,
 )
 
@@ -136,35 +133,12 @@ def measure_peer(cas_file: Path) -> tuple[float, float]:
 
 
 def measure_mount(executable: Path, url: str, home: Path, scratch: Path) -> tuple[float, float]:
-    mountpoint, output = scratch / "mnt", scratch / "mount.out"
-    mountpoint.mkdir()
-    process = None
-    try:
-        with open(output, "wb") as out:
-            process = subprocess.Popen(
-                [str(executable), "mount", url, str(mountpoint)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=artifactfs_env(home),
-            )
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(mountpoint):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"artifactfs did not mount: {tail(output)}")
-            time.sleep(0.02)
-        names, _ = listdir_within(mountpoint, 120)
+    with mounted(executable, url, scratch, home=home) as mount:
+        names, _ = listdir_within(mount.mountpoint, 120)
         if names != ["big.bin"]:
             raise BenchError(f"the mount lists {names}")
         drop_page_cache()
-        first = dd_seconds(mountpoint / "big.bin")
-        again = dd_seconds(mountpoint / "big.bin")
-        return first, again
-    finally:
-        force_unmount(mountpoint)
-        if process is not None:
-            stop_process(process)
-        force_unmount(mountpoint)
+        return dd_seconds(mount.mountpoint / "big.bin"), dd_seconds(mount.mountpoint / "big.bin")
 
 
 def rate(seconds: list[float]) -> float:

@@ -588,10 +588,47 @@ class MountTiming:
 
 def time_artifactfs(executable: Path, url: str, repo: RepoInfo, scratch: Path) -> MountTiming:
     """Mount ``url`` with a cold state home; seconds from spawn to mount point and to ready."""
-    home, mountpoint, output = scratch / "home", scratch / "mnt", scratch / "mount.out"
-    home.mkdir(parents=True)
+    with mounted(executable, url, scratch) as mount:
+        appeared = time.perf_counter()
+        names, ready = listdir_within(mount.mountpoint, READY_TIMEOUT)
+        if sorted(names) != repo.root_names:
+            raise BenchError(f"artifactfs listed {sorted(names)[:8]}..., not the repository root")
+    return MountTiming(appeared - mount.started, ready - mount.started)
+
+
+@dataclass
+class Mount:
+    process: subprocess.Popen[bytes]
+    mountpoint: Path
+    started: float
+    """``perf_counter`` at the spawn."""
+    output: Path
+
+    def peak_rss(self) -> int:
+        """The mount process's peak resident set (``VmHWM``), in bytes."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        if found is None:
+            raise BenchError(f"no VmHWM in /proc/{self.process.pid}/status")
+        return int(found[1]) * 1024
+
+
+@contextlib.contextmanager
+def mounted(
+    executable: Path,
+    url: str,
+    where: Path,
+    home: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Mount]:
+    """``artifactfs mount URL`` on ``where/mnt`` with state ``home`` (default: a new, empty
+    ``where/home``) and ``env`` added to the environment, yielded once its mount point is in
+    the mount table; unmounted and its process reaped however the block ends."""
+    mountpoint, output = where / "mnt", where / "mount.out"
+    if home is None:
+        home = where / "home"
+        home.mkdir(parents=True)
     mountpoint.mkdir()
-    env = artifactfs_env(home)
     table = MountTable()
     process: subprocess.Popen[bytes] | None = None
     try:
@@ -602,31 +639,24 @@ def time_artifactfs(executable: Path, url: str, repo: RepoInfo, scratch: Path) -
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
-                env=env,
+                env={**artifactfs_env(home), **(env or {})},
             )
         deadline = started + MOUNT_TIMEOUT
         while (fs_type := table.fs_type_at(mountpoint)) is None:
             if process.poll() is not None:
-                raise BenchError(
-                    f"artifactfs mount exited with {process.returncode}: {tail(output)}"
-                )
+                raise BenchError(f"artifactfs exited with {process.returncode}: {tail(output)}")
             if time.perf_counter() > deadline:
                 raise BenchError(f"artifactfs did not mount within {MOUNT_TIMEOUT:.0f} s")
             table.wait_change(min(0.1, deadline - time.perf_counter()))
-        mounted = time.perf_counter()
         if fs_type != FUSE_TYPE:
-            raise BenchError(f"{mountpoint} got a {fs_type} mount, not fuse.artifactfs")
-        names, ready = listdir_within(mountpoint, READY_TIMEOUT)
-        if sorted(names) != repo.root_names:
-            raise BenchError(f"artifactfs listed {sorted(names)[:8]}..., not the repository root")
+            raise BenchError(f"{mountpoint} got a {fs_type} mount, not {FUSE_TYPE}")
+        yield Mount(process, mountpoint, started, output)
         subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, check=False)
-        try:
-            code = process.wait(30)
-        except subprocess.TimeoutExpired:
-            raise BenchError("artifactfs did not exit within 30 s of its unmount") from None
+        code, _ = wait_exactly(process, 30)
+        if code is None:
+            raise BenchError("artifactfs did not exit within 30 s of its unmount")
         if code != 0:
             say(f"warning: artifactfs exited with {code} after unmount: {tail(output)}")
-        return MountTiming(mounted - started, ready - started)
     finally:
         table.close()
         force_unmount(mountpoint)

@@ -38,18 +38,14 @@ from pathlib import Path
 
 import xattr
 from bench_git_mount import (
-    FUSE_TYPE,
-    MOUNT_TIMEOUT,
     ROOT,
     TIMES,
     WORK,
     BenchError,
-    MountTable,
-    artifactfs_env,
     default_scratch,
     filesystem_of,
-    force_unmount,
     machine,
+    mounted,
     ms,
     positive,
     remove_tree,
@@ -57,7 +53,6 @@ from bench_git_mount import (
     run_reporting,
     say,
     stop_process,
-    tail,
     write_doc,
 )
 
@@ -65,6 +60,7 @@ HUB_WORK = WORK / "hub"
 RESULTS_START = "<!-- bench-hub:results:start -->"
 RESULTS_END = "<!-- bench-hub:results:end -->"
 REPO_ID = "bench/model"
+URL = f"hf://{REPO_ID}"
 FILE = "model.safetensors"
 TENSORS = 128
 TENSOR_SHAPE = (2048, 1024)
@@ -183,44 +179,6 @@ def hub_env(endpoint: str, cache: Path) -> dict[str, str]:
     }
 
 
-@contextmanager
-def mounted(executable: Path, endpoint: str, scratch: Path) -> Iterator[tuple[Path, float]]:
-    """A cold ``artifactfs mount hf://bench/model``; yields the mount point and the
-    ``perf_counter`` of the spawn. The mount appears at once; reads wait on the gate."""
-    home, mountpoint, output = scratch / "home", scratch / "mnt", scratch / "mount.out"
-    home.mkdir(parents=True)
-    mountpoint.mkdir()
-    env = {**artifactfs_env(home), **hub_env(endpoint, scratch / "hf-home")}
-    table = MountTable()
-    process: subprocess.Popen[bytes] | None = None
-    try:
-        with open(output, "wb") as out:
-            started = time.perf_counter()
-            process = subprocess.Popen(
-                [str(executable), "mount", f"hf://{REPO_ID}", str(mountpoint)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=env,
-            )
-        deadline = started + MOUNT_TIMEOUT
-        while (fs_type := table.fs_type_at(mountpoint)) is None:
-            if process.poll() is not None:
-                raise BenchError(f"artifactfs exited with {process.returncode}: {tail(output)}")
-            if time.perf_counter() > deadline:
-                raise BenchError(f"artifactfs did not mount within {MOUNT_TIMEOUT:.0f} s")
-            table.wait_change(min(0.1, deadline - time.perf_counter()))
-        if fs_type != FUSE_TYPE:
-            raise BenchError(f"{mountpoint} got a {fs_type} mount, not {FUSE_TYPE}")
-        yield mountpoint, started
-    finally:
-        table.close()
-        force_unmount(mountpoint)
-        if process is not None:
-            stop_process(process)
-        force_unmount(mountpoint)
-
-
 def timed_cat(path: Path) -> float:
     """Seconds ``cat PATH > /dev/null`` took; a failure is a BenchError."""
     started = time.perf_counter()
@@ -261,7 +219,8 @@ def measure_mount_whole(
     executable: Path, stand: StandIn, scratch: Path, size: int
 ) -> tuple[float, float]:
     """Seconds from spawning the mount to the whole file read, and of the read alone."""
-    with mounted(executable, stand.endpoint, scratch) as (mountpoint, started):
+    with mounted(executable, URL, scratch, env=hub_env(stand.endpoint, scratch / "hf")) as mount:
+        mountpoint, started = mount.mountpoint, mount.started
         stand.clear()
         path = mountpoint / FILE
         cat = timed_cat(path)
@@ -309,7 +268,8 @@ print(tensor.nbytes, float(tensor[0, 0]))
 
 
 def measure_tensor(executable: Path, stand: StandIn, scratch: Path) -> tuple[float, int, int]:
-    with mounted(executable, stand.endpoint, scratch) as (mountpoint, started):
+    with mounted(executable, URL, scratch, env=hub_env(stand.endpoint, scratch / "hf")) as mount:
+        mountpoint, started = mount.mountpoint, mount.started
         stand.clear()
         result = subprocess.run(
             [sys.executable, "-c", TENSOR_READER, str(mountpoint / FILE)],

@@ -47,27 +47,23 @@ from functools import partial
 from pathlib import Path
 
 from bench_git_mount import (
-    FUSE_TYPE,
-    MOUNT_TIMEOUT,
     READY_TIMEOUT,
     SEED,
     TIMES,
     WORK,
     BenchError,
-    MountTable,
     RepoInfo,
     RepoParams,
     SourceText,
-    artifactfs_env,
     default_scratch,
     ensure_repo,
     filesystem_of,
-    force_unmount,
     git,
     git_daemon,
     git_env,
     listdir_within,
     machine,
+    mounted,
     ms,
     positive,
     remove_tree,
@@ -75,7 +71,6 @@ from bench_git_mount import (
     run_reporting,
     say,
     stop_process,
-    tail,
     wait_exactly,
     write_doc,
 )
@@ -140,69 +135,6 @@ def traced_git_daemon(base: Path, log: Path, trace: Path) -> Iterator[tuple[int,
         finally:
             del os.environ["GIT_TRACE_PACKET"]
         yield port, traced
-
-
-# -- mounts ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Mount:
-    process: subprocess.Popen[bytes]
-    mountpoint: Path
-    started: float
-    """``perf_counter`` at the spawn."""
-    output: Path
-
-    def peak_rss(self) -> int:
-        """The mount process's peak resident set (``VmHWM``), in bytes."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
-        if found is None:
-            raise BenchError(f"no VmHWM in /proc/{self.process.pid}/status")
-        return int(found[1]) * 1024
-
-
-@contextlib.contextmanager
-def mounted(executable: Path, url: str, where: Path) -> Iterator[Mount]:
-    """A cold ``artifactfs mount URL`` (empty home under ``where``), yielded once its mount
-    point is in the mount table; unmounted and its process reaped however the block ends."""
-    home, mountpoint, output = where / "home", where / "mnt", where / "mount.out"
-    home.mkdir(parents=True)
-    mountpoint.mkdir()
-    table = MountTable()
-    process: subprocess.Popen[bytes] | None = None
-    try:
-        with open(output, "wb") as out:
-            started = time.perf_counter()
-            process = subprocess.Popen(
-                [str(executable), "mount", url, str(mountpoint)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=artifactfs_env(home),
-            )
-        deadline = started + MOUNT_TIMEOUT
-        while (fs_type := table.fs_type_at(mountpoint)) is None:
-            if process.poll() is not None:
-                raise BenchError(f"artifactfs exited with {process.returncode}: {tail(output)}")
-            if time.perf_counter() > deadline:
-                raise BenchError(f"artifactfs did not mount within {MOUNT_TIMEOUT:.0f} s")
-            table.wait_change(min(0.1, deadline - time.perf_counter()))
-        if fs_type != FUSE_TYPE:
-            raise BenchError(f"{mountpoint} got a {fs_type} mount, not {FUSE_TYPE}")
-        yield Mount(process, mountpoint, started, output)
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, check=False)
-        code, _ = wait_exactly(process, 30)
-        if code is None:
-            raise BenchError("artifactfs did not exit within 30 s of its unmount")
-        if code != 0:
-            say(f"warning: artifactfs exited with {code} after unmount: {tail(output)}")
-    finally:
-        table.close()
-        force_unmount(mountpoint)
-        if process is not None:
-            stop_process(process)
-        force_unmount(mountpoint)
 
 
 def run_timed(command: Sequence[str], what: str, **popen: object) -> tuple[float, float]:

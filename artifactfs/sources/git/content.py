@@ -31,7 +31,8 @@ SIZE_BATCH = 1000
 AHEAD_MAX_FILE = 256 * 1024
 """Only files up to this size are fetched ahead of need."""
 AHEAD_MAX_FILES = 512
-"""At most this many files of one directory are fetched ahead."""
+"""Only a directory's first this many entries are looked at to fetch ahead (at most this
+many files)."""
 
 
 class GitContent:
@@ -118,15 +119,15 @@ class GitContent:
             return
         wanted = {
             sibling.oid: sibling.size
-            for sibling in generation.index.children(directory, limit=AHEAD_MAX_FILES + 1)
+            for sibling in generation.index.children(directory, limit=AHEAD_MAX_FILES)
             if sibling.kind in (Kind.FILE, Kind.EXECUTABLE)
             and sibling.oid
             and sibling.inode != row.inode
             and sibling.size is not None
             and 0 < sibling.size <= AHEAD_MAX_FILE
         }
-        if wanted and generation.algorithm == digest_of(generation, row).algorithm:
-            self._fetcher.prefetch(dict(list(wanted.items())[:AHEAD_MAX_FILES]))
+        if wanted:
+            self._fetcher.prefetch(wanted)
 
     def _open(self, digest: Digest) -> tuple[int, int]:
         fd = self._cas.open_fd(digest)
