@@ -7,12 +7,20 @@ a miss the batcher waits until no new miss has arrived for ``quiet_seconds`` (2 
 next batch. A lone reader pays 2 ms; a burst of readers shares round trips. The git protocol
 returns any number of blobs in one pack, so a batch costs one round trip however large it is.
 
-Blobs can also be asked for ahead of need (``prefetch``: the small files of a directory once
-one of them is read, so that a walker such as ``grep -r`` pays one round trip per directory,
-not per file). Such guesses go in batches of their own, after every batch that someone waits
-for, so a guess that fails (one blob the server will not send fails its whole batch) never
-fails a reader: a reader whose blob was in a failed guess asks for it again, alone. A reader
-whose blob is still queued as a guess moves it to the front.
+Blobs can also be asked for ahead of need (``prefetch``: see sources/git/ahead.py). Such
+guesses go in batches of their own, after every batch that someone waits for, and only
+``guess_batches`` at a time: a walker reads them as they land, and many batches fetched side
+by side only slowed each other down (the server builds each pack, we inflate and hash each,
+on the same few cores).
+They may be fetched another way than demands (``fetch_guesses``: for git, in a process of
+its own, sources/git/fetch_process.py). Keeping them apart means a guess that fails (one
+blob the server will not send fails its whole batch) never fails a reader: a reader whose
+blob was in a failed guess asks for it again, alone. A reader whose blob is still queued as
+a guess moves it to the front.
+
+A reader waits for its own blob, not for the whole batch it went out in: the fetch thread
+reports each blob as it is published, so a walker reads the first files of a large batch
+while the rest is still arriving.
 
 Callers ask only for blobs they found missing. The fetch thread checks the CAS again before
 going to the network, so a blob published by an earlier batch (or another process) in the
@@ -22,6 +30,7 @@ fetching right now is waited for, not fetched again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,9 +42,11 @@ from .errors import SourceError
 
 log = logging.getLogger(__name__)
 
-FetchBatch = Callable[[Mapping[str, int | None]], set[str]]
-"""Blocking: fetch these blob ids (with their expected sizes, None if unknown) into the CAS;
-return the ids that were published."""
+Published = Callable[[str], None]
+"""Told each blob id as soon as it is in the CAS (callable from any thread)."""
+FetchBatch = Callable[[Mapping[str, int | None], Published], set[str]]
+"""Blocking: fetch these blob ids (with their expected sizes, None if unknown) into the CAS,
+calling ``published`` with each as it lands; return the ids that were published."""
 Present = Callable[[str], bool]
 """Blocking: is this blob already in the CAS?"""
 
@@ -73,16 +84,24 @@ class BlobFetcher:
         *,
         claims: FetchClaims | None = None,
         parallel_fetches: int = 4,
+        fetch_guesses: FetchBatch | None = None,
         max_batch: int = 1000,
+        max_guess_batch: int = 4096,
+        guess_batches: int = 1,
         quiet_seconds: float = 0.002,
         max_gather_seconds: float = 0.02,
     ) -> None:
         self._fetch_batch = fetch_batch
+        self._fetch_guesses = fetch_guesses or fetch_batch
         self._present = present
         self._claims = claims
         self._slots = trio.Semaphore(parallel_fetches)
         self._threads = trio.CapacityLimiter(parallel_fetches)
         self._max_batch = max_batch
+        self._max_guess_batch = max_guess_batch
+        self._guessing = 0
+        """Batches of guesses being fetched; at most ``guess_batches`` at once."""
+        self._guess_batches = guess_batches
         self._quiet_seconds = quiet_seconds
         self._max_gather_seconds = max_gather_seconds
         self._pending: dict[str, _Pending] = {}
@@ -148,18 +167,26 @@ class BlobFetcher:
         """The batching loop; runs until cancelled."""
         async with trio.open_nursery() as nursery:
             while True:
-                if not self._queue and not self._guesses:
+                if not self._queue and not self._may_guess():
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                     await self._gather()
+                    continue
                 await self._slots.acquire()
-                queue = self._queue or self._guesses  # what readers wait for first
-                batch = queue[: self._max_batch]
-                del queue[: self._max_batch]
-                if batch:
-                    nursery.start_soon(self._fetch, batch)
-                else:
+                if self._queue:  # what readers wait for first
+                    batch, guess = self._queue[: self._max_batch], False
+                    del self._queue[: self._max_batch]
+                elif self._may_guess():
+                    batch, guess = self._guesses[: self._max_guess_batch], True
+                    del self._guesses[: self._max_guess_batch]
+                    self._guessing += 1
+                else:  # taken meanwhile (closed)
                     self._slots.release()
+                    continue
+                nursery.start_soon(self._fetch, batch, guess)
+
+    def _may_guess(self) -> bool:
+        return bool(self._guesses) and self._guessing < self._guess_batches
 
     async def _gather(self) -> None:
         """Let a burst of misses finish arriving: wait until it has been quiet for a moment."""
@@ -173,15 +200,19 @@ class BlobFetcher:
             if len(self._queue) + len(self._guesses) == seen:
                 return
 
-    def _fetch_missing(self, batch: Mapping[str, int | None]) -> set[str]:
+    def _fetch_missing(
+        self, batch: Mapping[str, int | None], published: Published, fetch: FetchBatch
+    ) -> set[str]:
         """In a worker thread: what is still missing goes to the origin, unless another
         process is fetching it already, in which case we wait for that."""
         present = {oid for oid in batch if self._present(oid)}
         missing = {oid: size for oid, size in batch.items() if oid not in present}
+        for oid in present:
+            published(oid)
         if not missing:
             return present
         if self._claims is None:
-            return present | self._fetch_batch(missing)
+            return present | fetch(missing, published)
         claims = [(oid, self._claims.try_claim(oid)) for oid in missing]
         failure: SourceError | None = None
         got: set[str] = set()
@@ -194,7 +225,7 @@ class BlobFetcher:
             }
             got = {oid for oid, claim in claims if claim is not None and oid not in mine}
             if mine:
-                got |= self._fetch_batch(mine)
+                got |= fetch(mine, published)
         except SourceError as exc:
             failure = exc  # still wait for what others fetch: that may well succeed
         finally:
@@ -206,19 +237,37 @@ class BlobFetcher:
             self._claims.wait(oid, CLAIM_WAIT_SECONDS)
         still_missing = {oid: size for oid, size in theirs.items() if not self._present(oid)}
         if still_missing and failure is None:  # the other process failed: try ourselves
-            got |= self._fetch_batch(still_missing)
+            got |= fetch(still_missing, published)
         got |= set(theirs) - set(still_missing)
         if failure is not None:
             raise PartialFetch(present | got, failure)
         return present | got
 
-    async def _fetch(self, batch: list[str]) -> None:
+    def _landed(self, oid: str) -> None:
+        """A blob of a running batch is in the CAS: its readers need not wait for the rest."""
+        pending = self._pending.get(oid)
+        if pending is not None:
+            pending.done.set()
+
+    async def _fetch(self, batch: list[str], guess: bool) -> None:
         error: str | None = None
         got: set[str] = set()
         sizes = {oid: self._pending[oid].size for oid in batch if oid in self._pending}
+        token = trio.lowlevel.current_trio_token()
+        started = trio.current_time()
+
+        def published(oid: str) -> None:  # in the fetch thread
+            with contextlib.suppress(trio.RunFinishedError):  # an abandoned thread, too late
+                token.run_sync_soon(self._landed, oid)
+
         try:
             got = await trio.to_thread.run_sync(
-                self._fetch_missing, sizes, limiter=self._threads, abandon_on_cancel=True
+                self._fetch_missing,
+                sizes,
+                published,
+                self._fetch_guesses if guess else self._fetch_batch,
+                limiter=self._threads,
+                abandon_on_cancel=True,
             )
         except SourceError as exc:
             error = str(exc)
@@ -228,12 +277,21 @@ class BlobFetcher:
             error = "internal error (see the log)"
             log.exception("fetching %d blob(s) failed", len(batch))
         finally:
+            log.debug(
+                "%s batch of %d blob(s): %.3f s",
+                "guess" if guess else "demand",
+                len(batch),
+                trio.current_time() - started,
+            )
             self._slots.release()
+            if guess:
+                self._guessing -= 1
+                self._wakeup.set()
         for oid in batch:
             pending = self._pending.pop(oid, None)
             if pending is None:  # closed meanwhile: its waiters were already told
                 continue
-            if oid not in got:
+            if oid not in got and not pending.done.is_set():  # set: it landed before a failure
                 if error is None:
                     log.error("the server did not send blob %s", oid)
                 pending.error = error or "the server did not send it"

@@ -26,10 +26,15 @@ class FakeOrigin:
         self.release = threading.Event()
         self.release.set()
         self.entered = threading.Event()
+        self.land_first: set[str] = set()
+        """Published (and reported) before the fetch waits for ``release``."""
 
-    def fetch(self, wanted: Mapping[str, int | None]) -> set[str]:
+    def fetch(self, wanted: Mapping[str, int | None], published: Callable[[str], None]) -> set[str]:
         oids = list(wanted)
         failing = self.fail  # decided as the fetch starts
+        for early in self.land_first & set(oids):
+            self.stored.add(early)
+            published(early)
         self.entered.set()
         assert self.release.wait(10)
         self.batches.append(list(oids))
@@ -196,3 +201,37 @@ def test_a_queued_guess_a_reader_wants_goes_alone() -> None:
     run_with(origin, body)
     assert [oid(7)] in origin.batches
     assert all(oid(7) not in batch for batch in origin.batches if batch != [oid(7)])
+
+
+def test_a_reader_waits_for_its_blob_not_its_whole_batch() -> None:
+    origin = FakeOrigin()
+    origin.release.clear()  # the batch does not end until the test says so
+    origin.land_first = {oid(1)}
+
+    async def body(fetcher: BlobFetcher) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetcher.ensure, {oid(2): 1})
+            await fetcher.ensure({oid(1): 1})  # returns while oid(2) is still on its way
+            assert origin.stored == {oid(1)} and not origin.batches
+            origin.release.set()
+        assert origin.batches == [[oid(2), oid(1)]] or origin.batches == [[oid(1), oid(2)]]
+
+    run_with(origin, body)
+
+
+def test_a_blob_that_landed_before_its_batch_failed_is_served() -> None:
+    origin = FakeOrigin()
+    origin.release.clear()
+    origin.fail = True
+    origin.land_first = {oid(1)}
+
+    async def body(fetcher: BlobFetcher) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetcher.ensure, {oid(1): 1})
+            await trio.to_thread.run_sync(origin.entered.wait, 10)
+            origin.release.set()
+        with pytest.raises(BlobUnavailable, match="connection refused"):
+            await fetcher.ensure({oid(2): 1})
+        await fetcher.ensure({oid(1): 1})  # in the CAS: no fetch, no error
+
+    run_with(origin, body)

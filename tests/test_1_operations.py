@@ -34,7 +34,7 @@ TREE = {
 }
 
 
-def no_fetch(wanted: Mapping[str, int | None]) -> set[str]:
+def no_fetch(wanted: Mapping[str, int | None], published: Callable[[str], None]) -> set[str]:
     raise AssertionError("these tests never fetch")
 
 

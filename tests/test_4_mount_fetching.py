@@ -105,3 +105,64 @@ def test_a_walker_pays_one_round_trip_per_directory_not_per_file(
         # the first miss, and the rest of the directory ahead of need: not one per file
         assert daemon.fetch_commands() <= 3, daemon.fetch_commands()
         assert sorted(daemon.wanted()) == sorted(repo.blob_id(name) for name in in_dir1)
+
+
+TREE = {
+    **{f"top{i}.txt": f"top {i}\n".encode() for i in range(3)},
+    **{f"{a}/file{i}.txt": f"{a} {i} needle\n".encode() for a in "abc" for i in range(3)},
+    **{
+        f"{a}/sub{j}/file{i}.txt": f"{a}/sub{j} {i}\n".encode() * (i + 1)
+        for a in "abc"
+        for j in range(4)
+        for i in range(5)
+    },
+}
+"""3 top-level directories of 4 subdirectories each: 15 directories, 72 files."""
+
+
+def grep_r(root: Path) -> list[str]:
+    found = subprocess.run(
+        ["grep", "-r", "-l", "-F", "-e", "needle", str(root)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return sorted(os.path.relpath(line, root) for line in found.decode().splitlines())
+
+
+def test_a_recursive_walk_is_fetched_ahead_in_a_few_packs(
+    daemon: GitDaemon, repos: Path, mnt: Path, home: Path
+) -> None:
+    repo = make_repo(repos, "tree.git", TREE)
+    with mounted(daemon.url("tree.git"), mnt, home):
+        daemon.clear_trace()
+        expected = sorted(name for name, content in TREE.items() if b"needle" in content)
+        assert grep_r(mnt) == expected
+        # the root's files, then, once the walk shows (a/ and the root listed), every
+        # directory ahead of it: a handful of packs, not one per directory (15) or file (72)
+        print(f"grep -r over 15 directories took {daemon.fetch_commands()} fetches")
+        assert daemon.fetch_commands() <= 5, daemon.fetch_commands()
+        assert sorted(daemon.wanted()) == sorted(repo.blob_id(name) for name in TREE)
+
+
+def test_listing_a_tree_fetches_nothing(
+    daemon: GitDaemon, repos: Path, mnt: Path, home: Path
+) -> None:
+    make_repo(repos, "tree.git", TREE)
+    with mounted(daemon.url("tree.git"), mnt, home):
+        daemon.clear_trace()
+        listed = subprocess.run(["find", str(mnt)], capture_output=True, check=True, timeout=60)
+        assert len(listed.stdout.splitlines()) == 1 + 15 + len(TREE)
+        assert daemon.fetch_commands() == 0
+
+
+def test_a_walk_of_one_directory_fetches_only_below_it(
+    daemon: GitDaemon, repos: Path, mnt: Path, home: Path
+) -> None:
+    repo = make_repo(repos, "tree.git", TREE)
+    with mounted(daemon.url("tree.git"), mnt, home):
+        daemon.clear_trace()
+        assert grep_r(mnt / "b") == ["file0.txt", "file1.txt", "file2.txt"]
+        below = sorted(repo.blob_id(name) for name in TREE if name.startswith("b/"))
+        assert sorted(daemon.wanted()) == below
+        assert daemon.fetch_commands() <= 4, daemon.fetch_commands()

@@ -14,7 +14,7 @@ every inode of it (exact lookup counts make that knowable) and no handle of it i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..cas import Algorithm
 from ..snapshot import ROOT_INODE, SnapshotIndex
@@ -34,6 +34,8 @@ class Generation:
     """Lookup references the kernel holds on inodes of this generation."""
     handles: int = 0
     """Open files and directories of this generation."""
+    listed: set[int] = field(default_factory=set)
+    """Directories (row inodes) a program has listed: a hint of what it will read next."""
 
     def kernel_inode(self, row_inode: int) -> int:
         return ROOT_INODE if row_inode == ROOT_INODE else row_inode + self.number * STRIDE

@@ -7,6 +7,12 @@ most of the time a read of a cached blob took. But most of these reads hit the p
 of waiting for the disk. Only then, or when it reads less than asked (some pages not cached),
 does the read go to a thread. The loop never blocks on a disk.
 
+Two more hand-overs are avoided the same way. Opening a blob resolves its path from the
+dentry cache alone (``openat2`` with ``RESOLVE_CACHED``, which refuses with ``EAGAIN`` where it
+would have to read a directory from disk), so a walker's thousands of opens need no thread
+either. And a file on tmpfs (no ``RWF_NOWAIT`` there, but nothing to wait for: its pages are
+memory) is read on the loop too.
+
 The page-cache read lands in a new ``bytearray`` per request (pyfuse3 replies from any
 buffer). Reusing one scratch buffer would be safe only while nothing awaits between the read
 and the reply; it measured no faster, so we keep the version that cannot serve another
@@ -16,13 +22,59 @@ request's bytes.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+from pathlib import Path
 
 import trio
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 DISK_AHEAD = 8 << 20
+_MEMORY_FILE_SYSTEMS = (0x01021994, 0x858458F6)  # TMPFS_MAGIC, RAMFS_MAGIC (linux/magic.h)
+_SYS_OPENAT2 = 437  # the same number on every architecture
+_RESOLVE_CACHED = 0x20
+_AT_FDCWD = -100
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_cached_open_works = hasattr(_libc, "syscall")
+_in_memory: dict[int, bool] = {}
+"""Whether the file system of a device (``st_dev``) keeps its files in memory."""
+
+
+def open_cached(path: Path) -> int | None:
+    """A read-only descriptor of ``path`` if opening it needs no disk read, else None (open it
+    in a thread then). Raises FileNotFoundError when the path is known not to exist."""
+    global _cached_open_works
+    if not _cached_open_works:
+        return None
+    how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+    fd = _libc.syscall(_SYS_OPENAT2, _AT_FDCWD, bytes(path), ctypes.byref(how), ctypes.sizeof(how))
+    if fd >= 0:
+        return int(fd)
+    code = ctypes.get_errno()
+    if code == errno.ENOENT:
+        raise FileNotFoundError(code, os.strerror(code), str(path))
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EPERM):  # before Linux 5.12, or a seccomp filter
+        _cached_open_works = False
+    return None  # EAGAIN (not all cached), or anything else: the thread will say
+
+
+def _in_memory_file(fd: int) -> bool:
+    device = os.fstat(fd).st_dev
+    known = _in_memory.get(device)
+    if known is None:
+        buffer = ctypes.create_string_buffer(256)  # struct statfs; f_type comes first
+        known = _libc.fstatfs(fd, buffer) == 0 and (
+            ctypes.c_long.from_buffer(buffer).value in _MEMORY_FILE_SYSTEMS
+        )
+        _in_memory[device] = known
+    return known
 
 
 async def pread(fd: int, size: int, offset: int, limiter: trio.CapacityLimiter) -> bytes:
@@ -36,7 +88,9 @@ async def pread(fd: int, size: int, offset: int, limiter: trio.CapacityLimiter) 
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
-            got = -1  # not offered by this file system (tmpfs, for one): a thread it is
+            if _in_memory_file(fd):  # tmpfs: no RWF_NOWAIT, and no disk to wait for
+                return os.pread(fd, size, offset)
+            got = -1  # not offered by this file system: a thread it is
         if got == size:
             return buffer  # type: ignore[return-value]  # pyfuse3 takes any buffer
         if got >= 0 and offset + got >= os.fstat(fd).st_size:

@@ -214,6 +214,8 @@ class SnapshotOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         generation, directory = handle.generation, handle.row
         index = generation.index
+        if start_id == 0:
+            generation.listed.add(directory.inode)
         if index.meta.sizes != "complete":
             self._listed[generation.kernel_inode(directory.inode)] = trio.current_time()
         parent = index.get(directory.parent) or directory

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from .options import mount_options
 from .read_ahead import GIT_READ_AHEAD_KIB, keep_read_ahead
 
 if TYPE_CHECKING:
+    from ..sources.git.fetch_process import FetchProcess
     from ..sources.git.source import GitSource
     from ..sources.hub.client import HubClient
     from ..sources.hub.source import HubSource
@@ -96,6 +98,8 @@ class _Worker:
         self._background: Callable[[], Awaitable[None]]
         self._close_fetches: Callable[[str], None]
         self._client: HubClient | None = None
+        self._process: FetchProcess | None = None
+        self._process_lock = threading.Lock()
         self.snapshots = SnapshotOperations(self.state, self._content())
         self.operations = GatedOperations(self.snapshots, self.state.gate)
         self._refreshing = trio.Lock()
@@ -117,18 +121,37 @@ class _Worker:
             self._close_fetches = blobs.close
             return HubContent(blobs, self._hub_client, spec)
         from ..sources.git.content import GitContent
+        from ..sources.git.fetch_process import CHILDREN
 
         fetcher = BlobFetcher(
-            lambda wanted: self._git_source().fetch_blobs(wanted, self.cas),
+            lambda wanted, published: self._git_source().fetch_blobs(wanted, self.cas, published),
             lambda oid: self.cas.contains(Digest(self.state.blob_algorithm, oid)),
             claims=FetchClaims(self.cas.root),
+            fetch_guesses=lambda wanted, published: self._fetch_process().fetch(wanted, published),
+            guess_batches=CHILDREN,
         )
         self._background = fetcher.run
-        self._close_fetches = fetcher.close
+
+        def close_fetches(reason: str) -> None:
+            fetcher.close(reason)
+            if self._process is not None:
+                self._process.close()
+
+        self._close_fetches = close_fetches
         return GitContent(self.cas, fetcher)
 
     def _git_source(self) -> GitSource:
         return cast("GitSource", self.head_start.source.result())
+
+    def _fetch_process(self) -> FetchProcess:
+        """Where guessed blobs are fetched (sources/git/fetch_process.py); made on first use,
+        in a fetch thread, once the source exists."""
+        with self._process_lock:
+            if self._process is None:
+                from ..sources.git.fetch_process import FetchProcess
+
+                self._process = FetchProcess(self._git_source(), self.cas)
+            return self._process
 
     def _hub_client(self) -> HubClient:
         """One client for the worker's life, made once the source exists (after prepare)."""

@@ -105,6 +105,26 @@ class CredentialProvider:
         """A provider that never has a token (the environment is ignored)."""
         return cls(environ={})
 
+    def handover(self) -> dict[str, str | None]:
+        """What a child process of ours needs to make the same provider (``from_handover``).
+        It holds the token: send it over a pipe, never in argv, the environment or a file."""
+        return {
+            "token": self._token,
+            "token_file": None if self._token_file is None else str(self._token_file),
+            "env_token": self._env_token,
+            "username": self._username,
+        }
+
+    @classmethod
+    def from_handover(cls, handed: Mapping[str, str | None]) -> CredentialProvider:
+        env_token = handed.get("env_token")
+        return cls(
+            token=handed.get("token"),
+            token_file=handed.get("token_file"),
+            username=handed.get("username"),
+            environ={TOKEN_ENV: env_token} if env_token else {},
+        )
+
     @property
     def origin(self) -> str | None:
         """Where the token comes from, safe to show ("the token file /run/x"), or None."""

@@ -2,10 +2,11 @@
 (batched and coalesced by ``fetching.BlobFetcher``) and verified before anything is served.
 Sizes a server never told us are learned here too.
 
-The first miss in a directory also fetches, ahead of need, the other small files of that
-directory (``fetching.BlobFetcher.prefetch``): programs that walk a tree (``grep -r``, a build,
-an indexer) read its files one after another, and one round trip per file was most of their
-time (docs/benchmarks.md, row 3).
+Every read is also a hint of what comes next (``ahead.FetchAhead``): the first miss in a
+directory fetches its other small files, and a program walking the tree (``grep -r``, a build,
+an indexer) has the directories ahead of it fetched in growing chunks
+(``fetching.BlobFetcher.prefetch``). One round trip per file, then per directory, was most of
+such a walk's time (docs/benchmarks.md, row 3).
 """
 
 from __future__ import annotations
@@ -23,16 +24,11 @@ from ...fs import attributes, local_reads
 from ...fs.content import BlobReader, digest_of
 from ...fs.generations import Generation
 from ...snapshot import Row
-from ...snapshot.entries import Kind
+from .ahead import FetchAhead
 
 log = logging.getLogger(__name__)
 
 SIZE_BATCH = 1000
-AHEAD_MAX_FILE = 256 * 1024
-"""Only files up to this size are fetched ahead of need."""
-AHEAD_MAX_FILES = 512
-"""Only a directory's first this many entries are looked at to fetch ahead (at most this
-many files)."""
 
 
 class GitContent:
@@ -40,8 +36,8 @@ class GitContent:
         self._cas = cas
         self._fetcher = fetcher
         self._io = trio.CapacityLimiter(16)
-        self._fetched_ahead: set[tuple[int, int]] = set()
-        """(snapshot, directory inode) whose small files were asked for ahead of need"""
+        self._ahead: dict[int, FetchAhead] = {}
+        """The guesses of each generation, by number."""
 
     def open(self, generation: Generation, row: Row, kernel_inode: int) -> BlobReader:
         return _WholeBlob(self, generation, row)
@@ -84,15 +80,16 @@ class GitContent:
         """A descriptor of ``row``'s verified blob, fetching it first if it is missing."""
         digest = digest_of(generation, row)
         try:
-            fd, size = await trio.to_thread.run_sync(self._open, digest, limiter=self._io)
+            fd, size = await self._open(digest)
+            self._fetch_ahead(generation, row, missing=False)
         except FileNotFoundError:
-            self._fetch_siblings_ahead(generation, row)
+            self._fetch_ahead(generation, row, missing=True)
             try:
                 await self._fetcher.ensure({digest.hex: row.size})
             except BlobUnavailable as exc:
                 log.error("read of %s failed: %s", row.oid, exc)
                 raise pyfuse3.FUSEError(errno.EIO) from None
-            fd, size = await trio.to_thread.run_sync(self._open, digest, limiter=self._io)
+            fd, size = await self._open(digest)
         if row.size is not None and size != row.size:
             # The content is verified by its digest; the size the server announced was not.
             # The kernel holds the wrong size, so serving the true bytes would truncate them.
@@ -108,29 +105,21 @@ class GitContent:
             raise pyfuse3.FUSEError(errno.EIO)
         return fd
 
-    def _fetch_siblings_ahead(self, generation: Generation, row: Row) -> None:
-        """On the first miss in a directory, ask for its other small files ahead of need."""
-        key = (id(generation.index), row.parent)
-        if key in self._fetched_ahead:
-            return
-        self._fetched_ahead.add(key)
-        directory = generation.index.get(row.parent)
-        if directory is None:
-            return
-        wanted = {
-            sibling.oid: sibling.size
-            for sibling in generation.index.children(directory, limit=AHEAD_MAX_FILES)
-            if sibling.kind in (Kind.FILE, Kind.EXECUTABLE)
-            and sibling.oid
-            and sibling.inode != row.inode
-            and sibling.size is not None
-            and 0 < sibling.size <= AHEAD_MAX_FILE
-        }
+    def _fetch_ahead(self, generation: Generation, row: Row, missing: bool) -> None:
+        ahead = self._ahead.get(generation.number)
+        if ahead is None:
+            ahead = self._ahead[generation.number] = FetchAhead(generation.index, generation.listed)
+        wanted = ahead.reading(row, missing)
+        wanted.pop(row.oid or "", None)
         if wanted:
             self._fetcher.prefetch(wanted)
 
-    def _open(self, digest: Digest) -> tuple[int, int]:
-        fd = self._cas.open_fd(digest)
+    async def _open(self, digest: Digest) -> tuple[int, int]:
+        """A descriptor of a published blob and its size; FileNotFoundError if it is missing.
+        On the loop when its path is all in the dentry cache, else in a thread."""
+        fd = local_reads.open_cached(self._cas.path_of(digest))
+        if fd is None:
+            fd = await trio.to_thread.run_sync(self._cas.open_fd, digest, limiter=self._io)
         return fd, os.fstat(fd).st_size
 
     async def pread(self, fd: int, size: int, offset: int) -> bytes:

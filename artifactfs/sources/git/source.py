@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -275,32 +275,51 @@ class GitSource:
 
     # -- blobs ---------------------------------------------------------------------------
 
-    def fetch_blobs(self, wanted: Mapping[str, int | None], cas: ContentStore) -> set[str]:
+    def fetch_blobs(
+        self,
+        wanted: Mapping[str, int | None],
+        cas: ContentStore,
+        published: Callable[[str], None] = lambda oid: None,
+    ) -> set[str]:
         """Fetch blobs by id (with their expected sizes, None if unknown) in one pack; publish
-        each to the CAS; return the ids published. Blobs we did not ask for are dropped."""
+        each to the CAS, telling ``published`` as each lands; return the ids published. Blobs
+        we did not ask for are dropped."""
         try:
-            return self._fetch_blobs(wanted, cas)
+            return self._fetch_blobs(wanted, cas, published)
         except REMOTE_FAILURES as exc:
             raise self._failure(exc) from exc
 
-    def _fetch_blobs(self, wanted: Mapping[str, int | None], cas: ContentStore) -> set[str]:
+    def _fetch_blobs(
+        self,
+        wanted: Mapping[str, int | None],
+        cas: ContentStore,
+        published: Callable[[str], None] = lambda oid: None,
+    ) -> set[str]:
         algorithm = git_blob_algorithm(self.object_format)
         client, path = self._client()
         got: set[str] = set()
-        with received_pack(
-            client,
-            path,
-            lambda refs: [oid.encode("ascii") for oid in wanted],
-            self.temp_dir,
-            self.counters.add_bytes,
-            max_bytes=_pack_budget(wanted.values()),
-            ref_prefix=[b"HEAD"],
-        ) as pack:
+        with (
+            received_pack(
+                client,
+                path,
+                lambda refs: [oid.encode("ascii") for oid in wanted],
+                self.temp_dir,
+                self.counters.add_bytes,
+                max_bytes=_pack_budget(wanted.values()),
+                ref_prefix=[b"HEAD"],
+            ) as pack,
+            cas.publisher() as publisher,
+        ):
+
+            def announce(landed: list[Digest]) -> None:
+                for digest in landed:
+                    got.add(digest.hex)
+                    published(digest.hex)
+
             for obj in iter_objects(pack.file, pack.object_format):
                 if isinstance(obj, Blob):
-                    digest = cas.add_bytes_if(algorithm, obj.as_raw_string(), wanted)
-                    if digest is not None:
-                        got.add(digest.hex)
+                    announce(publisher.add_if(algorithm, obj.as_raw_string(), wanted))
+            announce(publisher.publish())
         self.counters.add_blob_fetch(len(got))
         return got
 
