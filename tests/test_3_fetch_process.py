@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from artifactfs.sources.git.source import GitSource
 from artifactfs.sources.spec import parse_source
 from tests.helpers.gitrepos import Repo, make_repo
 from tests.helpers.servers import GitDaemon, HttpGitServer
+from tests.helpers.waiting import wait_for
 
 FILES = {f"dir{i % 5}/file{i:03}.txt": f"file {i}\n".encode() * (i + 1) for i in range(150)}
 TOKEN = "tok-fetch-process-5c1d"
@@ -140,3 +143,46 @@ def test_a_child_that_dies_fails_its_batch_and_is_replaced(
     process.close()  # twice is fine
     with pytest.raises(Exception, match="shutting down"):
         process.fetch(first, lambda oid: None)
+
+
+PARENT = """
+import os, sys
+from pathlib import Path
+from artifactfs.cas import ContentStore
+from artifactfs.sources.counters import FetchCounters
+from artifactfs.sources.credentials import CredentialProvider
+from artifactfs.sources.git.fetch_process import FetchProcess
+from artifactfs.sources.git.source import GitSource
+from artifactfs.sources.spec import parse_source
+
+url, where, *oids = sys.argv[1:]
+source = GitSource(parse_source(url), None, Path(where), FetchCounters(), CredentialProvider.none())
+process = FetchProcess(source, ContentStore(Path(where) / "cas"))
+process.fetch(dict.fromkeys(oids), lambda oid: None)
+print(*(child.pid for child in process._children), flush=True)
+os._exit(0)  # no close: the child is on its own now
+"""
+
+
+def test_a_child_does_not_outlive_its_parent(daemon: GitDaemon, many: Repo, tmp_path: Path) -> None:
+    oids = [many.blob_id(name) for name in FILES]
+    ran = subprocess.run(
+        [sys.executable, "-c", PARENT, daemon.url("many.git"), str(tmp_path), *oids],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    (child,) = (int(pid) for pid in ran.stdout.split())
+    try:
+        wait_for(lambda: not _alive(child), 10, "the orphaned fetch process to exit")
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited (its new parent reaps it)
