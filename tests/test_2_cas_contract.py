@@ -231,3 +231,61 @@ def test_one_process_at_a_time_may_fetch_a_blob(tmp_path: Path) -> None:
                 holder.kill()
     with pytest.raises(ValueError):
         claims.try_claim("../../etc/passwd")
+
+
+def blobs(count: int) -> list[bytes]:
+    return [b"blob number %d\n" % n * (n + 1) for n in range(count)]
+
+
+def test_a_publisher_publishes_whole_groups_and_the_rest_at_the_end(
+    store: ContentStore,
+) -> None:
+    contents = blobs(130)
+    wanted = {digest_of(GIT_SHA1, data).hex for data in contents}
+    published: list[list[Digest]] = []
+    with store.publisher(group_blobs=64) as publisher:
+        for data in contents:
+            published.append(publisher.add_if(GIT_SHA1, data, wanted))
+            # what was announced is in place, what was not is not yet
+            assert all(store.contains(digest) for digest in published[-1])
+        assert store.contains(digest_of(GIT_SHA1, contents[127]))
+        assert not store.contains(digest_of(GIT_SHA1, contents[128]))
+        published.append(publisher.publish())
+    assert [len(group) for group in published if group] == [64, 64, 2]
+    for data in contents:
+        path = store.path_of(digest_of(GIT_SHA1, data))
+        assert path.read_bytes() == data
+        assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert leftovers(store) == []
+
+
+def test_a_publisher_keeps_only_what_was_asked_for(store: ContentStore) -> None:
+    wanted, unwanted = blobs(2)
+    with store.publisher() as publisher:
+        accept = {digest_of(GIT_SHA1, wanted).hex}
+        assert publisher.add_if(GIT_SHA1, unwanted, accept) == []
+        assert publisher.add_if(GIT_SHA1, wanted, accept) == []
+        assert publisher.publish() == [digest_of(GIT_SHA1, wanted)]  # a group of one
+    assert not store.contains(digest_of(GIT_SHA1, unwanted))
+    assert store.contains(digest_of(GIT_SHA1, wanted)) and leftovers(store) == []
+
+
+def test_a_publisher_left_by_an_error_removes_its_pending_blobs(store: ContentStore) -> None:
+    contents = blobs(70)
+    wanted = {digest_of(GIT_SHA1, data).hex for data in contents}
+    with pytest.raises(RuntimeError), store.publisher(group_blobs=64) as publisher:
+        for data in contents:
+            publisher.add_if(GIT_SHA1, data, wanted)
+        raise RuntimeError("the pack was cut off")
+    assert all(store.contains(digest_of(GIT_SHA1, data)) for data in contents[:64])
+    assert not any(store.contains(digest_of(GIT_SHA1, data)) for data in contents[64:])
+    assert leftovers(store) == []
+
+
+def test_a_publisher_may_publish_what_is_already_there(store: ContentStore) -> None:
+    data = blobs(1)[0]
+    digest = store.add_bytes(GIT_SHA1, data)
+    with store.publisher() as publisher:
+        publisher.add_if(GIT_SHA1, data, {digest.hex})
+        assert publisher.publish() == [digest]
+    assert store.path_of(digest).read_bytes() == data and leftovers(store) == []

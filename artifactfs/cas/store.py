@@ -16,7 +16,9 @@ Many small blobs at once (a pack of a walker's files) go through a ``Publisher``
 contract, but durability is paid per group of blobs rather than per blob. Two ``fsync`` calls
 per blob made a 5,000-blob fetch on ext4 take 10 s; a group is written to temporaries, the file
 system is synced once (``syncfs``), the temporaries are renamed into place, and it is synced
-again so that the names last too. A crash at any point leaves whole blobs or no blobs.
+again so that the names last too. A crash at any point leaves whole blobs or no blobs. (A
+group of one blob is fsynced alone, as ``put`` does: a lone reader's blob should not wait for
+whatever else the file system has to write.)
 """
 
 from __future__ import annotations
@@ -230,9 +232,13 @@ class Publisher:
         """Make the pending blobs durable and visible; return their digests."""
         if not self._pending:
             return []
-        self._sync()
         group, self._pending, self._pending_bytes = self._pending, [], 0
+        alone = len(group) == 1  # then syncing the whole file system would wait for more
         try:
+            if alone:
+                _fsync_file(group[0][0])
+            else:
+                self._sync()
             for temp, final, _ in group:
                 os.rename(temp, final)
         except BaseException:
@@ -240,7 +246,10 @@ class Publisher:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)
             raise
-        self._sync()  # the new names, too
+        if alone:  # the new names, too
+            _fsync_directory(group[0][1].parent)
+        else:
+            self._sync()
         return [digest for _, _, digest in group]
 
     def _sync(self) -> None:
@@ -251,6 +260,14 @@ class Publisher:
                 raise OSError(code, f"syncfs of the CAS failed: {os.strerror(code)}")
         finally:
             os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(path: Path) -> None:
