@@ -12,6 +12,7 @@ from ..errors import UserError
 from . import mount_commands
 
 EXIT_FAILED = 1
+MAX_SPARE_WORKERS = 8
 
 
 def add_parsers(commands: Any) -> None:
@@ -24,6 +25,14 @@ def add_parsers(commands: Any) -> None:
     )
     daemon.add_argument(
         "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
+    )
+    daemon.add_argument(
+        "--spare-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes kept started ahead, imports done, so that add-repo mounts "
+        "without waiting for Python to start (default 1; 0: none)",
     )
     daemon.set_defaults(run=run_daemon)
 
@@ -115,6 +124,8 @@ def run_daemon(args: argparse.Namespace) -> int:
     from ..daemon.server import Daemon, acquire_lock
     from ..logs import configure
 
+    if not 0 <= args.spare_workers <= MAX_SPARE_WORKERS:
+        raise UserError(f"--spare-workers must be between 0 and {MAX_SPARE_WORKERS}")
     home = _home()
     try:
         home.ensure()
@@ -123,7 +134,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     lock = acquire_lock(home)
     configure(home.daemon_log, max(args.verbose, 1))
     try:
-        trio.run(Daemon(home).run)
+        trio.run(Daemon(home, args.spare_workers).run)
     finally:
         os.close(lock)
     return 0

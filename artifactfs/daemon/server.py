@@ -34,6 +34,7 @@ from ..sources.credentials import CredentialProvider
 from ..sources.spec import check_ref, parse_source, with_ref
 from .names import check_name
 from .registry import Conflict, Registry, Repo
+from .spares import SpareWorkers
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ Reply = Callable[[Message], Awaitable[None]]
 
 
 class Daemon:
-    def __init__(self, home: ArtifactHome) -> None:
+    def __init__(self, home: ArtifactHome, spare_workers: int = 1) -> None:
         self.home = home
+        self.spares = SpareWorkers(spare_workers) if spare_workers > 0 else None
         self.registry = Registry(home.registry_path)
         self.supervisors: dict[str, Supervisor] = {}
         self.tokens: dict[str, str] = {}
@@ -60,6 +62,8 @@ class Daemon:
         log.info("daemon %d serving %s", os.getpid(), self.home.root)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.spares is not None:
+                nursery.start_soon(self.spares.run)
             for repo in self.registry.all():
                 if repo.wanted:
                     self._start(repo)
@@ -81,7 +85,9 @@ class Daemon:
         self.registry.close()
 
     def _start(self, repo: Repo) -> Supervisor:
-        supervisor = Supervisor(repo, self.home, self.registry, self.tokens.get(repo.name))
+        supervisor = Supervisor(
+            repo, self.home, self.registry, self.tokens.get(repo.name), self.spares
+        )
         self.supervisors[repo.name] = supervisor
 
         async def supervise() -> None:

@@ -32,6 +32,7 @@ from ..ipc import Message, ProtocolError, open_unix_stream
 from ..mount.last_resort import force_detach
 from ..mount.mountpoints import is_stale, remove_stale
 from .registry import Registry, Repo
+from .spares import SpareWorkers, assign
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,15 @@ class WorkerFailed(Exception):
 
 class Supervisor:
     def __init__(
-        self, repo: Repo, home: ArtifactHome, registry: Registry, token: str | None
+        self,
+        repo: Repo,
+        home: ArtifactHome,
+        registry: Registry,
+        token: str | None,
+        spares: SpareWorkers | None = None,
     ) -> None:
         self.name = repo.name
+        self._spares = spares
         self.home = home
         self.registry = registry
         self.token = token
@@ -190,21 +197,27 @@ class Supervisor:
         self._record("preparing", None)
         stderr_path = self.home.worker_stderr(self.name)
         stderr_start = await trio.to_thread.run_sync(_size, stderr_path)
-        with open(stderr_path, "ab") as stderr:  # noqa: ASYNC230 - opening a log file is instant
-            process = await trio.lowlevel.open_process(
-                self._command(repo),
-                stdin=subprocess.PIPE if self.token else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                start_new_session=True,  # not killed with the daemon, nor by its terminal
-            )
+        command = self._command(repo)
+        process = self._spares.take() if self._spares is not None else None
+        if process is not None and not await assign(process, command[3:], str(stderr_path)):
+            process = None
+        if process is None:
+            with open(stderr_path, "ab") as stderr:  # noqa: ASYNC230 - a log file opens at once
+                process = await trio.lowlevel.open_process(
+                    command,
+                    stdin=subprocess.PIPE if self.token else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    start_new_session=True,  # not killed with the daemon, nor by its terminal
+                )
         self._pid = process.pid
         try:
             if not self.wanted():  # stopped while we were starting it
                 process.send_signal(signal.SIGTERM)
-            if self.token and process.stdin is not None:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await process.stdin.send_all(self.token.encode())
+            if process.stdin is not None:
+                if self.token:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await process.stdin.send_all(self.token.encode())
                 await process.stdin.aclose()
             await self._wait_mounted(process, stderr_path, stderr_start)
             self.mounted_once.set()
@@ -221,6 +234,7 @@ class Supervisor:
             self._pid = None
 
     def _command(self, repo: Repo) -> list[str]:
+        """The worker's command line; a spare is given what follows ``-m artifactfs``."""
         command = [
             sys.executable, "-m", "artifactfs", "mount", repo.source, repo.mountpoint,
             "--keep-failed", "--name", repo.name, "--control-socket", self.socket_path,

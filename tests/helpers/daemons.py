@@ -26,13 +26,15 @@ from .waiting import wait_for
 class Daemon:
     home: Path
     env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+    """Options of ``artifactfs daemon``."""
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home.parent / f"{self.home.name}-daemon.stderr", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "artifactfs", "daemon"],
+            [sys.executable, "-m", "artifactfs", "daemon", *self.args],
             env={**os.environ, "ARTIFACTFS_HOME": str(self.home), **self.env},
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -104,16 +106,32 @@ def worker_pids(home: Path) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes()  # a spare's title: spaces, not NULs
         except OSError:
             continue
-        if b"--control-socket" in command and any(str(home).encode() in a for a in command):
+        if b"--control-socket" in command and str(home).encode() in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def spare_pids(home: Path) -> list[int]:
+    """Spare workers (daemon/spares.py) of a daemon of this home, not yet given a mount."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"artifactfs.daemon.spares" in command and f"ARTIFACTFS_HOME={home}".encode() in environ:
             pids.append(int(entry.name))
     return pids
 
 
 def clean_up(home: Path) -> None:
-    for pid in worker_pids(home):
+    for pid in worker_pids(home) + spare_pids(home):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with open("/proc/self/mountinfo") as table:
@@ -123,8 +141,10 @@ def clean_up(home: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_daemon(home: Path, env: dict[str, str] | None = None) -> Iterator[Daemon]:
-    daemon = Daemon(home, env or {})
+def running_daemon(
+    home: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Iterator[Daemon]:
+    daemon = Daemon(home, env or {}, args)
     try:
         yield daemon.start()
     finally:
