@@ -3,11 +3,13 @@ readers is fetched once; a killed mounter leaves a stale mount the next mount cl
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.helpers.gitrepos import Repo, make_repo
@@ -41,12 +43,22 @@ def read_all_at_once(paths: list[Path]) -> dict[Path, bytes]:
     return results
 
 
+@contextlib.contextmanager
+def fresh_mount(
+    daemon: GitDaemon, repos: Path, mnt: Path, home: Path, name: str, files: dict[str, bytes]
+) -> Iterator[Repo]:
+    """A mount of a new repository holding ``files``, with the server's trace cleared once it is
+    ready: what the trace holds then is what the reads cost."""
+    repo = make_repo(repos, name, files)
+    with mounted(daemon.url(name), mnt, home):
+        daemon.clear_trace()
+        yield repo
+
+
 def test_concurrent_misses_go_out_together(
     daemon: GitDaemon, repos: Path, mnt: Path, home: Path
 ) -> None:
-    repo = make_repo(repos, "many.git", FILES)
-    with mounted(daemon.url("many.git"), mnt, home):
-        daemon.clear_trace()
+    with fresh_mount(daemon, repos, mnt, home, "many.git", FILES) as repo:
         results = read_all_at_once([mnt / name for name in FILES])
         for name, content in FILES.items():
             assert results[mnt / name] == content
@@ -90,9 +102,7 @@ def test_killed_mounter_leaves_a_stale_mount_that_the_next_mount_cleans(
 def test_a_walker_pays_one_round_trip_per_directory_not_per_file(
     daemon: GitDaemon, repos: Path, mnt: Path, home: Path
 ) -> None:
-    repo = make_repo(repos, "walk.git", FILES)
-    with mounted(daemon.url("walk.git"), mnt, home):
-        daemon.clear_trace()
+    with fresh_mount(daemon, repos, mnt, home, "walk.git", FILES) as repo:
         # one file after another, as grep -r or a build does (another process: a real walker)
         walked = subprocess.run(
             ["sh", "-c", 'for f in "$1"/dir1/*; do cat "$f"; done', "sh", str(mnt)],
@@ -133,9 +143,7 @@ def grep_r(root: Path) -> list[str]:
 def test_a_recursive_walk_is_fetched_ahead_in_a_few_packs(
     daemon: GitDaemon, repos: Path, mnt: Path, home: Path
 ) -> None:
-    repo = make_repo(repos, "tree.git", TREE)
-    with mounted(daemon.url("tree.git"), mnt, home):
-        daemon.clear_trace()
+    with fresh_mount(daemon, repos, mnt, home, "tree.git", TREE) as repo:
         expected = sorted(name for name, content in TREE.items() if b"needle" in content)
         assert grep_r(mnt) == expected
         # the root's files, then, once the walk shows (a/ and the root listed), every
@@ -148,9 +156,7 @@ def test_a_recursive_walk_is_fetched_ahead_in_a_few_packs(
 def test_listing_a_tree_fetches_nothing(
     daemon: GitDaemon, repos: Path, mnt: Path, home: Path
 ) -> None:
-    make_repo(repos, "tree.git", TREE)
-    with mounted(daemon.url("tree.git"), mnt, home):
-        daemon.clear_trace()
+    with fresh_mount(daemon, repos, mnt, home, "tree.git", TREE):
         listed = subprocess.run(["find", str(mnt)], capture_output=True, check=True, timeout=60)
         assert len(listed.stdout.splitlines()) == 1 + 15 + len(TREE)
         assert daemon.fetch_commands() == 0
@@ -159,9 +165,7 @@ def test_listing_a_tree_fetches_nothing(
 def test_a_walk_of_one_directory_fetches_only_below_it(
     daemon: GitDaemon, repos: Path, mnt: Path, home: Path
 ) -> None:
-    repo = make_repo(repos, "tree.git", TREE)
-    with mounted(daemon.url("tree.git"), mnt, home):
-        daemon.clear_trace()
+    with fresh_mount(daemon, repos, mnt, home, "tree.git", TREE) as repo:
         assert grep_r(mnt / "b") == ["file0.txt", "file1.txt", "file2.txt"]
         below = sorted(repo.blob_id(name) for name in TREE if name.startswith("b/"))
         assert sorted(daemon.wanted()) == below

@@ -99,35 +99,34 @@ class Daemon:
             stop_process(self.process)
 
 
-def worker_pids(home: Path) -> list[int]:
-    """Every worker process serving a mount of this home."""
-    pids = []
+def _processes(*files: str) -> Iterator[tuple[int, list[bytes]]]:
+    """Every process, with these files of its /proc directory (those that are gone skipped)."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes()  # a spare's title: spaces, not NULs
-        except OSError:
-            continue
-        if b"--control-socket" in command and str(home).encode() in command:
-            pids.append(int(entry.name))
-    return pids
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), [(entry / name).read_bytes() for name in files]
+            except OSError:
+                continue
+
+
+def worker_pids(home: Path) -> list[int]:
+    """Every worker process serving a mount of this home (a spare's title has spaces where
+    a command line has NULs: look for the parts, not for whole arguments)."""
+    return [
+        pid
+        for pid, (command,) in _processes("cmdline")
+        if b"--control-socket" in command and str(home).encode() in command
+    ]
 
 
 def spare_pids(home: Path) -> list[int]:
     """Spare workers (daemon/spares.py) of a daemon of this home, not yet given a mount."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"artifactfs.daemon.spares" in command and f"ARTIFACTFS_HOME={home}".encode() in environ:
-            pids.append(int(entry.name))
-    return pids
+    variable = f"ARTIFACTFS_HOME={home}".encode()
+    return [
+        pid
+        for pid, (command, environ) in _processes("cmdline", "environ")
+        if b"artifactfs.daemon.spares" in command and variable in environ.split(b"\0")
+    ]
 
 
 def clean_up(home: Path) -> None:

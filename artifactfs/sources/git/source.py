@@ -256,7 +256,7 @@ class GitSource:
         algorithm = git_blob_algorithm(self.object_format)
         missing = {oid: s for oid, s in wanted.items() if not cas.contains(Digest(algorithm, oid))}
         if missing:
-            self._fetch_blobs(missing, cas)
+            self._fetch_blobs(missing, cas, lambda oid: None)
         targets: dict[str, bytes] = {}
         for oid in wanted:
             blob = cas.path_of(Digest(algorithm, oid))
@@ -290,10 +290,7 @@ class GitSource:
             raise self._failure(exc) from exc
 
     def _fetch_blobs(
-        self,
-        wanted: Mapping[str, int | None],
-        cas: ContentStore,
-        published: Callable[[str], None] = lambda oid: None,
+        self, wanted: Mapping[str, int | None], cas: ContentStore, published: Callable[[str], None]
     ) -> set[str]:
         algorithm = git_blob_algorithm(self.object_format)
         client, path = self._client()
