@@ -41,9 +41,8 @@ def layout() -> dict[str, list[NewEntry]]:
     }
 
 
-@pytest.fixture
-def index(tmp_path: Path) -> Iterator[SnapshotIndex]:
-    tree = layout()
+def write(tmp_path: Path, tree: dict[str, list[NewEntry]]) -> SnapshotIndex:
+    """A snapshot of ``tree`` (directory key -> entries; a directory's key is its name)."""
     path = snapshot_path(tmp_path, "c" * 40)
     write_snapshot(
         path,
@@ -55,7 +54,12 @@ def index(tmp_path: Path) -> Iterator[SnapshotIndex]:
             tree[key], [e.name.decode() if e.kind is Kind.DIRECTORY else None for e in tree[key]]
         ),
     )
-    opened = SnapshotIndex(path)
+    return SnapshotIndex(path)
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[SnapshotIndex]:
+    opened = write(tmp_path, layout())
     yield opened
     opened.close()
 
@@ -125,3 +129,48 @@ def test_listing_alone_guesses_nothing(index: SnapshotIndex) -> None:
     listed = {ROOT_INODE, row(index, "a").inode, row(index, "a/a1").inode}
     guesses = FetchAhead(index, listed)
     assert guesses.reading(row(index, "a/a1/a1f0"), missing=False) == {}
+
+
+def test_a_large_directory_is_taken_in_pages_across_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ahead, "FIRST_CHUNK_FILES", 4)
+    monkeypatch.setattr(ahead, "PAGE", 3)
+    files = [NewEntry(f"f{n:02}".encode(), Kind.FILE, f"{n:040x}", 10) for n in range(20)]
+    tree = {"root": [NewEntry(b"big", Kind.DIRECTORY, "b" * 40, None)], "big": files}
+    index = write(tmp_path, tree)
+    try:
+        guesses = FetchAhead(index, {ROOT_INODE, row(index, "big").inode})
+        first = guesses.reading(row(index, "big/f00"), missing=True)
+        assert list(first) == [f"{n:040x}" for n in range(4)]
+        # reading on in the directory asks for the next 8, then the last 8, then nothing
+        second = guesses.reading(row(index, "big/f01"), missing=False)
+        assert list(second) == [f"{n:040x}" for n in range(4, 12)]
+        third = guesses.reading(row(index, "big/f05"), missing=False)
+        assert list(third) == [f"{n:040x}" for n in range(12, 20)]
+        assert guesses.reading(row(index, "big/f19"), missing=False) == {}
+    finally:
+        index.close()
+
+
+def test_a_chunk_ends_after_so_many_entries_small_files_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ahead, "CHUNK_ROWS_CEILING", 10)
+    big = [NewEntry(b"big", Kind.FILE, "f" * 40, 1 << 20)]  # never fetched ahead
+    tree: dict[str, list[NewEntry]] = {
+        "root": [
+            NewEntry(f"d{n:02}".encode(), Kind.DIRECTORY, f"{n:040x}", None) for n in range(30)
+        ],
+        **{f"d{n:02}": big for n in range(30)},
+    }
+    index = write(tmp_path, tree)
+    try:
+        guesses = FetchAhead(index, {ROOT_INODE, row(index, "d00").inode})
+        assert guesses.reading(row(index, "d00/big"), missing=True) == {}
+        walk = next(iter(guesses._walks.values()))
+        # d00 and its file, then the root's entries: it stopped among those, 20 unlooked at
+        assert not walk.done and walk.partly is not None
+        assert walk.partly[0].inode == ROOT_INODE and len(guesses._guessed) == 2
+    finally:
+        index.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from artifactfs.sources.git.fetch_process import FetchProcess
 from artifactfs.sources.git.source import GitSource
 from artifactfs.sources.spec import parse_source
 from tests.helpers.gitrepos import Repo, make_repo
-from tests.helpers.servers import GitDaemon, HttpGitServer
+from tests.helpers.servers import GitDaemon, GitProxy, HttpGitServer
 from tests.helpers.waiting import wait_for
 
 FILES = {f"dir{i % 5}/file{i:03}.txt": f"file {i}\n".encode() * (i + 1) for i in range(150)}
@@ -186,3 +187,24 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has exited (its new parent reaps it)
+
+
+def test_a_stalled_origin_fails_the_batch_after_the_io_timeout(
+    daemon: GitDaemon, many: Repo, tmp_path: Path
+) -> None:
+    proxy = GitProxy(daemon.port, held=True)  # accepts, then answers nothing
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(1.0)  # what the worker's --io-timeout sets; the child gets it
+    try:
+        process = FetchProcess(
+            source_for(daemon.url("many.git", proxy.port), tmp_path), ContentStore(tmp_path / "cas")
+        )
+        try:
+            with pytest.raises(PartialFetch, match="timed out"):
+                process.fetch({many.blob_id(name): None for name in FILES}, lambda oid: None)
+        finally:
+            process.close()
+    finally:
+        socket.setdefaulttimeout(previous)
+        proxy.release()
+        proxy.stop()

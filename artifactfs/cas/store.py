@@ -15,10 +15,11 @@ Layout: ``<root>/<algorithm>/<first 2 hex>/<hex>``; temporaries are ``.tmp-*`` b
 Many small blobs at once (a pack of a walker's files) go through a ``Publisher``: the same
 contract, but durability is paid per group of blobs rather than per blob. Two ``fsync`` calls
 per blob made a 5,000-blob fetch on ext4 take 10 s; a group is written to temporaries, the file
-system is synced once (``syncfs``), the temporaries are renamed into place, and it is synced
-again so that the names last too. A crash at any point leaves whole blobs or no blobs. (A
-group of one blob is fsynced alone, as ``put`` does: a lone reader's blob should not wait for
-whatever else the file system has to write.)
+system is synced once (``syncfs``) and each temporary ``fdatasync``ed (clean by then, so
+cheap: it reports a write error of that very file), the temporaries are renamed into place,
+and the file system is synced again so that the names last too. A crash at any point leaves
+whole blobs or no blobs. (A group of one blob is synced alone, as ``put`` does: a lone
+reader's blob should not wait for whatever else the file system has to write.)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 import secrets
 import time
 from collections.abc import Container, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .digests import Algorithm, Digest, digest_of
@@ -177,29 +179,27 @@ class ContentStore:
 
 
 class Publisher:
-    """Publishes in-memory blobs in groups, each made durable with two file-system syncs (see
-    the module docstring). Blocking; one thread at a time. Leaving the ``with`` block
-    publishes what is still pending, unless it is left by an exception: then the pending
-    temporaries are removed and only the groups already published stay."""
+    """Publishes in-memory blobs in groups (see the module docstring). Blocking; one thread at
+    a time. Call ``publish`` for the last group before leaving the ``with`` block: whatever is
+    still pending when it is left (by an exception, say) is removed, and only the groups
+    already published stay."""
 
     def __init__(self, store: ContentStore, group_blobs: int, group_bytes: int) -> None:
         self._store = store
         self._group_blobs = group_blobs
         self._group_bytes = group_bytes
-        self._pending: list[tuple[Path, Path, Digest]] = []
+        self._pending: list[_Pending] = []
         self._pending_bytes = 0
         self._directories: set[Path] = set()
+        self._names = f"{os.getpid()}-{secrets.token_hex(4)}"
+        """Unique to this publisher: a killed writer's leftovers never collide with ours."""
 
     def __enter__(self) -> Publisher:
         return self
 
-    def __exit__(self, kind: object, *rest: object) -> None:
-        if kind is None:
-            return
-        for temp, _, _ in self._pending:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-        self._pending.clear()
+    def __exit__(self, *exception: object) -> None:
+        _discard(self._pending)
+        self._pending = []
 
     def add_if(self, algorithm: Algorithm, data: bytes, accept: Container[str]) -> list[Digest]:
         """Queue content whose digest (computed here, so it is verified by construction) is in
@@ -212,17 +212,15 @@ class Publisher:
         if directory not in self._directories:
             directory.mkdir(parents=True, exist_ok=True)
             self._directories.add(directory)
-        temp = directory / f"{_TEMP_PREFIX}{digest.hex}-{os.getpid()}-{next(_temp_serials)}"
-        # created read-only: the descriptor opened here may still write it
+        temp = directory / f"{_TEMP_PREFIX}{digest.hex}-{self._names}-{next(_temp_serials)}"
+        # created read-only: the descriptor opened here may still write it; kept open until
+        # the group is synced, to learn of a write error on this very file
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-        self._pending.append((temp, final, digest))
-        try:
-            with memoryview(data) as view:
-                written = 0
-                while written < len(view):
-                    written += os.write(fd, view[written:])
-        finally:
-            os.close(fd)
+        self._pending.append(_Pending(temp, final, digest, fd))
+        with memoryview(data) as view:
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
         self._pending_bytes += len(data)
         if len(self._pending) >= self._group_blobs or self._pending_bytes >= self._group_bytes:
             return self.publish()
@@ -235,22 +233,26 @@ class Publisher:
         group, self._pending, self._pending_bytes = self._pending, [], 0
         alone = len(group) == 1  # then syncing the whole file system would wait for more
         try:
-            if alone:
-                _fsync_file(group[0][0])
-            else:
-                self._sync()
-            for temp, final, _ in group:
-                os.rename(temp, final)
+            if not alone:
+                self._sync()  # writes every group member's data back at once
+            for blob in group:
+                # After the syncfs this finds the data clean and returns at once, but it reports
+                # a write-back error of this file to us (syncfs reports one only once per file
+                # system, perhaps to another process), and it is all there is where syncfs
+                # does nothing (some FUSE file systems).
+                os.fdatasync(blob.fd)
+                os.close(blob.fd)
+                blob.fd = -1
+            for blob in group:
+                os.rename(blob.temp, blob.final)
         except BaseException:
-            for temp, _, _ in group:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp)
+            _discard(group)
             raise
         if alone:  # the new names, too
-            _fsync_directory(group[0][1].parent)
+            _fsync_directory(group[0].final.parent)
         else:
             self._sync()
-        return [digest for _, _, digest in group]
+        return [blob.digest for blob in group]
 
     def _sync(self) -> None:
         fd = os.open(self._store.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -262,12 +264,23 @@ class Publisher:
             os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass
+class _Pending:
+    temp: Path
+    final: Path
+    digest: Digest
+    fd: int
+    """Open until the blob's data is known to be on disk, then -1."""
+
+
+def _discard(blobs: list[_Pending]) -> None:
+    """Remove temporaries that will not be published (a renamed one is gone already)."""
+    for blob in blobs:
+        if blob.fd >= 0:
+            os.close(blob.fd)
+            blob.fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(blob.temp)
 
 
 def _fsync_directory(path: Path) -> None:

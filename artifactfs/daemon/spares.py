@@ -25,6 +25,11 @@ import trio
 
 log = logging.getLogger(__name__)
 
+PYTHON = (sys.executable, "-P", "-m")
+"""How workers and spares are started: ``-P``, nothing is imported from the working
+directory."""
+RETRY_SECONDS = 10.0
+
 
 class SpareWorkers:
     """Keeps ``count`` spare workers started (``run``) and hands them out (``take``)."""
@@ -35,11 +40,17 @@ class SpareWorkers:
         self._taken = trio.Event()
 
     async def run(self) -> None:
-        """Start spares as they are taken; runs until cancelled, then kills those left."""
+        """Start spares as they are taken; runs until cancelled, then kills those left. A
+        spare that cannot be started (no memory, a process limit) is tried again later: the
+        daemon does without meanwhile."""
         try:
             while True:
                 while len(self._ready) < self._count:
-                    self._ready.append(await self._start())
+                    try:
+                        self._ready.append(await self._start())
+                    except OSError as exc:
+                        log.warning("cannot start a spare worker (%s); trying again later", exc)
+                        await trio.sleep(RETRY_SECONDS)
                 self._taken = trio.Event()
                 await self._taken.wait()
         finally:
@@ -62,7 +73,7 @@ class SpareWorkers:
 
     async def _start(self) -> trio.Process:
         return await trio.lowlevel.open_process(
-            [sys.executable, "-m", __name__],
+            [*PYTHON, __name__],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,  # as every worker: not killed with the daemon
@@ -99,7 +110,7 @@ def main() -> int:
     argv = [str(arg) for arg in assignment["argv"]]
     sys.argv = ["artifactfs", *argv]
     # what ps and /proc/PID/cmdline show: the worker it now is (the args joined by spaces)
-    setproctitle(" ".join([sys.executable, "-m", "artifactfs", *argv]))
+    setproctitle(" ".join([*PYTHON, "artifactfs", *argv]))
     return run_command(argv)
 
 

@@ -19,7 +19,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from ..ipc import Message, ProtocolError, open_unix_stream
 from ..mount.last_resort import force_detach
 from ..mount.mountpoints import is_stale, remove_stale
 from .registry import Registry, Repo
-from .spares import SpareWorkers, assign
+from .spares import PYTHON, SpareWorkers, assign
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +196,14 @@ class Supervisor:
         self._record("preparing", None)
         stderr_path = self.home.worker_stderr(self.name)
         stderr_start = await trio.to_thread.run_sync(_size, stderr_path)
-        command = self._command(repo)
+        arguments = self._arguments(repo)
         process = self._spares.take() if self._spares is not None else None
-        if process is not None and not await assign(process, command[3:], str(stderr_path)):
+        if process is not None and not await assign(process, arguments, str(stderr_path)):
             process = None
         if process is None:
             with open(stderr_path, "ab") as stderr:  # noqa: ASYNC230 - a log file opens at once
                 process = await trio.lowlevel.open_process(
-                    command,
+                    [*PYTHON, "artifactfs", *arguments],
                     stdin=subprocess.PIPE if self.token else subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=stderr,
@@ -233,10 +232,10 @@ class Supervisor:
                 await process.wait()
             self._pid = None
 
-    def _command(self, repo: Repo) -> list[str]:
-        """The worker's command line; a spare is given what follows ``-m artifactfs``."""
+    def _arguments(self, repo: Repo) -> list[str]:
+        """The worker's command line after ``artifactfs`` (a spare is given just this)."""
         command = [
-            sys.executable, "-m", "artifactfs", "mount", repo.source, repo.mountpoint,
+            "mount", repo.source, repo.mountpoint,
             "--keep-failed", "--name", repo.name, "--control-socket", self.socket_path,
         ]  # fmt: skip
         if repo.ref:

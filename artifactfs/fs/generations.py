@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..cas import Algorithm
 from ..snapshot import ROOT_INODE, SnapshotIndex
@@ -36,6 +37,9 @@ class Generation:
     """Open files and directories of this generation."""
     listed: set[int] = field(default_factory=set)
     """Directories (row inodes) a program has listed: a hint of what it will read next."""
+    reading_hints: Any = None
+    """What the content layer keeps about this generation's reads (git: what to fetch ahead
+    of them); it goes when the generation retires."""
 
     def kernel_inode(self, row_inode: int) -> int:
         return ROOT_INODE if row_inode == ROOT_INODE else row_inode + self.number * STRIDE

@@ -32,7 +32,10 @@ import trio
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 DISK_AHEAD = 8 << 20
 _MEMORY_FILE_SYSTEMS = (0x01021994, 0x858458F6)  # TMPFS_MAGIC, RAMFS_MAGIC (linux/magic.h)
-_SYS_OPENAT2 = 437  # the same number on every architecture
+_SYS_OPENAT2 = 437
+"""openat2's number in the unified syscall table (Linux 5.6+); alpha and mips number it
+otherwise, so it is only called on these machines (elsewhere opens go to a thread):"""
+_OPENAT2_MACHINES = {"x86_64", "i686", "i386", "aarch64", "armv7l", "riscv64", "ppc64le", "s390x"}
 _RESOLVE_CACHED = 0x20
 _AT_FDCWD = -100
 
@@ -42,7 +45,7 @@ class _OpenHow(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_cached_open_works = hasattr(_libc, "syscall")
+_cached_open_works = hasattr(_libc, "syscall") and os.uname().machine in _OPENAT2_MACHINES
 _in_memory: dict[int, bool] = {}
 """Whether the file system of a device (``st_dev``) keeps its files in memory."""
 

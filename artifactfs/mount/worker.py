@@ -100,6 +100,7 @@ class _Worker:
         self._client: HubClient | None = None
         self._process: FetchProcess | None = None
         self._process_lock = threading.Lock()
+        self._fetches_closed = False
         self.snapshots = SnapshotOperations(self.state, self._content())
         self.operations = GatedOperations(self.snapshots, self.state.gate)
         self._refreshing = trio.Lock()
@@ -134,8 +135,11 @@ class _Worker:
 
         def close_fetches(reason: str) -> None:
             fetcher.close(reason)
-            if self._process is not None:
-                self._process.close()
+            with self._process_lock:
+                self._fetches_closed = True
+                process = self._process
+            if process is not None:
+                process.close()
 
         self._close_fetches = close_fetches
         return GitContent(self.cas, fetcher)
@@ -147,6 +151,8 @@ class _Worker:
         """Where guessed blobs are fetched (sources/git/fetch_process.py); made on first use,
         in a fetch thread, once the source exists."""
         with self._process_lock:
+            if self._fetches_closed:
+                raise SourceError("the mount is shutting down")
             if self._process is None:
                 from ..sources.git.fetch_process import FetchProcess
 

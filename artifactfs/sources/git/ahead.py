@@ -22,6 +22,7 @@ guess never delays or fails a reader (``fetching.BlobFetcher.prefetch``). Listin
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -36,8 +37,12 @@ FIRST_CHUNK_FILES = 256
 CHUNK_FILES_CEILING = 4096
 CHUNK_BYTES_CEILING = 64 << 20
 """A chunk of a walk ends after the directory that takes it past either ceiling."""
+CHUNK_ROWS_CEILING = 4096
+"""A chunk also ends after looking at this many entries, small files or not: the choice is
+made on the trio loop, and a tree of few small files must not be read whole at once."""
 CHUNKS_AHEAD = 2
 """Reading in one of this many newest chunks of a walk asks for the next one."""
+PAGE = 1000
 
 
 @dataclass
@@ -49,6 +54,24 @@ class _Walk:
     chunks: int = 0
     """How many chunks were asked for; chunk numbers count from 1."""
     done: bool = False
+    partly: tuple[Row, int] | None = None
+    """The directory the last chunk stopped in, and the last of its entries it looked at."""
+
+
+@dataclass
+class _Chunk:
+    files: int
+    wanted: dict[str, int] = field(default_factory=dict)
+    size: int = 0
+    rows: int = 0
+
+    @property
+    def full(self) -> bool:
+        return (
+            len(self.wanted) >= self.files
+            or self.size >= CHUNK_BYTES_CEILING
+            or self.rows >= CHUNK_ROWS_CEILING
+        )
 
 
 @dataclass
@@ -93,7 +116,7 @@ class FetchAhead:
         if walk is None:
             walk = self._walks[top.inode] = _Walk(order, FIRST_CHUNK_FILES)
         else:
-            walk.order, walk.done = order, False
+            walk.order, walk.done, walk.partly = order, False, None
         return self._next_chunk(walk)
 
     def _walk_start(self, directory: Row) -> Row | None:
@@ -111,29 +134,51 @@ class FetchAhead:
 
     def _next_chunk(self, walk: _Walk) -> dict[str, int]:
         walk.chunks += 1
-        wanted: dict[str, int] = {}
-        size = 0
-        for directory in walk.order:
-            files = self._small_files(directory)
+        chunk = _Chunk(walk.chunk_files)
+        started, walk.partly = walk.partly, None
+        resumed = [started] if started is not None else []
+        for directory, after in itertools.chain(resumed, ((d, 0) for d in walk.order)):
             self._guessed[directory.inode] = _Guessed(walk, walk.chunks)
-            wanted.update(files)
-            size += sum(files.values())
-            if len(wanted) >= walk.chunk_files or size >= CHUNK_BYTES_CEILING:
+            chunk.rows += 1  # empty directories, too, cost a look
+            stopped = self._take(directory, after, chunk)
+            if stopped is not None:  # full before the directory's end: the next chunk goes on
+                walk.partly = (directory, stopped)
+                break
+            if chunk.full:
                 break
         else:
             walk.done = True
         walk.chunk_files = min(walk.chunk_files * 2, CHUNK_FILES_CEILING)
-        return wanted
+        return chunk.wanted
+
+    def _take(self, directory: Row, after: int, chunk: _Chunk) -> int | None:
+        """Add ``directory``'s small files after entry ``after`` to ``chunk`` until it is
+        full; the last entry looked at if some are left, else None."""
+        last = directory.first_child + directory.child_count - 1
+        while after < last:
+            entries = self.index.children(directory, after_inode=after, limit=PAGE)
+            if not entries:
+                return None
+            for entry in entries:
+                chunk.rows += 1
+                after = entry.inode
+                if (small := _small_file(entry)) is not None:
+                    chunk.wanted[small[0]] = small[1]
+                    chunk.size += small[1]
+                if chunk.full:
+                    return after if after < last else None
+        return None
 
     def _small_files(self, directory: Row) -> dict[str, int]:
-        return {
-            entry.oid: entry.size
-            for entry in self.index.children(directory, limit=MAX_FILES_PER_DIRECTORY)
-            if entry.kind in (Kind.FILE, Kind.EXECUTABLE)
-            and entry.oid
-            and entry.size is not None
-            and 0 < entry.size <= MAX_FILE
-        }
+        entries = self.index.children(directory, limit=MAX_FILES_PER_DIRECTORY)
+        return dict(small for entry in entries if (small := _small_file(entry)) is not None)
+
+
+def _small_file(entry: Row) -> tuple[str, int] | None:
+    """(id, size) of a file small enough to be fetched ahead of need, else None."""
+    if entry.kind not in (Kind.FILE, Kind.EXECUTABLE) or not entry.oid or entry.size is None:
+        return None
+    return (entry.oid, entry.size) if 0 < entry.size <= MAX_FILE else None
 
 
 def _walk_order(index: SnapshotIndex, start: Row, top: Row) -> Iterator[Row]:

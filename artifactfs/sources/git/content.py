@@ -36,8 +36,6 @@ class GitContent:
         self._cas = cas
         self._fetcher = fetcher
         self._io = trio.CapacityLimiter(16)
-        self._ahead: dict[int, FetchAhead] = {}
-        """The guesses of each generation, by number."""
 
     def open(self, generation: Generation, row: Row, kernel_inode: int) -> BlobReader:
         return _WholeBlob(self, generation, row)
@@ -106,9 +104,9 @@ class GitContent:
         return fd
 
     def _fetch_ahead(self, generation: Generation, row: Row, missing: bool) -> None:
-        ahead = self._ahead.get(generation.number)
-        if ahead is None:
-            ahead = self._ahead[generation.number] = FetchAhead(generation.index, generation.listed)
+        ahead = generation.reading_hints
+        if not isinstance(ahead, FetchAhead):
+            ahead = generation.reading_hints = FetchAhead(generation.index, generation.listed)
         wanted = ahead.reading(row, missing)
         wanted.pop(row.oid or "", None)
         if wanted:

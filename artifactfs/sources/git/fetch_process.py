@@ -29,6 +29,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -99,11 +101,17 @@ class FetchProcess:
             raise PartialFetch(got, cause) from None
 
     def close(self) -> None:
-        """Stop every child now (batches running in them fail); no new one is started."""
+        """Kill every child now (batches running in them fail); no new one is started. It is
+        called on the trio loop, so it waits only for idle children (blocked on their stdin,
+        they die at once); the thread of a running batch reaps its own when the batch fails."""
         with self._lock:
             self._closed = True
-            children = list(self._children)
-        for child in children:
+            idle = list(self._idle)
+            busy = self._children.difference(idle)
+        for child in busy:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+        for child in idle:
             self._stop(child)
 
     def _take_child(self) -> subprocess.Popen[bytes]:
@@ -125,7 +133,7 @@ class FetchProcess:
 
     def _start_child(self) -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
-            [sys.executable, "-m", __name__],
+            [sys.executable, "-P", "-m", __name__],  # -P: nothing from the working directory
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
@@ -154,6 +162,7 @@ class FetchProcess:
             "cas": str(self._cas.root),
             "credentials": source.credentials.handover(),
             "log_file": _log_file(),
+            "io_timeout": socket.getdefaulttimeout(),  # the worker's --io-timeout
         }
 
     def _stop(self, child: subprocess.Popen[bytes]) -> None:
@@ -221,10 +230,13 @@ def _exit_with(parent: int) -> None:
 
 
 def main() -> None:
+    # the worker blocks these until its loop handles them; we inherited the mask
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     hello = json.loads(sys.stdin.buffer.readline() or b"{}")
     if "parent" not in hello:
         sys.exit("artifactfs: this is a helper of the mount process; it is not run by hand")
     _exit_with(hello["parent"])
+    socket.setdefaulttimeout(hello.get("io_timeout"))  # a stalled origin fails the batch
     from ...logs import configure
 
     log_file = hello.get("log_file")
