@@ -208,3 +208,23 @@ def test_a_stalled_origin_fails_the_batch_after_the_io_timeout(
         socket.setdefaulttimeout(previous)
         proxy.release()
         proxy.stop()
+
+
+def test_an_idle_child_leaves_and_the_next_batch_starts_another(
+    daemon: GitDaemon, many: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch_process, "IDLE_SECONDS", 2.0)
+    monkeypatch.setattr(fetch_process, "REUSE_MARGIN", 1.0)
+    cas = ContentStore(tmp_path / "cas")
+    process = FetchProcess(source_for(daemon.url("many.git"), tmp_path), cas)
+    names = list(FILES)
+    try:
+        first = {many.blob_id(name): None for name in names[:70]}
+        assert process.fetch(first, lambda oid: None) == set(first)
+        (child,) = children_of(process)
+        wait_for(lambda: not _alive(child), 10, "the idle child to leave")
+        second = {many.blob_id(name): None for name in names[70:]}
+        assert process.fetch(second, lambda oid: None) == set(second)
+        assert children_of(process) != [child] and len(children_of(process)) == 1
+    finally:
+        process.close()

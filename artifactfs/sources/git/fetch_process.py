@@ -19,8 +19,9 @@ this module speaking one line per message on its stdin and stdout:
   received from the origin) or ``=error TEXT`` (one line, safe to log) when the batch ends.
 
 The parent believes only ids it asked for. A child that dies fails the batch it was running
-(what it had published stays, and was reported) and is started again for the next. The child
-exits when its stdin closes, and within a second of its parent's death.
+(what it had published stays, and was reported) and is started again for the next. A child
+exits when its stdin closes, within a second of its parent's death, and after a minute with
+no batch (a walk's children give their memory back once it is over).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 300
 CHILDREN = 2
+IDLE_SECONDS = 60.0
+"""A child with no batch for this long exits (its ~40 MiB go back); the parent does not hand
+a batch to one idle for more than ``IDLE_SECONDS - REUSE_MARGIN``, so none is sent to a child
+that is leaving."""
+REUSE_MARGIN = 10.0
 SMALL_BATCH = 64
 """Batches of fewer blobs are fetched in the calling thread: starting the child (about 0.3 s
 the first time) would cost them more than the GIL does."""
@@ -64,7 +70,8 @@ class FetchProcess:
         self._source = source
         self._cas = cas
         self._lock = threading.Lock()
-        self._idle: list[subprocess.Popen[bytes]] = []
+        self._idle: list[tuple[subprocess.Popen[bytes], float]] = []
+        """Children waiting for a batch, and since when (``time.monotonic``)."""
         self._children: set[subprocess.Popen[bytes]] = set()
         self._closed = False
 
@@ -106,7 +113,7 @@ class FetchProcess:
         they die at once); the thread of a running batch reaps its own when the batch fails."""
         with self._lock:
             self._closed = True
-            idle = list(self._idle)
+            idle = [child for child, _ in self._idle]
             busy = self._children.difference(idle)
         for child in busy:
             with contextlib.suppress(ProcessLookupError):
@@ -119,17 +126,25 @@ class FetchProcess:
             if self._closed:
                 raise SourceError("the mount is shutting down")
             while self._idle:
-                child = self._idle.pop()
-                if child.poll() is None:
+                child, since = self._idle.pop()
+                if child.poll() is None and time.monotonic() - since < IDLE_SECONDS - REUSE_MARGIN:
                     return child
-                self._children.discard(child)
+                self._retire(child)
             child = self._start_child()  # under the lock: ``close`` sees every child
             self._children.add(child)
             return child
 
     def _give_back(self, child: subprocess.Popen[bytes]) -> None:
         with self._lock:
-            self._idle.append(child)
+            self._idle.append((child, time.monotonic()))
+
+    def _retire(self, child: subprocess.Popen[bytes]) -> None:
+        """A child that left (or is about to, being idle): reap it (under the lock)."""
+        self._children.discard(child)
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        child.wait()
+        _close_pipes(child)
 
     def _start_child(self) -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
@@ -163,19 +178,24 @@ class FetchProcess:
             "credentials": source.credentials.handover(),
             "log_file": _log_file(),
             "io_timeout": socket.getdefaulttimeout(),  # the worker's --io-timeout
+            "idle_seconds": IDLE_SECONDS,
         }
 
     def _stop(self, child: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._children.discard(child)
-            if child in self._idle:
-                self._idle.remove(child)
-        child.kill()
+            self._idle = [(other, since) for other, since in self._idle if other is not child]
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
         child.wait()
-        for pipe in (child.stdin, child.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
+        _close_pipes(child)
+
+
+def _close_pipes(child: subprocess.Popen[bytes]) -> None:
+    for pipe in (child.stdin, child.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _log_file() -> str | None:
@@ -202,6 +222,7 @@ def _serve(hello: Mapping[str, Any], requests: IO[bytes], replies: IO[bytes]) ->
         replies.flush()
 
     for line in requests:
+        activity.busy = True
         wanted = json.loads(line)["wanted"]
         before = counters.bytes_received
         try:
@@ -215,18 +236,32 @@ def _serve(hello: Mapping[str, Any], requests: IO[bytes], replies: IO[bytes]) ->
             reply = f"=ok {counters.bytes_received - before}"
         replies.write(reply.encode() + b"\n")
         replies.flush()
+        activity.busy, activity.since = False, time.monotonic()
 
 
-def _exit_with(parent: int) -> None:
-    """A watchdog: the child must not outlive the mount (its stdin closes then too, but a
-    batch may be running)."""
+class _Activity:
+    """Whether the child is running a batch, and since when it has been idle."""
+
+    busy = False
+    since = time.monotonic()
+
+
+activity = _Activity()
+
+
+def _watch(parent: int, idle_seconds: float) -> None:
+    """A watchdog thread: the child must not outlive the mount (its stdin closes then too,
+    but a batch may be running), and it gives its memory back after ``idle_seconds`` with no
+    batch (the parent starts another when needed, and never hands a batch to one that old)."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
+            if not activity.busy and time.monotonic() - activity.since > idle_seconds:
+                os._exit(0)
         os._exit(1)
 
-    threading.Thread(target=watch, name="artifactfs-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="artifactfs-watchdog", daemon=True).start()
 
 
 def main() -> None:
@@ -235,7 +270,7 @@ def main() -> None:
     hello = json.loads(sys.stdin.buffer.readline() or b"{}")
     if "parent" not in hello:
         sys.exit("artifactfs: this is a helper of the mount process; it is not run by hand")
-    _exit_with(hello["parent"])
+    _watch(hello["parent"], hello["idle_seconds"])
     socket.setdefaulttimeout(hello.get("io_timeout"))  # a stalled origin fails the batch
     from ...logs import configure
 
