@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from artifactfs.snapshot import ROOT_INODE, DirectoryListing, Kind, NewEntry, Row, SnapshotIndex
-from artifactfs.snapshot.index import snapshot_path, write_snapshot
+from artifactfs.snapshot import ROOT_INODE, Kind, NewEntry, Row, SnapshotIndex
 from artifactfs.sources.git import ahead
 from artifactfs.sources.git.ahead import FetchAhead
+from tests.helpers.snapshots import snapshot_of
 
 
 def layout() -> dict[str, list[NewEntry]]:
@@ -41,25 +41,9 @@ def layout() -> dict[str, list[NewEntry]]:
     }
 
 
-def write(tmp_path: Path, tree: dict[str, list[NewEntry]]) -> SnapshotIndex:
-    """A snapshot of ``tree`` (directory key -> entries; a directory's key is its name)."""
-    path = snapshot_path(tmp_path, "c" * 40)
-    write_snapshot(
-        path,
-        "c" * 40,
-        "sha1",
-        1_700_000_000,
-        "root",
-        lambda key: DirectoryListing(
-            tree[key], [e.name.decode() if e.kind is Kind.DIRECTORY else None for e in tree[key]]
-        ),
-    )
-    return SnapshotIndex(path)
-
-
 @pytest.fixture
 def index(tmp_path: Path) -> Iterator[SnapshotIndex]:
-    opened = write(tmp_path, layout())
+    opened = snapshot_of(tmp_path, layout(), "c" * 40)
     yield opened
     opened.close()
 
@@ -138,7 +122,7 @@ def test_a_large_directory_is_taken_in_pages_across_chunks(
     monkeypatch.setattr(ahead, "PAGE", 3)
     files = [NewEntry(f"f{n:02}".encode(), Kind.FILE, f"{n:040x}", 10) for n in range(20)]
     tree = {"root": [NewEntry(b"big", Kind.DIRECTORY, "b" * 40, None)], "big": files}
-    index = write(tmp_path, tree)
+    index = snapshot_of(tmp_path, tree, "c" * 40)
     try:
         guesses = FetchAhead(index, {ROOT_INODE, row(index, "big").inode})
         first = guesses.reading(row(index, "big/f00"), missing=True)
@@ -164,7 +148,7 @@ def test_a_chunk_ends_after_so_many_entries_small_files_or_not(
         ],
         **{f"d{n:02}": big for n in range(30)},
     }
-    index = write(tmp_path, tree)
+    index = snapshot_of(tmp_path, tree, "c" * 40)
     try:
         guesses = FetchAhead(index, {ROOT_INODE, row(index, "d00").inode})
         assert guesses.reading(row(index, "d00/big"), missing=True) == {}

@@ -19,9 +19,9 @@ from artifactfs.cas import GIT_SHA1, ContentStore
 from artifactfs.fetching import BlobFetcher
 from artifactfs.fs.operations import SnapshotOperations
 from artifactfs.fs.state import MountState
-from artifactfs.snapshot import ROOT_INODE, DirectoryListing, Kind, NewEntry, SnapshotIndex
-from artifactfs.snapshot.index import snapshot_path, write_snapshot
+from artifactfs.snapshot import ROOT_INODE, Kind, NewEntry
 from artifactfs.sources.git.content import GitContent
+from tests.helpers.snapshots import snapshot_of
 
 TREE = {
     "root": [
@@ -36,21 +36,6 @@ TREE = {
 
 def no_fetch(wanted: Mapping[str, int | None], published: Callable[[str], None]) -> set[str]:
     raise AssertionError("these tests never fetch")
-
-
-def snapshot_of(tmp_path: Path, tree: dict[str, list[NewEntry]], commit: str) -> SnapshotIndex:
-    path = snapshot_path(tmp_path, commit)
-    write_snapshot(
-        path,
-        commit,
-        "sha1",
-        1_700_000_000,
-        "root",
-        lambda key: DirectoryListing(
-            tree[key], [e.name.decode() if e.kind is Kind.DIRECTORY else None for e in tree[key]]
-        ),
-    )
-    return SnapshotIndex(path)
 
 
 class RecordingKernel:

@@ -129,7 +129,8 @@ class FetchProcess:
                 child, since = self._idle.pop()
                 if child.poll() is None and time.monotonic() - since < IDLE_SECONDS - REUSE_MARGIN:
                     return child
-                self._retire(child)
+                self._children.discard(child)  # it left, or is about to: idle too long
+                _end(child)
             child = self._start_child()  # under the lock: ``close`` sees every child
             self._children.add(child)
             return child
@@ -137,14 +138,6 @@ class FetchProcess:
     def _give_back(self, child: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._idle.append((child, time.monotonic()))
-
-    def _retire(self, child: subprocess.Popen[bytes]) -> None:
-        """A child that left (or is about to, being idle): reap it (under the lock)."""
-        self._children.discard(child)
-        with contextlib.suppress(ProcessLookupError):
-            child.kill()
-        child.wait()
-        _close_pipes(child)
 
     def _start_child(self) -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
@@ -158,8 +151,7 @@ class FetchProcess:
             child.stdin.write(json.dumps(self._hello()).encode() + b"\n")
             child.stdin.flush()
         except OSError as exc:
-            child.kill()
-            child.wait()
+            _end(child)
             raise SourceError(f"the fetch process did not start: {exc}") from None
         return child
 
@@ -185,13 +177,14 @@ class FetchProcess:
         with self._lock:
             self._children.discard(child)
             self._idle = [(other, since) for other, since in self._idle if other is not child]
-        with contextlib.suppress(ProcessLookupError):
-            child.kill()
-        child.wait()
-        _close_pipes(child)
+        _end(child)
 
 
-def _close_pipes(child: subprocess.Popen[bytes]) -> None:
+def _end(child: subprocess.Popen[bytes]) -> None:
+    """Kill a child, reap it and close our ends of its pipes."""
+    with contextlib.suppress(ProcessLookupError):
+        child.kill()
+    child.wait()
     for pipe in (child.stdin, child.stdout):
         if pipe is not None:
             with contextlib.suppress(OSError):
