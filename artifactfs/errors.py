@@ -1,7 +1,13 @@
-"""Errors that carry a message meant for a person.
+"""Errors every layer may raise, each meant for a person: one line, never a credential.
 
-A ``UserError`` is printed by the CLI as one line, without a traceback, and turns into a
-non-zero exit status. Anything else reaching the top of the CLI is a bug and is shown as one.
+Layers below ``fs/`` speak these domain errors; only ``fs/`` turns them into errno (see
+``fs/errno_map.py``), and only the CLI turns a ``UserError`` into an exit status.
+
+- ``UserError``: bad input or an unusable environment. The CLI prints it as one line, without
+  a traceback, and exits non-zero. Anything else reaching the top of the CLI is a bug.
+- ``SourceError``: the origin could not give us what we asked for (down, refused, unknown ref,
+  bad data). A failed prepare shows its message as the reason.
+- ``ReadError`` and its kinds: a read of an entry's content cannot be served.
 """
 
 
@@ -14,3 +20,17 @@ class SourceError(Exception):
 
     The message is one line, safe to show and to log: it never contains credentials.
     """
+
+
+class ReadError(Exception):
+    """The content of an entry cannot be served now; the message is one line for the log."""
+
+
+class BlobUnavailable(ReadError):
+    """The bytes could not be had: the origin failed, refused, timed out, or the mount is
+    going away."""
+
+
+class IntegrityError(ReadError):
+    """The content is not what the snapshot says it is (its size or its digest differs), so
+    it is refused rather than served."""

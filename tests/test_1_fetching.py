@@ -13,8 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from artifactfs.errors import SourceError
-from artifactfs.fetching import BlobFetcher, BlobUnavailable
+from artifactfs.errors import BlobUnavailable, SourceError
+from artifactfs.sources.git.fetcher import BlobFetcher
 
 
 class FakeOrigin:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 import stat
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,12 @@ import pyfuse3
 import pytest
 import trio
 
-from artifactfs.cas import GIT_SHA1, ContentStore
-from artifactfs.fetching import BlobFetcher
 from artifactfs.fs.operations import SnapshotOperations
 from artifactfs.fs.state import MountState
 from artifactfs.snapshot import ROOT_INODE, Kind, NewEntry
-from artifactfs.sources.git.content import GitContent
+from artifactfs.sources import open_source, parse_source
 from tests.helpers.snapshots import snapshot_of
+from tests.helpers.sources import settings_for
 
 TREE = {
     "root": [
@@ -32,10 +31,6 @@ TREE = {
     ],
     "dir": [NewEntry(b"inner", Kind.FILE, "2" * 40, 7)],
 }
-
-
-def no_fetch(wanted: Mapping[str, int | None], published: Callable[[str], None]) -> set[str]:
-    raise AssertionError("these tests never fetch")
 
 
 class RecordingKernel:
@@ -56,13 +51,14 @@ KERNEL = RecordingKernel()
 
 def run(tmp_path: Path, body: Callable[[SnapshotOperations], Awaitable[None]]) -> None:
     state = MountState("git://example/x", None)
-    cas = ContentStore(tmp_path / "cas")
     KERNEL.forgotten.clear()
-    content = GitContent(cas, BlobFetcher(no_fetch, lambda oid: False))
-    operations = SnapshotOperations(state, content, kernel=KERNEL)
+    operations = SnapshotOperations(state, kernel=KERNEL)
+    spec = parse_source("git://127.0.0.1:9/never-asked.git")  # these tests never fetch
+    source = open_source(spec, settings_for(tmp_path))
+    operations.read_through(source.open_content(operations))
 
     async def main() -> None:
-        await operations.install(snapshot_of(tmp_path, TREE, "9" * 40), GIT_SHA1)
+        await operations.install(snapshot_of(tmp_path, TREE, "9" * 40))
         state.gate.open()
         await body(operations)
 
@@ -162,7 +158,7 @@ def test_generations_keep_old_directories_consistent_and_retire(tmp_path: Path) 
     async def body(ops: SnapshotOperations) -> None:
         old_dir = await ops.lookup(ROOT_INODE, b"dir", CTX)
         old_inner = await ops.lookup(old_dir.st_ino, b"inner", CTX)
-        await ops.install(snapshot_of(tmp_path, newer, "8" * 40), GIT_SHA1)
+        await ops.install(snapshot_of(tmp_path, newer, "8" * 40))
         assert ops.live_generations() == 2
         names = [b"dir", b"file", b"link", b"new", b"tool"]
         assert KERNEL.forgotten == [(ROOT_INODE, n) for n in names] + [(ROOT_INODE, None)]

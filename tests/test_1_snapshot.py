@@ -84,8 +84,20 @@ def test_same_commit_same_inodes(tmp_path: Path) -> None:
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     first, second = build(tmp_path / "one"), build(tmp_path / "two")
-    assert [(r.inode, r.name) for r in first.iter_all()] == [
-        (r.inode, r.name) for r in second.iter_all()
-    ]
+    assert all_entries(first) == all_entries(second)
     first.close()
     second.close()
+
+
+def all_entries(index: SnapshotIndex) -> list[tuple[int, int, bytes]]:
+    """Every entry as (inode, parent, name), walked through the index's own queries."""
+    found: list[tuple[int, int, bytes]] = []
+    pending = [index.get(ROOT_INODE)]
+    while pending:
+        directory = pending.pop()
+        assert directory is not None
+        for child in index.children(directory):
+            found.append((child.inode, child.parent, child.name))
+            if child.kind.is_directory:
+                pending.append(child)
+    return sorted(found)

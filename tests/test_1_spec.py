@@ -8,7 +8,9 @@ import pytest
 
 from artifactfs.errors import UserError
 from artifactfs.redact import mask_userinfo
-from artifactfs.sources.spec import HubSourceSpec, check_ref, parse_source, redact_url, with_ref
+from artifactfs.sources import check_ref, parse_source
+from artifactfs.sources.hub.spec import HubSourceSpec
+from artifactfs.sources.spec import redact_url
 
 
 @pytest.mark.parametrize(
@@ -134,7 +136,7 @@ def test_hub_sources(text: str, repo_type: str, repo_id: str, revision: str | No
 
 def test_a_hub_revision_is_given_once() -> None:
     spec = parse_source("hf://org/model")
-    assert with_ref(spec, "dev") == parse_source("hf://org/model@dev")
-    assert with_ref(parse_source("hf://org/model@dev"), "dev") == parse_source("hf://org/model@dev")
+    assert spec.with_ref("dev") == parse_source("hf://org/model@dev")
+    assert parse_source("hf://org/model@dev").with_ref("dev") == parse_source("hf://org/model@dev")
     with pytest.raises(UserError, match="already names a revision"):
-        with_ref(parse_source("hf://org/model@dev"), "main")
+        parse_source("hf://org/model@dev").with_ref("main")

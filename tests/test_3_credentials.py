@@ -19,7 +19,6 @@ import pytest
 from artifactfs.cas import GIT_SHA1, ContentStore, Digest
 from artifactfs.errors import SourceError, UserError
 from artifactfs.snapshot import SnapshotIndex
-from artifactfs.sources.counters import FetchCounters
 from artifactfs.sources.credentials import (
     TOKEN_ENV,
     TOKEN_FILE_ENV,
@@ -27,12 +26,12 @@ from artifactfs.sources.credentials import (
     CredentialProvider,
     Credentials,
 )
-from artifactfs.sources.git.source import GitSource
-from artifactfs.sources.spec import parse_source
+from artifactfs.sources.git.remote import GitRemote
 from tests.conftest import BIG, BINARY
 from tests.helpers.gitrepos import Repo
 from tests.helpers.ports import free_port
 from tests.helpers.servers import GitDaemon, HttpGitServer
+from tests.helpers.sources import git_remote
 
 TOKEN = "ghp_s3cretT0kenValue42"
 ROTATED = "ghp_r0tatedT0kenValue77"
@@ -57,13 +56,13 @@ def private(repos: Path) -> Iterator[HttpGitServer]:
 
 def source_for(
     url: str, tmp_path: Path, credentials: CredentialProvider | None = None
-) -> GitSource:
-    return GitSource(parse_source(url), None, tmp_path, FetchCounters(), credentials)
+) -> GitRemote:
+    return git_remote(url, tmp_path, credentials=credentials or CredentialProvider())
 
 
-def fetch(source: GitSource, repo: Repo, path: str, cas: ContentStore) -> bytes:
+def fetch(source: GitRemote, repo: Repo, path: str, cas: ContentStore) -> bytes:
     oid = repo.blob_id(path)
-    assert source.fetch_blobs({oid: None}, cas) == {oid}
+    assert source.fetch_blobs({oid: None}) == {oid}
     return cas.path_of(Digest(GIT_SHA1, oid)).read_bytes()
 
 
@@ -81,7 +80,7 @@ def test_the_right_token_prepares_and_fetches(
 ) -> None:
     cas = ContentStore(tmp_path / "cas")
     source = source_for(private.url("sample.git"), tmp_path, CredentialProvider(token=TOKEN))
-    prepared = source.prepare(tmp_path, cas)
+    prepared = source.prepare()
     assert prepared.commit == sample.commit
     index = SnapshotIndex(prepared.path)
     try:
@@ -110,7 +109,7 @@ def test_a_refusal_is_one_line_naming_authentication(
 ) -> None:
     source = source_for(private.url("sample.git"), tmp_path, credentials)
     with pytest.raises(SourceError) as failure:
-        source.prepare(tmp_path, ContentStore(tmp_path / "cas"))
+        source.prepare()
     message = str(failure.value)
     assert message.startswith("authentication required or refused by the server (401); ")
     assert note in message
@@ -125,7 +124,7 @@ def test_a_403_reads_as_a_refusal_too(repos: Path, sample: Repo, tmp_path: Path)
     try:
         source = source_for(server.url("sample.git"), tmp_path, CredentialProvider(token=WRONG))
         with pytest.raises(SourceError, match=r"refused by the server \(403\); sent the token"):
-            source.prepare(tmp_path, ContentStore(tmp_path / "cas"))
+            source.prepare()
     finally:
         server.stop()
 
@@ -133,7 +132,7 @@ def test_a_403_reads_as_a_refusal_too(repos: Path, sample: Repo, tmp_path: Path)
 def test_a_missing_repository_is_one_line(private: HttpGitServer, tmp_path: Path) -> None:
     source = source_for(private.url("nope.git"), tmp_path, CredentialProvider(token=TOKEN))
     with pytest.raises(SourceError, match=r"^repository not found \(404\)"):
-        source.prepare(tmp_path, ContentStore(tmp_path / "cas"))
+        source.prepare()
 
 
 def test_a_token_file_is_read_again_at_every_fetch(
@@ -145,7 +144,7 @@ def test_a_token_file_is_read_again_at_every_fetch(
     source = source_for(
         private.url("sample.git"), tmp_path, CredentialProvider(token_file=token_file)
     )
-    source.prepare(tmp_path, cas)
+    source.prepare()
     assert fetch(source, sample, "README.md", cas) == b"# sample\n"
 
     private.token = ROTATED  # the host rotates the token, and so does whoever fills the file
@@ -177,7 +176,7 @@ def test_an_unusable_token_file_is_one_clear_line(
     provider = CredentialProvider(token_file=token_file)
     source = source_for(private.url("sample.git"), tmp_path, provider)
     with pytest.raises(SourceError, match=f"^{reason}$"):
-        source.prepare(tmp_path, ContentStore(tmp_path / "cas"))
+        source.prepare()
     with pytest.raises(UserError, match=f"^{reason}$"):
         provider.check()
     assert private.requests == []  # nothing was sent without the token
@@ -209,11 +208,11 @@ def test_the_token_comes_from_the_environment(
 ) -> None:
     url = private.url("sample.git")
     with pytest.raises(SourceError, match="no token was given"):
-        source_for(url, tmp_path).prepare(tmp_path, ContentStore(tmp_path / "cas"))
+        source_for(url, tmp_path).prepare()
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     cas = ContentStore(tmp_path / "cas")
     for source in (source_for(url, tmp_path), source_for(url, tmp_path, CredentialProvider())):
-        source.prepare(tmp_path, cas)
+        source.prepare()
         assert fetch(source, sample, "README.md", cas) == b"# sample\n"
 
 
@@ -239,7 +238,6 @@ def test_precedence_given_token_then_file_then_environment(tmp_path: Path) -> No
 def test_the_username_comes_from_the_url_then_the_environment(
     repos: Path, sample: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cas = ContentStore(tmp_path / "cas")
     for username, url_user, env_user in [
         ("x-access-token", "", None),
         ("bot", "", "bot"),
@@ -250,7 +248,7 @@ def test_the_username_comes_from_the_url_then_the_environment(
         server = HttpGitServer(repos, token=TOKEN, username=username)
         try:
             url = server.url("sample.git").replace("//", f"//{url_user}")
-            source_for(url, tmp_path, CredentialProvider(token=TOKEN)).prepare(tmp_path, cas)
+            source_for(url, tmp_path, CredentialProvider(token=TOKEN)).prepare()
             assert server.refused == 0, username
         finally:
             server.stop()
@@ -259,7 +257,7 @@ def test_the_username_comes_from_the_url_then_the_environment(
 def test_a_password_in_the_url_wins(private: HttpGitServer, sample: Repo, tmp_path: Path) -> None:
     url = private.url("sample.git").replace("//", f"//user:{TOKEN}@")
     source = source_for(url, tmp_path, CredentialProvider(token=WRONG))
-    assert source.prepare(tmp_path, ContentStore(tmp_path / "cas")).commit == sample.commit
+    assert source.prepare().commit == sample.commit
 
 
 def test_other_transports_never_ask_for_a_token(
@@ -270,7 +268,7 @@ def test_other_transports_never_ask_for_a_token(
     cas = ContentStore(tmp_path / "cas")
     for url in (daemon.url("sample.git"), str(sample.path)):
         source = source_for(url, tmp_path, unusable)
-        assert source.prepare(tmp_path, cas).commit == sample.commit
+        assert source.prepare().commit == sample.commit
         assert fetch(source, sample, "README.md", cas) == b"# sample\n"
 
 
@@ -282,10 +280,10 @@ def test_the_token_never_reaches_the_logs(
     cas = ContentStore(tmp_path / "cas")
     url = private.url("sample.git")
     source = source_for(url, tmp_path, CredentialProvider(token=TOKEN))
-    source.prepare(tmp_path, cas)
+    source.prepare()
     fetch(source, sample, "data/big.bin", cas)
     with pytest.raises(SourceError):
-        source_for(url, tmp_path, CredentialProvider(token=WRONG)).prepare(tmp_path, cas)
+        source_for(url, tmp_path, CredentialProvider(token=WRONG)).prepare()
     assert any(record.name.startswith("urllib3") for record in caplog.records)  # it did log
     everything = "\n".join(
         f"{record.getMessage()} {record.args!r} {record.exc_text or ''}"
@@ -297,9 +295,8 @@ def test_the_token_never_reaches_the_logs(
 def test_http_connection_failures_are_one_line(tmp_path: Path) -> None:
     """What urllib3 raises (wrapped by dulwich, after its retries) reads like the other
     transports' failures, not as a dump of urllib3's exception chain."""
-    cas = ContentStore(tmp_path / "cas")
     with pytest.raises(SourceError, match=r"^connection refused$"):
-        source_for(f"http://127.0.0.1:{free_port()}/x.git", tmp_path).prepare(tmp_path, cas)
+        source_for(f"http://127.0.0.1:{free_port()}/x.git", tmp_path).prepare()
     silent = socket.create_server(("127.0.0.1", 0))
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(0.3)  # what --io-timeout sets
@@ -307,7 +304,7 @@ def test_http_connection_failures_are_one_line(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/x.git"
         started = time.monotonic()
         with pytest.raises(SourceError, match=r"^timed out waiting for the server$"):
-            source_for(url, tmp_path).prepare(tmp_path, cas)
+            source_for(url, tmp_path).prepare()
         assert time.monotonic() - started < 0.6  # one timeout, not urllib3's four
     finally:
         socket.setdefaulttimeout(previous)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,14 @@ from pathlib import Path
 import pytest
 
 from artifactfs.cas import GIT_SHA1, ContentStore, Digest
-from artifactfs.fetching import PartialFetch
-from artifactfs.sources.counters import FetchCounters
 from artifactfs.sources.credentials import CredentialProvider
 from artifactfs.sources.git import fetch_process
 from artifactfs.sources.git.fetch_process import FetchProcess
-from artifactfs.sources.git.source import GitSource
-from artifactfs.sources.spec import parse_source
+from artifactfs.sources.git.fetcher import PartialFetch
+from artifactfs.sources.git.remote import GitRemote
 from tests.helpers.gitrepos import Repo, make_repo
 from tests.helpers.servers import GitDaemon, GitProxy, HttpGitServer
+from tests.helpers.sources import git_remote
 from tests.helpers.waiting import wait_for
 
 FILES = {f"dir{i % 5}/file{i:03}.txt": f"file {i}\n".encode() * (i + 1) for i in range(150)}
@@ -36,10 +34,8 @@ def many(repos: Path) -> Repo:
 
 def source_for(
     url: str, tmp_path: Path, credentials: CredentialProvider | None = None
-) -> GitSource:
-    return GitSource(
-        parse_source(url), None, tmp_path, FetchCounters(), credentials or CredentialProvider.none()
-    )
+) -> GitRemote:
+    return git_remote(url, tmp_path, credentials=credentials)
 
 
 def children_of(process: FetchProcess) -> list[int]:
@@ -51,7 +47,7 @@ def test_a_batch_is_published_by_the_child_and_reported_blob_by_blob(
 ) -> None:
     cas = ContentStore(tmp_path / "cas")
     source = source_for(daemon.url("many.git"), tmp_path)
-    process = FetchProcess(source, cas)
+    process = FetchProcess(source)
     wanted = {many.blob_id(name): len(content) for name, content in FILES.items()}
     reported: list[str] = []
     try:
@@ -72,7 +68,7 @@ def test_a_batch_is_published_by_the_child_and_reported_blob_by_blob(
 def test_small_batches_stay_in_the_calling_process(
     daemon: GitDaemon, many: Repo, tmp_path: Path
 ) -> None:
-    process = FetchProcess(source_for(daemon.url("many.git"), tmp_path), ContentStore(tmp_path))
+    process = FetchProcess(source_for(daemon.url("many.git"), tmp_path))
     wanted = {many.blob_id(name): None for name in list(FILES)[: fetch_process.SMALL_BATCH - 1]}
     try:
         assert process.fetch(wanted, lambda oid: None) == set(wanted)
@@ -84,9 +80,8 @@ def test_small_batches_stay_in_the_calling_process(
 def test_the_child_uses_the_parents_credentials(repos: Path, many: Repo, tmp_path: Path) -> None:
     server = HttpGitServer(repos, token=TOKEN)
     try:
-        cas = ContentStore(tmp_path / "cas")
         source = source_for(server.url("many.git"), tmp_path, CredentialProvider(token=TOKEN))
-        process = FetchProcess(source, cas)
+        process = FetchProcess(source)
         wanted = {many.blob_id(name): None for name in FILES}
         try:
             assert process.fetch(wanted, lambda oid: None) == set(wanted)
@@ -106,7 +101,7 @@ def test_a_refused_batch_fails_with_the_origins_reason(
     server = HttpGitServer(repos, token=TOKEN)
     try:
         source = source_for(server.url("many.git"), tmp_path)  # no token
-        process = FetchProcess(source, ContentStore(tmp_path / "cas"))
+        process = FetchProcess(source)
         try:
             refused = r"^authentication required or refused by the server \(401\); no token was"
             with pytest.raises(PartialFetch, match=refused) as failed:
@@ -123,7 +118,7 @@ def test_a_child_that_dies_fails_its_batch_and_is_replaced(
     daemon: GitDaemon, many: Repo, tmp_path: Path
 ) -> None:
     cas = ContentStore(tmp_path / "cas")
-    process = FetchProcess(source_for(daemon.url("many.git"), tmp_path), cas)
+    process = FetchProcess(source_for(daemon.url("many.git"), tmp_path))
     names = list(FILES)
     first = {many.blob_id(name): None for name in names[:100]}
     try:
@@ -149,16 +144,11 @@ def test_a_child_that_dies_fails_its_batch_and_is_replaced(
 PARENT = """
 import os, sys
 from pathlib import Path
-from artifactfs.cas import ContentStore
-from artifactfs.sources.counters import FetchCounters
-from artifactfs.sources.credentials import CredentialProvider
 from artifactfs.sources.git.fetch_process import FetchProcess
-from artifactfs.sources.git.source import GitSource
-from artifactfs.sources.spec import parse_source
+from tests.helpers.sources import git_remote
 
 url, where, *oids = sys.argv[1:]
-source = GitSource(parse_source(url), None, Path(where), FetchCounters(), CredentialProvider.none())
-process = FetchProcess(source, ContentStore(Path(where) / "cas"))
+process = FetchProcess(git_remote(url, Path(where)))
 process.fetch(dict.fromkeys(oids), lambda oid: None)
 print(*(child.pid for child in process._children), flush=True)
 os._exit(0)  # no close: the child is on its own now
@@ -193,19 +183,15 @@ def test_a_stalled_origin_fails_the_batch_after_the_io_timeout(
     daemon: GitDaemon, many: Repo, tmp_path: Path
 ) -> None:
     proxy = GitProxy(daemon.port, held=True)  # accepts, then answers nothing
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(1.0)  # what the worker's --io-timeout sets; the child gets it
-    try:
-        process = FetchProcess(
-            source_for(daemon.url("many.git", proxy.port), tmp_path), ContentStore(tmp_path / "cas")
-        )
+    try:  # the worker's --io-timeout: the child gets it
+        source = git_remote(daemon.url("many.git", proxy.port), tmp_path, io_timeout=1.0)
+        process = FetchProcess(source)
         try:
             with pytest.raises(PartialFetch, match="timed out"):
                 process.fetch({many.blob_id(name): None for name in FILES}, lambda oid: None)
         finally:
             process.close()
     finally:
-        socket.setdefaulttimeout(previous)
         proxy.release()
         proxy.stop()
 
@@ -215,8 +201,7 @@ def test_an_idle_child_leaves_and_the_next_batch_starts_another(
 ) -> None:
     monkeypatch.setattr(fetch_process, "IDLE_SECONDS", 2.0)
     monkeypatch.setattr(fetch_process, "REUSE_MARGIN", 1.0)
-    cas = ContentStore(tmp_path / "cas")
-    process = FetchProcess(source_for(daemon.url("many.git"), tmp_path), cas)
+    process = FetchProcess(source_for(daemon.url("many.git"), tmp_path))
     names = list(FILES)
     try:
         first = {many.blob_id(name): None for name in names[:70]}

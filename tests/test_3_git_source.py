@@ -9,18 +9,19 @@ import pytest
 from artifactfs.cas import GIT_SHA1, ContentStore, Digest
 from artifactfs.errors import SourceError
 from artifactfs.snapshot import ROOT_INODE, SnapshotIndex
-from artifactfs.sources.counters import FetchCounters
+from artifactfs.sources import parse_source
+from artifactfs.sources.credentials import CredentialProvider
 from artifactfs.sources.git import object_info
-from artifactfs.sources.git.source import GitSource, resolve_ref
+from artifactfs.sources.git.remote import GitRemote, resolve_ref
 from artifactfs.sources.git.transport import open_client
-from artifactfs.sources.spec import parse_source
 from tests.conftest import BIG
 from tests.helpers.gitrepos import Repo
 from tests.helpers.servers import GitDaemon, HttpGitServer
+from tests.helpers.sources import git_remote
 
 
-def source_for(url: str, tmp_path: Path, ref: str | None = None) -> GitSource:
-    return GitSource(parse_source(url), ref, tmp_path, FetchCounters())
+def source_for(url: str, tmp_path: Path, ref: str | None = None) -> GitRemote:
+    return git_remote(url, tmp_path, ref, CredentialProvider())
 
 
 @pytest.mark.parametrize("transport", ["git", "http", "file"])
@@ -57,9 +58,8 @@ def test_object_info_replies_are_checked() -> None:
 def test_prepare_indexes_the_tree_with_sizes(
     daemon: GitDaemon, sample: Repo, tmp_path: Path
 ) -> None:
-    cas = ContentStore(tmp_path / "cas")
     source = source_for(daemon.url("sample.git"), tmp_path)
-    prepared = source.prepare(tmp_path, cas)
+    prepared = source.prepare()
     assert prepared.commit == sample.commit
     index = SnapshotIndex(prepared.path)
     try:
@@ -75,7 +75,7 @@ def test_prepare_indexes_the_tree_with_sizes(
         index.close()
     assert source.counters.bytes_received > 0
     assert daemon.fetch_commands() == 2  # the tree, then the four symlink blobs
-    again = source_for(daemon.url("sample.git"), tmp_path).prepare(tmp_path, cas)
+    again = source_for(daemon.url("sample.git"), tmp_path).prepare()
     assert again.path == prepared.path
     assert daemon.fetch_commands() == 2  # the snapshot of that commit already exists
 
@@ -86,16 +86,15 @@ def test_fetch_blobs_publishes_verified_blobs(
     cas = ContentStore(tmp_path / "cas")
     source = source_for(daemon.url("sample.git"), tmp_path)
     wanted = {sample.blob_id("data/big.bin"): len(BIG), sample.blob_id("README.md"): 9}
-    assert source.fetch_blobs(wanted, cas) == set(wanted)
+    assert source.fetch_blobs(wanted) == set(wanted)
     assert cas.path_of(Digest(GIT_SHA1, sample.blob_id("data/big.bin"))).read_bytes() == BIG
     assert source.counters.blob_fetches == 1 and source.counters.blobs_fetched == 2
 
 
 def test_unknown_objects_and_refs(daemon: GitDaemon, sample: Repo, tmp_path: Path) -> None:
-    cas = ContentStore(tmp_path / "cas")
-    assert source_for(daemon.url("sample.git"), tmp_path).fetch_blobs({"0" * 40: 1}, cas) == set()
+    assert source_for(daemon.url("sample.git"), tmp_path).fetch_blobs({"0" * 40: 1}) == set()
     with pytest.raises(SourceError, match="unknown ref 'nosuch'"):
-        source_for(daemon.url("sample.git"), tmp_path, "nosuch").prepare(tmp_path, cas)
+        source_for(daemon.url("sample.git"), tmp_path, "nosuch").prepare()
 
 
 def test_ref_resolution_follows_git_precedence() -> None:
@@ -122,6 +121,6 @@ def test_a_server_sending_more_than_announced_is_cut_off(
     source = source_for(daemon.url("sample.git"), tmp_path)
     big = sample.blob_id("data/big.bin")
     with pytest.raises(SourceError, match="sent more than"):
-        source.fetch_blobs({big: 1000}, cas)  # as if object-info had said 1000 bytes
+        source.fetch_blobs({big: 1000})  # as if object-info had said 1000 bytes
     assert not cas.contains(Digest(GIT_SHA1, big))
     assert list(tmp_path.glob("pack-*")) == []

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from artifactfs.mount.mountpoints import mount_at
-from artifactfs.mount.read_ahead import GIT_READ_AHEAD_KIB
+from artifactfs.sources.git.source import GIT_READ_AHEAD_KIB
 from tests.conftest import BIG
 from tests.helpers.gitrepos import Repo, Symlink, git, make_repo
 from tests.helpers.mounts import errno_of, is_mounted, mounted, run_cli

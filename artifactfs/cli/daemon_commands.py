@@ -145,10 +145,10 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 def add_repo(args: argparse.Namespace) -> int:
     from ..daemon.names import check_name
-    from ..sources.spec import check_ref, parse_source, with_ref
+    from ..sources import check_ref, parse_source
 
     check_name(args.name)  # the daemon checks again; this spares it the obvious
-    with_ref(parse_source(args.source), check_ref(args.ref))
+    parse_source(args.source).with_ref(check_ref(args.ref))
     message: dict[str, Any] = {
         "cmd": "add",
         "name": args.name,

@@ -10,8 +10,6 @@ from typing import Any
 
 from ..errors import UserError
 
-MAX_IO_TIMEOUT = 86400.0
-
 
 def add_parsers(commands: Any) -> None:
     mount = commands.add_parser(
@@ -44,7 +42,7 @@ def add_parsers(commands: Any) -> None:
     mount.add_argument(
         "--io-timeout",
         type=float,
-        default=60.0,
+        default=60.0,  # mount/launch.py: DEFAULT_IO_TIMEOUT
         metavar="SECONDS",
         help="give up on a silent server after this long; reads then fail with EIO (default 60)",
     )
@@ -65,73 +63,22 @@ def add_parsers(commands: Any) -> None:
 
 
 def mount_foreground(args: argparse.Namespace) -> int:
-    from ..home import ArtifactHome, default_home
-    from ..logs import configure
-    from ..mount.mountpoints import check_fuse_device, check_mountpoint
-    from ..mount.options import check_allow_other
-    from ..sources.spec import HubSourceSpec, check_ref, parse_source, with_ref
+    from ..mount.launch import WorkerOptions, launch
 
-    ref = check_ref(args.ref)
-    spec = with_ref(parse_source(args.source), ref)
-    if not 0 < args.io_timeout <= MAX_IO_TIMEOUT:  # also refuses nan and inf
-        raise UserError(f"--io-timeout must be between 0 and {MAX_IO_TIMEOUT:.0f} seconds")
-    if args.allow_other:
-        check_allow_other()
-    check_fuse_device()
-    mountpoint = check_mountpoint(args.mountpoint)
-    home = ArtifactHome(default_home())
-    try:
-        home.ensure()
-    except OSError as exc:
-        raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
-    credentials = _credentials(args)
-    explicit = credentials.credentials() if args.token_stdin or args.token_file else None
-    hub_token = explicit.token if explicit and isinstance(spec, HubSourceSpec) else None
-    configure(home.log_file_for(mountpoint), args.verbose)
-    control = Path(args.control_socket) if args.control_socket else None
-
-    import signal
-    import socket
-
-    from ..mount.head_start import HeadStart
-
-    # Stop signals wait until the worker can handle them (it unblocks them), so that none can
-    # kill the process with the mount up; threads started from here on inherit the mask.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-    socket.setdefaulttimeout(args.io_timeout)
-    head_start = HeadStart(spec, ref, home, credentials, hub_token)  # works during the import
-
-    from ..mount.worker import MountRequest, run
-
-    request = MountRequest(
-        spec,
-        ref,
-        mountpoint,
-        home,
-        args.keep_failed,
-        name=args.name,
-        control_socket=control,
+    options = WorkerOptions(
+        source=args.source,
+        mountpoint=args.mountpoint,
+        ref=args.ref,
+        token_file=args.token_file,
+        token_stdin=args.token_stdin,
+        keep_failed=args.keep_failed,
         io_timeout=args.io_timeout,
         allow_other=args.allow_other,
+        verbose=args.verbose,
+        name=args.name,
+        control_socket=args.control_socket,
     )
-    return run(request, head_start)
-
-
-def _credentials(args: argparse.Namespace) -> Any:
-    """Where this mount's token comes from; the token variables then leave our environment,
-    so that no child process (ssh, git upload-pack) inherits them."""
-    import os
-    import sys
-
-    from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
-
-    token = sys.stdin.read().strip() if args.token_stdin else None
-    token_file = os.path.abspath(args.token_file) if args.token_file else None
-    provider = CredentialProvider(token=token or None, token_file=token_file)
-    provider.check()
-    for variable in (TOKEN_ENV, TOKEN_FILE_ENV):
-        os.environ.pop(variable, None)
-    return provider
+    return launch(options)
 
 
 def unmount_path(path_text: str, lazy: bool) -> int:
@@ -151,7 +98,7 @@ def unmount_path(path_text: str, lazy: bool) -> int:
 
 
 def status_of_path(path_text: str, as_json: bool) -> int:
-    from ..status import read_status
+    from .mount_status import read_status
 
     report = read_status(Path(path_text))
     if as_json:

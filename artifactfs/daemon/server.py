@@ -30,8 +30,8 @@ from ..ipc import LineStream, Message, ProtocolError, unix_listener
 from ..mount.mountpoints import FS_TYPE, check_directory, is_stale, mount_table, remove_stale
 from ..mount.options import check_allow_other
 from ..snapshot.index import snapshot_path
+from ..sources import check_ref, parse_source
 from ..sources.credentials import CredentialProvider
-from ..sources.spec import check_ref, parse_source, with_ref
 from .names import check_name
 from .registry import Conflict, Registry, Repo
 from .spares import SpareWorkers
@@ -157,7 +157,7 @@ class Daemon:
                 " list): use --token-file or ARTIFACTFS_GIT_TOKEN"
             )
         ref = check_ref(request.get("ref"))
-        with_ref(spec, ref)  # a Hub source may name its revision once, not twice
+        spec.with_ref(ref)  # a Hub source may name its revision once, not twice
         token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
         allow_other = bool(request.get("allow_other"))
         if allow_other:  # our workers mount with our rights: may *we* ask for it?

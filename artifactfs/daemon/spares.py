@@ -2,14 +2,9 @@
 
 A mount worker spends 0.3 s or more of its start importing trio, pyfuse3 and dulwich before it
 can mount anything (docs/benchmarks.md). The daemon keeps ``count`` *spares*: worker processes
-started ahead, in sessions of their own like every worker, their imports done, each waiting on
-its stdin for one JSON line, ``{"argv": [...], "stderr": PATH}``: the command line of the mount
-it is to serve (what follows ``artifactfs``) and the file its stderr goes to. From then on it
-is exactly the worker ``artifactfs mount ...`` would have been, the rest of its stdin (a
-token, if any) included, and it shows that command line as its process title (``ps``). A
-spare whose daemon goes away sees its stdin close and exits.
-
-Run as ``python -m artifactfs.daemon.spares``; the daemon side is ``SpareWorkers``.
+started ahead (``spare_child.py``), in sessions of their own like every worker, their imports
+done, each waiting on its stdin for the mount it is to serve. This is the daemon's side: the
+pool, and handing a spare its mount (``assign``).
 """
 
 from __future__ import annotations
@@ -17,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import sys
 
 import trio
+
+from ..mount.launch import WorkerOptions
 
 log = logging.getLogger(__name__)
 
@@ -73,46 +69,19 @@ class SpareWorkers:
 
     async def _start(self) -> trio.Process:
         return await trio.lowlevel.open_process(
-            [*PYTHON, __name__],
+            [*PYTHON, "artifactfs.daemon.spare_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,  # as every worker: not killed with the daemon
         )
 
 
-async def assign(spare: trio.Process, argv: list[str], stderr: str) -> bool:
+async def assign(spare: trio.Process, options: WorkerOptions, stderr: str) -> bool:
     """Give a spare its mount; False if it is gone (start a worker the usual way then)."""
     assert spare.stdin is not None
-    line = json.dumps({"argv": argv, "stderr": stderr}).encode() + b"\n"
+    line = json.dumps({"worker": options.to_json(), "stderr": stderr}).encode() + b"\n"
     try:
         await spare.stdin.send_all(line)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
     return True
-
-
-def main() -> int:
-    # what a worker would otherwise import after it was asked for
-    import artifactfs.mount.worker
-    import artifactfs.sources.git.source  # noqa: F401
-
-    line = sys.stdin.readline()
-    if not line:
-        return 0  # the daemon went away before it needed us
-    assignment = json.loads(line)
-    fd = os.open(assignment["stderr"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    os.dup2(fd, 2)
-    os.close(fd)
-    from setproctitle import setproctitle
-
-    from artifactfs.cli import main as run_command
-
-    argv = [str(arg) for arg in assignment["argv"]]
-    sys.argv = ["artifactfs", *argv]
-    # what ps and /proc/PID/cmdline show: the worker it now is (the args joined by spaces)
-    setproctitle(" ".join([*PYTHON, "artifactfs", *argv]))
-    return run_command(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

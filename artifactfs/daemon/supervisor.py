@@ -29,6 +29,7 @@ from ..fs.state import ChangeSignal
 from ..home import ArtifactHome
 from ..ipc import Message, ProtocolError, open_unix_stream
 from ..mount.last_resort import force_detach
+from ..mount.launch import WorkerOptions
 from ..mount.mountpoints import is_stale, remove_stale
 from .registry import Registry, Repo
 from .spares import PYTHON, SpareWorkers, assign
@@ -196,14 +197,14 @@ class Supervisor:
         self._record("preparing", None)
         stderr_path = self.home.worker_stderr(self.name)
         stderr_start = await trio.to_thread.run_sync(_size, stderr_path)
-        arguments = self._arguments(repo)
+        options = self._worker_options(repo)
         process = self._spares.take() if self._spares is not None else None
-        if process is not None and not await assign(process, arguments, str(stderr_path)):
+        if process is not None and not await assign(process, options, str(stderr_path)):
             process = None
         if process is None:
             with open(stderr_path, "ab") as stderr:  # noqa: ASYNC230 - a log file opens at once
                 process = await trio.lowlevel.open_process(
-                    [*PYTHON, "artifactfs", *arguments],
+                    [*PYTHON, "artifactfs", *options.command_line()],
                     stdin=subprocess.PIPE if self.token else subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=stderr,
@@ -232,21 +233,19 @@ class Supervisor:
                 await process.wait()
             self._pid = None
 
-    def _arguments(self, repo: Repo) -> list[str]:
-        """The worker's command line after ``artifactfs`` (a spare is given just this)."""
-        command = [
-            "mount", repo.source, repo.mountpoint,
-            "--keep-failed", "--name", repo.name, "--control-socket", self.socket_path,
-        ]  # fmt: skip
-        if repo.ref:
-            command += ["--ref", repo.ref]
-        if repo.token_file:
-            command += ["--token-file", repo.token_file]
-        if self.token:
-            command.append("--token-stdin")
-        if repo.allow_other:
-            command.append("--allow-other")
-        return command
+    def _worker_options(self, repo: Repo) -> WorkerOptions:
+        """The worker this repository needs (a spare is handed just this)."""
+        return WorkerOptions(
+            source=repo.source,
+            mountpoint=repo.mountpoint,
+            ref=repo.ref or None,
+            token_file=repo.token_file or None,
+            token_stdin=bool(self.token),
+            keep_failed=True,
+            allow_other=repo.allow_other,
+            name=repo.name,
+            control_socket=self.socket_path,
+        )
 
     async def _wait_mounted(
         self, process: trio.Process, stderr_path: Path, stderr_start: int
@@ -296,12 +295,6 @@ class Supervisor:
         if repo is not None:
             self.status = repo.public()
         self.changes.notify()
-
-    async def wait_settled(self) -> dict[str, Any]:
-        """The status once it is ready or failed."""
-        while self.status["state"] not in ("ready", "failed"):
-            await self.changes.wait_past(self.changes.version)
-        return self.status
 
 
 def _alive(pid: int) -> bool:

@@ -33,12 +33,8 @@ def for_row(row: Row, meta: SnapshotMeta, inode: int) -> pyfuse3.EntryAttributes
     stamp = meta.commit_time * 1_000_000_000
     attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = stamp
     attr.entry_timeout = IMMUTABLE_TIMEOUT
-    attr.attr_timeout = 0.0 if size_unknown(row) else IMMUTABLE_TIMEOUT
+    attr.attr_timeout = 0.0 if row.size_unknown else IMMUTABLE_TIMEOUT
     return attr
-
-
-def size_unknown(row: Row) -> bool:
-    return row.size is None and row.kind.has_blob
 
 
 def _size(row: Row) -> int:

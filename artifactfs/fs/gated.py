@@ -6,8 +6,10 @@ releasedir, flush, fsync, statfs) pass straight through, and so do ``getattr``, 
 and ``listxattr`` of the root inode, so that ``stat``/``mountpoint`` never hang and the
 ``user.artifactfs.state``/``.error`` attributes can be read while preparing or failed.
 
-Any exception other than ``FUSEError`` escaping an operation would kill the mount (pyfuse3's
-rule), so it is logged with its traceback and answered with EIO.
+It is also where domain errors become errno, and only here: a ``ReadError`` from a source
+(the bytes could not be had, or were not what the snapshot says) is logged as one line and
+answered with its errno (``ERRNO_OF``). Any other exception escaping an operation would kill
+the mount (pyfuse3's rule), so it is a bug: logged with its traceback and answered with EIO.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from typing import Any
 
 import pyfuse3
 
+from ..errors import ReadError
 from .gate import ReadyGate
 
 log = logging.getLogger(__name__)
+
+ERRNO_OF: dict[type[ReadError], int] = {ReadError: errno.EIO}
+"""The errno each kind of read failure is answered with (the most specific class wins)."""
 
 _GATED = (
     "lookup",
@@ -53,9 +59,19 @@ async def _guarded(name: str, call: Awaitable[Any]) -> Any:
         return await call
     except pyfuse3.FUSEError:
         raise
+    except ReadError as exc:
+        log.error("%s: %s", name, exc)
+        raise pyfuse3.FUSEError(errno_of(exc)) from None
     except Exception:
         log.exception("unexpected error in %s", name)
         raise pyfuse3.FUSEError(errno.EIO) from None
+
+
+def errno_of(error: ReadError) -> int:
+    for kind in type(error).__mro__:
+        if kind in ERRNO_OF:
+            return ERRNO_OF[kind]
+    return errno.EIO
 
 
 def _gated(name: str) -> Callable[..., Awaitable[Any]]:

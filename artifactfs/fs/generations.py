@@ -14,10 +14,9 @@ every inode of it (exact lookup counts make that knowable) and no handle of it i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from ..cas import Algorithm
 from ..snapshot import ROOT_INODE, SnapshotIndex
 
 log = logging.getLogger(__name__)
@@ -30,31 +29,27 @@ STRIDE = 1 << 40
 class Generation:
     number: int
     index: SnapshotIndex
-    algorithm: Algorithm
     lookups: int = 0
     """Lookup references the kernel holds on inodes of this generation."""
     handles: int = 0
     """Open files and directories of this generation."""
-    listed: set[int] = field(default_factory=set)
-    """Directories (row inodes) a program has listed: a hint of what it will read next."""
-    reading_hints: Any = None
-    """What the content layer keeps about this generation's reads (git: what to fetch ahead
-    of them); it goes when the generation retires."""
 
     def kernel_inode(self, row_inode: int) -> int:
         return ROOT_INODE if row_inode == ROOT_INODE else row_inode + self.number * STRIDE
 
 
 class Generations:
-    def __init__(self) -> None:
+    def __init__(self, on_retire: Callable[[SnapshotIndex], None] = lambda index: None) -> None:
+        """``on_retire`` is told of each index just before it is closed."""
         self._all: dict[int, Generation] = {}
+        self._on_retire = on_retire
         self.current: Generation | None = None
 
-    def install(self, index: SnapshotIndex, algorithm: Algorithm) -> Generation | None:
+    def install(self, index: SnapshotIndex) -> Generation | None:
         """Make ``index`` the current generation; return the one it replaces, if any."""
         previous = self.current
         number = previous.number + 1 if previous is not None else 0
-        self.current = self._all[number] = Generation(number, index, algorithm)
+        self.current = self._all[number] = Generation(number, index)
         if previous is not None:
             self.retire_if_unused(previous)
         return previous
@@ -88,6 +83,7 @@ class Generations:
             return
         if self._all.pop(generation.number, None) is not None:
             log.info("retired the snapshot of %s", generation.index.meta.commit)
+            self._on_retire(generation.index)
             generation.index.close()
 
     def close(self) -> None:
@@ -98,3 +94,7 @@ class Generations:
 
     def live(self) -> int:
         return len(self._all)
+
+    def showing(self, index: SnapshotIndex) -> list[Generation]:
+        """The live generations that show ``index``."""
+        return [generation for generation in self._all.values() if generation.index is index]

@@ -6,6 +6,11 @@ the ready gate before calling them (only the root's ``getattr``, ``getxattr`` an
 never by ``lookup``, ``readdir`` or ``open``; a read at or past the known end of a file
 fetches nothing.
 
+Where the bytes come from is the mount's ``Content`` (``sources/base.py``): the operations
+hand it the snapshot and row a program opened, and tell it what was listed (a hint of what will
+be read next); they never know which source it is. Its domain errors (``errors.ReadError``)
+become errno at the kernel-facing layer (gated.py).
+
 Lookup counts are exact: every entry returned by ``lookup`` or ``readdir`` adds one, every
 ``forget`` removes what it says; when an older generation (see generations.py) has no count
 left, its snapshot is closed.
@@ -24,16 +29,14 @@ from typing import Protocol
 import pyfuse3
 import trio
 
-from ..cas import Algorithm
 from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
+from ..sources.base import BlobReader, Content
 from . import attributes, xattrs
-from .content import BlobReader, Content
 from .generations import Generation, Generations
 from .state import MountState
 
 log = logging.getLogger(__name__)
 
-LISTING_HINT_SECONDS = 5.0
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -70,27 +73,35 @@ class FuseKernelCache:
 
 
 class SnapshotOperations(pyfuse3.Operations):
-    def __init__(
-        self,
-        state: MountState,
-        content: Content,
-        kernel: KernelCache | None = None,
-    ) -> None:
+    def __init__(self, state: MountState, kernel: KernelCache | None = None) -> None:
         super().__init__()
         self._kernel = kernel or FuseKernelCache()
         self._state = state
-        self._content = content
-        self._generations = Generations()
+        self._content: Content | None = None
+        self._generations = Generations(on_retire=self._retired)
         self._lookups: Counter[int] = Counter()
         self._files: dict[int, _OpenFile] = {}
         self._directories: dict[int, _OpenDirectory] = {}
-        self._listed: dict[int, float] = {}
-        """Directory inode -> when it was last listed (only while some sizes are unknown)."""
         self._next_fh = 1
 
     # -- snapshots ------------------------------------------------------------------------------
 
-    async def install(self, index: SnapshotIndex, algorithm: Algorithm) -> None:
+    def read_through(self, content: Content) -> None:
+        """Serve file contents from ``content`` (before the first snapshot is installed: the
+        source that provides it may be known only once the mount is up)."""
+        self._content = content
+
+    @property
+    def content(self) -> Content:
+        if self._content is None:  # the gate lets nobody read before prepare succeeded
+            raise RuntimeError("no content to read through yet")
+        return self._content
+
+    def _retired(self, index: SnapshotIndex) -> None:
+        if self._content is not None:
+            self._content.retired(index)
+
+    async def install(self, index: SnapshotIndex) -> None:
         """Show ``index`` from now on: the first snapshot, or a newer one (a refresh).
 
         On a refresh the kernel is told that the root's names and attributes may have changed;
@@ -100,10 +111,8 @@ class SnapshotOperations(pyfuse3.Operations):
         stale_names: set[bytes] = set()
         if previous is not None:
             stale_names = {row.name for row in _root_children(previous.index)}
-        self._generations.install(index, algorithm)
-        self._listed.clear()  # a hint about the old tree's directories
+        self._generations.install(index)
         self._state.snapshot = index
-        self._state.blob_algorithm = algorithm
         self._state.changes.notify()
         if previous is None:
             return
@@ -114,9 +123,11 @@ class SnapshotOperations(pyfuse3.Operations):
     def close(self) -> None:
         self._generations.close()
 
-    async def forget_cached(self, kernel_inode: int) -> None:
-        """Make the kernel drop what it cached of an inode (its bytes were bad)."""
-        await self._kernel.forget_inode(kernel_inode)
+    async def forget_cached(self, snapshot: SnapshotIndex, row: Row) -> None:
+        """Make the kernel drop what it cached of an entry (its bytes were bad): the content's
+        ``ContentHost`` side."""
+        for generation in self._generations.showing(snapshot):
+            await self._kernel.forget_inode(generation.kernel_inode(row.inode))
 
     def live_generations(self) -> int:
         return self._generations.live()
@@ -159,10 +170,8 @@ class SnapshotOperations(pyfuse3.Operations):
         if self._generations.current is None and inode == ROOT_INODE:
             return attributes.placeholder_root()
         generation, row = self._node(inode)
-        if attributes.size_unknown(row):
-            listed = self._listed.get(generation.kernel_inode(row.parent))
-            recently = listed is not None and trio.current_time() - listed < LISTING_HINT_SECONDS
-            row = await self._content.with_size(generation, row, recently)
+        if row.size_unknown:
+            row = await self.content.with_size(generation.index, row)
         return self._attributes(generation, row)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -214,10 +223,7 @@ class SnapshotOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         generation, directory = handle.generation, handle.row
         index = generation.index
-        if start_id == 0:
-            generation.listed.add(directory.inode)
-        if index.meta.sizes != "complete":
-            self._listed[generation.kernel_inode(directory.inode)] = trio.current_time()
+        self.content.listed(index, directory)
         parent = index.get(directory.parent) or directory
         dots = ((b".", directory), (b"..", parent))
         for offset, (name, row) in enumerate(dots, start=1):
@@ -253,7 +259,7 @@ class SnapshotOperations(pyfuse3.Operations):
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
         fh = self._new_handle()
-        reader = self._content.open(generation, row, inode)
+        reader = self.content.reader(generation.index, row)
         self._files[fh] = _OpenFile(generation, reader)
         self._generations.opened(generation)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
@@ -280,7 +286,7 @@ class SnapshotOperations(pyfuse3.Operations):
             generation, row = self._node(inode)
 
             async def cached(row: Row) -> int:
-                return await self._content.cached_bytes(generation, row)
+                return await self.content.cached_bytes(generation.index, row)
 
             value = await xattrs.entry_value(row, name, cached)
         if value is None:

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..cas import GIT_SHA1, Algorithm
 from ..snapshot import SnapshotIndex
 from ..sources.counters import FetchCounters
 from .gate import ReadyGate
@@ -40,7 +39,6 @@ class MountState:
     counters: FetchCounters = field(default_factory=FetchCounters)
     snapshot: SnapshotIndex | None = None
     """The snapshot new lookups see; set when prepare succeeds, replaced by a refresh."""
-    blob_algorithm: Algorithm = GIT_SHA1
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     """Notified on every change a watcher may care about (gate state, commit)."""
 

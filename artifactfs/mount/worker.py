@@ -2,9 +2,11 @@
 
 The order matters for "mounted at once": the FUSE session is mounted before anything touches
 the network, with the gate closed; trio then runs the pyfuse3 loop, the prepare task and the
-blob fetcher side by side. Prepare opens the gate or fails it (EIO at once, reason in the
-root's xattrs). A failed prepare ends the worker with status 1 unless ``keep_failed`` is set,
-in which case the mount stays in failed state and SIGHUP retries it.
+background work of the source's content side by side. The worker names no kind of source: it
+gets one from the head start (``sources.open_source``) and uses its declared interface.
+Prepare opens the gate or fails it (EIO at once, reason in the root's xattrs). A failed
+prepare ends the worker with status 1 unless ``keep_failed`` is set, in which case the mount
+stays in failed state and SIGHUP retries it.
 
 SIGINT and SIGTERM end the worker cleanly; so does an unmount from outside
 (``artifactfs unmount``, ``fusermount3 -u``), noticed within a second. Stopping fails every
@@ -16,27 +18,21 @@ hanging forever.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
 import sys
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import pyfuse3
 import trio
 
-from .. import __version__
-from ..cas import Digest
+from ..cas import ContentStore
 from ..cas.claims import FetchClaims
-from ..cas.digests import git_blob_algorithm
 from ..errors import SourceError, UserError
-from ..fetching import BlobFetcher
-from ..fs.content import Content
 from ..fs.gate import GateState
 from ..fs.gated import GatedOperations
 from ..fs.operations import SnapshotOperations
@@ -44,19 +40,12 @@ from ..fs.state import MountState
 from ..home import ArtifactHome
 from ..snapshot import SnapshotIndex
 from ..snapshot.index import sweep_snapshot_temporaries
-from ..sources.spec import HubSourceSpec, SourceSpec
+from ..sources import Content, PreparedSnapshot, Source, SourceSpec
 from .control import serve_control
 from .head_start import HeadStart
+from .kernel_read_ahead import keep_read_ahead
 from .mountpoints import FS_TYPE, mount_at
 from .options import mount_options
-from .read_ahead import GIT_READ_AHEAD_KIB, keep_read_ahead
-
-if TYPE_CHECKING:
-    from ..sources.git.fetch_process import FetchProcess
-    from ..sources.git.source import GitSource
-    from ..sources.hub.client import HubClient
-    from ..sources.hub.source import HubSource
-    from ..sources.prepared import PreparedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +54,9 @@ MAX_FUSE_TASKS = 1000
 
 @dataclass(frozen=True)
 class MountRequest:
+    """One mount, validated (launch.py makes it from the command line or the daemon's
+    request)."""
+
     spec: SourceSpec
     ref: str | None
     mountpoint: Path
@@ -74,8 +66,6 @@ class MountRequest:
     """The repository's name when the daemon runs this worker."""
     control_socket: Path | None = None
     """Serve control requests here, and say "mounted" on stdout once mounted (daemon mode)."""
-    io_timeout: float = 60.0
-    """A read whose bytes cannot be had this long fails (Hub sources; git uses sockets')."""
     allow_other: bool = False
     """Let other users (root included) see the mount (see options.mount_options)."""
 
@@ -93,100 +83,26 @@ class _Worker:
         self.request = request
         self.head_start = head_start
         self.exit_code = 0
-        self.state = MountState(request.spec.display, request.ref, counters=head_start.counters)
-        self.cas = head_start.cas
-        self._background: Callable[[], Awaitable[None]]
-        self._close_fetches: Callable[[str], None]
-        self._client: HubClient | None = None
-        self._process: FetchProcess | None = None
-        self._process_lock = threading.Lock()
-        self._fetches_closed = False
-        self.snapshots = SnapshotOperations(self.state, self._content())
+        self.state = MountState(
+            request.spec.display, request.ref, counters=head_start.settings.counters
+        )
+        self.snapshots = SnapshotOperations(self.state)
         self.operations = GatedOperations(self.snapshots, self.state.gate)
+        self._content: Content | None = None
+        self._content_ready = trio.Event()
         self._refreshing = trio.Lock()
         self._retry = trio.Event()
         self._stopping = False
         self._fuse_scope = trio.CancelScope()
 
-    def _content(self) -> Content:
-        """How file contents are read, and the background task that fetches them."""
-        spec = self.request.spec
-        if isinstance(spec, HubSourceSpec):
-            from ..sources.hub.content import HubContent
-            from ..sources.hub.reader import RangedBlobs
-
-            blobs = RangedBlobs(
-                self.cas, self._hub_client, self.request.io_timeout, self._forget_cached
-            )
-            self._background = blobs.run
-            self._close_fetches = blobs.close
-            return HubContent(blobs, self._hub_client, spec)
-        from ..sources.git.content import GitContent
-        from ..sources.git.fetch_process import CHILDREN
-
-        fetcher = BlobFetcher(
-            lambda wanted, published: self._git_source().fetch_blobs(wanted, self.cas, published),
-            lambda oid: self.cas.contains(Digest(self.state.blob_algorithm, oid)),
-            claims=FetchClaims(self.cas.root),
-            fetch_guesses=lambda wanted, published: self._fetch_process().fetch(wanted, published),
-            guess_batches=CHILDREN,
-        )
-        self._background = fetcher.run
-
-        def close_fetches(reason: str) -> None:
-            fetcher.close(reason)
-            with self._process_lock:
-                self._fetches_closed = True
-                process = self._process
-            if process is not None:
-                process.close()
-
-        self._close_fetches = close_fetches
-        return GitContent(self.cas, fetcher)
-
-    def _git_source(self) -> GitSource:
-        return cast("GitSource", self.head_start.source.result())
-
-    def _fetch_process(self) -> FetchProcess:
-        """Where guessed blobs are fetched (sources/git/fetch_process.py); made on first use,
-        in a fetch thread, once the source exists."""
-        with self._process_lock:
-            if self._fetches_closed:
-                raise SourceError("the mount is shutting down")
-            if self._process is None:
-                from ..sources.git.fetch_process import FetchProcess
-
-                self._process = FetchProcess(self._git_source(), self.cas)
-            return self._process
-
-    def _hub_client(self) -> HubClient:
-        """One client for the worker's life, made once the source exists (after prepare)."""
-        if self._client is None:
-            from ..sources.hub.client import HubClient
-
-            source = cast("HubSource", self.head_start.source.result())
-            self._client = HubClient(
-                source.endpoint,
-                source.token,
-                self.request.io_timeout,
-                f"artifactfs/{__version__}",
-                self.state.counters,
-            )
-        return self._client
-
-    async def _forget_cached(self, kernel_inode: int) -> None:
-        await self.snapshots.forget_cached(kernel_inode)
-
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._handle_signals)
-            nursery.start_soon(self._background)
+            nursery.start_soon(self._open_content)
             nursery.start_soon(self._prepare)
             nursery.start_soon(self._watch_mount)
             nursery.start_soon(self._sweep_leftovers)
-            if not isinstance(self.request.spec, HubSourceSpec):
-                nursery.start_soon(keep_read_ahead, self.request.mountpoint, GIT_READ_AHEAD_KIB)
             if self.request.control_socket is not None:
                 await nursery.start(serve_control, str(self.request.control_socket), self)
                 _tell_daemon_mounted()  # mounted, and now reachable for watching
@@ -194,6 +110,28 @@ class _Worker:
                 await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
             nursery.cancel_scope.cancel()
         self.snapshots.close()
+
+    async def _source(self) -> Source:
+        """The source, once the head start has opened it (raises what opening it raised)."""
+        return await trio.to_thread.run_sync(self.head_start.source.result, abandon_on_cancel=True)
+
+    async def _open_content(self) -> None:
+        """Read through the source's content and run its background work; give the mount the
+        kernel read-ahead the source wants."""
+        try:
+            source = await self._source()
+        except Exception:  # noqa: BLE001 - could not be opened: the prepare task says why
+            return
+        if self._stopping:
+            return
+        self._content = source.open_content(self.snapshots)
+        self.snapshots.read_through(self._content)
+        self._content_ready.set()
+        if source.read_ahead_kib is not None:
+            self._nursery.start_soon(
+                keep_read_ahead, self.request.mountpoint, source.read_ahead_kib
+            )
+        await self._content.run()
 
     # -- what the control socket offers --------------------------------------------------------
 
@@ -230,16 +168,13 @@ class _Worker:
             current = self.state.snapshot
             if self.state.gate.state is not GateState.READY or current is None:
                 return f"the mount is {self.state.gate.state.value}: nothing to refresh"
-            source = self.head_start.source.result()
-            prepared = await trio.to_thread.run_sync(
-                source.prepare, self.request.home.snapshots_dir, self.cas, abandon_on_cancel=True
-            )
+            source = await self._source()
+            prepared = await trio.to_thread.run_sync(source.prepare, abandon_on_cancel=True)
             old = current.meta.commit
             if prepared.commit == old:
                 return f"already at {old[:12]}"
             snapshot = await trio.to_thread.run_sync(SnapshotIndex, prepared.path)
-            algorithm = git_blob_algorithm(prepared.object_format)
-            await self.snapshots.install(snapshot, algorithm)
+            await self.snapshots.install(snapshot)
         log.info("refreshed %s from %s to %s", self.request.spec.display, old, prepared.commit)
         return f"moved from {old[:12]} to {prepared.commit[:12]}"
 
@@ -258,7 +193,8 @@ class _Worker:
             return
         self._stopping = True
         log.info("stopping: %s", why)
-        self._close_fetches("the mount is shutting down")
+        if self._content is not None:
+            self._content.close("the mount is shutting down")
         if self.state.gate.state is GateState.PREPARING:
             self.state.gate.fail("the mount is shutting down")
         pyfuse3.terminate()
@@ -305,10 +241,11 @@ class _Worker:
 
         def sweep() -> int:
             home = self.request.home
+            cas = ContentStore(home.cas_dir)
             return (
-                self.cas.sweep_temporaries(SWEEP_AGE_SECONDS)
+                cas.sweep_temporaries(SWEEP_AGE_SECONDS)
                 + sweep_snapshot_temporaries(home.snapshots_dir, SWEEP_AGE_SECONDS)
-                + FetchClaims(self.cas.root).sweep(SWEEP_AGE_SECONDS)
+                + FetchClaims(cas.root).sweep(SWEEP_AGE_SECONDS)
             )
 
         try:
@@ -333,10 +270,11 @@ class _Worker:
                 log.exception("prepare of %s failed unexpectedly", display)
                 reason = f"internal error: {type(exc).__name__}"
             else:
-                if self._stopping:
+                await self._content_ready.wait()  # opened right after the source, which
+                if self._stopping:  # prepared this: no network, a moment at most
                     snapshot.close()
                     return
-                await self.snapshots.install(snapshot, git_blob_algorithm(prepared.object_format))
+                await self.snapshots.install(snapshot)
                 self.state.gate.open()
                 files = snapshot.meta.files
                 log.info("ready: %s at %s (%d files)", display, prepared.commit[:12], files)
@@ -351,8 +289,11 @@ class _Worker:
                 return
             await self._retry.wait()
             self.state.gate.reset()
-            source = self.head_start.source.result()
-            attempt = functools.partial(source.prepare, self.request.home.snapshots_dir, self.cas)
+            attempt = self._prepare_again
+
+    def _prepare_again(self) -> PreparedSnapshot:
+        """Blocking: another prepare (raising what opening the source raised, if it failed)."""
+        return self.head_start.source.result().prepare()
 
 
 def run(request: MountRequest, head_start: HeadStart) -> int:

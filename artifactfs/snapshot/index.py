@@ -22,11 +22,13 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from ..cas import SHA256, Digest
+from ..cas.digests import git_blob_algorithm
 from .entries import Kind, NewEntry
 
 SCHEMA_VERSION = 2
@@ -71,6 +73,11 @@ class Row:
     child_count: int
     subdirs: int
     sha256: str | None
+
+    @property
+    def size_unknown(self) -> bool:
+        """A blob whose size the origin did not tell (learned once the blob is fetched)."""
+        return self.size is None and self.kind.has_blob
 
 
 def _row(values: Any) -> Row:
@@ -269,6 +276,15 @@ class SnapshotIndex:
             sizes=values["sizes"],
         )
 
+    def digest_of(self, row: Row) -> Digest:
+        """The CAS key of an entry's content: the sha256 the origin vouches for (Hub LFS
+        files), else its git blob id in this snapshot's object format."""
+        if row.sha256 is not None:
+            return Digest(SHA256, row.sha256)
+        if row.oid is None:
+            raise ValueError(f"entry {row.inode} has no content")
+        return Digest(git_blob_algorithm(self.meta.object_format), row.oid)
+
     @classmethod
     def read_meta(cls, path: Path) -> SnapshotMeta:
         index = cls(path)
@@ -336,7 +352,3 @@ class SnapshotIndex:
         except sqlite3.OperationalError:
             return False
         return True
-
-    def iter_all(self) -> Iterator[Row]:
-        for values in self._db.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY inode"):
-            yield _row(values)

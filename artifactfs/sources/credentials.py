@@ -95,6 +95,8 @@ class CredentialProvider:
         env_token = (env.get(TOKEN_ENV) or "").strip() or None  # empty means unset
         if env_token is not None:
             env_token = _checked(env_token, f"${TOKEN_ENV}", error=UserError)
+        self._given = token is not None or token_file is not None
+        """A token or token file was handed to us on purpose, not found in the environment."""
         self._token = token
         self._token_file = Path(token_file) if token_file is not None else None
         self._env_token = env_token
@@ -141,6 +143,12 @@ class CredentialProvider:
         file). The transport replaces the username by the source URL's, if it has one."""
         token = self._current_token()
         return None if token is None else Credentials(self._username, token)
+
+    def given_token(self) -> str | None:
+        """The token handed to us on purpose (explicitly, or by a token file named on the
+        command line), or None: a source with a credential system of its own (the Hub's
+        ``HF_TOKEN``) then uses that (blocking: may read a file; raises ``SourceError``)."""
+        return self._current_token() if self._given else None
 
     def check(self) -> None:
         """Raise ``UserError`` now if the token cannot be had (for up-front validation)."""

@@ -125,7 +125,7 @@ def spare_pids(home: Path) -> list[int]:
     return [
         pid
         for pid, (command, environ) in _processes("cmdline", "environ")
-        if b"artifactfs.daemon.spares" in command and variable in environ.split(b"\0")
+        if b"artifactfs.daemon.spare_child" in command and variable in environ.split(b"\0")
     ]
 
 

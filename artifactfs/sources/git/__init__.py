@@ -1,5 +1,25 @@
-"""The git source: refs, trees and blobs from any git server, through dulwich."""
+"""The git source: refs, trees and blobs from any git server, through dulwich.
 
-from .source import GitSource
+Only the spec is imported here; the source itself (and dulwich) when a mount opens it.
+"""
 
-__all__ = ["GitSource"]
+from __future__ import annotations
+
+from ..base import Source, SourceKind, SourceSettings, SourceSpec
+from .spec import GitSourceSpec, parse_git_source
+
+
+def _open(spec: SourceSpec, settings: SourceSettings) -> Source:
+    from .source import GitSource
+
+    assert isinstance(spec, GitSourceSpec)
+    return GitSource(spec, settings)
+
+
+def _preload() -> None:
+    from . import content, source  # noqa: F401 - dulwich and the fetchers
+
+
+KIND = SourceKind("git", parse_git_source, _open, _preload)
+
+__all__ = ["KIND", "GitSourceSpec"]

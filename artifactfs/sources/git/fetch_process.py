@@ -40,13 +40,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from ...cas import ContentStore
 from ...errors import SourceError
-from ...fetching import PartialFetch
+from ..base import SourceSettings
 from ..counters import FetchCounters
 from ..credentials import CredentialProvider
-from ..spec import GitSourceSpec
-from .source import GitSource
+from .fetcher import PartialFetch
+from .remote import GitRemote
+from .spec import GitSourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,11 @@ the first time) would cost them more than the GIL does."""
 
 
 class FetchProcess:
-    """The parent's side: ``fetch`` is a ``fetching.FetchBatch`` (the child publishes into
+    """The parent's side: ``fetch`` is a ``fetcher.FetchBatch`` (the child publishes into
     the same store as the source would). Blocking; call it from a worker thread."""
 
-    def __init__(self, source: GitSource, cas: ContentStore) -> None:
+    def __init__(self, source: GitRemote) -> None:
         self._source = source
-        self._cas = cas
         self._lock = threading.Lock()
         self._idle: list[tuple[subprocess.Popen[bytes], float]] = []
         """Children waiting for a batch, and since when (``time.monotonic``)."""
@@ -77,7 +76,7 @@ class FetchProcess:
 
     def fetch(self, wanted: Mapping[str, int | None], published: Callable[[str], None]) -> set[str]:
         if len(wanted) < SMALL_BATCH:
-            return self._source.fetch_blobs(wanted, self._cas, published)
+            return self._source.fetch_blobs(wanted, published)
         child = self._take_child()
         assert child.stdin is not None and child.stdout is not None
         got: set[str] = set()
@@ -157,6 +156,7 @@ class FetchProcess:
 
     def _hello(self) -> dict[str, Any]:
         source = self._source
+        settings = source.settings
         return {
             "parent": os.getpid(),
             "source": {
@@ -165,11 +165,12 @@ class FetchProcess:
                 "display": source.spec.display,
             },
             "object_format": source.object_format,
-            "temp_dir": str(source.temp_dir),
-            "cas": str(self._cas.root),
+            "temp_dir": str(settings.temp_dir),
+            "snapshots": str(settings.snapshots_dir),
+            "cas": str(settings.cas_dir),
             "credentials": source.credentials.handover(),
             "log_file": _log_file(),
-            "io_timeout": socket.getdefaulttimeout(),  # the worker's --io-timeout
+            "io_timeout": settings.io_timeout,
             "idle_seconds": IDLE_SECONDS,
         }
 
@@ -204,11 +205,18 @@ def _log_file() -> str | None:
 def _serve(hello: Mapping[str, Any], requests: IO[bytes], replies: IO[bytes]) -> None:
     described = hello["source"]
     spec = GitSourceSpec(described["transport"], described["url"], described["display"])
-    credentials = CredentialProvider.from_handover(hello["credentials"])
     counters = FetchCounters()
-    source = GitSource(spec, None, Path(hello["temp_dir"]), counters, credentials)
+    settings = SourceSettings(
+        ref=None,
+        cas_dir=Path(hello["cas"]),
+        snapshots_dir=Path(hello["snapshots"]),
+        temp_dir=Path(hello["temp_dir"]),
+        credentials=CredentialProvider.from_handover(hello["credentials"]),
+        counters=counters,
+        io_timeout=hello["io_timeout"],
+    )
+    source = GitRemote(spec, settings)
     source.object_format = hello["object_format"]
-    cas = ContentStore(Path(hello["cas"]))
 
     def published(oid: str) -> None:
         replies.write(b"+" + oid.encode("ascii") + b"\n")
@@ -219,7 +227,7 @@ def _serve(hello: Mapping[str, Any], requests: IO[bytes], replies: IO[bytes]) ->
         wanted = json.loads(line)["wanted"]
         before = counters.bytes_received
         try:
-            source.fetch_blobs(wanted, cas, published)
+            source.fetch_blobs(wanted, published)
         except SourceError as exc:
             reply = "=error " + " ".join(str(exc).split())[:MAX_ERROR_CHARS]
         except Exception:

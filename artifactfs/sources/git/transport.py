@@ -46,7 +46,7 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from ...redact import mask_userinfo
 from ..credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
-from ..spec import GitSourceSpec
+from .spec import GitSourceSpec
 
 if TYPE_CHECKING:
     from dulwich.client import HTTPResponse

@@ -1,1 +1,27 @@
-"""Hugging Face Hub repositories: the file list from the Hub's API, contents by HTTP range."""
+"""The Hugging Face Hub source: the file list through huggingface_hub, bytes by HTTP Range.
+
+Only the spec is imported here; the source itself (and huggingface_hub) when a mount opens it.
+"""
+
+from __future__ import annotations
+
+from ..base import Source, SourceKind, SourceSettings, SourceSpec
+from .spec import HubSourceSpec, parse_hub_source
+
+
+def _open(spec: SourceSpec, settings: SourceSettings) -> Source:
+    from .source import HubSource
+
+    assert isinstance(spec, HubSourceSpec)
+    return HubSource(spec, settings)
+
+
+def _preload() -> None:
+    import httpx2  # noqa: F401 - the HTTP client of ranged reads
+
+    from . import content, source  # noqa: F401
+
+
+KIND = SourceKind("hub", parse_hub_source, _open, _preload)
+
+__all__ = ["KIND", "HubSourceSpec"]

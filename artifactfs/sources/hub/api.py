@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ...errors import SourceError
-from ..spec import HubSourceSpec
-from .errors import RETRYABLE, describe_exception, describe_status
+from .refusals import RETRYABLE, describe_exception, describe_status
+from .spec import HubSourceSpec
 
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -23,8 +23,8 @@ import trio
 
 from ...errors import SourceError
 from ..counters import FetchCounters
-from ..spec import HubSourceSpec
-from .errors import RETRYABLE, describe_exception, describe_status
+from .refusals import RETRYABLE, describe_exception, describe_status
+from .spec import HubSourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 Deliver = Callable[[int, bytes], Awaitable[None]]
 """Called with (offset, bytes) in order; it may be handed more than it asked for."""
+
+
+def file_url(endpoint: str, spec: HubSourceSpec, commit: str, path: str) -> str:
+    """Where the Hub serves the bytes of ``path`` at ``commit`` (LFS files redirect on)."""
+    return f"{endpoint.rstrip('/')}/{spec.path_prefix}{spec.repo_id}/resolve/{commit}/{quote(path)}"
 
 
 class HubClient:
@@ -58,10 +63,6 @@ class HubClient:
         )
         self.endpoint = endpoint.rstrip("/")
         self.counters = counters
-
-    def url(self, spec: HubSourceSpec, commit: str, path: str) -> str:
-        prefix = "" if spec.repo_type == "model" else f"{spec.repo_type}s/"
-        return f"{self.endpoint}/{prefix}{spec.repo_id}/resolve/{commit}/{quote(path)}"
 
     async def aclose(self) -> None:
         await self._client.aclose()

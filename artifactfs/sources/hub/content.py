@@ -1,64 +1,98 @@
-"""Hub files as the operations read them: by range, through ``reader.RangedBlobs``."""
+"""Hub files as a mount reads them (``base.Content``): by range, through ``ranged.RangedBlobs``.
+
+A cold read, hop by hop: ``_RangedReader.read`` → ``ranged.RangedBlobs.read`` (waits for the
+blocks it covers, asks for what is missing and for the read-ahead ``window.py`` wants) →
+``client.HubClient.fetch`` (HTTP Range) → ``cas.partial.PartialBlob``; once whole and verified
+the partial is moved into the CAS, and reads are served from the CAS file.
+"""
 
 from __future__ import annotations
 
-import errno
-import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 
-import pyfuse3
+from ... import __version__
+from ...cas import ContentStore
+from ...snapshot import Row, SnapshotIndex
+from ..base import BlobReader, ContentHost, SourceSettings
+from .client import HubClient, file_url
+from .ranged import Cursor, HubBlob, RangedBlobs
+from .spec import HubSourceSpec
 
-from ...fs.content import BlobReader, digest_of
-from ...fs.generations import Generation
-from ...snapshot import Row
-from ..spec import HubSourceSpec
-from .client import HubClient
-from .reader import Cursor, HubBlob, RangedBlobs, Unavailable
 
-log = logging.getLogger(__name__)
+@dataclass(frozen=True)
+class HubRepository:
+    """Where a mount's Hub files are, and the token to show for them."""
+
+    spec: HubSourceSpec
+    endpoint: str
+    token: str | None
 
 
 class HubContent:
     def __init__(
-        self, blobs: RangedBlobs, client: Callable[[], HubClient], spec: HubSourceSpec
+        self, repository: HubRepository, settings: SourceSettings, host: ContentHost
     ) -> None:
-        self._blobs = blobs
-        self._client = client
-        self._spec = spec
+        self._repository = repository
+        self._settings = settings
+        self._client: HubClient | None = None
+        self._blobs = RangedBlobs(
+            ContentStore(settings.cas_dir), self._http, settings.io_timeout, host.forget_cached
+        )
 
-    def _blob(self, generation: Generation, row: Row) -> HubBlob:
-        index = generation.index
-        path = index.path_of(row.inode).decode("utf-8", "surrogateescape")
+    def _http(self) -> HubClient:
+        """One HTTP client for the mount's life, made on first use."""
+        if self._client is None:
+            self._client = HubClient(
+                self._repository.endpoint,
+                self._repository.token,
+                self._settings.io_timeout,
+                f"artifactfs/{__version__}",
+                self._settings.counters,
+            )
+        return self._client
+
+    def _blob(self, snapshot: SnapshotIndex, row: Row) -> HubBlob:
+        path = snapshot.path_of(row.inode).decode("utf-8", "surrogateescape")
         return HubBlob(
-            digest=digest_of(generation, row),
+            digest=snapshot.digest_of(row),
             size=row.size or 0,
-            url=self._client().url(self._spec, index.meta.commit, path),
+            url=file_url(
+                self._repository.endpoint, self._repository.spec, snapshot.meta.commit, path
+            ),
             verify_first=row.sha256 is None,
             safetensors=path.endswith(".safetensors"),
         )
 
-    def open(self, generation: Generation, row: Row, kernel_inode: int) -> BlobReader:
-        return _RangedReader(self._blobs, self._blob(generation, row), kernel_inode)
+    def reader(self, snapshot: SnapshotIndex, row: Row) -> BlobReader:
+        return _RangedReader(self._blobs, self._blob(snapshot, row), (snapshot, row))
 
-    async def cached_bytes(self, generation: Generation, row: Row) -> int:
-        return await self._blobs.cached_bytes(self._blob(generation, row))
+    async def cached_bytes(self, snapshot: SnapshotIndex, row: Row) -> int:
+        return await self._blobs.cached_bytes(self._blob(snapshot, row))
 
-    async def with_size(self, generation: Generation, row: Row, batch_hint: bool) -> Row:
+    async def with_size(self, snapshot: SnapshotIndex, row: Row) -> Row:
         return row  # the Hub lists every size
+
+    def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
+        pass  # the read-ahead of a Hub file follows its own reader (window.py)
+
+    def retired(self, snapshot: SnapshotIndex) -> None:
+        self._blobs.forget_snapshot(snapshot)
+
+    async def run(self) -> None:
+        await self._blobs.run()
+
+    def close(self, reason: str) -> None:
+        self._blobs.close(reason)
 
 
 class _RangedReader:
-    def __init__(self, blobs: RangedBlobs, blob: HubBlob, kernel_inode: int) -> None:
+    def __init__(self, blobs: RangedBlobs, blob: HubBlob, entry: tuple[SnapshotIndex, Row]) -> None:
         self._blobs = blobs
         self._blob = blob
-        self._cursor = Cursor(kernel_inode=kernel_inode)
+        self._cursor = Cursor(entry=entry)
 
     async def read(self, offset: int, size: int) -> bytes:
-        try:
-            return await self._blobs.read(self._blob, offset, size, self._cursor)
-        except Unavailable as exc:
-            log.error("read of %s failed: %s", self._blob.url, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        return await self._blobs.read(self._blob, offset, size, self._cursor)
 
     def close(self) -> None:
         self._cursor.close()

@@ -1,5 +1,5 @@
 """A Hugging Face Hub repository as artifactfs uses it: prepare pins the revision to a commit
-and indexes the file list into a snapshot; contents come later, by range (reader.py).
+and indexes the file list into a snapshot; contents come later, by range (ranged.py).
 
 No file bytes are fetched to prepare. The snapshot is keyed by commit, so a restart, or a
 branch that did not move, reuses it.
@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ...cas import ContentStore
 from ...errors import SourceError
 from ...snapshot.entries import Kind, NewEntry, RefusedEntry, check_name, printable
 from ...snapshot.index import DirectoryListing, snapshot_path, write_snapshot
-from ..counters import FetchCounters
-from ..prepared import PreparedSnapshot
-from ..spec import HubSourceSpec
+from ..base import Content, ContentHost, PreparedSnapshot, SourceSettings
 from .api import HubApi, HubFile
+from .content import HubContent, HubRepository
+from .spec import HubSourceSpec
 
 log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 5_000_000
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def hub_endpoint() -> str:
@@ -46,31 +46,49 @@ class _Directory:
 
 
 class HubSource:
-    def __init__(
-        self,
-        spec: HubSourceSpec,
-        counters: FetchCounters,
-        endpoint: str | None = None,
-        token: str | None = None,
-    ) -> None:
+    """A Hub repository opened for one mount (``base.Source``). ``prepare`` blocks: run it in
+    a worker thread."""
+
+    read_ahead_kib = None
+    """The kernel's default (128 KiB): it also reads that far around every page a program
+    maps (``safetensors`` maps its files), and a larger window fetched megabytes past the one
+    tensor a reader wanted (docs/benchmarks.md)."""
+
+    def __init__(self, spec: HubSourceSpec, settings: SourceSettings) -> None:
+        """The token: one given on purpose (``--token-file``, or the daemon's), else what
+        huggingface_hub would use (``HF_TOKEN``, the token file of ``hf auth login``)."""
         self.spec = spec
-        self.counters = counters
-        self.endpoint = endpoint or hub_endpoint()
-        self.token = token
-        self.object_format = "sha1"
+        self.settings = settings
+        self.endpoint = hub_endpoint()
+        self.token = settings.credentials.given_token() or hub_token()
 
     @property
     def display(self) -> str:
         return self.spec.display
 
-    def prepare(self, snapshots_dir: Path, cas: ContentStore) -> PreparedSnapshot:
+    def open_content(self, host: ContentHost) -> Content:
+        repository = HubRepository(self.spec, self.endpoint, self.token)
+        return HubContent(repository, self.settings, host)
+
+    def prepared_offline(self) -> PreparedSnapshot | None:
+        """A revision that is a full commit id whose snapshot is on disk needs no Hub."""
+        revision = self.spec.revision
+        if revision is None or not _COMMIT.fullmatch(revision):
+            return None
+        path = snapshot_path(self.settings.snapshots_dir, revision, "hub")
+        return PreparedSnapshot(path, revision) if path.exists() else None
+
+    def prepare(self) -> PreparedSnapshot:
         """Pin the revision to its commit and make sure that commit's snapshot exists."""
+        known = self.prepared_offline()
+        if known is not None:  # a commit never changes: no need to ask the Hub
+            return known
         api = HubApi(self.spec, self.endpoint, self.token)
         commit = api.resolve()
-        path = snapshot_path(snapshots_dir, commit.sha, "hub")
+        path = snapshot_path(self.settings.snapshots_dir, commit.sha, "hub")
         if path.exists():
             log.info("snapshot of %s already on disk", commit.sha)
-            return PreparedSnapshot(path, commit.sha, "sha1")
+            return PreparedSnapshot(path, commit.sha)
         files = list(api.files(commit.sha))
         if commit.gated and files:
             api.check_access(commit.sha, files[0].path)
@@ -80,7 +98,7 @@ class HubSource:
             "indexed %s at %s: %d files, %d bytes", self.display, commit.sha, meta.files,
             meta.total_size,
         )  # fmt: skip
-        return PreparedSnapshot(path, commit.sha, "sha1")
+        return PreparedSnapshot(path, commit.sha)
 
 
 def _tree(files: Iterable[HubFile]) -> _Directory:

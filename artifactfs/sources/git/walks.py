@@ -16,7 +16,7 @@ trip (and a server-side pack) per directory. So:
   stays ahead of it.
 
 Only files up to ``MAX_FILE`` bytes are guessed (a big file is read by whoever wants it), and a
-guess never delays or fails a reader (``fetching.BlobFetcher.prefetch``). Listing alone (``ls
+guess never delays or fails a reader (``fetcher.BlobFetcher.prefetch``). Listing alone (``ls
 -R``, ``find``) fetches nothing: a walk is only followed once it reads a file that is missing.
 """
 

@@ -1,4 +1,4 @@
-"""What a git mount fetches ahead of need (sources/git/ahead.py), decided from a real snapshot
+"""What a git mount fetches ahead of need (sources/git/walks.py), decided from a real snapshot
 index: a read's neighbours, and a walk followed in the order a depth-first walker goes."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from artifactfs.snapshot import ROOT_INODE, Kind, NewEntry, Row, SnapshotIndex
-from artifactfs.sources.git import ahead
-from artifactfs.sources.git.ahead import FetchAhead
+from artifactfs.sources.git import walks as ahead
+from artifactfs.sources.git.walks import FetchAhead
 from tests.helpers.snapshots import snapshot_of
 
 

@@ -6,10 +6,10 @@ request is a Python call here, so 128 KiB requests cap a cached read at a few hu
 at 4 MiB the kernel sends 1 MiB requests (FUSE's largest) and the same read goes several
 times faster.
 
-It is not raised for Hub mounts: the kernel also reads that far around every page a program
-maps (``safetensors`` maps its files), past the end of the one tensor it wanted, and those
-bytes are fetched from the Hub (docs/benchmarks.md has the figures). Git blobs are fetched
-whole anyway.
+Each source says what it wants (``Source.read_ahead_kib``): git mounts ask for 4 MiB (blobs
+are fetched whole anyway); Hub mounts keep the default, because the kernel also reads that far
+around every page a program maps (``safetensors`` maps its files), past the end of the one
+tensor it wanted, and those bytes would be fetched from the Hub (docs/benchmarks.md).
 
 The kernel sets it when it gets the file system's answer to FUSE's INIT request, which the
 worker sends once its loop runs, after the mount: a value written before that is overwritten.
@@ -30,7 +30,6 @@ from .mountpoints import mount_at
 log = logging.getLogger(__name__)
 
 BDI = Path("/sys/class/bdi")
-GIT_READ_AHEAD_KIB = 4096
 
 
 async def keep_read_ahead(mountpoint: Path, kib: int) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import xattr
 
-from .errors import UserError
-from .mount.mountpoints import FS_TYPE, mount_at
+from ..errors import UserError
+from ..mount.mountpoints import FS_TYPE, mount_at
 
 _FIELDS = ("state", "source", "ref", "commit", "files", "bytes_fetched", "error")
 _NUMBERS = ("files", "bytes_fetched")

@@ -9,7 +9,7 @@
   more than ``CROSSING`` past a tensor's end is reading the file, not a tensor: from then on
   the window streams over tensor boundaries.
 
-Pure logic on offsets (no I/O), so it is tested on its own (tests/test_1_read_ahead.py).
+Pure logic on offsets (no I/O), so it is tested on its own (tests/test_1_hub_window.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ would have to read a directory from disk), so a walker's thousands of opens need
 either. And a file on tmpfs (no ``RWF_NOWAIT`` there, but nothing to wait for: its pages are
 memory) is read on the loop too.
 
-The page-cache read lands in a new ``bytearray`` per request (pyfuse3 replies from any
+The page-cache read lands in a new ``bytearray`` per request (a FUSE reply is made from any
 buffer). Reusing one scratch buffer would be safe only while nothing awaits between the read
 and the reply; it measured no faster, so we keep the version that cannot serve another
 request's bytes.
@@ -95,7 +95,7 @@ async def pread(fd: int, size: int, offset: int, limiter: trio.CapacityLimiter) 
                 return os.pread(fd, size, offset)
             got = -1  # not offered by this file system: a thread it is
         if got == size:
-            return buffer  # type: ignore[return-value]  # pyfuse3 takes any buffer
+            return buffer  # type: ignore[return-value]  # a FUSE reply takes any buffer
         if got >= 0 and offset + got >= os.fstat(fd).st_size:
             # short because the file ends there (the kernel asks for whole pages): all of it
             return memoryview(buffer)[:got]  # type: ignore[return-value]

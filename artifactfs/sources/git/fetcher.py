@@ -7,13 +7,13 @@ a miss the batcher waits until no new miss has arrived for ``quiet_seconds`` (2 
 next batch. A lone reader pays 2 ms; a burst of readers shares round trips. The git protocol
 returns any number of blobs in one pack, so a batch costs one round trip however large it is.
 
-Blobs can also be asked for ahead of need (``prefetch``: see sources/git/ahead.py). Such
+Blobs can also be asked for ahead of need (``prefetch``: see walks.py). Such
 guesses go in batches of their own, after every batch that someone waits for, and only
 ``guess_batches`` at a time: a walker reads them as they land, and many batches fetched side
 by side only slowed each other down (the server builds each pack, we inflate and hash each,
 on the same few cores).
-They may be fetched another way than demands (``fetch_guesses``: for git, in a process of
-its own, sources/git/fetch_process.py). Keeping them apart means a guess that fails (one
+They may be fetched another way than demands (``fetch_guesses``: in a process of its own,
+fetch_process.py). Keeping them apart means a guess that fails (one
 blob the server will not send fails its whole batch) never fails a reader: a reader whose
 blob was in a failed guess asks for it again, alone. A reader whose blob is still queued as
 a guess moves it to the front.
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .cas.claims import FetchClaims
-from .errors import SourceError
+from ...cas.claims import FetchClaims
+from ...errors import BlobUnavailable, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,6 @@ Present = Callable[[str], bool]
 
 CLAIM_WAIT_SECONDS = 300.0
 """How long to wait for another process's fetch of a blob before fetching it ourselves."""
-
-
-class BlobUnavailable(Exception):
-    """A blob could not be fetched; the message is one line for the log."""
 
 
 class PartialFetch(SourceError):

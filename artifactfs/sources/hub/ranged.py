@@ -3,18 +3,19 @@
 - A read waits only for the blocks it covers. Blocks missing at the same moment go out as one
   range request per contiguous run (at most 8 MiB each); a block wanted by many readers is
   fetched once.
-- What a reader gets fetched ahead of it is read_ahead.py's policy (a doubling window for
+- What a reader gets fetched ahead of it is window.py's policy (a doubling window for
   sequential readers, stopped at tensor ends in safetensors files), fetched as parallel range
   requests; a random reader gets what it asks for, rounded to 256 KiB blocks. A block's
   readers wake as soon as that block is written, not when the whole range request ends.
 - When every block is present the content is hashed and, only if it matches its digest,
   moved into the CAS. A mismatch throws the data away, logs it, makes the kernel drop any of it
-  it cached, and refetches; a second mismatch gives up on the file (EIO).
+  it cached, and refetches; a second mismatch gives up on the file (an ``IntegrityError``).
 - Files that are not LFS (the Hub vouches only for their git blob id) are small: they are
   fetched whole and verified *before* a byte is served. LFS files are served by range as the
   issue asks, before the whole-file sha256 can be checked — the Hub offers no per-range digest
   over HTTP; TLS guards them in transit, and the check on completion guards what is kept.
-- A read that cannot be served within ``io_timeout`` fails (EIO) instead of hanging.
+- A read that cannot be served within ``io_timeout`` fails (``BlobUnavailable``) instead of
+  hanging.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from pathlib import Path
 import trio
 
 from ...cas import ContentStore, Digest, DigestMismatch
+from ...cas import reads as cas_reads
 from ...cas.partial import BLOCK, PartialBlob, blocks_in
-from ...errors import SourceError
-from ...fs import local_reads
+from ...errors import BlobUnavailable, IntegrityError, SourceError
+from ...snapshot import Row, SnapshotIndex
 from .client import HubClient
 from .layout import header_length, tensor_boundaries
-from .read_ahead import ReadAhead
+from .window import ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,9 @@ FLUSH_SECONDS = 2.0
 MAX_MISMATCHES = 2
 
 
-class Unavailable(Exception):
-    """The bytes cannot be had (one line for the log); the read gets EIO."""
+Entry = tuple[SnapshotIndex, Row]
+"""An entry of a snapshot a mount serves: what the kernel may hold cached pages of."""
+ForgetCached = Callable[[SnapshotIndex, Row], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class Cursor:
     ahead: ReadAhead = field(default_factory=ReadAhead)
     fd: int = -1
     fd_epoch: int = -1
-    kernel_inode: int = 0
+    entry: Entry | None = None
+    """The entry this file is open as (its pages are dropped if its bytes were bad)."""
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -88,7 +92,8 @@ class _State:
     """Offsets where a safetensors file's tensors begin and end, once its header was read."""
     layout_known: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
-    inodes: set[int] = field(default_factory=set)
+    entries: set[Entry] = field(default_factory=set)
+    """Entries whose readers were served bytes of this blob."""
 
 
 class RangedBlobs:
@@ -97,14 +102,14 @@ class RangedBlobs:
         cas: ContentStore,
         client: Callable[[], HubClient],
         io_timeout: float,
-        forget_inode: Callable[[int], Awaitable[None]],
+        forget_cached: ForgetCached,
     ) -> None:
         self._cas = cas
         self._client = client
         self._client_made = False
         self._closed: str | None = None
         self._io_timeout = io_timeout
-        self._forget_inode = forget_inode
+        self._forget_cached = forget_cached
         self._states: dict[Digest, _State] = {}
         self._ranges = trio.CapacityLimiter(PARALLEL_RANGES)
         self._io = trio.CapacityLimiter(8)
@@ -135,6 +140,11 @@ class RangedBlobs:
             for event in state.inflight.values():
                 event.set()
 
+    def forget_snapshot(self, snapshot: SnapshotIndex) -> None:
+        """``snapshot`` is no longer served: its entries need no pages dropped any more."""
+        for state in self._states.values():
+            state.entries = {entry for entry in state.entries if entry[0] is not snapshot}
+
     async def _flush_all(self) -> None:
         for state in list(self._states.values()):
             async with state.lock:  # the partial may change while we wait for the lock
@@ -150,15 +160,16 @@ class RangedBlobs:
 
     async def read(self, blob: HubBlob, offset: int, size: int, cursor: Cursor) -> bytes:
         if self._closed is not None:
-            raise Unavailable(self._closed)
+            raise BlobUnavailable(self._closed)
         state = await self._state(blob)
-        state.inodes.add(cursor.kernel_inode)
+        if cursor.entry is not None:
+            state.entries.add(cursor.entry)
         if offset >= blob.size:
             return b""
         size = min(size, blob.size - offset)
         if state.published and cursor.fd >= 0 and cursor.fd_epoch == state.epoch:
             # kept in the CAS and open already: nothing to wait for (the common case)
-            return await local_reads.pread(cursor.fd, size, offset, self._io)
+            return await cas_reads.pread(cursor.fd, size, offset, self._io)
         with trio.move_on_after(self._io_timeout) as deadline:
             if blob.verify_first:
                 await self._whole(state)
@@ -169,9 +180,9 @@ class RangedBlobs:
                     await self._learn_layout(state)
                 self._read_ahead(state, offset, size, cursor)
         if deadline.cancelled_caught:
-            raise Unavailable(f"{blob.url}: no answer within {self._io_timeout:.0f} s")
+            raise BlobUnavailable(f"{blob.url}: no answer within {self._io_timeout:.0f} s")
         await self._ensure_descriptor(state, cursor)
-        return await local_reads.pread(cursor.fd, size, offset, self._io)
+        return await cas_reads.pread(cursor.fd, size, offset, self._io)
 
     async def cached_bytes(self, blob: HubBlob) -> int:
         state = self._states.get(blob.digest)
@@ -232,7 +243,7 @@ class RangedBlobs:
         """Return once blocks ``first..last`` are present, fetching what is missing."""
         while not state.published:
             if state.mismatches >= MAX_MISMATCHES:
-                raise Unavailable(state.error or "content does not match its digest")
+                raise IntegrityError(state.error or "content does not match its digest")
             partial = state.partial
             if partial is None:  # thrown away a moment ago; its successor is on its way
                 await trio.sleep(0.01)
@@ -244,7 +255,7 @@ class RangedBlobs:
             if not partial.missing(first, last):
                 return
             if state.error is not None:
-                raise Unavailable(state.error)
+                raise BlobUnavailable(state.error)
             # events of fetches from before a mismatch fire without data: ask again
 
     def _request(self, state: _State, first: int, last: int) -> list[trio.Event]:
@@ -291,7 +302,7 @@ class RangedBlobs:
         state.layout_known = decided
 
     def _read_ahead(self, state: _State, offset: int, size: int, cursor: Cursor) -> None:
-        """Fetch what the read-ahead policy (read_ahead.py) wants ahead of this reader."""
+        """Fetch what the read-ahead policy (window.py) wants ahead of this reader."""
         wanted = cursor.ahead.after_read(offset, size, state.blob.size, state.boundaries)
         if wanted is not None and not state.published and state.partial is not None:
             start, end = wanted
@@ -382,8 +393,8 @@ class RangedBlobs:
             # Bytes of it were served: make the kernel drop the pages it cached. Readers must
             # be able to go on meanwhile (a page locked by a read in progress holds this up),
             # hence after the new partial is in place; and never from a read handler.
-            for inode in list(state.inodes):
-                await self._forget_inode(inode)
+            for snapshot, row in list(state.entries):
+                await self._forget_cached(snapshot, row)
         if state.partial is not None:
             log.info("%s will be fetched again", state.blob.digest)
 

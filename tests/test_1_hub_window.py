@@ -3,7 +3,7 @@ tensor's end, ignore the kernel's reads just past a tensor, and stream once a re
 
 from __future__ import annotations
 
-from artifactfs.sources.hub.read_ahead import CROSSING, FIRST_WINDOW, MAX_WINDOW, ReadAhead
+from artifactfs.sources.hub.window import CROSSING, FIRST_WINDOW, MAX_WINDOW, ReadAhead
 
 MiB = 1 << 20
 SIZE = 1 << 30

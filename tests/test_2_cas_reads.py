@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from artifactfs.fs import local_reads
+from artifactfs.cas import reads as local_reads
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 

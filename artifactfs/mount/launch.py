@@ -1,0 +1,155 @@
+"""Assemble and run one mount worker: the one way a worker starts.
+
+``artifactfs mount`` (cli/mount_commands.py) and a spare worker taking its mount from the
+daemon (daemon/spare_child.py) both describe the worker as ``WorkerOptions`` and call
+``launch``. Everything that makes a process a well-behaved worker happens here, in this order:
+
+1. everything that can be checked without the network is checked (SOURCE, ``--ref``, the
+   timeout, ``--allow-other``, ``/dev/fuse``, the mount point, the state home), so bad input
+   costs one line and exit status 2 before anything is created;
+2. the token is read (from stdin when the daemon hands one over) and the token variables leave
+   the environment, so no child process (ssh, git upload-pack) inherits them;
+3. logging goes to the mount's log file;
+4. the stop signals are blocked until the worker's loop can handle them (threads started from
+   here on inherit the mask), so none can kill the process with the mount up;
+5. sockets get ``--io-timeout`` (dulwich's and urllib3's sockets take the process default);
+6. the head start opens the source and starts the first prepare, while the worker imports
+   trio and pyfuse3 and mounts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import UserError
+from ..home import ArtifactHome, default_home
+from ..logs import configure
+from ..sources import SourceSettings, check_ref, parse_source
+from ..sources.counters import FetchCounters
+from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
+from .mountpoints import check_fuse_device, check_mountpoint
+from .options import check_allow_other
+
+MAX_IO_TIMEOUT = 86400.0
+DEFAULT_IO_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What one worker is asked to do, before any of it is checked."""
+
+    source: str
+    mountpoint: str
+    ref: str | None = None
+    token_file: str | None = None
+    token_stdin: bool = False
+    """Read a token from stdin (the daemon hands one over this way, never in argv)."""
+    keep_failed: bool = False
+    io_timeout: float = DEFAULT_IO_TIMEOUT
+    allow_other: bool = False
+    verbose: int = 0
+    name: str | None = None
+    """The repository's name, when the daemon runs this worker."""
+    control_socket: str | None = None
+    """Where the daemon talks to this worker (daemon mode)."""
+
+    def command_line(self) -> list[str]:
+        """The ``artifactfs`` arguments that ask for this worker (what ``ps`` shows)."""
+        arguments = ["mount", self.source, self.mountpoint]
+        if self.keep_failed:
+            arguments.append("--keep-failed")
+        for flag, value in (
+            ("--name", self.name),
+            ("--control-socket", self.control_socket),
+            ("--ref", self.ref),
+            ("--token-file", self.token_file),
+        ):
+            if value is not None:
+                arguments += [flag, value]
+        if self.io_timeout != DEFAULT_IO_TIMEOUT:
+            arguments += ["--io-timeout", repr(self.io_timeout)]
+        if self.token_stdin:
+            arguments.append("--token-stdin")
+        if self.allow_other:
+            arguments.append("--allow-other")
+        arguments += ["-v"] * self.verbose
+        return arguments
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any]) -> WorkerOptions:
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in fields.items() if key in known})
+
+
+def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
+    """Check ``options``, mount, serve until unmounted or signalled; the exit status.
+    Raises ``UserError`` for bad input (nothing is mounted or created then)."""
+    ref = check_ref(options.ref)
+    spec = parse_source(options.source).with_ref(ref)
+    if not 0 < options.io_timeout <= MAX_IO_TIMEOUT:  # also refuses nan and inf
+        raise UserError(f"--io-timeout must be between 0 and {MAX_IO_TIMEOUT:.0f} seconds")
+    if options.allow_other:
+        check_allow_other()
+    check_fuse_device()
+    mountpoint = check_mountpoint(options.mountpoint)
+    home = ArtifactHome(default_home())
+    try:
+        home.ensure()
+        temp_dir = home.root / "tmp"
+        temp_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    credentials = _credentials(options, stdin or sys.stdin)
+    configure(home.log_file_for(mountpoint), options.verbose)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    socket.setdefaulttimeout(options.io_timeout)
+    settings = SourceSettings(
+        ref=ref,
+        cas_dir=home.cas_dir,
+        snapshots_dir=home.snapshots_dir,
+        temp_dir=temp_dir,
+        credentials=credentials,
+        counters=FetchCounters(),
+        io_timeout=options.io_timeout,
+    )
+    from .head_start import HeadStart
+
+    head_start = HeadStart(spec, settings)  # works while the imports below happen
+
+    from .worker import MountRequest, run
+
+    request = MountRequest(
+        spec,
+        ref,
+        mountpoint,
+        home,
+        options.keep_failed,
+        name=options.name,
+        control_socket=Path(options.control_socket) if options.control_socket else None,
+        allow_other=options.allow_other,
+    )
+    return run(request, head_start)
+
+
+def _credentials(options: WorkerOptions, stdin: IO[str]) -> CredentialProvider:
+    """Where this mount's token comes from; the token variables then leave our environment,
+    so that no child process (ssh, git upload-pack) inherits them."""
+    token = stdin.read().strip() if options.token_stdin else None
+    token_file = os.path.abspath(options.token_file) if options.token_file else None
+    provider = CredentialProvider(token=token or None, token_file=token_file)
+    provider.check()
+    for variable in (TOKEN_ENV, TOKEN_FILE_ENV):
+        os.environ.pop(variable, None)
+    return provider

@@ -1,0 +1,167 @@
+"""What a source is: the one interface every origin implements, and all a mount knows of it.
+
+A mount (``mount/``) and its operations (``fs/``) never name a concrete source. They get a
+``Source`` from the registry (``sources/registry.py``), which picks the implementation from
+the SOURCE a user typed, and use only what is declared here:
+
+- ``Source.prepare()``: resolve the ref to a commit and make sure that commit's snapshot is on
+  disk (blocking, run in a thread). ``Source.prepared_offline()`` says what can be shown
+  without asking the origin at all (a pinned commit whose snapshot is on disk), so a mount can
+  come up with the origin down.
+- ``Source.open_content(host)``: the ``Content`` every generation of the mount reads through,
+  with its background work (``Content.run``) and its end (``Content.close``).
+- ``Source.read_ahead_kib``: the kernel read-ahead the mount should have (it decides the size
+  of FUSE read requests; see ``mount/kernel_read_ahead.py``), or None for the kernel's default.
+
+A new origin (an S3 prefix, an OCI artifact) is a new folder under ``sources/`` with a
+``SourceKind`` listed in the registry. Sources raise domain errors (``errors.SourceError`` for
+a failed prepare, ``errors.ReadError`` kinds for reads); only ``fs/`` turns them into errno.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..snapshot import Row, SnapshotIndex
+from .counters import FetchCounters
+from .credentials import CredentialProvider
+
+
+class SourceSpec(Protocol):
+    """A validated description of a source, as parsed from what the user typed."""
+
+    @property
+    def kind(self) -> str:
+        """The name of the source kind that parsed it (``git``, ``hub``)."""
+        ...
+
+    @property
+    def url(self) -> str:
+        """What the registry stores and the transport is given (may hold credentials)."""
+        ...
+
+    @property
+    def display(self) -> str:
+        """The same with credentials masked: what logs, xattrs and messages show."""
+        ...
+
+    def with_ref(self, ref: str | None) -> SourceSpec:
+        """Apply ``--ref`` (a source whose SOURCE names a revision takes it only once)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PreparedSnapshot:
+    """What prepare hands to the mount: a snapshot on disk and the commit it shows."""
+
+    path: Path
+    commit: str
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Everything a source is opened with; nothing else reaches it (no globals)."""
+
+    ref: str | None
+    """``--ref``: the branch, tag or commit to show (None: the origin's default)."""
+    cas_dir: Path
+    snapshots_dir: Path
+    temp_dir: Path
+    """Scratch space on the same file system as the CAS (received packs)."""
+    credentials: CredentialProvider
+    counters: FetchCounters
+    """Where the source counts what it pulled from its origin."""
+    io_timeout: float
+    """Give up on a silent origin after this many seconds."""
+
+
+class BlobReader(Protocol):
+    """One open file's reads. Nothing is fetched until it reads."""
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``; raises a ``ReadError`` kind."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ContentHost(Protocol):
+    """What a mount offers the content it reads through."""
+
+    async def forget_cached(self, snapshot: SnapshotIndex, row: Row) -> None:
+        """Make the kernel drop the pages it cached of this entry (bytes it was served were
+        found to be wrong). Never call it from a read of the same file."""
+        ...
+
+
+class Content(Protocol):
+    """Where the bytes of a mount's entries come from, for every generation it shows."""
+
+    def reader(self, snapshot: SnapshotIndex, row: Row) -> BlobReader:
+        """A reader of ``row``'s content."""
+        ...
+
+    async def cached_bytes(self, snapshot: SnapshotIndex, row: Row) -> int:
+        """How many of ``row``'s bytes are present locally."""
+        ...
+
+    async def with_size(self, snapshot: SnapshotIndex, row: Row) -> Row:
+        """``row`` with its size known (``row.size_unknown`` entries only; raises
+        ``ReadError`` if it cannot be learned)."""
+        ...
+
+    def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
+        """A program began listing ``directory``: a hint of what it will read next."""
+        ...
+
+    def retired(self, snapshot: SnapshotIndex) -> None:
+        """``snapshot`` is no longer served: forget what was kept about it."""
+        ...
+
+    async def run(self) -> None:
+        """Background work (batched fetches, flushes); runs until cancelled."""
+        ...
+
+    def close(self, reason: str) -> None:
+        """Fail every waiting and future read at once (the mount is going away)."""
+        ...
+
+
+class Source(Protocol):
+    """One origin, opened for one mount."""
+
+    @property
+    def display(self) -> str: ...
+
+    @property
+    def read_ahead_kib(self) -> int | None: ...
+
+    def prepare(self) -> PreparedSnapshot:
+        """Resolve the ref and make sure its snapshot is on disk (blocking; raises
+        ``SourceError``)."""
+        ...
+
+    def prepared_offline(self) -> PreparedSnapshot | None:
+        """The snapshot that can be shown without asking the origin, if any (blocking)."""
+        ...
+
+    def open_content(self, host: ContentHost) -> Content:
+        """The content the mount reads through (call once, on the trio thread)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of origin, as the registry knows it."""
+
+    name: str
+    parse: Callable[[str], SourceSpec | None]
+    """Parse SOURCE text; None if it is not this kind's syntax, ``UserError`` if it is but
+    is malformed."""
+    open: Callable[[SourceSpec, SourceSettings], Source]
+    """Make the source of a spec this kind parsed (blocking: may import its libraries)."""
+    preload: Callable[[], None]
+    """Import what opening a source of this kind needs (a spare worker does it ahead)."""

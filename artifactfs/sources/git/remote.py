@@ -1,0 +1,382 @@
+"""Talking to a git origin: prepare a snapshot of one ref, then fetch blobs by id.
+
+Prepare is one connection for the tip (ls-refs limited to the candidate ref names, then a
+depth-1 fetch with ``blob:none``: the commit and its trees, no file contents), one
+``object-info`` exchange for every blob size, and, only if the tree has symlinks, one fetch
+of the symlink blobs so targets live in the snapshot. If the snapshot of the resolved commit
+already exists, the fetch is skipped: the snapshot is keyed by commit and immutable.
+
+Every remote call opens a fresh client with the credentials as they are then (see
+``sources/credentials.py``): a blob fetched hours after the prepare authenticates like the
+prepare did, with a rotated token if the token file changed meanwhile.
+
+Every method here blocks; the mount runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import IO
+
+from dulwich.client import GitClient
+from dulwich.objects import Blob, Commit, Tag, Tree
+
+from ...cas import ContentStore, Digest
+from ...cas.digests import git_blob_algorithm
+from ...errors import SourceError
+from ...snapshot.entries import (
+    SYMLINK_TARGET_MAX,
+    Kind,
+    NewEntry,
+    RefusedEntry,
+    check_symlink_target,
+    printable,
+)
+from ...snapshot.index import DirectoryListing, SnapshotIndex, snapshot_path, write_snapshot
+from ..base import PreparedSnapshot, SourceSettings
+from . import object_info
+from .packs import iter_objects, object_id, received_pack
+from .spec import GitSourceSpec
+from .transport import (
+    REMOTE_FAILURES,
+    credentials_note,
+    describe_failure,
+    is_auth_failure,
+    open_client,
+)
+from .trees import CommitTrees, TreeChild, index_trees
+
+log = logging.getLogger(__name__)
+
+_HEX_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_MAX_TAG_DEPTH = 10
+_BLOB_KINDS = (Kind.FILE, Kind.EXECUTABLE, Kind.SYMLINK)
+MAX_TREE_PACK_BYTES = 2 << 30
+"""A prepare pack holds one commit and its trees; more than this is a hostile server."""
+MAX_UNKNOWN_BLOB_PACK_BYTES = 16 << 30
+"""The ceiling for a blob fetch whose sizes the server never told us."""
+
+
+def ref_candidates(ref: str | None) -> list[bytes]:
+    """Ref names ``ref`` may mean, in git's order of precedence (``git rev-parse``)."""
+    if ref is None or ref == "HEAD":
+        return [b"HEAD"]
+    name = ref.encode("utf-8")
+    if name.startswith(b"refs/"):
+        return [name]
+    return [
+        name,
+        b"refs/" + name,
+        b"refs/tags/" + name,
+        b"refs/heads/" + name,
+        b"refs/remotes/" + name,
+    ]
+
+
+def resolve_ref(ref: str | None, refs: Mapping[bytes, bytes]) -> str:
+    """The object id the server's ``refs`` give for ``ref``; raise SourceError if none."""
+    if ref is not None and _HEX_ID.fullmatch(ref):
+        return ref
+    for candidate in ref_candidates(ref):
+        peeled = refs.get(candidate + b"^{}")
+        target = peeled or refs.get(candidate)
+        if target:
+            return target.decode("ascii")
+    raise SourceError(f"unknown ref {ref or 'HEAD'!r}")
+
+
+class GitRemote:
+    """One git origin as a mount talks to it. Blocking methods: run them in worker threads."""
+
+    def __init__(self, spec: GitSourceSpec, settings: SourceSettings) -> None:
+        """``settings.credentials`` is asked for a token at every remote call over http(s)."""
+        self.spec = spec
+        self.ref = settings.ref
+        self.settings = settings
+        self.temp_dir = settings.temp_dir
+        self.counters = settings.counters
+        self.credentials = settings.credentials
+        self.cas = ContentStore(settings.cas_dir)
+        self.object_format = "sha1"
+        """Learned from the server (or the snapshot) at prepare."""
+
+    @property
+    def display(self) -> str:
+        return self.spec.display
+
+    # -- prepare -------------------------------------------------------------------------
+
+    def prepare(self) -> PreparedSnapshot:
+        """Resolve the ref and make sure its snapshot exists on disk (blocking)."""
+        known = self.prepared_offline()
+        if known is not None:  # a commit never changes: no need to ask the server
+            return known
+        try:
+            return self._prepare(self.settings.snapshots_dir, self.cas)
+        except REMOTE_FAILURES as exc:
+            raise self._failure(exc) from exc
+
+    def prepared_offline(self) -> PreparedSnapshot | None:
+        """A ``--ref`` that is a full commit id whose snapshot is on disk needs no server."""
+        if self.ref is None or not _HEX_ID.fullmatch(self.ref):
+            return None
+        known = snapshot_path(self.settings.snapshots_dir, self.ref)
+        if not known.exists():
+            return None
+        self.object_format = SnapshotIndex.read_meta(known).object_format
+        return PreparedSnapshot(known, self.ref)
+
+    def _failure(self, exc: BaseException) -> SourceError:
+        """One line for a failed remote call; a refusal also says what credentials we sent."""
+        message = describe_failure(exc)
+        if is_auth_failure(exc):
+            message += "; " + credentials_note(self.spec, self.credentials)
+        return SourceError(message)
+
+    def _client(self) -> tuple[GitClient, str]:
+        return open_client(self.spec, self.credentials)
+
+    def _prepare(self, snapshots_dir: Path, cas: ContentStore) -> PreparedSnapshot:
+        client, path = self._client()
+        tip: list[str] = []
+
+        def wants(refs: Mapping[bytes, bytes]) -> list[bytes]:
+            tip.append(resolve_ref(self.ref, refs))
+            if snapshot_path(snapshots_dir, tip[0]).exists():
+                return []
+            return [tip[0].encode("ascii")]
+
+        with received_pack(
+            client,
+            path,
+            wants,
+            self.temp_dir,
+            self.counters.add_bytes,
+            max_bytes=MAX_TREE_PACK_BYTES,
+            depth=1,
+            filter_spec=b"blob:none",
+            ref_prefix=ref_candidates(self.ref),
+        ) as pack:
+            self.object_format = pack.object_format
+            existing = snapshot_path(snapshots_dir, tip[0])
+            if existing.exists():
+                log.info("snapshot of %s already on disk", tip[0])
+                return PreparedSnapshot(existing, tip[0])
+            objects = _TipObjects.read(pack.file, pack.object_format)
+            commit_id, commit = objects.peel_to_commit(tip[0])
+            oid_length = 20 if pack.object_format == "sha1" else 32
+            trees = index_trees(commit.tree.decode("ascii"), objects.trees, oid_length)
+            known_sizes: dict[str, int] = {}
+            if objects.blobs:  # a server that ignored the filter (protocol v0) sent contents
+                known_sizes = self._keep_sent_blobs(pack.file, trees, cas)
+        final = snapshot_path(snapshots_dir, commit_id)
+        if not final.exists():
+            self._write_snapshot(final, commit_id, commit, trees, known_sizes, cas)
+        return PreparedSnapshot(final, commit_id)
+
+    def _keep_sent_blobs(
+        self, pack: IO[bytes], trees: CommitTrees, cas: ContentStore
+    ) -> dict[str, int]:
+        """Publish the blobs a server sent although we asked for none, if the tree uses them."""
+        used = trees.blobs(_BLOB_KINDS)
+        algorithm = git_blob_algorithm(self.object_format)
+        sizes: dict[str, int] = {}
+        for obj in iter_objects(pack, self.object_format):
+            if isinstance(obj, Blob):
+                data = obj.as_raw_string()
+                digest = cas.add_bytes_if(algorithm, data, used)
+                if digest is not None:
+                    sizes[digest.hex] = len(data)
+        log.info("%s ignored the blob filter: kept %d blobs it sent", self.display, len(sizes))
+        return sizes
+
+    def _write_snapshot(
+        self,
+        final: Path,
+        commit_id: str,
+        commit: Commit,
+        trees: CommitTrees,
+        known_sizes: dict[str, int],
+        cas: ContentStore,
+    ) -> None:
+        blob_paths = trees.blobs(_BLOB_KINDS)
+        sizes = dict(known_sizes)
+        unknown = sorted(oid for oid in blob_paths if oid not in sizes)
+        if unknown:
+            client, path = self._client()
+            answered = object_info.query_sizes(client, path, unknown)
+            if answered is None:
+                log.info(
+                    "%s does not offer object-info: sizes will be learned on demand", self.display
+                )
+            else:
+                sizes.update(answered)
+        targets = self._symlink_targets(trees, sizes, cas)
+
+        def list_directory(tree_id: str) -> DirectoryListing[str]:
+            entries: list[NewEntry] = []
+            keys: list[str | None] = []
+            for child in trees.listings[tree_id]:
+                entry = _entry_for(child, sizes, targets)
+                if entry is not None:
+                    entries.append(entry)
+                    keys.append(child.oid if child.kind is Kind.DIRECTORY else None)
+            return DirectoryListing(entries, keys)
+
+        meta = write_snapshot(
+            final,
+            commit_id,
+            self.object_format,
+            int(commit.commit_time),
+            trees.root,
+            list_directory,
+        )
+        log.info(
+            "indexed %s: %d files, %d bytes (sizes: %s)",
+            meta.commit,
+            meta.files,
+            meta.total_size,
+            meta.sizes,
+        )
+
+    def _symlink_targets(
+        self, trees: CommitTrees, sizes: dict[str, int], cas: ContentStore
+    ) -> dict[str, bytes]:
+        """Targets of every acceptable symlink, fetched in one batch; refused ones are logged."""
+        links = trees.blobs((Kind.SYMLINK,))
+        wanted: dict[str, int | None] = {}
+        for oid, path in links.items():
+            size = sizes.get(oid)
+            if size is not None and size > SYMLINK_TARGET_MAX:
+                log.warning("refused symlink %s: target of %d bytes", printable(path), size)
+            else:
+                wanted[oid] = size
+        algorithm = git_blob_algorithm(self.object_format)
+        missing = {oid: s for oid, s in wanted.items() if not cas.contains(Digest(algorithm, oid))}
+        if missing:
+            self._fetch_blobs(missing, lambda oid: None)
+        targets: dict[str, bytes] = {}
+        for oid in wanted:
+            blob = cas.path_of(Digest(algorithm, oid))
+            try:
+                if blob.stat().st_size > SYMLINK_TARGET_MAX:
+                    raise RefusedEntry(f"target of {blob.stat().st_size} bytes")
+                target = blob.read_bytes()
+                check_symlink_target(target)
+            except FileNotFoundError:
+                raise SourceError(f"the server did not send symlink blob {oid}") from None
+            except RefusedEntry as refused:
+                log.warning("refused symlink %s: %s", printable(links[oid]), refused)
+                continue
+            targets[oid] = target
+        return targets
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    def blob_digest(self, oid: str) -> Digest:
+        """The CAS key of a blob of this repository."""
+        return Digest(git_blob_algorithm(self.object_format), oid)
+
+    def fetch_blobs(
+        self,
+        wanted: Mapping[str, int | None],
+        published: Callable[[str], None] = lambda oid: None,
+    ) -> set[str]:
+        """Fetch blobs by id (with their expected sizes, None if unknown) in one pack; publish
+        each to the CAS, telling ``published`` as each lands; return the ids published. Blobs
+        we did not ask for are dropped."""
+        try:
+            return self._fetch_blobs(wanted, published)
+        except REMOTE_FAILURES as exc:
+            raise self._failure(exc) from exc
+
+    def _fetch_blobs(
+        self, wanted: Mapping[str, int | None], published: Callable[[str], None]
+    ) -> set[str]:
+        algorithm = git_blob_algorithm(self.object_format)
+        client, path = self._client()
+        got: set[str] = set()
+        with (
+            received_pack(
+                client,
+                path,
+                lambda refs: [oid.encode("ascii") for oid in wanted],
+                self.temp_dir,
+                self.counters.add_bytes,
+                max_bytes=_pack_budget(wanted.values()),
+                ref_prefix=[b"HEAD"],
+            ) as pack,
+            self.cas.publisher() as publisher,
+        ):
+
+            def announce(landed: list[Digest]) -> None:
+                for digest in landed:
+                    got.add(digest.hex)
+                    published(digest.hex)
+
+            for obj in iter_objects(pack.file, pack.object_format):
+                if isinstance(obj, Blob):
+                    announce(publisher.add_if(algorithm, obj.as_raw_string(), wanted))
+            announce(publisher.publish())
+        self.counters.add_blob_fetch(len(got))
+        return got
+
+
+def _pack_budget(sizes: Iterable[int | None]) -> int:
+    """How many bytes a pack of blobs with these sizes may take: their sum plus pack and zlib
+    overhead, or a fixed ceiling when a size is unknown."""
+    known = list(sizes)
+    if any(size is None for size in known):
+        return MAX_UNKNOWN_BLOB_PACK_BYTES
+    return sum(size or 0 for size in known) * 102 // 100 + 64 * len(known) + 65536
+
+
+class _TipObjects:
+    """The non-blob objects of a prepare pack, and whether it carried blobs at all."""
+
+    def __init__(self) -> None:
+        self.trees: dict[str, bytes] = {}
+        self.commits: dict[str, Commit] = {}
+        self.tags: dict[str, Tag] = {}
+        self.blobs = 0
+
+    @classmethod
+    def read(cls, pack: IO[bytes], object_format: str) -> _TipObjects:
+        found = cls()
+        for obj in iter_objects(pack, object_format):
+            if isinstance(obj, Tree):
+                found.trees[object_id(obj, object_format)] = obj.as_raw_string()
+            elif isinstance(obj, Commit):
+                found.commits[object_id(obj, object_format)] = obj
+            elif isinstance(obj, Tag):
+                found.tags[object_id(obj, object_format)] = obj
+            else:
+                found.blobs += 1
+        return found
+
+    def peel_to_commit(self, oid: str) -> tuple[str, Commit]:
+        for _ in range(_MAX_TAG_DEPTH):
+            if oid in self.commits:
+                return oid, self.commits[oid]
+            tag = self.tags.get(oid)
+            if tag is None:
+                raise SourceError(f"{oid} is not a commit the server sent")
+            oid = tag.object[1].decode("ascii")
+        raise SourceError(f"tag chain from {oid} is too long")
+
+
+def _entry_for(
+    child: TreeChild, sizes: dict[str, int], targets: dict[str, bytes]
+) -> NewEntry | None:
+    if child.kind is Kind.SYMLINK:
+        target = targets.get(child.oid)
+        if target is None:
+            return None
+        return NewEntry(child.name, child.kind, child.oid, len(target), target)
+    if child.kind.has_blob:
+        return NewEntry(child.name, child.kind, child.oid, sizes.get(child.oid))
+    size = 0 if child.kind is Kind.SUBMODULE else None
+    return NewEntry(child.name, child.kind, child.oid, size)

@@ -1,0 +1,93 @@
+"""What a git SOURCE may look like: a URL (git://, http(s)://, ssh://, file://), scp-like
+``[user@]host:path``, or a local repository path."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from ...errors import UserError
+from ..spec import URL_SCHEME, redact_url
+
+GitTransport = Literal["git", "http", "https", "ssh", "file"]
+
+_SCHEMES: dict[str, GitTransport] = {
+    "git": "git",
+    "http": "http",
+    "https": "https",
+    "ssh": "ssh",
+    "git+ssh": "ssh",
+    "ssh+git": "ssh",
+    "file": "file",
+}
+# scp-like ssh syntax: [user@]host:path, with no slash before the colon
+_SCP = re.compile(
+    r"^(?:(?P<user>[^@/\s]+)@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*):(?P<path>[^/].*|/.+)$"
+)
+
+
+@dataclass(frozen=True)
+class GitSourceSpec:
+    transport: GitTransport
+    url: str
+    """What the transport is given (for local repositories, an absolute path)."""
+    display: str
+    """The same with any password replaced by ``***``; safe to log and show."""
+
+    @property
+    def kind(self) -> str:
+        return "git"
+
+    def with_ref(self, ref: str | None) -> GitSourceSpec:
+        return self  # a git SOURCE names no ref: --ref travels beside it
+
+
+def parse_git_source(text: str) -> GitSourceSpec | None:
+    """A git source, or None for a URL scheme git does not speak; ``UserError`` if malformed."""
+    match = URL_SCHEME.match(text)
+    if match:
+        transport = _SCHEMES.get(match["scheme"].lower())
+        return None if transport is None else _parse_url(text, transport)
+    scp = _SCP.match(text)
+    if scp and not Path(text).exists():
+        return GitSourceSpec("ssh", text, text)
+    return _local_repository(Path(text))
+
+
+def _parse_url(text: str, transport: GitTransport) -> GitSourceSpec:
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError as exc:
+        raise UserError(f"malformed source URL {redact_url(text)!r}: {exc}") from None
+    if transport == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise UserError(f"file:// URLs name a local path, not a host: {text!r}")
+        return _local_repository(Path(parts.path), display=text)
+    if not parts.hostname:
+        raise UserError(f"malformed source URL {redact_url(text)!r}: no host")
+    if parts.path in ("", "/"):
+        raise UserError(f"malformed source URL {redact_url(text)!r}: no repository path")
+    if parts.query or parts.fragment:
+        raise UserError(
+            f"malformed source URL {redact_url(text)!r}: unexpected ?query or #fragment"
+        )
+    url = _normalise(parts)
+    return GitSourceSpec(transport, url, redact_url(url))
+
+
+def _normalise(parts: SplitResult) -> str:
+    return urlunsplit(parts._replace(scheme=parts.scheme.lower()))
+
+
+def _local_repository(path: Path, display: str | None = None) -> GitSourceSpec:
+    absolute = path.expanduser().absolute()
+    if not absolute.is_dir():
+        raise UserError(f"no git repository at {str(absolute)!r}: not a directory")
+    is_bare = (absolute / "objects").is_dir() and (absolute / "HEAD").is_file()
+    if not is_bare and not (absolute / ".git").exists():
+        raise UserError(f"no git repository at {str(absolute)!r}")
+    return GitSourceSpec("file", str(absolute), display or str(absolute))
