@@ -14,7 +14,7 @@ Each run, alternating the order:
   immutable and opened with ``keep_cache``).
 
 Needs root (dropping the page cache; raising the mount's read-ahead, see
-``artifactfs/mount/read_ahead.py``). Results go into docs/benchmarks.md unless ``--no-write``.
+``artifactfs/mount/kernel_read_ahead.py``). Results go into docs/benchmarks.md unless ``--no-write``.
 Run it with ``scripts/bench cached``.
 """
 
