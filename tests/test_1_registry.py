@@ -66,3 +66,9 @@ def test_a_registry_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="written by a newer artifactfs"):
         Registry(path)
     assert _version(path) == SCHEMA_VERSION + 1  # left as it was
+
+
+def test_a_dead_worker_is_started_again_after_half_a_second_doubling_to_thirty() -> None:
+    from artifactfs.daemon.supervisor import restart_delay
+
+    assert [restart_delay(n) for n in range(9)] == [0.5, 0.5, 1, 2, 4, 8, 16, 30, 30]

@@ -140,3 +140,41 @@ def test_a_hub_revision_is_given_once() -> None:
     assert parse_source("hf://org/model@dev").with_ref("dev") == parse_source("hf://org/model@dev")
     with pytest.raises(UserError, match="already names a revision"):
         parse_source("hf://org/model@dev").with_ref("main")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ssh://-oProxyCommand=touch%20/tmp/x/repo",
+        "ssh://-oProxyCommand=x@example.com/repo",
+        "git+ssh://-x/repo",
+        "ssh://%2DoProxyCommand=x@example.com/repo",
+        "ssh://a%20b@example.com/repo",
+        "ssh://a%0Ab@example.com/repo",
+        "-oProxyCommand=x@example.com:repo",
+        "git://-host/repo",
+        "https://-host.example.com/repo",
+    ],
+)
+def test_hosts_and_users_that_a_transport_could_misread_are_refused(text: str) -> None:
+    with pytest.raises(UserError, match="starts with '-' or holds spaces or control") as refused:
+        parse_source(text)
+    assert "oProxyCommand=x@" not in str(refused.value).split("its ")[-1]  # no user name shown
+
+
+def test_fuzzed_sources_fail_in_one_line_or_parse(tmp_path: Path) -> None:
+    """Random printable junk around URL syntax: a ``UserError`` (one line) or a spec, never
+    anything else."""
+    import random
+
+    rng = random.Random(11)
+    pieces = ["ssh://", "git://", "https://", "hf://", "file://", "-", "@", ":", "/", "%2D"]
+    pieces += ["%00", "..", "host", "org/name", "[::1]", ":99999", "?q", "#f", "~", "\\"]
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        try:
+            spec = parse_source(text)
+        except UserError as exc:
+            assert "\n" not in str(exc)
+        else:
+            assert spec.display and spec.kind in ("git", "hub")

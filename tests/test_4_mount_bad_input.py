@@ -35,6 +35,9 @@ def assert_one_line(result_stderr: str, *fragments: str) -> None:
         ("/no/such/repository", "no git repository"),
         ("file:///no/such/repository", "no git repository"),
         ("hf://org/na--me", "not a Hugging Face repository"),
+        ("ssh://-oProxyCommand=touch%20x/repo", "its host name '-oproxycommand"),
+        ("ssh://-oProxyCommand=x@host/repo", "its user name starts with '-'"),
+        ("-oProxyCommand=x@host:repo", "its user name starts with '-'"),
     ],
 )
 def test_malformed_sources(source: str, fragment: str, mnt: Path, home: Path) -> None:

@@ -41,6 +41,7 @@ def test_every_file_matches_hf_hub_download(
         assert sorted(listed) == sorted(f"{path} {len(data)}" for path, data in model.items())
         assert hub.total_bytes_served() == 0  # listing, stat: no content
         assert mount.xattr("commit") == hub.sha("org/model")
+        assert mount.xattr("ref") == "main"  # the Hub's default, not git's HEAD
         for path, data in model.items():
             downloaded = hf_hub_download(
                 "org/model", path, endpoint=hub.endpoint, cache_dir=tmp_path / "hf-cache"
@@ -267,6 +268,7 @@ def test_a_dataset_and_a_pinned_revision(
     with mounted(f"hf://datasets/org/data@{first}", mnt, home, env=hub_env(hub, tmp_path)) as m:
         assert (mnt / "train" / "part-0.jsonl").read_bytes() == b'{"x": 1}\n'
         assert m.xattr("commit") == first
+        assert m.xattr("ref") == first
 
 
 def test_through_the_daemon(

@@ -56,6 +56,23 @@ def test_add_repo_async_returns_at_once_and_operations_wait(
         proxy.stop()
 
 
+def test_a_mount_path_that_does_not_exist_is_created_in_a_directory_of_ours(
+    daemon: GitDaemon, sample: Repo, home: Path, tmp_path: Path
+) -> None:
+    wanted = tmp_path / "work" / "sample"
+    wanted.parent.mkdir()
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "sample", daemon.url("sample.git"), "--mount", str(wanted))
+        assert (wanted / "README.md").read_bytes() == b"# sample\n"
+        refused = artifactfs.cli(
+            "add-repo", "other", daemon.url("sample.git"), "--mount", str(tmp_path / "a" / "b")
+        )
+        assert refused.returncode == 2
+        assert refused.stderr == f"artifactfs: mount point {tmp_path / 'a' / 'b'} does not exist\n"
+        assert not (tmp_path / "a").exists()
+        artifactfs.ok("remove-repo", "sample")
+
+
 def test_add_repo_waits_until_ready(daemon: GitDaemon, sample: Repo, home: Path) -> None:
     with running_daemon(home) as artifactfs:
         artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
@@ -252,6 +269,8 @@ def test_remove_repo_with_purge(daemon: GitDaemon, sample: Repo, home: Path) -> 
         (["add-repo", ".hidden", "SOURCE"], "not a valid repository name"),
         (["add-repo", "x" * 65, "SOURCE"], "not a valid repository name"),
         (["add-repo", "new", "ftp://example.com/x.git"], "unsupported source scheme"),
+        (["add-repo", "new", "ssh://-oProxyCommand=x/r"], "starts with '-'"),
+        (["add-repo", "new", "ssh://-oProxyCommand=x@h/r"], "starts with '-'"),
         (["add-repo", "new", "https://u:pw@example.com/x.git"], "do not put a password"),
         (["add-repo", "new", "SOURCE", "--ref", "a..b"], "not a valid ref name"),
         (["add-repo", "new", "SOURCE", "--mount", "OUTER/inner"], "inside another"),

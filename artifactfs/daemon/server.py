@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -52,6 +53,8 @@ class Daemon:
         self.supervisors: dict[str, Supervisor] = {}
         self.tokens: dict[str, str] = {}
         """Tokens handed over by ``add-repo``, kept in memory only (workers get them on stdin)."""
+        self._created: dict[Path, bool] = {}
+        """Mount points an ``add`` in progress created (removed again if it fails)."""
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         """One lock per name: add, unmount, remount and remove of a name happen one at a time."""
 
@@ -168,7 +171,7 @@ class Daemon:
                 name, spec.url, ref, str(mountpoint), token_file, allow_other=allow_other
             )
         except Conflict:
-            await self._drop_default_mountpoint(name)
+            await self._drop_new_mountpoint(name, mountpoint)
             raise UserError(f"a repository named {name!r} or at {mountpoint} exists") from None
         token = request.get("token")
         if isinstance(token, str) and token:
@@ -179,7 +182,7 @@ class Daemon:
             await supervisor.stop()
             self.registry.remove(name)
             self.tokens.pop(name, None)
-            await self._drop_default_mountpoint(name)
+            await self._drop_new_mountpoint(name, mountpoint)
             raise UserError(f"cannot mount {name}: {supervisor.mount_error}")
         log.info("added %s (%s) at %s", name, spec.display, mountpoint)
         return supervisor
@@ -188,6 +191,13 @@ class Daemon:
         default = self.home.default_mountpoint(name)
         with contextlib.suppress(OSError):
             await trio.to_thread.run_sync(default.rmdir)
+
+    async def _drop_new_mountpoint(self, name: str, mountpoint: Path) -> None:
+        """An add that failed leaves no directory it created behind (only if still empty)."""
+        await self._drop_default_mountpoint(name)
+        if self._created.pop(mountpoint, False):
+            with contextlib.suppress(OSError):
+                await trio.to_thread.run_sync(mountpoint.rmdir)
 
     async def _status(self, request: Message, reply: Reply) -> dict[str, Any]:
         name = request.get("name")
@@ -298,7 +308,14 @@ class Daemon:
             inside = entry.mountpoint in path.parents or entry.mountpoint == path
             if inside and entry.fs_type == FS_TYPE:
                 raise UserError(f"{path} is inside another artifactfs mount ({entry.mountpoint})")
-        await trio.to_thread.run_sync(check_directory, path)
+        self._created.pop(path, None)
+        if await trio.to_thread.run_sync(_create_missing_mountpoint, path):
+            self._created[path] = True
+        try:
+            await trio.to_thread.run_sync(check_directory, path)
+        except UserError:
+            await self._drop_new_mountpoint(name, path)
+            raise
         return path
 
 
@@ -327,6 +344,25 @@ def _mountpoint_path(home: ArtifactHome, name: str, given: object) -> Path:
     if (path == root or root in path.parents) and path.parent != root / "mnt":
         raise UserError(f"{path} is inside the state directory {root}")
     return path
+
+
+def _create_missing_mountpoint(path: Path) -> bool:
+    """Create a mount point that does not exist yet, as the default one is, when its parent is
+    a directory of ours (root: any directory); True if it was created. Anything else is left
+    for ``check_directory`` to refuse in one line."""
+    if os.path.lexists(path):
+        return False
+    try:
+        parent = os.stat(path.parent)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(parent.st_mode) or os.getuid() not in (0, parent.st_uid):
+        return False
+    try:
+        path.mkdir(mode=0o755)
+    except OSError:
+        return False
+    return True
 
 
 def _check_token_file(given: object) -> str | None:

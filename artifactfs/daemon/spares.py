@@ -1,10 +1,10 @@
 """Workers started before they are needed, so that ``add-repo`` does not wait for Python.
 
-A new worker process spends 0.2–0.3 s starting Python and importing trio and pyfuse3 before it
-can mount (docs/benchmarks.md, "Where add-repo --async spends its time"). The daemon keeps ``count`` *spares*: worker processes
-started ahead (``spare_child.py``), in sessions of their own like every worker, their imports
-done, each waiting on its stdin for the mount it is to serve. This is the daemon's side: the
-pool, and handing a spare its mount (``assign``).
+A new worker process spends 0.2 to 0.3 s starting Python and importing trio and pyfuse3 before
+it can mount (docs/benchmarks.md, "Where add-repo --async spends its time"). The daemon keeps
+``count`` *spares*: worker processes started ahead (``spare_child.py``), in sessions of their
+own like every worker, their imports done, each waiting on its stdin for the mount it is to
+serve. This is the daemon's side: the pool, and handing a spare its mount (``assign``).
 """
 
 from __future__ import annotations

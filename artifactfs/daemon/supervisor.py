@@ -52,6 +52,12 @@ ASK_SECONDS = 10.0
 WATCH_RETRY_SECONDS = 0.2
 
 
+def restart_delay(failures: int) -> float:
+    """How long to wait before starting a worker again after ``failures`` short runs in a
+    row (0 after a run that was healthy for a while): 0.5 s, doubling to 30 s."""
+    return BACKOFF[min(max(failures - 1, 0), len(BACKOFF) - 1)]
+
+
 class WorkerFailed(Exception):
     """A worker could not mount; the message is its last words."""
 
@@ -122,7 +128,7 @@ class Supervisor:
                 if not self.wanted():  # unmounted or removed while it ran
                     break
                 failures = 0 if trio.current_time() - started > STABLE_SECONDS else failures + 1
-                delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
+                delay = restart_delay(failures)
                 log.warning("%s: worker ended; starting another in %.1f s", self.name, delay)
                 with trio.move_on_after(delay):
                     await self._stopped.wait()

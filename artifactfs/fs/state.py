@@ -35,6 +35,9 @@ class MountState:
     source_display: str
     """The source with credentials redacted."""
     ref: str | None
+    """``--ref`` as given (None: the origin's default)."""
+    shown_ref: str = "HEAD"
+    """The ref as people read it (``user.artifactfs.ref``): the default named."""
     gate: ReadyGate = field(default_factory=ReadyGate)
     counters: FetchCounters = field(default_factory=FetchCounters)
     snapshot: SnapshotIndex | None = None

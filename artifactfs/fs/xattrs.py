@@ -32,7 +32,7 @@ def root_values(state: MountState) -> dict[bytes, bytes]:
     values = {
         STATE: state.gate.state.value.encode(),
         SOURCE: state.source_display.encode(),
-        REF: (state.ref or "HEAD").encode(),
+        REF: state.shown_ref.encode(),
         BYTES_FETCHED: str(state.counters.bytes_received).encode(),
     }
     if state.gate.state is GateState.FAILED:

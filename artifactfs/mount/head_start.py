@@ -1,12 +1,12 @@
 """Start preparing before the FUSE machinery is imported.
 
-A new worker process spends 0.2–0.3 s starting Python and importing trio and pyfuse3 before it
-can mount (docs/benchmarks.md, "Where add-repo --async spends its time"), and prepare spends
-most of its time waiting on the origin. So the source is opened and the first
-prepare started in a thread the moment the command line is validated, importing the source's
-libraries (dulwich, huggingface_hub) and talking to the origin while the main thread imports
-trio and pyfuse3 and mounts the placeholder. The prepare task then picks up the result.
-Nothing here imports dulwich, trio or pyfuse3 in the calling thread.
+A new worker process spends 0.2 to 0.3 s starting Python and importing trio and pyfuse3 before
+it can mount (docs/benchmarks.md, "Where add-repo --async spends its time"), and prepare spends
+most of its time waiting on the origin. So the source is opened and the first prepare started
+in a thread the moment the command line is validated, importing the source's libraries
+(dulwich, huggingface_hub) and talking to the origin while the main thread imports trio and
+pyfuse3 and mounts the placeholder. The prepare task then picks up the result. Nothing here
+imports dulwich, trio or pyfuse3 in the calling thread.
 """
 
 from __future__ import annotations

@@ -84,7 +84,10 @@ class _Worker:
         self.head_start = head_start
         self.exit_code = 0
         self.state = MountState(
-            request.spec.display, request.ref, counters=head_start.settings.counters
+            request.spec.display,
+            request.ref,
+            shown_ref=request.spec.shown_ref(request.ref),
+            counters=head_start.settings.counters,
         )
         self.snapshots = SnapshotOperations(self.state)
         self.operations = GatedOperations(self.snapshots, self.state.gate)

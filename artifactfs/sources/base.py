@@ -52,6 +52,11 @@ class SourceSpec(Protocol):
         """Apply ``--ref`` (a source whose SOURCE names a revision takes it only once)."""
         ...
 
+    def shown_ref(self, ref: str | None) -> str:
+        """The ref a mount of this spec shows (``user.artifactfs.ref``): ``--ref``, else the
+        one the SOURCE names, else the origin's default."""
+        ...
+
 
 @dataclass(frozen=True)
 class PreparedSnapshot:

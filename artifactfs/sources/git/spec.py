@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from ...errors import UserError
 from ..spec import URL_SCHEME, redact_url
@@ -23,6 +23,7 @@ _SCHEMES: dict[str, GitTransport] = {
     "ssh+git": "ssh",
     "file": "file",
 }
+_BAD_NAME = re.compile(r"[\x00-\x20\x7f]")
 # scp-like ssh syntax: [user@]host:path, with no slash before the colon
 _SCP = re.compile(
     r"^(?:(?P<user>[^@/\s]+)@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*):(?P<path>[^/].*|/.+)$"
@@ -44,6 +45,9 @@ class GitSourceSpec:
     def with_ref(self, ref: str | None) -> GitSourceSpec:
         return self  # a git SOURCE names no ref: --ref travels beside it
 
+    def shown_ref(self, ref: str | None) -> str:
+        return ref or "HEAD"
+
 
 def parse_git_source(text: str) -> GitSourceSpec | None:
     """A git source, or None for a URL scheme git does not speak; ``UserError`` if malformed."""
@@ -53,6 +57,7 @@ def parse_git_source(text: str) -> GitSourceSpec | None:
         return None if transport is None else _parse_url(text, transport)
     scp = _SCP.match(text)
     if scp and not Path(text).exists():
+        _check_remote_names(text, scp["host"], scp["user"])
         return GitSourceSpec("ssh", text, text)
     return _local_repository(Path(text))
 
@@ -69,6 +74,7 @@ def _parse_url(text: str, transport: GitTransport) -> GitSourceSpec:
         return _local_repository(Path(parts.path), display=text)
     if not parts.hostname:
         raise UserError(f"malformed source URL {redact_url(text)!r}: no host")
+    _check_remote_names(redact_url(text), parts.hostname, parts.username)
     if parts.path in ("", "/"):
         raise UserError(f"malformed source URL {redact_url(text)!r}: no repository path")
     if parts.query or parts.fragment:
@@ -79,12 +85,31 @@ def _parse_url(text: str, transport: GitTransport) -> GitSourceSpec:
     return GitSourceSpec(transport, url, redact_url(url))
 
 
+def _check_remote_names(shown: str, host: str, user: str | None) -> None:
+    """Refuse a host or user name that a transport could read as something else: one that
+    starts with ``-`` would be an option to ssh (``-oProxyCommand=...`` runs a command), and
+    whitespace or control characters (percent-encoded ones too) have no place in either."""
+    for what, name in (("host", host), ("user", user)):
+        if name is None:
+            continue
+        decoded = unquote(name)
+        if decoded.startswith("-") or _BAD_NAME.search(decoded):
+            named = f" {name[:40]!r}" if what == "host" else ""  # a user name may be a token
+            raise UserError(
+                f"refusing source {shown!r}: its {what} name{named} starts with '-' or holds"
+                " spaces or control characters"
+            )
+
+
 def _normalise(parts: SplitResult) -> str:
     return urlunsplit(parts._replace(scheme=parts.scheme.lower()))
 
 
 def _local_repository(path: Path, display: str | None = None) -> GitSourceSpec:
-    absolute = path.expanduser().absolute()
+    try:
+        absolute = path.expanduser().absolute()
+    except RuntimeError:  # ~name of no such user
+        raise UserError(f"no git repository at {str(path)!r}: no such user's home") from None
     if not absolute.is_dir():
         raise UserError(f"no git repository at {str(absolute)!r}: not a directory")
     is_bare = (absolute / "objects").is_dir() and (absolute / "HEAD").is_file()

@@ -196,6 +196,10 @@ class RangedBlobs:
 
     async def _state(self, blob: HubBlob) -> _State:
         state = self._states.get(blob.digest)
+        if state is not None and state.blob.url != blob.url:
+            # the same content at another commit (a refresh): fetch it where that commit is
+            # served from now (the old commit's URL may be gone); the partial goes on
+            state.blob = blob
         if state is not None and (state.published or state.partial is not None):
             return state  # set up already: no lock to take on every read
         if state is None:

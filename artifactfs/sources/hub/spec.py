@@ -48,6 +48,9 @@ class HubSourceSpec:
         """How the Hub's URLs name the repository type (models have none)."""
         return "" if self.repo_type == "model" else f"{self.repo_type}s/"
 
+    def shown_ref(self, ref: str | None) -> str:
+        return ref or self.revision or "main"
+
     def with_ref(self, ref: str | None) -> HubSourceSpec:
         """``--ref`` is the revision, given once, not twice."""
         if ref is None:
