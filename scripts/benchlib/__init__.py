@@ -7,8 +7,11 @@
 - ``mounts``: artifactfs mounts as a benchmark times them, and the mount table;
 - ``daemons``: an ``artifactfs daemon`` run by a benchmark;
 - ``rounds``: rotating measurement rounds and exact process timing;
-- ``report``: the markdown written into ``docs/benchmarks.md``.
+- ``timing``: a process timed to its exit without a polling grid;
+- ``report``: the markdown written into ``docs/benchmarks.md``;
+- ``internals``: every import from ``artifactfs`` of the benchmark code, in one place (the
+  rest drives artifactfs only as a program).
 
-Every import from ``artifactfs`` of the benchmark code is in ``scripts/bench_cached_read.py``
-and ``scripts/bench_sizes.py``: benchlib itself drives artifactfs only as a program.
+Shared things that the tests have too come from ``tests.helpers`` (servers, process stop,
+the mount table, waiting with a deadline), not from copies here.
 """
