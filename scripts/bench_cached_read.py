@@ -14,8 +14,8 @@ Each run, alternating the order:
   immutable and opened with ``keep_cache``).
 
 Needs root (dropping the page cache; raising the mount's read-ahead, see
-``artifactfs/mount/kernel_read_ahead.py``). Results go into docs/benchmarks.md unless ``--no-write``.
-Run it with ``scripts/bench cached``.
+``artifactfs/mount/kernel_read_ahead.py``). Results go into docs/benchmarks.md unless
+``--no-write``. Run it with ``scripts/bench cached`` (``python -m scripts.bench_cached_read``).
 """
 
 from __future__ import annotations
@@ -31,25 +31,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench_git_mount import (
-    TIMES,
-    WORK,
-    BenchError,
-    git,
-    git_daemon,
-    listdir_within,
-    machine,
-    mounted,
-    positive,
-    remove_tree,
-    require_tools,
-    run_reporting,
-    say,
-    write_doc,
-)
-
-from artifactfs.cas import ContentStore, Digest
-from artifactfs.cas.digests import GIT_SHA1
+from .benchlib.cli import BenchError, positive, require_tools, run_reporting, say
+from .benchlib.internals import GIT_SHA1, ContentStore, Digest
+from .benchlib.mounts import listdir_within, mounted, remove_tree
+from .benchlib.origins import git_daemon
+from .benchlib.paths import WORK
+from .benchlib.report import TIMES, machine_lines, met, write_doc
+from .benchlib.repos import commit_one_file, git
 
 HERE = WORK / "cached-read"
 SIZE = 1 << 30
@@ -76,25 +64,7 @@ def ensure_repo() -> tuple[Path, str]:
             out.write(os.urandom(1 << 24))
     git("init", "-q", "--bare", "-b", "main", str(bare))
     oid = git("-c", "core.compression=0", "hash-object", "-w", str(data), cwd=bare).strip()
-    tree = subprocess.run(
-        ["git", "mktree"],
-        input=f"100644 blob {oid}\tbig.bin\n",
-        capture_output=True,
-        text=True,
-        cwd=bare,
-        check=True,
-    ).stdout.strip()
-    commit = git(
-        "-c", "user.name=bench", "-c", "user.email=bench@localhost",
-        "commit-tree", tree, "-m", "one big file", cwd=bare,
-    ).strip()  # fmt: skip
-    git("update-ref", "refs/heads/main", commit, cwd=bare)
-    for key, value in (
-        ("uploadpack.allowFilter", "true"),
-        ("uploadpack.allowAnySHA1InWant", "true"),
-        ("transfer.advertiseObjectInfo", "true"),
-    ):
-        git("config", key, value, cwd=bare)
+    commit_one_file(bare, oid, "big.bin")
     data.unlink()
     oid_file.write_text(oid + "\n")
     return bare, oid
@@ -154,8 +124,7 @@ def results_markdown(
         ("peer: first read of the CAS file", [p[0] for p in peer]),
         ("peer: re-read of the CAS file", [p[1] for p in peer]),
     ]
-    lines = ["Machine:", ""]
-    lines += [f"- {key}: {value}" for key, value in machine().items()]
+    lines = machine_lines()
     lines += [
         "",
         f"One 1 GiB blob, already in the CAS of a state home under `bench-work/` "
@@ -178,9 +147,9 @@ def results_markdown(
         "| Through the mount | GB/s | of the peer's | Goal | Met |",
         "|---|---:|---:|---:|:---:|",
         f"| first read | {first:.2f} | {first / peer_first:.2f}{TIMES} | ≥ {GOAL_FIRST} GB/s | "
-        f"{'yes' if first >= GOAL_FIRST else '**no**'} |",
+        f"{met(first >= GOAL_FIRST)} |",
         f"| re-read | {again:.2f} | {again / peer_again:.2f}{TIMES} | ≥ {GOAL_AGAIN} GB/s | "
-        f"{'yes' if again >= GOAL_AGAIN else '**no**'} |",
+        f"{met(again >= GOAL_AGAIN)} |",
     ]
     return "\n".join(lines) + "\n"
 
@@ -210,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
     mount: list[tuple[float, float]] = []
     try:
         cas_file = seed_cas(home, bare, oid)
-        with git_daemon(HERE, HERE / "git-daemon.log") as port:
-            url = f"git://127.0.0.1:{port}/repo.git"
+        with git_daemon(HERE, HERE / "git-daemon.log") as origin:
+            url = origin.url("repo.git")
             for index in range(args.runs):
                 where = scratch / f"run-{index}"
                 where.mkdir()

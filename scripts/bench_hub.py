@@ -18,12 +18,14 @@ rotating order, every time from an empty state home or cache:
   the file are counted by the stand-in, and compared with the tensor's size.
 
 Medians and ratios are printed as markdown and written into the Hub section of
-``docs/benchmarks.md`` (unless ``--no-write``). Run it with ``scripts/bench hub``.
+``docs/benchmarks.md`` (unless ``--no-write``). Run it with ``scripts/bench hub``
+(``python -m scripts.bench_hub``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -31,30 +33,18 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import xattr
-from bench_git_mount import (
-    ROOT,
-    TIMES,
-    WORK,
-    BenchError,
-    default_scratch,
-    filesystem_of,
-    machine,
-    mounted,
-    ms,
-    positive,
-    remove_tree,
-    require_tools,
-    run_reporting,
-    say,
-    stop_process,
-    write_doc,
-)
+
+from .benchlib.cli import BenchError, positive, require_tools, run_reporting, say
+from .benchlib.mounts import default_scratch, filesystem_of, mounted, remove_tree
+from .benchlib.origins import StandIn, hub_stand_in
+from .benchlib.paths import ROOT, WORK
+from .benchlib.report import TIMES, machine_lines, met, ms, write_doc
+from .benchlib.rounds import Job, job_directory, rotating_rounds
 
 HUB_WORK = WORK / "hub"
 RESULTS_START = "<!-- bench-hub:results:start -->"
@@ -99,70 +89,10 @@ def ensure_model() -> tuple[Path, float | None]:
     return target, time.perf_counter() - started
 
 
-# -- the Hub stand-in, in its own process --------------------------------------------------
-
-
-def serve(model: Path) -> None:
-    """``--serve``: run the stand-in; answer ``served`` and ``clear`` lines on stdin."""
-    sys.path.insert(0, str(ROOT))
-    from tests.helpers.hub import HubServer
-
-    with HubServer() as server:
-        config = json.dumps({"architectures": ["Bench"], "tensors": TENSORS}).encode()
-        server.create_repo(REPO_ID, {FILE: model, "config.json": config})
-        print(json.dumps({"endpoint": server.endpoint}), flush=True)
-        for line in sys.stdin:
-            command = line.strip()
-            if command == "served":
-                print(server.bytes_served(REPO_ID, FILE), flush=True)
-            elif command == "clear":
-                server.clear_counters()
-                print("ok", flush=True)
-            if server.errors:
-                print(f"bench: stand-in error: {server.errors[-1]}", file=sys.stderr)
-
-
-class StandIn:
-    """The stand-in process: its endpoint and its byte counter for the model file."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        assert process.stdout is not None
-        first = process.stdout.readline()
-        if not first:
-            raise BenchError("the Hub stand-in exited before serving")
-        self.endpoint = str(json.loads(first)["endpoint"])
-
-    def ask(self, command: str) -> str:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        answer = self.process.stdout.readline()
-        if not answer:
-            raise BenchError("the Hub stand-in exited")
-        return answer.strip()
-
-    def served(self) -> int:
-        return int(self.ask("served"))
-
-    def clear(self) -> None:
-        self.ask("clear")
-
-
-@contextmanager
-def stand_in(model: Path) -> Iterator[StandIn]:
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(model)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield StandIn(process)
-    finally:
-        if process.stdin is not None:
-            process.stdin.close()
-        stop_process(process)  # type: ignore[arg-type]
+def serving(model: Path) -> contextlib.AbstractContextManager[StandIn]:
+    """The Hub stand-in serving ``REPO_ID``: the model as an LFS file, and a config."""
+    config = json.dumps({"architectures": ["Bench"], "tensors": TENSORS})
+    return hub_stand_in(REPO_ID, {FILE: model}, {"config.json": config})
 
 
 # -- measurements --------------------------------------------------------------------------
@@ -228,7 +158,7 @@ def measure_mount_whole(
         cached = xattr.getxattr(str(path), "user.artifactfs.cached")
         if cached != str(size).encode():
             raise BenchError(f"after a whole read, user.artifactfs.cached is {cached!r}")
-        served = stand.served()
+        served = stand.served(FILE)
     if served < size:
         raise BenchError(f"the server sent {served} bytes of a {size}-byte file")
     return whole, cat
@@ -281,7 +211,7 @@ def measure_tensor(executable: Path, stand: StandIn, scratch: Path) -> tuple[flo
         took = time.perf_counter() - started
         if result.returncode != 0:
             raise BenchError(f"safe_open through the mount failed: {result.stderr.strip()[-300:]}")
-        served = stand.served()
+        served = stand.served(FILE)
     return took, served, int(result.stdout.split()[0])
 
 
@@ -312,24 +242,17 @@ def measure(
             samples.tensor_bytes = nbytes
         return f"one tensor {took:.2f} s, {served / MiB:.2f} MiB served"
 
-    jobs: list[tuple[str, Callable[[Path, bool], str]]] = [
+    jobs: list[tuple[str, Job]] = [
         ("artifactfs", whole),
         ("peer", peer),
         ("tensor", tensor),
     ]
-    for round_number in range(warmup + runs):
-        record = round_number >= warmup
-        label = f"run {round_number - warmup + 1}/{runs}" if record else "warm-up"
-        shift = round_number % len(jobs)
+    for round_ in rotating_rounds(jobs, runs, warmup):
         notes = []
-        for name, job in jobs[shift:] + jobs[:shift]:
-            where = scratch / f"{round_number}-{name}"
-            where.mkdir()
-            try:
-                notes.append(job(where, record))
-            finally:
-                remove_tree(where)
-        say(f"{label}: " + "; ".join(notes))
+        for name, job in round_.jobs:
+            with job_directory(scratch / f"{round_.number}-{name}") as where:
+                notes.append(job(where, round_.record))
+        say(f"{round_.label}: " + "; ".join(notes))
     return samples
 
 
@@ -351,8 +274,7 @@ def results_markdown(
     extra = served - samples.tensor_bytes
     tensor_time = statistics.median(samples.tensor_time)
     source = "written by this run" if generated is not None else "reused from bench-work/hub/"
-    lines = ["Machine:", ""]
-    lines += [f"- {key}: {value}" for key, value in machine().items()]
+    lines = machine_lines()
     lines += [
         "",
         f"Model ({source}): one `{FILE}` of {size:,} bytes ({TENSORS} float32 tensors of "
@@ -372,13 +294,13 @@ def results_markdown(
         "| Ratio of medians | Value | Goal | Met |",
         "|---|---:|---:|:---:|",
         f"| artifactfs whole read / `hf_hub_download` | {ratio:.2f}{TIMES} | "
-        f"≤ {GOAL_WHOLE}{TIMES} | {'yes' if ratio <= GOAL_WHOLE else '**no**'} |",
+        f"≤ {GOAL_WHOLE}{TIMES} | {met(ratio <= GOAL_WHOLE)} |",
         "",
         "| Header and one tensor through `safe_open` | Median | Goal | Met |",
         "|---|---:|---:|:---:|",
         f"| bytes of the file sent by the server | {served / MiB:.2f} MiB | — | — |",
         f"| of which beyond the tensor ({samples.tensor_bytes / MiB:.0f} MiB) | "
-        f"{extra / MiB:.2f} MiB | ≤ 1 MiB | {'yes' if extra <= GOAL_EXTRA else '**no**'} |",
+        f"{extra / MiB:.2f} MiB | ≤ 1 MiB | {met(extra <= GOAL_EXTRA)} |",
         f"| spawn `mount` → tensor read | {ms(tensor_time)} ms | — | — |",
         f"| share of the file fetched | {served / size:.2%} | — | — |",
     ]
@@ -398,7 +320,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, choices=range(0, 4), metavar="N")
     parser.add_argument("--scratch", metavar="DIR", help="where homes and caches go")
     parser.add_argument("--no-write", action="store_true", help="leave docs/benchmarks.md")
-    parser.add_argument("--serve", metavar="MODEL", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -416,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     try:
-        with stand_in(model) as stand:
+        with serving(model) as stand:
             say(f"serving {model.name} ({size / MiB:,.0f} MiB) at {stand.endpoint}")
             samples = measure(executable, stand, size, args.runs, args.warmup, scratch)
     finally:
@@ -431,11 +352,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.serve:
-        serve(Path(args.serve))
-        return 0
-    return run_reporting(run, args)
+    return run_reporting(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ Each round runs every measurement once, from a cold (empty) state home, in a rot
   lines in the trace); some readers' output is checked against the file's sha256.
 
 Results go into docs/benchmarks.md (between the ``bench-reads`` markers) unless ``--no-write``
-or ``--only``. Run it with ``scripts/bench reads``. Every mount is unmounted and every process
+or ``--only``. Run it with ``scripts/bench reads``
+(``python -m scripts.bench_reads``). Every mount is unmounted and every process
 stopped however the benchmark ends.
 """
 
@@ -35,45 +36,51 @@ import contextlib
 import hashlib
 import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from bench_git_mount import (
+from tests.helpers.mounts import stop_process
+from tests.helpers.servers import GitDaemon
+
+from .benchlib.cli import BenchError, positive, require_tools, run_reporting, say
+from .benchlib.mounts import (
     READY_TIMEOUT,
-    SEED,
+    default_scratch,
+    filesystem_of,
+    listdir_within,
+    mounted,
+    remove_tree,
+)
+from .benchlib.origins import git_daemon
+from .benchlib.paths import WORK
+from .benchlib.report import (
     TIMES,
-    WORK,
-    BenchError,
+    load_average,
+    machine_lines,
+    met,
+    ratio_line,
+    row,
+    write_doc,
+)
+from .benchlib.repos import (
+    SEED,
     RepoInfo,
     RepoParams,
     SourceText,
-    default_scratch,
+    commit_one_file,
     ensure_repo,
-    filesystem_of,
     git,
-    git_daemon,
     git_env,
-    listdir_within,
-    machine,
-    mounted,
-    ms,
-    positive,
-    remove_tree,
-    require_tools,
-    run_reporting,
-    say,
-    stop_process,
-    wait_exactly,
-    write_doc,
 )
+from .benchlib.rounds import Job, job_directory, rotating_rounds
+from .benchlib.timing import RUN_TIMEOUT, run_timed, wait_exactly
 
 RESULTS_START = "<!-- bench-reads:results:start -->"
 RESULTS_END = "<!-- bench-reads:results:end -->"
@@ -90,67 +97,10 @@ BIG_SIZE = 100 << 20
 BIG_NAME = "big.bin"
 CHECKED_READERS = (0, 15, 31)
 """Readers (by index) whose output goes to a file and is checked; the others' to /dev/null."""
-RUN_TIMEOUT = 900.0
 MiB = 1 << 20
 
 
-# -- the origin: git daemon with a packet trace ----------------------------------------------
-
-
-class Trace:
-    """The pkt-lines every upload-pack of one ``git daemon`` received, read since a mark."""
-
-    _LINE = re.compile(rb"upload-pack< (.*)$", re.M)
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.write_bytes(b"")
-
-    def mark(self) -> int:
-        return self.path.stat().st_size
-
-    def since(self, mark: int) -> list[str]:
-        with open(self.path, "rb") as trace:
-            trace.seek(mark)
-            return [m.decode(errors="replace") for m in self._LINE.findall(trace.read())]
-
-    def fetches(self, mark: int) -> int:
-        """``command=fetch`` requests (protocol v2) since ``mark``."""
-        return sum(1 for packet in self.since(mark) if packet == "command=fetch")
-
-    def wants(self, mark: int, oid: str) -> int:
-        """Times ``oid`` was asked for with ``want`` since ``mark``."""
-        return sum(1 for packet in self.since(mark) if packet == f"want {oid}")
-
-
-@contextlib.contextmanager
-def traced_git_daemon(base: Path, log: Path, trace: Path) -> Iterator[tuple[int, Trace]]:
-    """``git_daemon`` of bench_git_mount, started with ``GIT_TRACE_PACKET`` set (its
-    upload-pack children inherit it); nothing else the benchmark runs is traced."""
-    traced = Trace(trace)
-    with contextlib.ExitStack() as stack:
-        os.environ["GIT_TRACE_PACKET"] = str(trace)
-        try:
-            port = stack.enter_context(git_daemon(base, log))
-        finally:
-            del os.environ["GIT_TRACE_PACKET"]
-        yield port, traced
-
-
-def run_timed(command: Sequence[str], what: str, **popen: object) -> tuple[float, float]:
-    """Run ``command`` to its end; its spawn and exit as ``perf_counter`` values. A non-zero
-    exit (grep's 1, no match, included) or a run over ``RUN_TIMEOUT`` is a BenchError."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, **popen)  # type: ignore[call-overload]
-    try:
-        code, ended = wait_exactly(process, RUN_TIMEOUT)
-    finally:
-        stop_process(process)  # reaped already, unless interrupted
-    if code is None:
-        raise BenchError(f"{what} took over {RUN_TIMEOUT:.0f} s")
-    if code != 0:
-        raise BenchError(f"{what} exited with {code}")
-    return started, ended
+# -- the peers' git clone -----------------------------------------------------------------
 
 
 def clone(url: str, target: Path, *extra: str) -> tuple[float, float]:
@@ -234,9 +184,9 @@ def reference_matches(url: str, word: str, where: Path) -> list[bytes]:
 
 
 def grep_mount(
-    executable: Path, url: str, trace: Trace, samples: GrepSamples, where: Path, record: bool
+    executable: Path, url: str, origin: GitDaemon, samples: GrepSamples, where: Path, record: bool
 ) -> str:
-    mark = trace.mark()
+    mark = origin.trace_mark()
     with mounted(executable, url, where) as mount:
         if not record:  # warm-up: the mount until ready, not 5,000 fetches
             listdir_within(mount.mountpoint, READY_TIMEOUT)
@@ -245,7 +195,7 @@ def grep_mount(
         rss = mount.peak_rss()
         found = matches(where / "grep.out", mount.mountpoint)
     took = ended - mount.started
-    fetches = trace.fetches(mark)
+    fetches = origin.fetch_commands(since=mark)
     if found != samples.reference:
         raise BenchError(
             f"grep through the mount printed {len(found)} lines, not the clone's "
@@ -370,27 +320,8 @@ def ensure_big_repo() -> tuple[BigFile, float | None]:
     git("init", "-q", "--bare", "-b", "main", str(bare))
     git("config", "core.compression", "0", cwd=bare)  # what the server packs, it stores
     oid = git("hash-object", "-w", str(data), cwd=bare).strip()
-    tree = subprocess.run(
-        ["git", "mktree"],
-        input=f"100644 blob {oid}\t{BIG_NAME}\n",
-        capture_output=True,
-        text=True,
-        cwd=bare,
-        env=git_env(),
-        check=True,
-    ).stdout.strip()
-    commit = git(
-        "-c", "user.name=Bench", "-c", "user.email=bench@example.com",
-        "commit-tree", tree, "-m", "one big file", cwd=bare,
-    ).strip()  # fmt: skip
-    git("update-ref", "refs/heads/main", commit, cwd=bare)
+    commit_one_file(bare, oid, BIG_NAME)
     git("repack", "-a", "-d", "-q", cwd=bare)  # upload-pack then reuses the packed bytes
-    for key, value in (
-        ("uploadpack.allowFilter", "true"),
-        ("uploadpack.allowAnySHA1InWant", "true"),
-        ("transfer.advertiseObjectInfo", "true"),
-    ):
-        git("config", key, value, cwd=bare)
     data.unlink()
     info.write_text(f"{oid} {digest}\n")
     return BigFile(READERS_WORK, oid, digest), time.perf_counter() - started
@@ -447,7 +378,7 @@ def read_together(path: Path, count: int, where: Path, tag: str) -> tuple[float,
 def readers_mount(
     executable: Path,
     url: str,
-    trace: Trace,
+    origin: GitDaemon,
     big: BigFile,
     count: int,
     samples: ReaderSamples,
@@ -458,12 +389,13 @@ def readers_mount(
         names, _ = listdir_within(mount.mountpoint, READY_TIMEOUT)
         if names != [BIG_NAME]:
             raise BenchError(f"the mount lists {names}, not {BIG_NAME}")
-        mark = trace.mark()  # after the prepare: only what the reads cost
+        mark = origin.trace_mark()  # after the prepare: only what the reads cost
         took, outputs = read_together(mount.mountpoint / BIG_NAME, count, where, "cold")
         rss = mount.peak_rss()
         again, more = read_together(mount.mountpoint / BIG_NAME, count, where, "again")
         outputs += more
-    wants, fetches = trace.wants(mark, big.oid), trace.fetches(mark)
+    wants = origin.wanted(since=mark).count(big.oid)
+    fetches = origin.fetch_commands(since=mark)
     for output in outputs:
         with open(output, "rb") as out:
             if hashlib.file_digest(out, "sha256").hexdigest() != big.sha256:
@@ -494,11 +426,11 @@ class Origins:
     """The three served repositories and their traced daemons."""
 
     grep_url: str
-    grep_trace: Trace
+    grep_origin: GitDaemon
     tree_url: str
     tree_repo: RepoInfo
     readers_url: str
-    readers_trace: Trace
+    readers_origin: GitDaemon
     big: BigFile
 
 
@@ -507,9 +439,6 @@ class Results:
     grep: GrepSamples | None
     tree: TreeSamples | None
     readers: ReaderSamples | None
-
-
-Job = Callable[[Path, bool], str]
 
 
 def measure(
@@ -521,7 +450,7 @@ def measure(
     o = origins
     if results.grep is not None:
         jobs.append(
-            ("grep-mount", partial(grep_mount, executable, o.grep_url, o.grep_trace, results.grep))
+            ("grep-mount", partial(grep_mount, executable, o.grep_url, o.grep_origin, results.grep))
         )
         jobs.append(("grep-peer", partial(grep_peer, o.grep_url, results.grep)))
     if results.tree is not None:
@@ -535,42 +464,19 @@ def measure(
                 readers_mount,
                 executable,
                 o.readers_url,
-                o.readers_trace,
+                o.readers_origin,
                 o.big,
                 count,
                 results.readers,
             )
             jobs.append((f"readers-{count}", readers))
-    for round_number in range(warmup + runs):
-        record = round_number >= warmup
-        label = f"run {round_number - warmup + 1}/{runs}" if record else "warm-up"
-        shift = round_number % len(jobs)
-        for name, step in jobs[shift:] + jobs[:shift]:
-            where = scratch / f"{round_number}-{name}"
-            where.mkdir()
-            try:
-                say(f"{label}: {step(where, record)}")
-            finally:
-                remove_tree(where)
+    for round_ in rotating_rounds(jobs, runs, warmup):
+        for name, step in round_.jobs:
+            with job_directory(scratch / f"{round_.number}-{name}") as where:
+                say(f"{round_.label}: {step(where, round_.record)}")
 
 
 # -- report ------------------------------------------------------------------------------------
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def row(label: str, values: Sequence[float]) -> str:
-    return f"| {label} | {ms(statistics.median(values))} | {ms(min(values))} | {ms(max(values))} |"
-
-
-def met(ok: bool) -> str:
-    return "yes" if ok else "**no**"
-
-
-def ratio_line(label: str, value: float, goal: float) -> str:
-    return f"| {label} | {value:.2f}{TIMES} | ≤ {goal}{TIMES} | {met(value <= goal)} |"
 
 
 def grep_markdown(samples: GrepSamples, repo: RepoInfo) -> list[str]:
@@ -689,8 +595,7 @@ class Setup:
 def results_markdown(
     results: Results, grep_repo: RepoInfo | None, tree_repo: RepoInfo | None, setup: Setup
 ) -> str:
-    lines = ["Machine:", ""]
-    lines += [f"- {key}: {value}" for key, value in machine().items()]
+    lines = machine_lines()
     lines += [
         f"- Load average (1, 5, 15 min): {setup.load_before} at the start, "
         f"{setup.load_after} at the end",
@@ -767,28 +672,22 @@ def run(args: argparse.Namespace) -> int:
     scratch.mkdir()
     try:
         with contextlib.ExitStack() as stack:
-            grep_port, grep_trace = stack.enter_context(
-                traced_git_daemon(
-                    grep_repo.base, scratch / "grep-daemon.log", scratch / "grep.trace"
-                )
+            grep_origin = stack.enter_context(
+                git_daemon(grep_repo.base, scratch / "grep-daemon.log", scratch / "grep.trace")
             )
-            tree_port, _ = stack.enter_context(
-                traced_git_daemon(
-                    tree_repo.base, scratch / "tree-daemon.log", scratch / "tree.trace"
-                )
+            tree_origin = stack.enter_context(
+                git_daemon(tree_repo.base, scratch / "tree-daemon.log", scratch / "tree.trace")
             )
-            readers_port, readers_trace = stack.enter_context(
-                traced_git_daemon(
-                    big.base, scratch / "readers-daemon.log", scratch / "readers.trace"
-                )
+            readers_origin = stack.enter_context(
+                git_daemon(big.base, scratch / "readers-daemon.log", scratch / "readers.trace")
             )
             origins = Origins(
-                f"git://127.0.0.1:{grep_port}/{grep_repo.name}",
-                grep_trace,
-                f"git://127.0.0.1:{tree_port}/{tree_repo.name}",
+                grep_origin.url(grep_repo.name),
+                grep_origin,
+                tree_origin.url(tree_repo.name),
                 tree_repo,
-                f"git://127.0.0.1:{readers_port}/repo.git",
-                readers_trace,
+                readers_origin.url("repo.git"),
+                readers_origin,
                 big,
             )
             results = Results(None, None, None)

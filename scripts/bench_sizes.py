@@ -9,7 +9,8 @@ Against a git server URL, compares, each as the median of several runs:
 - no filter: the whole depth-1 commit, contents included;
 - one fetch per blob: what a plain partial clone does on ``stat`` (extrapolated from a sample).
 
-Usage: .venv/bin/python scripts/bench_sizes.py git://127.0.0.1:PORT/repo.git [--runs 5]
+Usage (from the root): .venv/bin/python -m scripts.bench_sizes git://127.0.0.1:PORT/repo.git
+[--runs 5]
 """
 
 from __future__ import annotations
@@ -20,19 +21,34 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from dulwich.objects import Blob, Commit, Tree
 
-from artifactfs.sources.git import object_info
-from artifactfs.sources.git.packs import iter_objects, received_pack
-from artifactfs.sources.git.transport import open_client
-from artifactfs.sources.spec import parse_source
+from .benchlib.internals import (
+    GitSourceSpec,
+    iter_objects,
+    object_info,
+    open_client,
+    parse_source,
+    received_pack,
+)
+
+T = TypeVar("T")
+NO_LIMIT = 1 << 40
+"""``max_bytes`` of every fetch: the measurement takes whatever the server sends."""
+
+
+def git_spec(url: str) -> GitSourceSpec:
+    spec = parse_source(url)
+    if not isinstance(spec, GitSourceSpec):
+        raise SystemExit(f"{url}: not a git URL")
+    return spec
 
 
 def fetch(url: str, temp: Path, filter_spec: bytes | None) -> tuple[int, list[str], int, str]:
     """One depth-1 fetch of HEAD: (bytes received, blob ids in the tree, blobs received, commit)."""
-    spec = parse_source(url)
-    client, path = open_client(spec)
+    client, path = open_client(git_spec(url))
     received = [0]
     trees: dict[bytes, Tree] = {}
     blobs = 0
@@ -43,6 +59,7 @@ def fetch(url: str, temp: Path, filter_spec: bytes | None) -> tuple[int, list[st
         lambda refs: [refs[b"HEAD"]],
         temp,
         lambda n: received.__setitem__(0, received[0] + n),
+        max_bytes=NO_LIMIT,
         depth=1,
         filter_spec=filter_spec,
         ref_prefix=[b"HEAD"],
@@ -65,12 +82,16 @@ def fetch(url: str, temp: Path, filter_spec: bytes | None) -> tuple[int, list[st
     return received[0], blob_ids, blobs, commit_tree.decode()
 
 
-def timed(runs: int, work: Callable[[], object]) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(runs):
+def timed(runs: int, work: Callable[[], T]) -> tuple[float, T]:
+    """The median seconds of ``runs`` calls of ``work``, and what the last call returned."""
+    times = []
+    for _ in range(runs - 1):
         start = time.perf_counter()
-        result = work()
+        work()
         times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    result = work()
+    times.append(time.perf_counter() - start)
     return statistics.median(times), result
 
 
@@ -85,20 +106,25 @@ def main() -> None:
 
         def none_plus_object_info() -> tuple[int, int]:
             received, blob_ids, _, _ = fetch(args.url, temp, b"blob:none")
-            client, path = open_client(parse_source(args.url))
+            client, path = open_client(git_spec(args.url))
             sizes = object_info.query_sizes(client, path, blob_ids)
             assert sizes is not None and len(sizes) == len(set(blob_ids))
             return received, len(blob_ids)
 
-        t_oi, (bytes_oi, files) = timed(args.runs, none_plus_object_info)  # type: ignore[misc]
+        t_oi, (bytes_oi, files) = timed(args.runs, none_plus_object_info)
         t_lim, res_lim = timed(
             args.runs, lambda: fetch(args.url, temp, b"blob:limit=%d" % args.limit)
         )
         t_all, res_all = timed(args.runs, lambda: fetch(args.url, temp, None))
-        bytes_lim, ids, blobs_lim, _ = res_lim  # type: ignore[misc]
-        bytes_all = res_all[0]  # type: ignore[index]
+        bytes_lim, ids, blobs_lim, _ = res_lim
+        bytes_all = res_all[0]
         sample = ids[:20]
-        t_one, _ = timed(1, lambda: [fetch_one(args.url, temp, oid) for oid in sample])
+
+        def fetch_sample() -> None:
+            for oid in sample:
+                fetch_one(args.url, temp, oid)
+
+        t_one, _ = timed(1, fetch_sample)
 
     print(f"{files} files; medians of {args.runs} runs")
     print("| method | time (ms) | bytes received | sizes known |")
@@ -115,8 +141,10 @@ def main() -> None:
 
 
 def fetch_one(url: str, temp: Path, oid: str) -> None:
-    client, path = open_client(parse_source(url))
-    with received_pack(client, path, lambda refs: [oid.encode()], temp, lambda n: None):
+    client, path = open_client(git_spec(url))
+    with received_pack(
+        client, path, lambda refs: [oid.encode()], temp, lambda n: None, max_bytes=NO_LIMIT
+    ):
         pass
 
 

@@ -911,11 +911,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: Any, headers: Headers) -> None:
         data = json.dumps(payload).encode()
-        self._send_head(
-            status,
-            {"Content-Type": "application/json; charset=utf-8", "Content-Length": len(data)}
-            | headers,
-        )
+        head: Headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "Content-Length": len(data),
+        }
+        self._send_head(status, head | headers)
         if self.command != "HEAD":
             self.wfile.write(data)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import xattr
 
@@ -59,10 +61,30 @@ def blocked_in_fuse(pid: int) -> bool:
     return state in ("S", "D") and any(w in where for w in waits)
 
 
+def parse_mountinfo(table: bytes) -> list[tuple[str, str]]:
+    """The mount points of a ``/proc/self/mountinfo`` text with their file system types, in the
+    table's order (a later mount at the same point is on top); the octal escapes the kernel
+    writes for space, tab, newline and backslash are decoded."""
+    entries = []
+    for line in table.splitlines():
+        left, _, right = line.partition(b" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+        entries.append((os.fsdecode(point), right.split()[0].decode(errors="replace")))
+    return entries
+
+
+def mount_table() -> list[tuple[str, str]]:
+    """``parse_mountinfo`` of this process's mount table, read now."""
+    with open("/proc/self/mountinfo", "rb") as table:
+        return parse_mountinfo(table.read())
+
+
 def is_mounted(path: Path) -> bool:
     target = str(path)
-    with open("/proc/self/mountinfo") as table:
-        return any(line.split()[4] == target for line in table)
+    return any(point == target for point, _ in mount_table())
 
 
 def is_stale(path: Path) -> bool:
@@ -80,11 +102,12 @@ def force_unmount(path: Path) -> None:
         subprocess.run(["fusermount3", *flags, "-q", str(path)], capture_output=True, check=False)
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after ``grace`` seconds; always reaped."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(10)
+            process.wait(grace)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
@@ -100,7 +123,8 @@ class Mount:
     def xattr(self, name: str, path: Path | None = None) -> str:
         for _ in range(100):
             try:
-                return xattr.getxattr(str(path or self.path), f"user.artifactfs.{name}").decode()
+                value: bytes = xattr.getxattr(str(path or self.path), f"user.artifactfs.{name}")
+                return value.decode()
             except OSError as exc:  # the value grew between the size query and the read
                 if exc.errno != errno.ERANGE:
                     raise

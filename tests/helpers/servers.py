@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,14 +21,33 @@ from .waiting import wait_for
 
 
 class GitDaemon:
-    """``git daemon`` exporting every repository under ``base``; packets traced to a file."""
+    """``git daemon`` exporting every repository under ``base``; packets traced to a file.
 
-    def __init__(self, base: Path, port: int | None = None) -> None:
+    ``trace`` is where upload-pack writes the packets it receives (default: beside ``base``),
+    or False for no trace (tracing costs time, which a benchmark may not want); ``log`` is
+    where the daemon's output goes (default: beside ``base``); ``env`` adds to the
+    environment of the daemon and its upload-packs.
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        port: int | None = None,
+        *,
+        trace: Path | bool = True,
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.base = base
-        self.trace = base.parent / f"{base.name}-packets.trace"
+        if trace is True:
+            trace = base.parent / f"{base.name}-packets.trace"
+        self.trace: Path | None = trace or None
         self.port = port or free_port()
-        env = {**os.environ, "GIT_TRACE_PACKET": str(self.trace)}
-        self._log = open(base.parent / f"{base.name}-daemon.log", "wb")  # noqa: SIM115
+        full_env = {**os.environ, **(env or {})}
+        if self.trace is not None:
+            full_env["GIT_TRACE_PACKET"] = str(self.trace)
+        log = log or base.parent / f"{base.name}-daemon.log"
+        self._log = open(log, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
                 "git",
@@ -40,16 +60,21 @@ class GitDaemon:
                 f"--port={self.port}",
                 str(base),
             ],
-            env=env,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(
-            lambda: accepts_connections(self.port),
-            10,
-            "git daemon to listen",
-            while_alive=self._alive,
-        )
+        try:
+            wait_for(
+                lambda: accepts_connections(self.port),
+                10,
+                "git daemon to listen",
+                while_alive=self._alive,
+            )
+        except BaseException:
+            self.stop()
+            raise
 
     def _alive(self) -> None:
         if self.process.poll() is not None:
@@ -58,22 +83,31 @@ class GitDaemon:
     def url(self, name: str, port: int | None = None) -> str:
         return f"git://127.0.0.1:{port or self.port}/{name}"
 
-    def packets(self) -> list[str]:
-        """Every pkt-line upload-pack received so far, as text."""
-        if not self.trace.exists():
+    def trace_mark(self) -> int:
+        """Where the trace ends now: pass it as ``since`` to look only at what comes after."""
+        if self.trace is None or not self.trace.exists():
+            return 0
+        return self.trace.stat().st_size
+
+    def packets(self, since: int = 0) -> list[str]:
+        """Every pkt-line upload-pack received (after the mark ``since``), as text."""
+        if self.trace is None or not self.trace.exists():
             return []
-        lines = self.trace.read_text(errors="replace").splitlines()
+        with open(self.trace, "rb") as trace:
+            trace.seek(since)
+            lines = trace.read().decode(errors="replace").splitlines()
         return [m[1] for line in lines if (m := re.search(r"upload-pack< (.*)$", line))]
 
-    def wanted(self) -> list[str]:
+    def wanted(self, since: int = 0) -> list[str]:
         """Object ids clients asked for with ``want``, in order, duplicates kept."""
-        return [p.split()[1] for p in self.packets() if p.startswith("want ")]
+        return [p.split()[1] for p in self.packets(since) if p.startswith("want ")]
 
-    def fetch_commands(self) -> int:
-        return sum(1 for p in self.packets() if p == "command=fetch")
+    def fetch_commands(self, since: int = 0) -> int:
+        return sum(1 for p in self.packets(since) if p == "command=fetch")
 
     def clear_trace(self) -> None:
-        self.trace.write_bytes(b"")
+        if self.trace is not None:
+            self.trace.write_bytes(b"")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -315,7 +349,7 @@ class HttpGitServer:
 
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int(handler.rfile.readline().split(b";")[0], 16)
             if size == 0:
