@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,23 +25,24 @@ from .errors import UserError
 HOME_ENV = "ARTIFACTFS_HOME"
 
 
-def default_home() -> Path:
+def default_home(environ: Mapping[str, str] | None = None) -> Path:
     """``$ARTIFACTFS_HOME``, else ``$XDG_DATA_HOME/artifactfs``, else ~/.local/share/artifactfs.
 
     A relative ``XDG_DATA_HOME`` is ignored, as the XDG spec says; so is a relative or empty
     ``HOME`` (``~`` is then our passwd entry's home): either would put the state wherever the
     command happens to run.
     """
-    explicit = os.environ.get(HOME_ENV)
+    env = os.environ if environ is None else environ
+    explicit = env.get(HOME_ENV)
     if explicit:
         return Path(os.path.expanduser(explicit)).absolute()
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else _user_home() / ".local" / "share"
+    xdg = env.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else _user_home(env) / ".local" / "share"
     return base / "artifactfs"
 
 
-def _user_home() -> Path:
-    home = os.environ.get("HOME", "")
+def _user_home(env: Mapping[str, str]) -> Path:
+    home = env.get("HOME", "")
     if os.path.isabs(home):
         return Path(home)
     try:  # no usable $HOME: a container run with --user, a cron job, env -i ...

@@ -13,10 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.daemon.client import daemon_lock_held
 from tests.conftest import BIG
-from tests.helpers.daemons import Daemon, running_daemon, worker_pids
+from tests.helpers.daemons import Daemon, clean_up, running_daemon, worker_pids
 from tests.helpers.gitrepos import Repo, commit_files, make_repo
-from tests.helpers.mounts import blocked_in_fuse, errno_of, is_mounted, is_stale
+from tests.helpers.mounts import (
+    blocked_in_fuse,
+    errno_of,
+    is_mounted,
+    is_stale,
+    run_cli,
+    stop_process,
+)
 from tests.helpers.ports import free_port
 from tests.helpers.servers import GitDaemon, GitProxy, HttpGitServer
 from tests.helpers.waiting import wait_for
@@ -465,3 +473,51 @@ def test_a_listing_interrupted_by_a_refresh_stays_whole(
             rest = [entry.name for entry in entries]
         assert sorted([first, *rest]) == sorted(old)
         assert sorted(os.listdir(mnt)) == [f"new-{n:04d}.txt" for n in range(2000)]
+
+
+def test_a_command_right_after_starting_the_daemon_waits_for_it(
+    daemon: GitDaemon, sample: Repo, home: Path
+) -> None:
+    """``artifactfs daemon &`` then ``artifactfs add-repo`` at once, as a script does: the
+    client finds the daemon's lock held and its socket not there yet, and waits."""
+    home.mkdir(parents=True)
+    starting = subprocess.Popen(
+        [sys.executable, "-m", "artifactfs", "daemon", "--spare-workers", "0"],
+        env={**os.environ, "ARTIFACTFS_HOME": str(home)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        added = run_cli("add-repo", "sample", daemon.url("sample.git"), home=home)
+        assert added.returncode == 0, added.stderr
+        assert (home / "mnt" / "sample" / "README.md").read_bytes() == b"# sample\n"
+    finally:
+        stop_process(starting)
+        clean_up(home)
+    alone = run_cli("list-repos", home=home)  # no daemon, no lock: no wait, one line
+    assert alone.returncode == 2
+    assert alone.stderr == (
+        f"artifactfs: no artifactfs daemon is running for {home}; start one with: "
+        "artifactfs daemon\n"
+    )
+
+
+def test_daemon_detach_returns_once_it_serves(home: Path) -> None:
+    started = run_cli("daemon", "--detach", "--spare-workers", "0", home=home)
+    try:
+        assert started.returncode == 0, started.stderr
+        pid = int((home / "run" / "daemon.lock").read_text())
+        assert started.stdout == f"artifactfs daemon {pid} serving {home}\n"
+        assert run_cli("list-repos", home=home).stdout == "no repositories\n"
+        again = run_cli("daemon", "--detach", home=home)
+        assert (again.returncode, again.stderr) == (
+            2,
+            f"artifactfs: a daemon is already running for {home} (pid {pid})\n",
+        )
+    finally:
+        if (home / "run" / "daemon.lock").exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int((home / "run" / "daemon.lock").read_text()), signal.SIGTERM)
+        clean_up(home)
+    wait_for(lambda: not daemon_lock_held(home / "run" / "daemon.lock"), 20, "the daemon to end")

@@ -34,6 +34,12 @@ def add_parsers(commands: Any) -> None:
         help="worker processes kept started ahead, imports done, so that add-repo mounts "
         "without waiting for Python to start (default 1; 0: none)",
     )
+    daemon.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background: return once the daemon serves (for entrypoints and "
+        "scripts); its stderr goes to $ARTIFACTFS_HOME/run/logs/daemon.stderr",
+    )
     daemon.set_defaults(run=run_daemon)
 
     add = commands.add_parser(
@@ -131,6 +137,8 @@ def run_daemon(args: argparse.Namespace) -> int:
         home.ensure()
     except OSError as exc:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    if args.detach:
+        return _detach(home, args)
     lock = acquire_lock(home)
     configure(home.daemon_log, max(args.verbose, 1))
     try:
@@ -138,6 +146,47 @@ def run_daemon(args: argparse.Namespace) -> int:
     finally:
         os.close(lock)
     return 0
+
+
+DETACH_WAIT_SECONDS = 30.0
+
+
+def _detach(home: Any, args: argparse.Namespace) -> int:
+    """Start the daemon in a session of its own and return once it serves (or say why not)."""
+    import subprocess
+    import sys
+    import time
+
+    from ..daemon.client import call, daemon_lock_held
+
+    if daemon_lock_held(home.daemon_lock):
+        holder = home.daemon_lock.read_text(errors="replace").strip() or "another process"
+        raise UserError(f"a daemon is already running for {home.root} (pid {holder})")
+    command = [sys.executable, "-P", "-m", "artifactfs", "daemon"]
+    command += ["--spare-workers", str(args.spare_workers)] + ["-v"] * args.verbose
+    stderr_path = home.logs_dir / "daemon.stderr"
+    with open(stderr_path, "ab") as stderr:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            start_new_session=True,  # neither the caller's terminal nor its exit stops it
+        )
+    deadline = time.monotonic() + DETACH_WAIT_SECONDS
+    while child.poll() is None and time.monotonic() < deadline:
+        try:
+            call(home, {"cmd": "status"})
+        except UserError:
+            time.sleep(0.02)
+            continue
+        print(f"artifactfs daemon {child.pid} serving {home.root}")
+        return 0
+    if child.poll() is None:
+        child.terminate()
+        raise UserError(f"the daemon did not start serving within {DETACH_WAIT_SECONDS:.0f} s")
+    lines = stderr_path.read_text(errors="replace").strip().splitlines()
+    raise UserError((lines[-1] if lines else "the daemon exited").removeprefix("artifactfs: "))
 
 
 # -- commands ------------------------------------------------------------------------------------
