@@ -162,6 +162,8 @@ def test_a_download_survives_a_restart_and_a_moving_branch(
     moved = hub.commit("org/model", {"README.md": b"# moved on\n"})  # same big file, new commit
     with mounted("hf://org/model", mnt, home, env=env) as mount:
         assert mount.xattr("commit") == moved
+        saved = int(mount.xattr("cached", mnt / BIG))  # what the first worker kept, unread yet
+        assert head <= saved <= first
         assert (mnt / "README.md").read_bytes() == b"# moved on\n"
         assert sha256_of(mnt / BIG) == hashlib.sha256(big).hexdigest()
         total = hub.bytes_served("org/model", BIG)

@@ -99,10 +99,15 @@ class PartialBlob:
         return all(self._present)
 
     def present_bytes(self) -> int:
-        count = sum(self._present)
-        if count and self._present[-1] and self.size % BLOCK:
-            return (count - 1) * BLOCK + self.size % BLOCK
-        return count * BLOCK
+        return _bytes_present(self._present, self.size)
+
+    @staticmethod
+    def bytes_on_disk(root: Path, digest: Digest, size: int) -> int:
+        """What the saved map of a partial says is present, without opening it for writing
+        (0 if there is none or it cannot be trusted)."""
+        path = root / "partial" / digest.algorithm.name / digest.hex[:2] / f"{digest.hex}.blocks"
+        present = _read_map(path, size)
+        return 0 if present is None else _bytes_present(present, size)
 
     # -- filling ------------------------------------------------------------------------------
 
@@ -170,6 +175,13 @@ class PartialBlob:
         with contextlib.suppress(FileNotFoundError):
             self.map_path.unlink()
         return self.data_path
+
+
+def _bytes_present(present: bytearray, size: int) -> int:
+    count = sum(present)
+    if count and present[-1] and size % BLOCK:
+        return (count - 1) * BLOCK + size % BLOCK
+    return count * BLOCK
 
 
 def _read_map(path: Path, size: int) -> bytearray | None:

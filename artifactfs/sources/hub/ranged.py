@@ -192,7 +192,10 @@ class RangedBlobs:
             self._cas.contains, blob.digest
         ):
             return blob.size
-        return 0
+        # not read since this worker started: what an earlier one saved of it
+        return await trio.to_thread.run_sync(
+            PartialBlob.bytes_on_disk, self._cas.root, blob.digest, blob.size, limiter=self._io
+        )
 
     async def _state(self, blob: HubBlob) -> _State:
         state = self._states.get(blob.digest)
