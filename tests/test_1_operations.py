@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import stat
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -174,5 +175,27 @@ def test_generations_keep_old_directories_consistent_and_retire(tmp_path: Path) 
         assert ops.live_generations() == 1
         with pytest.raises(pyfuse3.FUSEError):
             await ops.getattr(old_inner.st_ino, CTX)
+
+    run(tmp_path, body)
+
+
+def test_older_generations_hold_no_descriptors(tmp_path: Path) -> None:
+    """32 refreshes while the kernel still knows an entry of every generation: the old
+    snapshots stay usable, but only the current one keeps its SQLite descriptors open."""
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def body(ops: SnapshotOperations) -> None:
+        held = [await ops.lookup(ROOT_INODE, b"dir", CTX)]
+        before = descriptors()
+        for number in range(32):
+            tree = {"root": [NewEntry(b"dir", Kind.DIRECTORY, "3" * 40)], "dir": []}
+            await ops.install(snapshot_of(tmp_path, tree, f"{number:040x}"))
+            held.append(await ops.lookup(ROOT_INODE, b"dir", CTX))
+        assert ops.live_generations() == 33
+        assert descriptors() <= before + 3  # the current snapshot's, not 3 per generation
+        for attr in held:  # every old directory still answers (its index opened again)
+            assert (await ops.getattr(attr.st_ino, CTX)).st_ino == attr.st_ino
 
     run(tmp_path, body)

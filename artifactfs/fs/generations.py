@@ -52,6 +52,9 @@ class Generations:
         self.current = self._all[number] = Generation(number, index)
         if previous is not None:
             self.retire_if_unused(previous)
+        for older in self._all.values():
+            if older is not self.current:  # their descriptors, until someone reads them
+                older.index.release()
         return previous
 
     def resolve(self, kernel_inode: int) -> tuple[Generation, int] | None:

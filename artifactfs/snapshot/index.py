@@ -260,12 +260,10 @@ class SnapshotIndex:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # a short busy timeout: the loop must never wait long on another process's write
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.1)
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._connection: sqlite3.Connection | None = None
         values = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if values.get("schema_version") != str(SCHEMA_VERSION):
-            self._db.close()
+            self.close()
             raise ValueError(f"{path}: not a version {SCHEMA_VERSION} snapshot")
         self.meta = SnapshotMeta(
             commit=values["commit"],
@@ -293,8 +291,27 @@ class SnapshotIndex:
         finally:
             index.close()
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, opened again if it was released."""
+        if self._connection is None:
+            # a short busy timeout: the loop must never wait long on another process's write
+            connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0.1
+            )
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._connection = connection
+        return self._connection
+
+    def release(self) -> None:
+        """Close the connection (three descriptors in WAL mode) until the index is used again:
+        a mount keeps older snapshots the kernel still knows, and they are rarely read."""
+        self.close()
+
     def close(self) -> None:
-        self._db.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def get(self, inode: int) -> Row | None:
         found = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE inode = ?", (inode,))
