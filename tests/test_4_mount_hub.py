@@ -262,6 +262,21 @@ def test_a_private_repository_with_hf_token(
         assert read_range(mnt / "w.bin", 1000, 10) == b"\1" * 10
 
 
+def test_hf_token_given_to_add_repo_reaches_the_worker(
+    hub: HubServer, tmp_path: Path, home: Path
+) -> None:
+    """As ARTIFACTFS_GIT_TOKEN does for git: the daemon has no token of its own; the one in
+    add-repo's environment is handed over (kept in memory, given to the worker on stdin)."""
+    from tests.helpers.daemons import running_daemon
+
+    hub.token = "hf_stand_in_token"
+    hub.create_repo("org/private", {"a.txt": b"secret\n"}, private=True)
+    with running_daemon(home, env=hub_env(hub, tmp_path)) as artifactfs:  # HF_TOKEN=""
+        artifactfs.ok("add-repo", "p", "hf://org/private", env={"HF_TOKEN": "hf_stand_in_token"})
+        assert (home / "mnt" / "p" / "a.txt").read_bytes() == b"secret\n"
+        assert "hf_stand_in_token" not in artifactfs.ok("status", "p", "--json")
+
+
 def test_a_dataset_and_a_pinned_revision(
     hub: HubServer, tmp_path: Path, mnt: Path, home: Path
 ) -> None:

@@ -197,7 +197,7 @@ def add_repo(args: argparse.Namespace) -> int:
     from ..sources import check_ref, parse_source
 
     check_name(args.name)  # the daemon checks again; this spares it the obvious
-    parse_source(args.source).with_ref(check_ref(args.ref))
+    spec = parse_source(args.source).with_ref(check_ref(args.ref))
     message: dict[str, Any] = {
         "cmd": "add",
         "name": args.name,
@@ -211,8 +211,8 @@ def add_repo(args: argparse.Namespace) -> int:
         message["token_file"] = os.path.abspath(args.token_file)
     if args.allow_other:
         message["allow_other"] = True
-    token = os.environ.get("ARTIFACTFS_GIT_TOKEN")
-    if token:
+    token = os.environ.get(spec.token_variable, "").strip()
+    if token:  # kept in the daemon's memory only, handed to the worker on its stdin
         message["token"] = token
     progress = _Progress()
     answer = _call(message, progress)

@@ -52,6 +52,12 @@ class SourceSpec(Protocol):
         """Apply ``--ref`` (a source whose SOURCE names a revision takes it only once)."""
         ...
 
+    @property
+    def token_variable(self) -> str:
+        """The environment variable a token for this kind of origin is given in: the CLI
+        hands its value to the daemon (over its socket) as ``add-repo`` runs."""
+        ...
+
     def shown_ref(self, ref: str | None) -> str:
         """The ref a mount of this spec shows (``user.artifactfs.ref``): ``--ref``, else the
         one the SOURCE names, else the origin's default."""

@@ -10,6 +10,7 @@ from typing import Literal
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from ...errors import UserError
+from ..credentials import TOKEN_ENV
 from ..spec import URL_SCHEME, redact_url
 
 GitTransport = Literal["git", "http", "https", "ssh", "file"]
@@ -47,6 +48,10 @@ class GitSourceSpec:
 
     def shown_ref(self, ref: str | None) -> str:
         return ref or "HEAD"
+
+    @property
+    def token_variable(self) -> str:
+        return TOKEN_ENV
 
 
 def parse_git_source(text: str) -> GitSourceSpec | None:

@@ -51,6 +51,10 @@ class HubSourceSpec:
     def shown_ref(self, ref: str | None) -> str:
         return ref or self.revision or "main"
 
+    @property
+    def token_variable(self) -> str:
+        return "HF_TOKEN"  # huggingface_hub's own
+
     def with_ref(self, ref: str | None) -> HubSourceSpec:
         """``--ref`` is the revision, given once, not twice."""
         if ref is None:
