@@ -107,14 +107,31 @@ def test_a_failing_producer_leaves_nothing(store: ContentStore) -> None:
     assert leftovers(store) == []
 
 
-def test_put_is_idempotent(store: ContentStore) -> None:
+def test_put_is_idempotent_and_heals(store: ContentStore) -> None:
     data = b"same bytes"
     digest = store.add_bytes(GIT_SHA1, data)
-    first = store.path_of(digest).stat()
     assert store.add_bytes(GIT_SHA1, data) == digest
     store.put_bytes(digest, data)
-    again = store.path_of(digest).stat()
-    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    assert store.path_of(digest).read_bytes() == data
+    path = store.path_of(digest)
+    path.chmod(0o644)
+    path.write_bytes(b"same bytez")  # damaged on disk
+    assert store.hash_published(digest) != digest.hex
+    store.put_bytes(digest, data)  # a re-fetch replaces it
+    assert store.path_of(digest).read_bytes() == data
+    assert store.hash_published(digest) == digest.hex
+    assert leftovers(store) == []
+
+
+def test_quarantine_keeps_a_damaged_blob_aside(store: ContentStore) -> None:
+    digest = store.add_bytes(GIT_SHA1, b"content")
+    assert store.quarantined() == 0
+    kept = store.quarantine(digest)
+    assert kept is not None and kept.read_bytes() == b"content"
+    assert kept.parent == store.root / "quarantine" / "git-sha1"
+    assert not store.contains(digest)
+    assert store.quarantine(digest) is None  # gone already
+    assert store.quarantined() == 1
 
 
 @pytest.mark.parametrize(

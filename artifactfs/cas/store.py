@@ -5,12 +5,19 @@ Contract (tested by ``tests/test_2_cas_contract.py``):
 - a blob appears under its published name only after its content was hashed and matched the
   digest; it is written to a temporary file in the same directory, fsynced, made read-only
   and renamed into place, so a reader never sees a partial blob under a published name;
-- ``put`` of a blob that is already there is a no-op (idempotent);
+- ``put`` of a blob that is already there leaves the same bytes under the name (idempotent),
+  and heals a damaged one;
 - digests are validated before any path is built (see ``digests.Digest``);
 - several processes may fill the store at once: temporary names are unique per writer and
   ``rename`` is atomic, so the last writer of the same content wins harmlessly.
 
 Layout: ``<root>/<algorithm>/<first 2 hex>/<hex>``; temporaries are ``.tmp-*`` beside them.
+
+A published blob is trusted only as far as it was checked: a blob found damaged later (its
+size or digest differs: a disk error, a hand edit, a bug) is *quarantined* — moved to
+``<root>/quarantine/<algorithm>/<hex>.<time>.<random>`` for inspection, never served again —
+and fetched afresh. ``put`` and the ``Publisher`` replace whatever is under a published name,
+so a re-fetch always heals.
 
 Many small blobs at once (a pack of a walker's files) go through a ``Publisher``: the same
 contract, but durability is paid per group of blobs rather than per blob. Two ``fsync`` calls
@@ -37,6 +44,7 @@ from pathlib import Path
 from .digests import Algorithm, Digest, digest_of
 
 _TEMP_PREFIX = ".tmp-"
+QUARANTINE = "quarantine"
 _temp_serials = itertools.count()
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -87,11 +95,10 @@ class ContentStore:
 
         ``size`` is required for git blob ids (their hash starts with the size). Raises
         ``DigestMismatch`` or ``SizeMismatch`` and leaves nothing behind when the content is
-        not what the digest says.
+        not what the digest says. A blob already published under the name is replaced (the
+        same bytes, atomically; or, if it was damaged, healed).
         """
         final = self.path_of(digest)
-        if final.is_file():
-            return final
         hasher = digest.algorithm.new_hasher(size)
         final.parent.mkdir(parents=True, exist_ok=True)
         temp = final.parent / f"{_TEMP_PREFIX}{digest.hex}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -165,6 +172,37 @@ class ContentStore:
         os.rename(path, final)
         _fsync_directory(final.parent)
         return final
+
+    # -- damage ---------------------------------------------------------------------------------
+
+    def hash_published(self, digest: Digest) -> str | None:
+        """The digest (hex) the published file of ``digest`` really has, or None if there is
+        none. Blocking: reads the whole file."""
+        try:
+            with open(self.path_of(digest), "rb") as blob:
+                size = os.fstat(blob.fileno()).st_size
+                hasher = digest.algorithm.new_hasher(size)
+                while chunk := blob.read(1 << 20):
+                    hasher.update(chunk)
+        except FileNotFoundError:
+            return None
+        return hasher.hexdigest()
+
+    def quarantine(self, digest: Digest) -> Path | None:
+        """Move the published file of ``digest`` aside: it failed its check. Returns where it
+        went (None if it was gone already). Never deletes: a person may want to look."""
+        directory = self.root / QUARANTINE / digest.algorithm.name
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{digest.hex}.{int(time.time())}.{secrets.token_hex(3)}"
+        try:
+            os.rename(self.path_of(digest), target)
+        except FileNotFoundError:
+            return None
+        return target
+
+    def quarantined(self) -> int:
+        """How many damaged blobs are kept aside."""
+        return sum(1 for _ in (self.root / QUARANTINE).glob("*/*"))
 
     def sweep_temporaries(self, older_than_seconds: float = 3600.0) -> int:
         """Remove temporaries left by writers that crashed; return how many were removed."""

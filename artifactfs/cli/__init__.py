@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import UserError
-from . import daemon_commands, mount_commands
+from . import daemon_commands, mount_commands, verify_command
 
 EXIT_USAGE = 2
 
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     mount_commands.add_parsers(commands)
     daemon_commands.add_parsers(commands)
+    verify_command.add_parser(commands)
     return parser
 
 

@@ -251,7 +251,21 @@ def status_command(args: argparse.Namespace) -> int:
         print(json.dumps(repos, indent=2))
     else:
         _table(repos, ["name", "state", "commit", "files", "bytes_fetched", "mount", "error"])
+        _say_quarantined()
     return 0
+
+
+def _say_quarantined() -> None:
+    """Damaged blobs found so far (by reads or ``verify``) are worth a line of their own."""
+    from ..cas import ContentStore
+
+    home = _home()
+    count = ContentStore(home.cas_dir).quarantined()
+    if count:
+        print(
+            f"{count} damaged blob(s) quarantined in {home.cas_dir / 'quarantine'}"
+            " (fetched again when read; see artifactfs verify)"
+        )
 
 
 def list_repos(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -282,6 +282,16 @@ class SnapshotIndex:
         if row.oid is None:
             raise ValueError(f"entry {row.inode} has no content")
         return Digest(git_blob_algorithm(self.meta.object_format), row.oid)
+
+    def content_digests(self) -> Iterator[Digest]:
+        """The CAS key of every entry that has content (``artifactfs verify NAME``)."""
+        found = self._db.execute(
+            "SELECT oid, sha256 FROM entries WHERE kind IN (?, ?, ?) AND oid IS NOT NULL",
+            (int(Kind.FILE), int(Kind.EXECUTABLE), int(Kind.SYMLINK)),
+        )
+        algorithm = git_blob_algorithm(self.meta.object_format)
+        for oid, sha256 in found:
+            yield Digest(SHA256, sha256) if sha256 is not None else Digest(algorithm, oid)
 
     @classmethod
     def read_meta(cls, path: Path) -> SnapshotMeta:

@@ -39,6 +39,13 @@ from .walks import FetchAhead
 log = logging.getLogger(__name__)
 
 SIZE_BATCH = 1000
+VERIFY_ON_OPEN = 1 << 20
+"""Blobs up to this size are hashed on their first open in each worker, so a byte flipped on
+disk is never served: a walker's files are this small, and hashing one of a few KiB costs
+microseconds. Larger ones are checked by size on every open, and whole by ``artifactfs
+verify``."""
+HASH_ON_LOOP = 64 << 10
+"""Up to this size a file is read and hashed on the trio thread (tens of microseconds)."""
 LISTING_HINT_SECONDS = 5.0
 """A directory listed this recently is being stat-ed whole (``ls -l``, ``find``): learning an
 unknown size then fetches its unknown-size siblings too."""
@@ -71,6 +78,8 @@ class GitContent:
         self._process: FetchProcess | None = None
         self._process_lock = threading.Lock()
         self._closed = False
+        self._verified: set[str] = set()
+        """Blobs whose CAS file this worker has hashed (kept for the worker's life)."""
 
     # -- base.Content ---------------------------------------------------------------------------
 
@@ -132,28 +141,72 @@ class GitContent:
     # -- reading --------------------------------------------------------------------------------
 
     async def open_fd(self, snapshot: SnapshotIndex, row: Row) -> int:
-        """A descriptor of ``row``'s verified blob, fetching it first if it is missing."""
+        """A descriptor of ``row``'s blob, checked (see ``_checked``), fetching it first if it
+        is missing, and again if the copy in the CAS turns out to be damaged."""
         digest = snapshot.digest_of(row)
-        try:
-            fd, size = await self._open(digest)
-            self._fetch_ahead(snapshot, row, missing=False)
-        except FileNotFoundError:
-            self._fetch_ahead(snapshot, row, missing=True)
+        for attempt in range(2):
             try:
-                await self._fetcher.ensure({digest.hex: row.size})
-            except BlobUnavailable as exc:
-                raise BlobUnavailable(f"read of {row.oid} failed: {exc}") from None
-            fd, size = await self._open(digest)
-        if row.size is not None and size != row.size:
-            # The content is verified by its digest; the size the server announced was not.
-            # The kernel holds the wrong size, so serving the true bytes would truncate them.
+                fd, size = await self._open(digest)
+                if attempt == 0:
+                    self._fetch_ahead(snapshot, row, missing=False)
+            except FileNotFoundError:
+                if attempt == 0:
+                    self._fetch_ahead(snapshot, row, missing=True)
+                try:
+                    await self._fetcher.ensure({digest.hex: row.size})
+                except BlobUnavailable as exc:
+                    raise BlobUnavailable(f"read of {row.oid} failed: {exc}") from None
+                fd, size = await self._open(digest)
+            try:
+                if await self._checked(snapshot, row, digest, fd, size):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
+            where = await trio.to_thread.run_sync(self._cas.quarantine, digest, limiter=self._io)
+            log.error(
+                "blob %s in the CAS is damaged (%d bytes, expected %s): moved to %s, fetching"
+                " it again",
+                digest,
+                size,
+                row.size if row.size is not None else "unknown",
+                where,
+            )
+        raise IntegrityError(f"blob {row.oid} was damaged again right after it was fetched")
+
+    async def _checked(
+        self, snapshot: SnapshotIndex, row: Row, digest: Digest, fd: int, size: int
+    ) -> bool:
+        """Whether the CAS file of ``row`` may be served. Small blobs (up to
+        ``VERIFY_ON_OPEN``) are hashed on their first open in this worker, and any blob whose
+        size differs from the snapshot's: False if the file does not hash to its digest (local
+        damage: heal it). A file that does but has another size than the server announced is
+        refused (``IntegrityError``: the kernel holds the wrong size, so the true bytes could
+        not be served whole); its verified size is stored for the next mount."""
+        wrong_size = row.size is not None and size != row.size
+        if not wrong_size and (digest.hex in self._verified or size > VERIFY_ON_OPEN):
+            return True
+        if not await self._hashes_right(digest, fd, size):
+            return False
+        self._verified.add(digest.hex)
+        if wrong_size:
             snapshot.record_sizes({row.inode: size})
             raise IntegrityError(
                 f"the server said blob {row.oid} has {row.size} bytes, but it has {size}:"
                 " refusing to serve it in this mount (the next mount will show the true size)"
             )
-        return fd
+        return True
+
+    async def _hashes_right(self, digest: Digest, fd: int, size: int) -> bool:
+        """Hash the open CAS file: on the loop when it is small and in the page cache (a
+        walker's files, just fetched), else in a thread."""
+        if size <= HASH_ON_LOOP:
+            data = await cas_reads.pread(fd, size, 0, self._io)
+            hasher = digest.algorithm.new_hasher(len(data))
+            hasher.update(data)
+            return len(data) == size and hasher.hexdigest() == digest.hex
+        return await trio.to_thread.run_sync(_hash_matches, digest, fd, size, limiter=self._io)
 
     async def pread(self, fd: int, size: int, offset: int) -> bytes:
         return await cas_reads.pread(fd, size, offset, self._io)
@@ -203,6 +256,18 @@ class GitContent:
                 self._process = FetchProcess(self._remote)
             process = self._process
         return process.fetch(wanted, published)
+
+
+def _hash_matches(digest: Digest, fd: int, size: int) -> bool:
+    hasher = digest.algorithm.new_hasher(size)
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+        if not chunk:
+            return False
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher.hexdigest() == digest.hex
 
 
 class _WholeBlob:
