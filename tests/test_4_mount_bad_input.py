@@ -41,7 +41,7 @@ def assert_one_line(result_stderr: str, *fragments: str) -> None:
     ],
 )
 def test_malformed_sources(source: str, fragment: str, mnt: Path, home: Path) -> None:
-    result = run_cli("mount", source, str(mnt), home=home)
+    result = run_cli("mount", "--", source, str(mnt), home=home)
     assert result.returncode == 2
     assert_one_line(result.stderr, fragment)
     assert not home.exists()

@@ -15,6 +15,7 @@ from tests.helpers.gitrepos import Repo
 from tests.helpers.mounts import mounted, run_cli
 from tests.helpers.servers import GitDaemon
 
+
 def blob_path(home: Path, repo: Repo, path: str) -> Path:
     oid = repo.blob_id(path)
     return home / "cas" / "git-sha1" / oid[:2] / oid

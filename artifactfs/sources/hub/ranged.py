@@ -43,6 +43,12 @@ MAX_RANGE_BLOCKS = 32  # 8 MiB per request
 PARALLEL_RANGES = 8
 FLUSH_SECONDS = 2.0
 MAX_MISMATCHES = 2
+VERIFY_ON_OPEN = 1 << 20
+"""Kept blobs up to this size are hashed before this worker first serves them (larger ones
+are checked by size, and whole by ``artifactfs verify``)."""
+RETRY_SECONDS = (2.0, 10.0, 60.0, 300.0)
+"""After ``MAX_MISMATCHES`` bad copies in a row a file fails (EIO) for this long, growing with
+each time it happens again; then it is fetched afresh (the origin may have been repaired)."""
 
 
 Entry = tuple[SnapshotIndex, Row]
@@ -70,6 +76,8 @@ class Cursor:
     fd_epoch: int = -1
     entry: Entry | None = None
     """The entry this file is open as (its pages are dropped if its bytes were bad)."""
+    unverified: set[int] = field(default_factory=set)
+    """Epochs of the partial whose bytes, not yet verified, this file was served."""
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -87,6 +95,12 @@ class _State:
     inflight: dict[int, trio.Event] = field(default_factory=dict)
     error: str | None = None
     mismatches: int = 0
+    bad_epochs: set[int] = field(default_factory=set)
+    """Epochs whose bytes turned out not to match the digest."""
+    failures: int = 0
+    """How often it was given up on (``MAX_MISMATCHES`` in a row): the backoff grows."""
+    retry_at: float = 0.0
+    """Given up on until then (trio time), then fetched again: the origin may be repaired."""
     publishing: trio.Lock = field(default_factory=trio.Lock)
     boundaries: list[int] | None = None
     """Offsets where a safetensors file's tensors begin and end, once its header was read."""
@@ -164,6 +178,11 @@ class RangedBlobs:
         state = await self._state(blob)
         if cursor.entry is not None:
             state.entries.add(cursor.entry)
+        if cursor.unverified & state.bad_epochs:
+            raise IntegrityError(
+                f"{blob.url}: bytes this open file was served did not match {blob.digest}"
+                " (open it again)"
+            )
         if offset >= blob.size:
             return b""
         size = min(size, blob.size - offset)
@@ -182,6 +201,8 @@ class RangedBlobs:
         if deadline.cancelled_caught:
             raise BlobUnavailable(f"{blob.url}: no answer within {self._io_timeout:.0f} s")
         await self._ensure_descriptor(state, cursor)
+        if not state.published:
+            cursor.unverified.add(cursor.fd_epoch)
         return await cas_reads.pread(cursor.fd, size, offset, self._io)
 
     async def cached_bytes(self, blob: HubBlob) -> int:
@@ -207,7 +228,7 @@ class RangedBlobs:
             return state  # set up already: no lock to take on every read
         if state is None:
             state = self._states[blob.digest] = _State(blob)
-            if await trio.to_thread.run_sync(self._cas.contains, blob.digest):
+            if await trio.to_thread.run_sync(self._intact, blob, limiter=self._io):
                 state.published = True
         async with state.lock:
             if state.partial is None and not state.published:
@@ -217,6 +238,27 @@ class RangedBlobs:
                 if state.partial.complete:  # finished before a crash, never published
                     self._nursery.start_soon(self._publish_in_background, state)
         return state
+
+    def _intact(self, blob: HubBlob) -> bool:
+        """Blocking: whether the CAS holds ``blob`` in a state fit to serve: its size right,
+        and (up to ``VERIFY_ON_OPEN`` bytes) its content too, checked once per worker. A
+        damaged copy is quarantined, and the blob fetched again as if it were not there."""
+        size = self._cas.size_of(blob.digest)
+        if size is None:
+            return False
+        if size == blob.size and size > VERIFY_ON_OPEN:
+            return True
+        if size == blob.size and self._cas.hash_published(blob.digest) == blob.digest.hex:
+            return True
+        where = self._cas.quarantine(blob.digest)
+        log.error(
+            "blob %s in the CAS is damaged (%d bytes, expected %d): moved to %s, fetching it again",
+            blob.digest,
+            size,
+            blob.size,
+            where,
+        )
+        return False
 
     async def _ensure_descriptor(self, state: _State, cursor: Cursor) -> None:
         if cursor.fd >= 0 and cursor.fd_epoch == state.epoch:
@@ -250,7 +292,10 @@ class RangedBlobs:
         """Return once blocks ``first..last`` are present, fetching what is missing."""
         while not state.published:
             if state.mismatches >= MAX_MISMATCHES:
-                raise IntegrityError(state.error or "content does not match its digest")
+                if trio.current_time() < state.retry_at:
+                    raise IntegrityError(state.error or "content does not match its digest")
+                await self._start_over(state)  # time to try the origin again
+                continue
             partial = state.partial
             if partial is None:  # thrown away a moment ago; its successor is on its way
                 await trio.sleep(0.01)
@@ -386,12 +431,31 @@ class RangedBlobs:
             state.error = None
             log.info("verified and kept %s (%d bytes)", state.blob.digest, state.blob.size)
 
+    async def _start_over(self, state: _State) -> None:
+        """A file given up on is fetched again from scratch (its backoff has passed)."""
+        async with state.lock:
+            if state.mismatches < MAX_MISMATCHES:
+                return  # another reader did it meanwhile
+            log.info("fetching %s again", state.blob.digest)
+            if state.partial is None:
+                state.partial = await trio.to_thread.run_sync(
+                    PartialBlob.open, self._cas.root, state.blob.digest, state.blob.size
+                )
+            state.mismatches = MAX_MISMATCHES - 1  # one more attempt, then the next backoff
+            state.error = None
+
     async def _mismatch(self, state: _State, exc: DigestMismatch) -> None:
         state.mismatches += 1
         state.error = f"the content of {state.blob.url} does not match {state.blob.digest}"
         log.error("%s (got %s): thrown away", state.error, exc.actual_hex)
+        state.bad_epochs.add(state.epoch)
         state.epoch += 1
         state.partial = None
+        if state.mismatches >= MAX_MISMATCHES:
+            delay = RETRY_SECONDS[min(state.failures, len(RETRY_SECONDS) - 1)]
+            state.failures += 1
+            state.retry_at = trio.current_time() + delay
+            log.error("giving up on %s for %.0f s", state.blob.digest, delay)
         if state.mismatches < MAX_MISMATCHES:
             state.partial = await trio.to_thread.run_sync(
                 PartialBlob.open, self._cas.root, state.blob.digest, state.blob.size
