@@ -13,15 +13,13 @@ what a test sees is what the kernel would: attributes, bytes, or ``FUSEError`` w
 
 The harness holds lookup references like the kernel does (every entry ``lookup`` or
 ``readdir`` returned) and gives them back with ``forget_all``. Leaving it closes the content
-(failing what waits, stopping fetch children), cancels the background work, waits for the
-worker threads it started to go idle, and checks that no child process is left.
+(failing what waits, stopping fetch children), waits for every thread job to return, cancels the
+background work, and checks that no child process is left.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -31,6 +29,7 @@ from typing import Any
 
 import pyfuse3
 import trio
+import trio.testing
 
 from artifactfs.errors import SourceError
 from artifactfs.fs.gated import GatedOperations
@@ -45,7 +44,6 @@ CTX: Any = None
 READ_SIZE = 128 * 1024
 """The kernel's default FUSE read size."""
 IDLE_DEADLINE = 10.0
-_IDLE_TRIO_THREAD = re.compile(r"Trio thread \d+")
 
 
 class RecordingKernel:
@@ -250,7 +248,6 @@ async def in_process(
 ) -> AsyncIterator[Harness]:
     """Run ``source`` as a mount would, inside the current ``trio.run``; prepared and ready
     unless ``prepare`` is False (then call ``Harness.prepare`` when the test wants)."""
-    threads_before = set(threading.enumerate())
     children_before = set(children_of(os.getpid()))
     harness = Harness(source, counters)
     content = harness.content = source.open_content(harness.snapshots)
@@ -265,7 +262,7 @@ async def in_process(
                     yield harness
                 finally:
                     content.close("the test is over")
-                    await _wait_idle(threads_before)
+                    await _wait_idle()
                     nursery.cancel_scope.cancel()
         finally:
             harness.snapshots.close()
@@ -273,18 +270,45 @@ async def in_process(
     assert not left, f"child processes left behind: {[_describe(pid) for pid in sorted(left)]}"
 
 
-async def _wait_idle(threads_before: set[threading.Thread]) -> None:
-    """Wait until every thread started since ``threads_before`` is an idle worker of trio's
-    thread cache (a busy one is renamed after what it runs): nothing fetches any more."""
+async def _wait_idle() -> None:
+    """Wait until no task is waiting on a worker thread (a fetch, a prepare): once none is,
+    every thread job has returned, and with it every child process the job waited for.
+
+    Tasks are asked, not threads: trio's workers outlive a ``trio.run`` and are reused, and a
+    job handed to one is not visible on the thread at once. A task is in a thread from before
+    the hand-off until it has the result (nothing is cancelled yet, so nothing is abandoned).
+    """
     deadline = trio.current_time() + IDLE_DEADLINE
-    while busy := [
-        thread.name
-        for thread in threading.enumerate()
-        if thread not in threads_before and not _IDLE_TRIO_THREAD.fullmatch(thread.name)
-    ]:
+    while True:
+        await trio.testing.wait_all_tasks_blocked()
+        waiting = [task.name for task in _all_tasks() if _in_thread(task)]
+        if not waiting:
+            return
         if trio.current_time() > deadline:
-            raise AssertionError(f"threads still busy after the content was closed: {busy}")
+            raise AssertionError(f"tasks still waiting on threads after close: {waiting}")
         await trio.sleep(0.01)
+
+
+def _all_tasks() -> Iterator[trio.lowlevel.Task]:
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        if task is None:
+            continue
+        yield task
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+
+
+def _in_thread(task: trio.lowlevel.Task) -> bool:
+    """Whether ``task`` is suspended inside ``trio.to_thread.run_sync``."""
+    awaited: Any = task.coro
+    while awaited is not None:
+        code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
+        if code is not None and code.co_name == "to_thread_run_sync":
+            return True
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return False
 
 
 def _describe(pid: int) -> str:
