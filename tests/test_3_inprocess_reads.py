@@ -7,6 +7,7 @@ exact bytes, or the errno of a ``FUSEError``.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -24,9 +25,10 @@ from artifactfs.errors import UserError
 from artifactfs.fs.gate import GateState
 from artifactfs.snapshot import ROOT_INODE
 from artifactfs.sources import SourceSettings, open_source, parse_source, registry
-from tests.conftest import SAMPLE_FILES
+from tests.conftest import SAMPLE_FILES, hub_env
 from tests.helpers.gitrepos import Content as FileContent
 from tests.helpers.gitrepos import Executable, Repo, Submodule, Symlink, commit_files, make_repo
+from tests.helpers.hub import HubServer
 from tests.helpers.inprocess import CTX, Harness, children_of, in_process, until
 from tests.helpers.memory_source import MemoryOrigin, MemorySpec, memory_kind
 from tests.helpers.sources import settings_for
@@ -434,3 +436,38 @@ def test_a_refresh_keeps_an_open_file_reading_the_old_bytes(sample: Repo, tmp_pa
         assert harness.snapshots.live_generations() == 1
 
     run_mounted(file_url(sample), tmp_path, body)
+
+
+# -- the Hub source against the stand-in --------------------------------------------------------
+
+HUB_SMALL = b'{"model_type": "bert"}\n'
+HUB_LFS = bytes(range(251)) * (8 * 4177)  # ~8 MiB, LFS by size: read by HTTP Range
+
+
+def test_hub_files_read_exactly_by_range(
+    hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Hub source in-process: a small file and an LFS file read exactly; a read in the
+    middle of the LFS file costs a range of it, not the whole file."""
+    hub.create_repo("org/tiny", {"config.json": HUB_SMALL, "weights/model.bin": HUB_LFS})
+    for name, value in hub_env(hub, tmp_path).items():
+        monkeypatch.setenv(name, value)
+
+    async def body(harness: Harness) -> None:
+        assert await harness.names("weights") == [b".", b"..", b"model.bin"]
+        assert hub.total_bytes_served() == 0  # listing and lookups fetch nothing
+        assert await harness.read_file("config.json") == HUB_SMALL
+        middle = len(HUB_LFS) // 2
+        fh = await harness.open("weights/model.bin")
+        try:
+            assert await harness.read(fh, middle, 4096) == HUB_LFS[middle : middle + 4096]
+        finally:
+            await harness.release(fh)
+        assert 4096 <= hub.bytes_served("org/tiny", "weights/model.bin") < len(HUB_LFS)
+        assert await harness.read_file("weights/model.bin") == HUB_LFS
+        sha256 = hashlib.sha256(HUB_LFS).hexdigest().encode()
+        assert await harness.getxattr("weights/model.bin", "user.artifactfs.sha256") == sha256
+        cached = await harness.getxattr("weights/model.bin", "user.artifactfs.cached")
+        assert cached == b"%d" % len(HUB_LFS)
+
+    run_mounted("hf://org/tiny", tmp_path, body)
