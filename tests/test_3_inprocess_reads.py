@@ -65,7 +65,7 @@ def origins(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, MemoryOrigin]
     """Memory origins by name, reachable as ``mem://NAME`` through the registry: the kind is
     added by patching ``KINDS`` alone (nothing in fs/ or mount/ changes)."""
     found: dict[str, MemoryOrigin] = {}
-    monkeypatch.setattr(registry, "KINDS", (memory_kind(found), *registry.KINDS))
+    monkeypatch.setattr(registry, "KINDS", (*registry.KINDS, memory_kind(found)))
     yield found
 
 
