@@ -1,7 +1,7 @@
 """Errors every layer may raise, each meant for a person: one line, never a credential.
 
-Layers below ``fs/`` speak these domain errors; only ``fs/`` turns them into errno (see
-``fs/errno_map.py``), and only the CLI turns a ``UserError`` into an exit status.
+Layers below ``fs/`` speak these domain errors; only ``fs/`` turns them into errno (``fs/gated.py``,
+``ERRNO_OF``), and only the CLI turns a ``UserError`` into an exit status.
 
 - ``UserError``: bad input or an unusable environment. The CLI prints it as one line, without
   a traceback, and exits non-zero. Anything else reaching the top of the CLI is a bug.

@@ -176,3 +176,5 @@ class SourceKind:
     """Make the source of a spec this kind parsed (blocking: may import its libraries)."""
     preload: Callable[[], None]
     """Import what opening a source of this kind needs (a spare worker does it ahead)."""
+    syntax: str = ""
+    """What its SOURCE looks like, for the message that refuses one no kind recognises."""

@@ -28,10 +28,8 @@ def parse_source(text: str) -> SourceSpec:
             return spec
     match = URL_SCHEME.match(text)
     scheme = f"{match['scheme'].lower()}://" if match else text
-    raise UserError(
-        f"unsupported source scheme {scheme!r} in {redact_url(text)!r}"
-        " (use hf://, git://, http(s)://, ssh://, file:// or a local path)"
-    )
+    kinds = "; ".join(kind.syntax for kind in KINDS if kind.syntax)
+    raise UserError(f"unsupported source scheme {scheme!r} in {redact_url(text)!r} (use {kinds})")
 
 
 def open_source(spec: SourceSpec, settings: SourceSettings) -> Source:

@@ -405,4 +405,4 @@ def memory_kind(origins: Mapping[str, MemoryOrigin]) -> SourceKind:
             raise UserError(f"no memory origin named {spec.name!r}")
         return MemorySource(spec, settings, origin)
 
-    return SourceKind("memory", parse_memory_source, open_memory, lambda: None)
+    return SourceKind("memory", parse_memory_source, open_memory, lambda: None, "mem://NAME")

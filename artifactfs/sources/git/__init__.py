@@ -20,6 +20,8 @@ def _preload() -> None:
     from . import content, source  # noqa: F401 - dulwich and the fetchers
 
 
-KIND = SourceKind("git", parse_git_source, _open, _preload)
+KIND = SourceKind(
+    "git", parse_git_source, _open, _preload, "git://, http(s)://, ssh://, file:// or a local path"
+)
 
 __all__ = ["KIND", "GitSourceSpec"]

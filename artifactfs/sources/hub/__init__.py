@@ -22,6 +22,6 @@ def _preload() -> None:
     from . import content, source  # noqa: F401
 
 
-KIND = SourceKind("hub", parse_hub_source, _open, _preload)
+KIND = SourceKind("hub", parse_hub_source, _open, _preload, "hf://org/name[@revision]")
 
 __all__ = ["KIND", "HubSourceSpec"]
