@@ -167,6 +167,11 @@ class PartialBlob:
             os.close(self._fd)
             self._fd = -1
 
+    @property
+    def closed(self) -> bool:
+        """Handed to the CAS (``detach_file``) or closed: it takes no more writes."""
+        return self._fd < 0
+
     def detach_file(self) -> Path:
         """Hand the complete data file over (to be verified and adopted by the CAS)."""
         os.fsync(self._fd)

@@ -403,8 +403,8 @@ class RangedBlobs:
     ) -> None:
         async with state.lock:
             partial = state.partial
-            if partial is None or state.epoch != epoch:
-                return
+            if partial is None or state.epoch != epoch or partial.closed:
+                return  # thrown away, or complete and being verified: nothing to add
             await trio.to_thread.run_sync(partial.write, offset, data, limiter=self._io)
         if state.partial is partial:  # wake the readers of the blocks now present
             end = offset + sum(len(piece) for piece in data)
