@@ -10,6 +10,8 @@ Layers below ``fs/`` speak these domain errors; only ``fs/`` turns them into err
 - ``ReadError`` and its kinds: a read of an entry's content cannot be served.
 """
 
+import errno
+
 
 class UserError(Exception):
     """Bad input or an unusable environment, described in one line for the user."""
@@ -29,6 +31,21 @@ class ReadError(Exception):
 class BlobUnavailable(ReadError):
     """The bytes could not be had: the origin failed, refused, timed out, or the mount is
     going away."""
+
+
+class NoSpace(ReadError):
+    """The file system of the state home is full: the bytes were had, but cannot be kept. Reads
+    of what is stored already go on; freeing space makes the rest work again."""
+
+
+def is_no_space(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or what caused it, is a full disk (ENOSPC) or quota (EDQUOT)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 class IntegrityError(ReadError):

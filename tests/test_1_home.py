@@ -47,3 +47,36 @@ def test_no_home_at_all_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(home.pwd, "getpwuid", unknown)
     with pytest.raises(UserError, match=r"\$HOME is not set .* set ARTIFACTFS_HOME"):
         default_home()
+
+
+def test_logging_never_floods_and_never_raises(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from artifactfs.logs import BURST, RateLimit, configure
+
+    log_file = tmp_path / "mount.log"
+    configure(log_file, 0)
+    try:
+        log = logging.getLogger("artifactfs.test")
+        for number in range(1000):
+            log.error("fetching blob %d failed: no space", number)
+        log.warning("another kind")
+        written = log_file.read_text().splitlines()
+        assert len(written) == BURST + 1
+        limit = RateLimit(burst=2, window=0.0)  # a window that is always over
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "m %d", (1,), None)
+        assert limit.filter(record) and limit.filter(record)  # decided once per record
+        for handler in logging.getLogger().handlers:
+            handler.close()
+        log_file.chmod(0o000)
+        logging.getLogger().handlers[-1].stream = open(os.devnull)  # noqa: SIM115 - unwritable
+        log.error("cannot be written")  # dropped, no "--- Logging error ---", no exception
+        err = capsys.readouterr().err
+        assert "Logging error" not in err and "Traceback" not in err
+        assert err.count("fetching blob") == BURST
+    finally:
+        for handler in logging.getLogger().handlers[:]:
+            handler.close()
+            logging.getLogger().removeHandler(handler)

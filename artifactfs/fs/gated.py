@@ -21,12 +21,12 @@ from typing import Any
 
 import pyfuse3
 
-from ..errors import ReadError
+from ..errors import NoSpace, ReadError
 from .gate import ReadyGate
 
 log = logging.getLogger(__name__)
 
-ERRNO_OF: dict[type[ReadError], int] = {ReadError: errno.EIO}
+ERRNO_OF: dict[type[ReadError], int] = {ReadError: errno.EIO, NoSpace: errno.ENOSPC}
 """The errno each kind of read failure is answered with (the most specific class wins)."""
 
 _GATED = (

@@ -28,7 +28,7 @@ import trio
 from ...cas import Digest
 from ...cas import reads as cas_reads
 from ...cas.claims import FetchClaims
-from ...errors import BlobUnavailable, IntegrityError, SourceError
+from ...errors import BlobUnavailable, IntegrityError, ReadError, SourceError
 from ...snapshot import Row, SnapshotIndex
 from ..base import BlobReader, ContentHost
 from .fetch_process import CHILDREN, FetchProcess
@@ -154,8 +154,8 @@ class GitContent:
                     self._fetch_ahead(snapshot, row, missing=True)
                 try:
                     await self._fetcher.ensure({digest.hex: row.size})
-                except BlobUnavailable as exc:
-                    raise BlobUnavailable(f"read of {row.oid} failed: {exc}") from None
+                except ReadError as exc:  # of its kind: a full store stays ENOSPC
+                    raise type(exc)(f"read of {row.oid} failed: {exc}") from None
                 fd, size = await self._open(digest)
             try:
                 if await self._checked(snapshot, row, digest, fd, size):

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ...cas.claims import FetchClaims
-from ...errors import BlobUnavailable, SourceError
+from ...errors import BlobUnavailable, NoSpace, SourceError, is_no_space
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class PartialFetch(SourceError):
     def __init__(self, got: set[str], cause: SourceError) -> None:
         super().__init__(str(cause))
         self.got = got
+        self.__cause__ = cause  # what went wrong (a full disk, say) stays findable
 
 
 @dataclass
@@ -68,6 +69,8 @@ class _Pending:
     size: int | None
     done: trio.Event = field(default_factory=trio.Event)
     error: str | None = None
+    no_space: bool = False
+    """It failed because the store is full (the reader gets ENOSPC, not EIO)."""
     guess: bool = False
     """Asked for ahead of need (``prefetch``), not by a reader."""
 
@@ -119,7 +122,8 @@ class BlobFetcher:
                 pending = self._demand(oid, pending.size)
                 await pending.done.wait()
             if pending.error is not None:
-                raise BlobUnavailable(f"blob {oid}: {pending.error}")
+                failure = NoSpace if pending.no_space else BlobUnavailable
+                raise failure(f"blob {oid}: {pending.error}")
 
     def prefetch(self, wanted: Mapping[str, int | None]) -> None:
         """Fetch these blobs ahead of need, in batches of their own, after every batch a
@@ -247,6 +251,7 @@ class BlobFetcher:
 
     async def _fetch(self, batch: list[str], guess: bool) -> None:
         error: str | None = None
+        no_space = False
         got: set[str] = set()
         sizes = {oid: self._pending[oid].size for oid in batch if oid in self._pending}
         token = trio.lowlevel.current_trio_token()
@@ -267,11 +272,16 @@ class BlobFetcher:
             )
         except SourceError as exc:
             error = str(exc)
+            no_space = is_no_space(exc)
             got = exc.got if isinstance(exc, PartialFetch) else set()
             log.error("fetching %d blob(s) failed: %s", len(batch) - len(got), error)
-        except Exception:
-            error = "internal error (see the log)"
-            log.exception("fetching %d blob(s) failed", len(batch))
+        except Exception as exc:
+            if is_no_space(exc):  # publishing, not fetching, failed: the disk is full
+                error, no_space = "no space left in the store's file system", True
+                log.error("fetching %d blob(s) failed: %s", len(batch), error)
+            else:
+                error = "internal error (see the log)"
+                log.exception("fetching %d blob(s) failed", len(batch))
         finally:
             log.debug(
                 "%s batch of %d blob(s): %.3f s",
@@ -291,4 +301,5 @@ class BlobFetcher:
                 if error is None:
                     log.error("the server did not send blob %s", oid)
                 pending.error = error or "the server did not send it"
+                pending.no_space = no_space
             pending.done.set()

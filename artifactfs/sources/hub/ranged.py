@@ -31,7 +31,7 @@ import trio
 from ...cas import ContentStore, Digest, DigestMismatch
 from ...cas import reads as cas_reads
 from ...cas.partial import BLOCK, PartialBlob, blocks_in
-from ...errors import BlobUnavailable, IntegrityError, SourceError
+from ...errors import BlobUnavailable, IntegrityError, NoSpace, SourceError, is_no_space
 from ...snapshot import Row, SnapshotIndex
 from .client import HubClient
 from .layout import header_length, tensor_boundaries
@@ -94,6 +94,8 @@ class _State:
     """Bumped when the partial is thrown away: descriptors of an older epoch are stale."""
     inflight: dict[int, trio.Event] = field(default_factory=dict)
     error: str | None = None
+    no_space: bool = False
+    """``error`` is a full store, not the origin: readers get ENOSPC."""
     mismatches: int = 0
     bad_epochs: set[int] = field(default_factory=set)
     """Epochs whose bytes turned out not to match the digest."""
@@ -307,7 +309,7 @@ class RangedBlobs:
             if not partial.missing(first, last):
                 return
             if state.error is not None:
-                raise BlobUnavailable(state.error)
+                raise (NoSpace if state.no_space else BlobUnavailable)(state.error)
             # events of fetches from before a mismatch fire without data: ask again
 
     def _request(self, state: _State, first: int, last: int) -> list[trio.Event]:
@@ -363,9 +365,13 @@ class RangedBlobs:
     async def _fetch(self, state: _State, blocks: list[int]) -> None:
         try:
             await self._fetch_blocks(state, blocks)
-        except Exception:  # a bug here must cost this fetch (EIO for its readers), not the mount
-            log.exception("fetching %s failed", state.blob.digest)
-            state.error = "internal error (see the log)"
+        except Exception as exc:  # this must cost this fetch (its readers fail), not the mount
+            if is_no_space(exc):  # the bytes came, but the store cannot keep them
+                state.error, state.no_space = "no space left in the store's file system", True
+                log.error("fetching %s failed: %s", state.blob.digest, state.error)
+            else:
+                log.exception("fetching %s failed", state.blob.digest)
+                state.error = "internal error (see the log)"
 
     async def _fetch_blocks(self, state: _State, blocks: list[int]) -> None:
         blob = state.blob
@@ -378,9 +384,9 @@ class RangedBlobs:
                 await self._http().fetch(blob.url, start, end, blob.size, writer.deliver)
             await writer.finish()
             if state.epoch == epoch:
-                state.error = None  # what failed before worked now
+                state.error, state.no_space = None, False  # what failed before worked now
         except SourceError as exc:
-            state.error = str(exc)
+            state.error, state.no_space = str(exc), is_no_space(exc)
             log.error("fetching %s bytes %d-%d failed: %s", blob.digest, start, end, exc)
         finally:
             for block in blocks:

@@ -1,0 +1,66 @@
+"""Faults: the state home's file system fills up. Readers get ENOSPC (not EIO), the logs get a
+few lines (not a traceback per file), what is stored keeps being served, nothing partial is
+published, and freeing space makes every read work again without a restart."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.gitrepos import Repo, make_repo
+from tests.helpers.mounts import errno_of, mounted
+from tests.helpers.servers import GitDaemon
+
+FILES = 24
+FILE_BYTES = 512 * 1024
+"""12 MiB of incompressible files, against a home of 6 MiB."""
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root only)")
+
+
+def contents() -> dict[str, bytes]:
+    rng = random.Random(7)
+    return {f"f{n:02d}.bin": rng.randbytes(FILE_BYTES) for n in range(FILES)}
+
+
+@pytest.fixture
+def full_repo(repos: Path) -> Repo:
+    return make_repo(repos, "big.git", dict(contents()))
+
+
+@pytest.fixture
+def small_home(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(home)], check=True)
+    try:
+        yield home
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_a_full_home_gives_enospc_and_recovers_when_space_is_freed(
+    daemon: GitDaemon, full_repo: Repo, mnt: Path, small_home: Path
+) -> None:
+    expected = contents()
+    with mounted(daemon.url("big.git"), mnt, small_home) as mount:
+        results = {name: errno_of(lambda n=name: (mnt / n).read_bytes()) for name in expected}
+        read = [name for name, code in results.items() if code is None]
+        refused = {code for code in results.values() if code is not None}
+        assert read, "nothing could be read at all"
+        assert refused == {errno.ENOSPC}, results
+        for name in read:  # what is stored keeps serving
+            assert (mnt / name).read_bytes() == expected[name]
+        log, stderr = mount.log(), mount.stderr()
+        assert "Logging error" not in log + stderr and "Traceback" not in log + stderr
+        assert log.count("no space left") <= 2 * 5  # a few lines a kind, however many failed
+        assert not list((small_home / "cas").glob("*/*/.tmp-*"))  # nothing half-written left
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_home)], check=True)
+        for name in expected:  # no restart: every file reads now
+            assert (mnt / name).read_bytes() == expected[name]
