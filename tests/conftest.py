@@ -17,12 +17,12 @@ tests/helpers/checklogs.py for what is read and how lines are matched.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.checklogs import LogCheck
+from tests.helpers.checklogs import ExpectLog, LogCheck
 from tests.helpers.gitrepos import Executable, Repo, Submodule, Symlink, make_repo
 from tests.helpers.hub import HubServer, running_hub
 from tests.helpers.mounts import force_unmount
@@ -120,7 +120,7 @@ def log_check(tmp_path: Path) -> Iterator[LogCheck]:
 
 
 @pytest.fixture
-def expect_log(log_check: LogCheck) -> Callable[..., None]:
+def expect_log(log_check: LogCheck) -> ExpectLog:
     """``expect_log(r"regex", level="ERROR", required=False)``: this test provokes a line
     whose message matches the regex (never match the logger name); the log check lets it by."""
     return log_check.expect

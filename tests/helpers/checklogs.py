@@ -36,6 +36,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 LEVELS = ("WARNING", "ERROR", "CRITICAL")
 TRACEBACK = "Traceback (most recent call last):"
@@ -51,6 +52,14 @@ _RECORD = re.compile(
 )
 SHOWN_LINES = 25
 """Lines of one entry shown in a failure (a long traceback is cut)."""
+
+
+class ExpectLog(Protocol):
+    """The ``expect_log`` fixture: ``expect_log(r"message regex", level=..., required=...)``."""
+
+    def __call__(
+        self, pattern: str, *, level: str | None = None, required: bool = False
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
