@@ -7,7 +7,7 @@ servers (no FUSE), ``test_4_*`` real mounts through the kernel, ``test_5_*`` the
 
 Every test ends with two checks: no mount is left under its ``tmp_path``, and the logs of the
 artifactfs processes it ran (``run/logs/*.log`` of each state home, and the ``*.stderr`` files
-of mounts, workers and daemons, all under ``tmp_path``) hold no WARNING, ERROR, CRITICAL,
+of mounts, workers, daemons and commands, all under ``tmp_path``) hold no WARNING, ERROR, CRITICAL,
 traceback or ``--- Logging error ---`` it did not declare: a mount answers EIO whatever went
 wrong, so a test that expects EIO would otherwise pass over a crash. A test declares the lines
 it provokes on purpose with ``expect_log(r"message regex", level=..., required=...)``; see

@@ -12,9 +12,11 @@ directory a test hands to ``LogCheck.watch`` or ``LogCheck.collect``):
   that follow it without one (a traceback). Suspicious: a record at WARNING, ERROR or
   CRITICAL, and any record or stray line holding a traceback or ``--- Logging error ---``.
 - ``*.stderr``: a worker's ``run/logs/worker-NAME.stderr``, the foreground mount's
-  ``<mountpoint>.stderr``, the daemon's ``<home>-daemon.stderr``. These repeat every warning
-  of the log file as ``artifactfs: message``, so those lines alone are *not* suspicious here
-  (the log file already judged them, with their level). What only stderr shows is suspicious:
+  ``<mountpoint>.stderr``, the daemon's ``<home>-daemon.stderr``, the commands' (``status``,
+  ``add-repo``, ...) ``<home>-cli.stderr`` (tests/helpers/mounts.py, daemons.py). These
+  repeat every warning of the log file as ``artifactfs: message`` (and a command's refusal is
+  asserted by its test), so those lines alone are *not* suspicious here (the log file already
+  judged them, with their level). What only stderr shows is suspicious:
   a traceback (an uncaught exception, an exception nobody could log) and Python's
   ``--- Logging error ---``. An ``artifactfs: message`` line followed by a traceback is the
   echo of a ``log.exception`` when a log file holds that same record (then the log file
