@@ -28,6 +28,8 @@ from tests.helpers.hub import HubServer, running_hub
 from tests.helpers.mounts import force_unmount
 from tests.helpers.servers import GitDaemon, HttpGitServer
 
+pytest_plugins = ["pytester"]  # test_1_checklogs.py runs the log check in a pytest of its own
+
 BIG = os.urandom(1536 * 1024)
 BINARY = bytes(range(256)) * 64
 

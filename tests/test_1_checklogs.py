@@ -185,3 +185,44 @@ def test_collected_and_watched_directories_are_read(root: Path) -> None:
 def test_an_unknown_level_is_refused(root: Path) -> None:
     with pytest.raises(ValueError, match="level must be one of"):
         LogCheck([root]).expect("x", level="INFO")
+
+
+def test_the_autouse_check_fails_a_test_and_a_declaration_passes_it(
+    pytester: pytest.Pytester,
+) -> None:
+    """The wiring, end to end: a test whose logs hold an undeclared ERROR errors at teardown;
+    the same test with the line declared passes."""
+    pytester.makeconftest("from tests.conftest import _no_mount_left_behind, expect_log, log_check")
+    pytester.makepyfile(
+        f"""
+        LINE = {ERROR!r}
+
+        def write(tmp_path):
+            logs = tmp_path / "home" / "run" / "logs"
+            logs.mkdir(parents=True)
+            (logs / "mount-x-1.log").write_text(LINE + "\\n")
+
+        def test_undeclared(tmp_path):
+            write(tmp_path)
+
+        def test_declared(tmp_path, expect_log):
+            expect_log("^prepare failed: refused$", level="ERROR", required=True)
+            write(tmp_path)
+
+        def test_required_but_absent(expect_log):
+            expect_log("^prepare failed", required=True)
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_undeclared*",
+            "unexpected lines in the artifactfs logs *",
+            "*/test_undeclared0/home/run/logs/mount-x-1.log:1:",
+            f"    {ERROR}",
+            "*ERROR at teardown of test_required_but_absent*",
+            "unexpected lines in the artifactfs logs *",
+            "an expected line never came: '^prepare failed'",
+        ]
+    )
