@@ -108,6 +108,17 @@ def test_a_traceback_in_a_log_record_is_part_of_it(root: Path) -> None:
     assert report(root, "ValueError: boom") is None  # the traceback is its text
 
 
+def test_a_long_traceback_is_shown_by_both_ends(root: Path) -> None:
+    record = [LOGGED_CRASH, TRACE[0], *(f"  frame {i}" for i in range(40)), TRACE[-1]]
+    path = mount_log(root, *record)
+    assert reported_lines(report(root)) == [
+        f"{path}:1:",
+        *(f"    {line}" for line in record[:12]),
+        "    [... 19 lines]",
+        *(f"    {line}" for line in record[-12:]),
+    ]
+
+
 def test_a_traceback_at_info_fails(root: Path) -> None:
     mount_log(root, INFO, *TRACE)
     assert report(root) is not None

@@ -52,8 +52,8 @@ _RECORD = re.compile(
     r"(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<pid>\d+) (?P<level>[A-Z]+) "
     r"(?P<logger>\S+?): (?P<message>.*)"
 )
-SHOWN_LINES = 25
-"""Lines of one entry shown in a failure (a long traceback is cut)."""
+SHOWN_LINES = 12
+"""Lines shown of each end of a long entry in a failure (a traceback's cause is at its end)."""
 
 
 class ExpectLog(Protocol):
@@ -92,9 +92,10 @@ class Entry:
         return self.level in LEVELS or TRACEBACK in text or LOGGING_ERROR in text
 
     def show(self) -> str:
-        shown = list(self.lines[:SHOWN_LINES])
-        if len(self.lines) > SHOWN_LINES:
-            shown.append(f"[... {len(self.lines) - SHOWN_LINES} more lines]")
+        shown = list(self.lines)
+        if len(shown) > 2 * SHOWN_LINES + 1:
+            cut = len(shown) - 2 * SHOWN_LINES
+            shown[SHOWN_LINES:-SHOWN_LINES] = [f"[... {cut} lines]"]
         return f"{self.path}:{self.line}:\n" + "\n".join(f"    {line}" for line in shown)
 
 
