@@ -1,8 +1,17 @@
-"""Fixtures: state homes, real git servers, sample repositories, and a leak check.
+"""Fixtures: state homes, real git servers, sample repositories, a leak check and a log check.
 
 Test files are numbered by layer so the lowest broken layer fails first: ``test_1_*`` pure
 logic, ``test_2_*`` the CAS contract on a real disk, ``test_3_*`` the git source against real
-servers (no FUSE), ``test_4_*`` real mounts through the kernel.
+servers (no FUSE), ``test_4_*`` real mounts through the kernel, ``test_5_*`` the daemon,
+``test_6_*`` the whole program in its settings (shutdown, sandboxes, other users, Docker).
+
+Every test ends with two checks: no mount is left under its ``tmp_path``, and the logs of the
+artifactfs processes it ran (``run/logs/*.log`` of each state home, and the ``*.stderr`` files
+of mounts, workers, daemons and commands, all under ``tmp_path``) hold no WARNING, ERROR, CRITICAL,
+traceback or ``--- Logging error ---`` it did not declare: a mount answers EIO whatever went
+wrong, so a test that expects EIO would otherwise pass over a crash. A test declares the lines
+it provokes on purpose with ``expect_log(r"message regex", level=..., required=...)``; see
+tests/helpers/checklogs.py for what is read and how lines are matched.
 """
 
 from __future__ import annotations
@@ -13,10 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.checklogs import ExpectLog, LogCheck
 from tests.helpers.gitrepos import Executable, Repo, Submodule, Symlink, make_repo
 from tests.helpers.hub import HubServer, running_hub
 from tests.helpers.mounts import force_unmount
 from tests.helpers.servers import GitDaemon, HttpGitServer
+
+pytest_plugins = ["pytester"]  # test_1_checklogs.py runs the log check in a pytest of its own
 
 BIG = os.urandom(1536 * 1024)
 BINARY = bytes(range(256)) * 64
@@ -98,8 +110,28 @@ def mnt(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_mount_left_behind(tmp_path: Path) -> Iterator[None]:
-    """Fail a test that leaves an artifactfs mount under its temporary directory."""
+def log_check(tmp_path: Path) -> Iterator[LogCheck]:
+    """Fail a test whose artifactfs logs hold a warning, an error or a traceback that it did
+    not declare (tests/helpers/checklogs.py). It ends after every other fixture of the test
+    (they all come after it), so the daemons and mounts they stop have written their last."""
+    check = LogCheck([tmp_path])
+    yield check
+    report = check.report()
+    if report is not None:
+        pytest.fail(report, pytrace=False)
+
+
+@pytest.fixture
+def expect_log(log_check: LogCheck) -> ExpectLog:
+    """``expect_log(r"regex", level="ERROR", required=False)``: this test provokes a line
+    whose message matches the regex (never match the logger name); the log check lets it by."""
+    return log_check.expect
+
+
+@pytest.fixture(autouse=True)
+def _no_mount_left_behind(tmp_path: Path, log_check: LogCheck) -> Iterator[None]:
+    """Fail a test that leaves an artifactfs mount under its temporary directory (before the
+    log check reads the logs: it needs ``log_check``)."""
     yield
     leftovers = []
     with open("/proc/self/mountinfo") as table:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.gitrepos import Repo
 from tests.helpers.mounts import is_mounted, run_cli
 from tests.helpers.ports import free_port
@@ -79,7 +80,10 @@ def test_invalid_ref_names(
     assert_one_line(result.stderr, "not a valid ref name")
 
 
-def test_unknown_ref(daemon: GitDaemon, sample: Repo, mnt: Path, home: Path) -> None:
+def test_unknown_ref(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path, expect_log: ExpectLog
+) -> None:
+    expect_log(r"^cannot prepare \S+: unknown ref 'nosuch'$", level="ERROR", required=True)
     result = run_cli("mount", daemon.url("sample.git"), str(mnt), "--ref", "nosuch", home=home)
     assert result.returncode == 1
     assert_one_line(result.stderr, "unknown ref 'nosuch'")
@@ -93,7 +97,10 @@ def test_unknown_ref(daemon: GitDaemon, sample: Repo, mnt: Path, home: Path) -> 
         ("no-such-host.invalid", "cannot resolve"),
     ],
 )
-def test_unreachable_hosts(host: str, fragment: str, mnt: Path, home: Path) -> None:
+def test_unreachable_hosts(
+    host: str, fragment: str, mnt: Path, home: Path, expect_log: ExpectLog
+) -> None:
+    expect_log(rf"^cannot prepare git://{host}/x\.git: {fragment}", level="ERROR", required=True)
     result = run_cli("mount", f"git://{host}/x.git", str(mnt), home=home)
     assert result.returncode == 1
     assert_one_line(result.stderr, fragment)
@@ -101,7 +108,14 @@ def test_unreachable_hosts(host: str, fragment: str, mnt: Path, home: Path) -> N
     assert list((home / "snapshots").iterdir()) == []
 
 
-def test_unknown_repository_on_a_live_server(daemon: GitDaemon, mnt: Path, home: Path) -> None:
+def test_unknown_repository_on_a_live_server(
+    daemon: GitDaemon, mnt: Path, home: Path, expect_log: ExpectLog
+) -> None:
+    expect_log(
+        r"^cannot prepare \S+: git protocol error: no such repository: /missing\.git$",
+        level="ERROR",
+        required=True,
+    )
     result = run_cli("mount", daemon.url("missing.git"), str(mnt), home=home)
     assert result.returncode == 1
     assert_one_line(result.stderr, "no such repository")

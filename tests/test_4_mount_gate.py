@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.gitrepos import Repo
 from tests.helpers.mounts import blocked_in_fuse, errno_of, is_mounted, mounted, run_cli
 from tests.helpers.ports import free_port
@@ -50,9 +51,10 @@ def test_operations_wait_while_preparing_and_stat_does_not(
 
 
 def test_server_down_gives_eio_at_once_and_the_reason(
-    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path, expect_log: ExpectLog
 ) -> None:
     closed = free_port()
+    expect_log(r"^cannot prepare \S+: connection refused$", level="ERROR", required=True)
     with mounted(
         daemon.url("sample.git", closed), mnt, home, "--keep-failed", ready=False
     ) as mount:
@@ -67,8 +69,11 @@ def test_server_down_gives_eio_at_once_and_the_reason(
         assert '"state": "failed"' in report.stdout
 
 
-def test_retry_after_failure_with_sighup(sample: Repo, repos: Path, mnt: Path, home: Path) -> None:
+def test_retry_after_failure_with_sighup(
+    sample: Repo, repos: Path, mnt: Path, home: Path, expect_log: ExpectLog
+) -> None:
     port = free_port()  # nothing listens here until the test starts a daemon
+    expect_log(r"^cannot prepare \S+: connection refused$", level="ERROR", required=True)
     with mounted(
         f"git://127.0.0.1:{port}/sample.git", mnt, home, "--keep-failed", ready=False
     ) as mount:
@@ -83,9 +88,10 @@ def test_retry_after_failure_with_sighup(sample: Repo, repos: Path, mnt: Path, h
 
 
 def test_failed_prepare_exits_with_one_line_and_unmounts(
-    sample: Repo, mnt: Path, home: Path
+    sample: Repo, mnt: Path, home: Path, expect_log: ExpectLog
 ) -> None:
     url = f"git://127.0.0.1:{free_port()}/sample.git"
+    expect_log(r"^cannot prepare \S+: connection refused$", level="ERROR", required=True)
     result = run_cli("mount", url, str(mnt), home=home)
     assert result.returncode == 1
     assert result.stderr == f"artifactfs: cannot prepare {url}: connection refused\n"
@@ -107,8 +113,10 @@ def test_sigterm_while_the_server_stalls_exits_cleanly(
 
 
 def test_a_read_from_a_silent_server_fails_with_eio_instead_of_hanging(
-    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path, expect_log: ExpectLog
 ) -> None:
+    # "fetching 1 blob(s) failed: ..." and "read of OID failed: blob OID: ..."
+    expect_log(r"failed: (blob \w+: )?timed out waiting for the server$", level="ERROR")
     proxy = GitProxy(daemon.port)
     try:
         url = daemon.url("sample.git", proxy.port)

@@ -16,6 +16,7 @@ import pytest
 from artifactfs.mount.mountpoints import mount_at
 from artifactfs.sources.git.source import GIT_READ_AHEAD_KIB
 from tests.conftest import BIG
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.gitrepos import Repo, Symlink, git, make_repo
 from tests.helpers.mounts import errno_of, is_mounted, mounted, run_cli
 from tests.helpers.servers import GitDaemon, HttpGitServer
@@ -187,8 +188,10 @@ def test_two_homes_share_nothing(daemon: GitDaemon, sample: Repo, tmp_path: Path
 
 
 def test_a_pinned_commit_mounts_from_local_state_while_the_server_is_down(
-    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path, expect_log: ExpectLog
 ) -> None:
+    # "fetching N blob(s) failed: ..." and "read of OID failed: blob OID: ..."
+    expect_log(r"failed: (blob \w+: )?connection refused$", level="ERROR", required=True)
     with mounted(daemon.url("sample.git"), mnt, home):
         assert (mnt / "data" / "big.bin").read_bytes() == BIG
     daemon.stop()
@@ -214,9 +217,14 @@ def test_sha256_repositories(daemon: GitDaemon, repos: Path, mnt: Path, home: Pa
 
 
 def test_a_size_that_does_not_match_the_content_is_never_served(
-    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path, expect_log: ExpectLog
 ) -> None:
     """As if object-info had lied: the verified content wins, the wrong size is not served."""
+    expect_log(
+        r"^the server said blob \w+ has 3 bytes, but it has 9: refusing to serve it",
+        level="ERROR",
+        required=True,
+    )
     with mounted(daemon.url("sample.git"), mnt, home):
         pass
     (snapshot,) = (home / "snapshots").glob("git-*.sqlite")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from huggingface_hub import hf_hub_download
 
 from artifactfs.cas.partial import BLOCK
 from tests.conftest import hub_env
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.hub import HubServer
 from tests.helpers.models import model_repo, tensor_locations, with_big_file
 from tests.helpers.mounts import mounted
@@ -178,9 +180,22 @@ def test_a_download_survives_a_restart_and_a_moving_branch(
     ["429", "503", "cut", "ignore-range", "corrupt-lfs", "corrupt-small", "redirect"],
 )
 def test_hub_trouble_is_survived_without_corruption(
-    fault: str, hub: HubServer, model: dict[str, bytes], tmp_path: Path, mnt: Path, home: Path
+    fault: str,
+    hub: HubServer,
+    model: dict[str, bytes],
+    tmp_path: Path,
+    mnt: Path,
+    home: Path,
+    expect_log: ExpectLog,
 ) -> None:
     big, small = model[BIG], model["config.json"]
+    if fault.startswith("corrupt-"):
+        path = re.escape(BIG if fault == "corrupt-lfs" else "config.json")
+        expect_log(
+            rf"^the content of \S+/{path} does not match \S+ \(got \w+\): thrown away$",
+            level="ERROR",
+            required=True,
+        )
     if fault == "429":
         hub.fault_status(429, retry_after=1, times=2, path=BIG)
     elif fault == "503":
@@ -211,8 +226,14 @@ def test_hub_trouble_is_survived_without_corruption(
 
 
 def test_a_stalled_read_fails_with_eio_within_the_timeout(
-    hub: HubServer, model: dict[str, bytes], tmp_path: Path, mnt: Path, home: Path
+    hub: HubServer,
+    model: dict[str, bytes],
+    tmp_path: Path,
+    mnt: Path,
+    home: Path,
+    expect_log: ExpectLog,
 ) -> None:
+    expect_log(r"^read of \S+ failed: \S+: no answer within 2 s$", level="ERROR", required=True)
     env = hub_env(hub, tmp_path)
     with mounted("hf://org/model", mnt, home, "--io-timeout", "2", env=env) as mount:
         hub.fault_stall(path=BIG)
@@ -240,7 +261,13 @@ def test_a_stalled_read_fails_with_eio_within_the_timeout(
 def test_hub_refusals_fail_the_mount_with_the_reason(
     source: str, setup: str | None, reason: str,
     hub: HubServer, model: dict[str, bytes], tmp_path: Path, mnt: Path, home: Path,
+    expect_log: ExpectLog,
 ) -> None:  # fmt: skip
+    expect_log(
+        rf"^cannot prepare {re.escape(source)}: .*{re.escape(reason)}",
+        level="ERROR",
+        required=True,
+    )
     if setup == "private":
         hub.create_repo("org/private", {"a.txt": b"secret\n"}, private=True)
     if setup == "gated":

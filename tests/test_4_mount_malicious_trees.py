@@ -4,11 +4,27 @@ or followed, and the rest of the tree still mounts."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.gitrepos import commit_tree, git, raw_tree, serve_config, write_object
 from tests.helpers.mounts import mounted
 from tests.helpers.servers import GitDaemon
+
+REFUSALS = [
+    "refused tree entry .: forbidden name b'.'",
+    "refused tree entry ..: forbidden name b'..'",
+    "refused tree entry sub/..: forbidden name b'..'",
+    "refused tree entry a/b: name contains '/' or NUL",
+    "refused tree entry .git: a tree entry named b'.git' would pose as a git directory",
+    "refused tree entry .GIT: a tree entry named b'.GIT' would pose as a git directory",
+    "refused tree entry dup: duplicate name in tree",
+    "refused tree entry weird: unknown mode 170000",
+    "refused symlink huge-link: target of 5242880 bytes",
+    "refused symlink nul-link: symlink target contains NUL",
+]
+"""The warnings the hostile tree below must cause, one per unsafe entry."""
 
 
 def build_hostile_repo(base: Path) -> tuple[Path, dict[str, str]]:
@@ -53,8 +69,10 @@ def build_hostile_repo(base: Path) -> tuple[Path, dict[str, str]]:
 
 
 def test_hostile_entries_are_refused_and_logged(
-    daemon: GitDaemon, repos: Path, mnt: Path, home: Path
+    daemon: GitDaemon, repos: Path, mnt: Path, home: Path, expect_log: ExpectLog
 ) -> None:
+    for refusal in REFUSALS:
+        expect_log(f"^{re.escape(refusal)}", level="WARNING", required=True)
     _repo, blobs = build_hostile_repo(repos)
     with mounted(daemon.url("hostile.git"), mnt, home) as mount:
         assert sorted(os.listdir(mnt)) == ["dup", "ok.txt", "sub"]
@@ -63,18 +81,7 @@ def test_hostile_entries_are_refused_and_logged(
         assert (mnt / "sub" / "fine.txt").read_bytes() == b"fine\n"
         assert not os.path.lexists(mnt / ".git")
         log = mount.log()
-        for expected in [
-            "refused tree entry .: forbidden name b'.'",
-            "refused tree entry ..: forbidden name b'..'",
-            "refused tree entry sub/..: forbidden name b'..'",
-            "refused tree entry a/b: name contains '/' or NUL",
-            "refused tree entry .git: a tree entry named b'.git' would pose as a git directory",
-            "refused tree entry .GIT: a tree entry named b'.GIT' would pose as a git directory",
-            "refused tree entry dup: duplicate name in tree",
-            "refused tree entry weird: unknown mode 170000",
-            "refused symlink huge-link: target of 5242880 bytes",
-            "refused symlink nul-link: symlink target contains NUL",
-        ]:
+        for expected in REFUSALS:
             assert expected in log, expected
         assert blobs["huge"] not in daemon.wanted()
         assert blobs["config"] not in daemon.wanted()

@@ -15,6 +15,7 @@ import pytest
 
 from artifactfs.daemon.client import daemon_lock_held
 from tests.conftest import BIG
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.daemons import Daemon, clean_up, running_daemon, worker_pids
 from tests.helpers.gitrepos import Repo, commit_files, make_repo
 from tests.helpers.mounts import (
@@ -91,8 +92,11 @@ def test_add_repo_waits_until_ready(daemon: GitDaemon, sample: Repo, home: Path)
         assert listing.splitlines()[1].split()[:2] == ["sample", "ready"]
 
 
-def test_failure_then_retry(daemon: GitDaemon, sample: Repo, home: Path) -> None:
+def test_failure_then_retry(
+    daemon: GitDaemon, sample: Repo, home: Path, expect_log: ExpectLog
+) -> None:
     port = free_port()  # nothing listens there until the retry
+    expect_log(r"^cannot prepare \S+: connection refused$", level="ERROR", required=True)
     with running_daemon(home) as artifactfs:
         url = f"git://127.0.0.1:{port}/sample.git"
         failed = artifactfs.cli("add-repo", "sample", url)
@@ -121,7 +125,10 @@ def test_failure_then_retry(daemon: GitDaemon, sample: Repo, home: Path) -> None
             proxy.stop()
 
 
-def test_a_killed_worker_comes_back(daemon: GitDaemon, sample: Repo, home: Path) -> None:
+def test_a_killed_worker_comes_back(
+    daemon: GitDaemon, sample: Repo, home: Path, expect_log: ExpectLog
+) -> None:
+    expect_log(r"^sample: worker ended; starting another in", level="WARNING", required=True)
     proxy = GitProxy(daemon.port)
     try:
         with running_daemon(home) as artifactfs:
@@ -350,9 +357,16 @@ def _cmdlines() -> bytes:
 
 @pytest.mark.parametrize("how", ["environment", "token-file"])
 def test_a_private_repository_with_a_token(
-    how: str, sample: Repo, repos: Path, home: Path, tmp_path: Path
+    how: str, sample: Repo, repos: Path, home: Path, tmp_path: Path, expect_log: ExpectLog
 ) -> None:
     token = "tok-3f9a7c1e5d"
+    expect_log(
+        r"^cannot prepare \S+: authentication required or refused by the server \(401\); "
+        r"no token was given",
+        level="ERROR",
+        required=True,
+    )
+    expect_log(r"^private: worker ended; starting another in", level="WARNING", required=True)
     server = HttpGitServer(repos, token=token)
     try:
         with running_daemon(home) as artifactfs:

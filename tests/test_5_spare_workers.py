@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.daemons import running_daemon, spare_pids, worker_pids
 from tests.helpers.gitrepos import Repo
 from tests.helpers.mounts import run_cli
@@ -35,8 +36,9 @@ def test_add_repo_is_served_by_the_spare_started_ahead(
 
 
 def test_a_dead_spare_means_a_worker_started_the_usual_way(
-    daemon: GitDaemon, sample: Repo, home: Path
+    daemon: GitDaemon, sample: Repo, home: Path, expect_log: ExpectLog
 ) -> None:
+    expect_log(r"^a spare worker exited by itself \(-9\)$", level="WARNING")  # if seen in time
     with running_daemon(home) as artifactfs:
         spare = one_spare(home)
         os.kill(spare, signal.SIGKILL)

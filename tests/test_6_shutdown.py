@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from artifactfs.daemon.supervisor import STOP_BOUND
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.daemons import Daemon, running_daemon, worker_pids
 from tests.helpers.gitrepos import Repo
 from tests.helpers.mounts import blocked_in_fuse, is_mounted
@@ -93,8 +94,9 @@ def test_sigterm_with_a_worker_stuck_preparing_on_a_silent_origin(
 
 
 def test_sigterm_with_a_read_stuck_on_a_silent_origin(
-    sample: Repo, daemon: GitDaemon, home: Path
+    sample: Repo, daemon: GitDaemon, home: Path, expect_log: ExpectLog
 ) -> None:
+    expect_log(r"^read of \w+ failed: blob \w+: the mount is shutting down$", level="ERROR")
     proxy = GitProxy(daemon.port)
     try:
         with running_daemon(home) as artifactfs:
@@ -113,9 +115,14 @@ def test_sigterm_with_a_read_stuck_on_a_silent_origin(
 
 
 @contextmanager
-def frozen_worker(artifactfs: Daemon, daemon: GitDaemon, home: Path) -> Iterator[Path]:
+def frozen_worker(
+    artifactfs: Daemon, daemon: GitDaemon, home: Path, expect_log: ExpectLog
+) -> Iterator[Path]:
     """A repository mounted as "frozen" whose worker is then stopped with SIGSTOP: it cannot
-    answer anything, not even SIGTERM. Yields the mount point; the worker is killed after."""
+    answer anything, not even SIGTERM. Yields the mount point; the worker is killed after.
+    The daemon must say what it did about it (both warnings are required)."""
+    expect_log(r"^frozen: worker \d+ did not stop within \d+ s$", level="WARNING", required=True)
+    expect_log(r"^aborted the FUSE connection of \S+/mnt/frozen$", level="WARNING", required=True)
     artifactfs.ok("add-repo", "frozen", daemon.url("sample.git"))
     mountpoint = Path(artifactfs.wait_state("frozen", "ready")["mount"])
     (worker,) = worker_pids(home)
@@ -128,9 +135,12 @@ def frozen_worker(artifactfs: Daemon, daemon: GitDaemon, home: Path) -> Iterator
 
 
 def test_sigterm_with_a_frozen_worker_takes_the_last_resort(
-    sample: Repo, daemon: GitDaemon, home: Path
+    sample: Repo, daemon: GitDaemon, home: Path, expect_log: ExpectLog
 ) -> None:
-    with running_daemon(home) as artifactfs, frozen_worker(artifactfs, daemon, home) as mnt:
+    with (
+        running_daemon(home) as artifactfs,
+        frozen_worker(artifactfs, daemon, home, expect_log) as mnt,
+    ):
         with reader("cat", str(mnt / "README.md")) as cat:
             wait_for(lambda: blocked_in_fuse(cat.pid), 20, "cat to wait on the worker")
             took = stop_daemon(artifactfs)
@@ -145,9 +155,12 @@ def _logs(home: Path) -> str:
 
 
 def test_unmount_of_a_frozen_worker_is_bounded_too(
-    sample: Repo, daemon: GitDaemon, home: Path
+    sample: Repo, daemon: GitDaemon, home: Path, expect_log: ExpectLog
 ) -> None:
-    with running_daemon(home) as artifactfs, frozen_worker(artifactfs, daemon, home) as mnt:
+    with (
+        running_daemon(home) as artifactfs,
+        frozen_worker(artifactfs, daemon, home, expect_log) as mnt,
+    ):
         started = time.monotonic()
         artifactfs.ok("unmount", "frozen", timeout=DEADLINE)
         assert time.monotonic() - started < DEADLINE

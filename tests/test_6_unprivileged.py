@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BIG, BINARY
+from tests.helpers.checklogs import LogCheck
 from tests.helpers.gitrepos import Repo
 from tests.helpers.mounts import errno_of, is_mounted
 from tests.helpers.servers import GitDaemon
@@ -109,7 +110,9 @@ class Setup:
 
 
 @pytest.fixture
-def setup(runner: Runner, users: tuple[User, User]) -> Iterator[Setup]:
+def setup(runner: Runner, users: tuple[User, User], log_check: LogCheck) -> Iterator[Setup]:
+    """The machine open to users, and a work directory; the logs of the user's state home
+    and the outputs in the work directory are read by the log check before both go."""
     user, other = users
     with machine_for_users() as machine:
         clean_up(user, other)  # what a killed session may have left
@@ -121,6 +124,8 @@ def setup(runner: Runner, users: tuple[User, User]) -> Iterator[Setup]:
             yield Setup(runner, user, other, machine, work)
         finally:
             processes, mounts = clean_up(user, other)
+            log_check.collect(user.state_home)
+            log_check.collect(work)
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(user.state_home, ignore_errors=True)
         assert not processes and not mounts, f"left behind: processes {processes}, mounts {mounts}"
@@ -131,7 +136,7 @@ def user_mount(
     setup: Setup, source: str, mnt: Path, *args: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``artifactfs mount`` run by the test user, up and ready."""
-    log = setup.work / f"{mnt.name}.log"
+    log = setup.work / f"{mnt.name}.stderr"
     process = setup.run.start(setup.user, "mount", source, str(mnt), *args, log=log)
 
     def alive() -> None:
@@ -228,7 +233,7 @@ def test_allow_other_is_refused_without_user_allow_other(
     assert not is_mounted(mnt)
     assert not setup.user.state_home.exists()  # refused before anything was written
 
-    log = setup.work / "daemon.log"
+    log = setup.work / "daemon.stderr"
     artifactfs = setup.run.start(setup.user, "daemon", log=log)
     try:
         wait_for(lambda: setup.cli("status").returncode == 0, 20, "the daemon to answer")
@@ -274,7 +279,7 @@ def test_unusable_setups_are_refused_in_one_line(
 
 
 def test_the_daemon_as_a_user(setup: Setup, daemon: GitDaemon, sample: Repo) -> None:
-    log = setup.work / "daemon.log"
+    log = setup.work / "daemon.stderr"
     artifactfs = setup.run.start(setup.user, "daemon", log=log)
     try:
         wait_for(lambda: setup.cli("status").returncode == 0, 20, "the daemon to answer")
@@ -312,7 +317,7 @@ def test_the_daemon_keeps_allow_other_across_restarts(
 ) -> None:
     setup.machine.set_user_allow_other(True)
     mnt = setup.user.state_home / "mnt" / "shared"
-    log = setup.work / "daemon.log"
+    log = setup.work / "daemon.stderr"
     for start in ("first", "second"):
         artifactfs = setup.run.start(setup.user, "daemon", log=log)
         try:

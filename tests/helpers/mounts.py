@@ -26,8 +26,10 @@ from .waiting import wait_for
 def run_cli(
     *args: str, home: Path, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``artifactfs ARGS`` with ``$ARTIFACTFS_HOME`` set; ``env`` adds to the environment."""
-    return subprocess.run(
+    """``artifactfs ARGS`` with ``$ARTIFACTFS_HOME`` set; ``env`` adds to the environment.
+    Its stderr is also appended to ``<home>-cli.stderr`` beside the home, where the log check
+    finds a traceback that an assertion on the exit status alone would miss (a crash exits 1)."""
+    result = subprocess.run(
         [sys.executable, "-m", "artifactfs", *args],
         capture_output=True,
         text=True,
@@ -36,6 +38,10 @@ def run_cli(
         check=False,
         stdin=subprocess.DEVNULL,
     )
+    if result.stderr:
+        with open(home.parent / f"{home.name}-cli.stderr", "a") as output:
+            output.write(result.stderr)
+    return result
 
 
 def errno_of(action: Callable[[], object]) -> int | None:
