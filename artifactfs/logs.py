@@ -28,7 +28,7 @@ class _MaskingFormatter(logging.Formatter):
         return mask_userinfo(super().format(record))
 
 
-BURST = 5
+BURST = 20
 WINDOW_SECONDS = 60.0
 
 

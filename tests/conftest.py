@@ -1,9 +1,12 @@
 """Fixtures: state homes, real git servers, sample repositories, a leak check and a log check.
 
 Test files are numbered by layer so the lowest broken layer fails first: ``test_1_*`` pure
-logic, ``test_2_*`` the CAS contract on a real disk, ``test_3_*`` the git source against real
-servers (no FUSE), ``test_4_*`` real mounts through the kernel, ``test_5_*`` the daemon,
-``test_6_*`` the whole program in its settings (shutdown, sandboxes, other users, Docker).
+logic (and the package's layering, from its imports), ``test_2_*`` the CAS contract on a real
+disk, ``test_3_*`` the sources against real servers and the read path in-process (the real
+operations, content and sources with no kernel: test_3_inprocess_reads.py), ``test_4_*`` real
+mounts through the kernel, ``test_5_*`` the daemon, ``test_6_*`` the whole program in its
+settings (shutdown, sandboxes, other users, Docker), ``test_7_*`` faults done to a real mount
+(a damaged store, a full disk, bad bytes from the Hub).
 
 Every test ends with two checks: no mount is left under its ``tmp_path``, and the logs of the
 artifactfs processes it ran (``run/logs/*.log`` of each state home, and the ``*.stderr`` files

@@ -221,7 +221,7 @@ def test_a_size_that_does_not_match_the_content_is_never_served(
 ) -> None:
     """As if object-info had lied: the verified content wins, the wrong size is not served."""
     expect_log(
-        r"^the server said blob \w+ has 3 bytes, but it has 9: refusing to serve it",
+        r"^read: the server said blob \w+ has 3 bytes, but it has 9: refusing to serve it",
         level="ERROR",
         required=True,
     )

@@ -96,7 +96,7 @@ def test_sigterm_with_a_worker_stuck_preparing_on_a_silent_origin(
 def test_sigterm_with_a_read_stuck_on_a_silent_origin(
     sample: Repo, daemon: GitDaemon, home: Path, expect_log: ExpectLog
 ) -> None:
-    expect_log(r"^read of \w+ failed: blob \w+: the mount is shutting down$", level="ERROR")
+    expect_log(r"^read: read of \w+ failed: blob \w+: the mount is shutting down$", level="ERROR")
     proxy = GitProxy(daemon.port)
     try:
         with running_daemon(home) as artifactfs:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import hub_env
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.hub import HubServer
 from tests.helpers.mounts import mounted
 from tests.helpers.waiting import wait_for
@@ -48,9 +49,19 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+MISMATCH = r"^the content of \S+ does not match \S+ \(got \w+\): thrown away$"
+
+
 def test_a_handle_served_bad_bytes_gets_eio_and_a_new_open_gets_good_ones(
-    hub: HubServer, files: dict[str, bytes], tmp_path: Path, mnt: Path, home: Path
+    hub: HubServer,
+    files: dict[str, bytes],
+    tmp_path: Path,
+    mnt: Path,
+    home: Path,
+    expect_log: ExpectLog,
 ) -> None:
+    expect_log(MISMATCH, level="ERROR", required=True)
+    expect_log(r"^read: \S+: bytes this open file was served did not match", required=True)
     hub.fault_corrupt(path=BIG, times=1)
     with mounted("hf://org/model", mnt, home, env=hub_env(hub, tmp_path)) as mount:
         reader = subprocess.Popen(
@@ -75,8 +86,16 @@ def test_a_handle_served_bad_bytes_gets_eio_and_a_new_open_gets_good_ones(
 
 
 def test_a_file_given_up_on_is_fetched_again_once_the_origin_is_repaired(
-    hub: HubServer, files: dict[str, bytes], tmp_path: Path, mnt: Path, home: Path
+    hub: HubServer,
+    files: dict[str, bytes],
+    tmp_path: Path,
+    mnt: Path,
+    home: Path,
+    expect_log: ExpectLog,
 ) -> None:
+    expect_log(MISMATCH, level="ERROR", required=True)
+    expect_log(r"^giving up on git-sha1:\w+ for 2 s$", level="ERROR", required=True)
+    expect_log(r"^read: the content of \S+ does not match \S+$", level="ERROR", required=True)
     hub.fault_corrupt(path=SMALL, times=2)  # two bad copies: given up on, for a while
     with mounted("hf://org/model", mnt, home, env=hub_env(hub, tmp_path)) as mount:
         with pytest.raises(OSError) as failed:
@@ -95,8 +114,14 @@ def _reads(path: Path) -> bytes | None:
 
 
 def test_a_damaged_copy_in_the_cas_is_quarantined(
-    hub: HubServer, files: dict[str, bytes], tmp_path: Path, mnt: Path, home: Path
+    hub: HubServer,
+    files: dict[str, bytes],
+    tmp_path: Path,
+    mnt: Path,
+    home: Path,
+    expect_log: ExpectLog,
 ) -> None:
+    expect_log(r"^blob git-sha1:\w+ in the CAS is damaged \(15 bytes, expected 15\)", required=True)
     env = hub_env(hub, tmp_path)
     with mounted("hf://org/model", mnt, home, env=env):
         assert (mnt / SMALL).read_bytes() == files[SMALL]

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from tests.conftest import BIG, BINARY
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.gitrepos import Repo
 from tests.helpers.mounts import mounted, run_cli
 from tests.helpers.servers import GitDaemon
@@ -42,9 +43,16 @@ def quarantined(home: Path) -> list[Path]:
     return sorted((home / "cas" / "quarantine").glob("*/*"))
 
 
+DAMAGED = (
+    r"^blob git-sha1:\w+ in the CAS is damaged \(\d+ bytes, expected \d+\): moved to \S+,"
+    r" fetching it again$"
+)
+
+
 def test_damaged_blobs_are_quarantined_and_fetched_again(
-    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path, expect_log: ExpectLog
 ) -> None:
+    expect_log(DAMAGED, level="ERROR", required=True)
     url = daemon.url("sample.git")
     expected = {"README.md": b"# sample\n", "data/binary.dat": BINARY, "data/big.bin": BIG}
     with mounted(url, mnt, home):
@@ -68,7 +76,10 @@ def test_damaged_blobs_are_quarantined_and_fetched_again(
         assert (mnt / "data" / "big.bin").read_bytes() == BIG
 
 
-def test_a_running_mount_heals_too(daemon: GitDaemon, sample: Repo, mnt: Path, home: Path) -> None:
+def test_a_running_mount_heals_too(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path, expect_log: ExpectLog
+) -> None:
+    expect_log(DAMAGED, level="ERROR", required=True)
     url = daemon.url("sample.git")
     with mounted(url, mnt, home):
         assert (mnt / "README.md").read_bytes() == b"# sample\n"
