@@ -140,9 +140,11 @@ class GitContent:
 
     # -- reading --------------------------------------------------------------------------------
 
-    async def open_fd(self, snapshot: SnapshotIndex, row: Row) -> int:
+    async def open_fd(self, snapshot: SnapshotIndex, row: Row) -> tuple[int, bytes | None]:
         """A descriptor of ``row``'s blob, checked (see ``_checked``), fetching it first if it
-        is missing, and again if the copy in the CAS turns out to be damaged."""
+        is missing, and again if the copy in the CAS turns out to be damaged; and the whole
+        content when checking it read it on the loop (a small file: reads are served from
+        that, not read again)."""
         digest = snapshot.digest_of(row)
         for attempt in range(2):
             try:
@@ -158,8 +160,9 @@ class GitContent:
                     raise type(exc)(f"read of {row.oid} failed: {exc}") from None
                 fd, size = await self._open(digest)
             try:
-                if await self._checked(snapshot, row, digest, fd, size):
-                    return fd
+                intact, content = await self._checked(snapshot, row, digest, fd, size)
+                if intact:
+                    return fd, content
             except BaseException:
                 os.close(fd)
                 raise
@@ -177,18 +180,20 @@ class GitContent:
 
     async def _checked(
         self, snapshot: SnapshotIndex, row: Row, digest: Digest, fd: int, size: int
-    ) -> bool:
+    ) -> tuple[bool, bytes | None]:
         """Whether the CAS file of ``row`` may be served. Small blobs (up to
         ``VERIFY_ON_OPEN``) are hashed on their first open in this worker, and any blob whose
         size differs from the snapshot's: False if the file does not hash to its digest (local
         damage: heal it). A file that does but has another size than the server announced is
         refused (``IntegrityError``: the kernel holds the wrong size, so the true bytes could
-        not be served whole); its verified size is stored for the next mount."""
+        not be served whole); its verified size is stored for the next mount. Also returns
+        the content when it was read whole to be hashed."""
         wrong_size = row.size is not None and size != row.size
         if not wrong_size and (digest.hex in self._verified or size > VERIFY_ON_OPEN):
-            return True
-        if not await self._hashes_right(digest, fd, size):
-            return False
+            return True, None
+        intact, content = await self._hashes_right(digest, fd, size)
+        if not intact:
+            return False, None
         self._verified.add(digest.hex)
         if wrong_size:
             snapshot.record_sizes({row.inode: size})
@@ -196,17 +201,19 @@ class GitContent:
                 f"the server said blob {row.oid} has {row.size} bytes, but it has {size}:"
                 " refusing to serve it in this mount (the next mount will show the true size)"
             )
-        return True
+        return True, content
 
-    async def _hashes_right(self, digest: Digest, fd: int, size: int) -> bool:
+    async def _hashes_right(self, digest: Digest, fd: int, size: int) -> tuple[bool, bytes | None]:
         """Hash the open CAS file: on the loop when it is small and in the page cache (a
-        walker's files, just fetched), else in a thread."""
+        walker's files, just fetched; the bytes read are returned too), else in a thread."""
         if size <= HASH_ON_LOOP:
-            data = await cas_reads.pread(fd, size, 0, self._io)
+            data = bytes(await cas_reads.pread(fd, size, 0, self._io))
             hasher = digest.algorithm.new_hasher(len(data))
             hasher.update(data)
-            return len(data) == size and hasher.hexdigest() == digest.hex
-        return await trio.to_thread.run_sync(_hash_matches, digest, fd, size, limiter=self._io)
+            intact = len(data) == size and hasher.hexdigest() == digest.hex
+            return intact, data if intact else None
+        intact = await trio.to_thread.run_sync(_hash_matches, digest, fd, size, limiter=self._io)
+        return intact, None
 
     async def pread(self, fd: int, size: int, offset: int) -> bytes:
         return await cas_reads.pread(fd, size, offset, self._io)
@@ -276,6 +283,8 @@ class _WholeBlob:
         self._snapshot = snapshot
         self._row = row
         self._fd: int | None = None
+        self._verified: bytes | None = None
+        """The whole content, when checking it on open read it (small files only)."""
         self._opening = trio.Lock()
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -285,10 +294,15 @@ class _WholeBlob:
         if self._fd is None:
             async with self._opening:
                 if self._fd is None:
-                    self._fd = await self._content.open_fd(self._snapshot, self._row)
+                    self._fd, self._verified = await self._content.open_fd(
+                        self._snapshot, self._row
+                    )
+        if self._verified is not None:
+            return self._verified[offset : offset + size]
         return await self._content.pread(self._fd, size, offset)
 
     def close(self) -> None:
+        self._verified = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
