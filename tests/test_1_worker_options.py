@@ -27,6 +27,7 @@ CASES = [
         verbose=2,
         name="model",
         control_socket="/home/x/run/workers/model.sock",
+        offline=True,
     ),
 ]
 

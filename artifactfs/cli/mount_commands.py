@@ -53,6 +53,13 @@ def add_parsers(commands: Any) -> None:
         "user_allow_other in /etc/fuse.conf)",
     )
     mount.add_argument(
+        "--offline",
+        action="store_true",
+        help="send nothing to the origin: a branch or tag shows the commit it last resolved to "
+        "in this state home, and reads of bytes not stored fail at once (also "
+        "ARTIFACTFS_OFFLINE=1; for hf:// sources also HF_HUB_OFFLINE=1)",
+    )
+    mount.add_argument(
         "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
     )
     # for the daemon's workers only
@@ -77,6 +84,7 @@ def mount_foreground(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         name=args.name,
         control_socket=args.control_socket,
+        offline=args.offline,
     )
     return launch(options)
 

@@ -39,6 +39,7 @@ from .mountpoints import check_fuse_device, check_mountpoint
 from .options import check_allow_other
 
 MAX_IO_TIMEOUT = 86400.0
+OFFLINE_ENV = "ARTIFACTFS_OFFLINE"
 DEFAULT_IO_TIMEOUT = 60.0
 
 
@@ -60,6 +61,9 @@ class WorkerOptions:
     """The repository's name, when the daemon runs this worker."""
     control_socket: str | None = None
     """Where the daemon talks to this worker (daemon mode)."""
+    offline: bool = False
+    """Send nothing to the origin (also ``ARTIFACTFS_OFFLINE=1``; Hub sources: also
+    ``HF_HUB_OFFLINE=1``)."""
 
     def command_line(self) -> list[str]:
         """The ``artifactfs`` arguments that ask for this worker (what ``ps`` shows)."""
@@ -80,6 +84,8 @@ class WorkerOptions:
             arguments.append("--token-stdin")
         if self.allow_other:
             arguments.append("--allow-other")
+        if self.offline:
+            arguments.append("--offline")
         arguments += ["-v"] * self.verbose
         return arguments
 
@@ -123,6 +129,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         credentials=credentials,
         counters=FetchCounters(),
         io_timeout=options.io_timeout,
+        offline=options.offline or _truthy(os.environ.get(OFFLINE_ENV)),
     )
     from .head_start import HeadStart
 
@@ -141,6 +148,10 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         allow_other=options.allow_other,
     )
     return run(request, head_start)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "on", "yes", "true")
 
 
 def _credentials(options: WorkerOptions, stdin: IO[str]) -> CredentialProvider:

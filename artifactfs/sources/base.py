@@ -87,6 +87,9 @@ class SourceSettings:
     """Where the source counts what it pulled from its origin."""
     io_timeout: float
     """Give up on a silent origin after this many seconds."""
+    offline: bool = False
+    """Send nothing to the origin: a ref is what it last resolved to in this home, and reads of
+    bytes that are not stored fail at once."""
 
 
 class BlobReader(Protocol):

@@ -240,6 +240,8 @@ class GitContent:
         return listed is not None and trio.current_time() - listed < LISTING_HINT_SECONDS
 
     def _fetch_ahead(self, snapshot: SnapshotIndex, row: Row, missing: bool) -> None:
+        if self._remote.settings.offline:
+            return  # nothing is fetched at all
         hints = self._hints_of(snapshot)
         if hints.ahead is None:
             hints.ahead = FetchAhead(snapshot, hints.listed)

@@ -36,6 +36,7 @@ from ...snapshot.entries import (
     printable,
 )
 from ...snapshot.index import DirectoryListing, SnapshotIndex, snapshot_path, write_snapshot
+from ...snapshot.refs import recall, remember
 from ..base import PreparedSnapshot, SourceSettings
 from . import object_info
 from .packs import iter_objects, object_id, received_pack
@@ -114,10 +115,27 @@ class GitRemote:
         known = self.prepared_offline()
         if known is not None:  # a commit never changes: no need to ask the server
             return known
+        snapshots = self.settings.snapshots_dir
+        if self.settings.offline:
+            return self._last_resolved(snapshots)
         try:
-            return self._prepare(self.settings.snapshots_dir, self.cas)
+            prepared = self._prepare(snapshots, self.cas)
         except REMOTE_FAILURES as exc:
             raise self._failure(exc) from exc
+        remember(snapshots, "git", self.spec.url, self.ref, prepared.commit)
+        return prepared
+
+    def _last_resolved(self, snapshots: Path) -> PreparedSnapshot:
+        """Offline: the commit the ref last resolved to in this home, if its snapshot is here."""
+        commit = recall(snapshots, "git", self.spec.url, self.ref)
+        path = snapshot_path(snapshots, commit) if commit is not None else None
+        if commit is None or path is None or not path.exists():
+            raise SourceError(
+                f"offline, and {self.ref or 'HEAD'} of {self.display} was never prepared in"
+                " this home (mount it once online, or pin a commit whose snapshot is here)"
+            )
+        self.object_format = SnapshotIndex.read_meta(path).object_format
+        return PreparedSnapshot(path, commit)
 
     def prepared_offline(self) -> PreparedSnapshot | None:
         """A ``--ref`` that is a full commit id whose snapshot is on disk needs no server."""
@@ -288,6 +306,8 @@ class GitRemote:
         """Fetch blobs by id (with their expected sizes, None if unknown) in one pack; publish
         each to the CAS, telling ``published`` as each lands; return the ids published. Blobs
         we did not ask for are dropped."""
+        if self.settings.offline:
+            raise SourceError("offline: not in the store, and nothing is fetched (--offline)")
         try:
             return self._fetch_blobs(wanted, published)
         except REMOTE_FAILURES as exc:

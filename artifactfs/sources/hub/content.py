@@ -26,6 +26,8 @@ class HubRepository:
     spec: HubSourceSpec
     endpoint: str
     token: str | None
+    offline: bool = False
+    """Fetch nothing: bytes that are not stored fail at once."""
 
 
 class HubContent:
@@ -36,7 +38,11 @@ class HubContent:
         self._settings = settings
         self._client: HubClient | None = None
         self._blobs = RangedBlobs(
-            ContentStore(settings.cas_dir), self._http, settings.io_timeout, host.forget_cached
+            ContentStore(settings.cas_dir),
+            self._http,
+            settings.io_timeout,
+            host.forget_cached,
+            offline=repository.offline,
         )
 
     def _http(self) -> HubClient:

@@ -119,6 +119,7 @@ class RangedBlobs:
         client: Callable[[], HubClient],
         io_timeout: float,
         forget_cached: ForgetCached,
+        offline: bool = False,
     ) -> None:
         self._cas = cas
         self._client = client
@@ -126,6 +127,7 @@ class RangedBlobs:
         self._closed: str | None = None
         self._io_timeout = io_timeout
         self._forget_cached = forget_cached
+        self._offline = offline
         self._states: dict[Digest, _State] = {}
         self._ranges = trio.CapacityLimiter(PARALLEL_RANGES)
         self._io = trio.CapacityLimiter(8)
@@ -380,6 +382,8 @@ class RangedBlobs:
         epoch = state.epoch
         writer = _AlignedWriter(self, state, epoch)
         try:
+            if self._offline:
+                raise SourceError(f"{blob.url}: offline, and these bytes are not stored")
             async with self._ranges:
                 await self._http().fetch(blob.url, start, end, blob.size, writer.deliver)
             await writer.finish()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ...errors import SourceError
 from ...snapshot.entries import Kind, NewEntry, RefusedEntry, check_name, printable
 from ...snapshot.index import DirectoryListing, snapshot_path, write_snapshot
+from ...snapshot.refs import recall, remember
 from ..base import Content, ContentHost, PreparedSnapshot, SourceSettings
 from .api import HubApi, HubFile
 from .content import HubContent, HubRepository
@@ -61,13 +62,14 @@ class HubSource:
         self.settings = settings
         self.endpoint = hub_endpoint()
         self.token = settings.credentials.given_token() or hub_token()
+        self.offline = settings.offline or _hub_offline()
 
     @property
     def display(self) -> str:
         return self.spec.display
 
     def open_content(self, host: ContentHost) -> Content:
-        repository = HubRepository(self.spec, self.endpoint, self.token)
+        repository = HubRepository(self.spec, self.endpoint, self.token, self.offline)
         return HubContent(repository, self.settings, host)
 
     def prepared_offline(self) -> PreparedSnapshot | None:
@@ -83,9 +85,13 @@ class HubSource:
         known = self.prepared_offline()
         if known is not None:  # a commit never changes: no need to ask the Hub
             return known
+        snapshots = self.settings.snapshots_dir
+        if self.offline:
+            return self._last_resolved()
         api = HubApi(self.spec, self.endpoint, self.token)
         commit = api.resolve()
-        path = snapshot_path(self.settings.snapshots_dir, commit.sha, "hub")
+        remember(snapshots, "hub", self.spec.url, None, commit.sha)
+        path = snapshot_path(snapshots, commit.sha, "hub")
         if path.exists():
             log.info("snapshot of %s already on disk", commit.sha)
             return PreparedSnapshot(path, commit.sha)
@@ -99,6 +105,24 @@ class HubSource:
             meta.total_size,
         )  # fmt: skip
         return PreparedSnapshot(path, commit.sha)
+
+    def _last_resolved(self) -> PreparedSnapshot:
+        """Offline: the commit the revision last resolved to in this home, if its snapshot is
+        here."""
+        snapshots = self.settings.snapshots_dir
+        commit = recall(snapshots, "hub", self.spec.url, None)
+        path = snapshot_path(snapshots, commit, "hub") if commit is not None else None
+        if commit is None or path is None or not path.exists():
+            raise SourceError(
+                f"offline, and {self.spec.url} was never prepared in this home (mount it once"
+                " online, or pin a commit whose snapshot is here)"
+            )
+        return PreparedSnapshot(path, commit)
+
+
+def _hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _tree(files: Iterable[HubFile]) -> _Directory:
