@@ -15,6 +15,7 @@ many were left out. A walk that fails on thousands of files costs a few lines, n
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -66,17 +67,34 @@ class RateLimit(logging.Filter):
         return True
 
 
+class SessionGone(logging.Filter):
+    """Drop pyfuse3's report of a kernel-cache notification that failed because the FUSE
+    session is closed already (EBADF): a refresh queues one per name of the old root, and an
+    unmount right after it leaves them moot. pyfuse3 logs each with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (
+            record.name.startswith("pyfuse3")
+            and isinstance(error, OSError)
+            and error.errno == errno.EBADF
+            and "invalidate" in str(record.msg)
+        )
+
+
 def configure(log_file: Path | None, verbosity: int) -> None:
     """Route the ``artifactfs`` loggers to stderr and ``log_file`` (verbosity: 0, 1 or 2)."""
     logging.raiseExceptions = False  # a record that cannot be written is dropped, silently
     root = logging.getLogger()
     root.handlers.clear()
     limit = RateLimit()
+    gone = SessionGone()
     root.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
 
     to_stderr = logging.StreamHandler(sys.stderr)
     to_stderr.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)])
     to_stderr.setFormatter(_MaskingFormatter("artifactfs: %(message)s"))
+    to_stderr.addFilter(gone)
     to_stderr.addFilter(limit)
     root.addHandler(to_stderr)
 
@@ -85,6 +103,7 @@ def configure(log_file: Path | None, verbosity: int) -> None:
         to_file.setFormatter(
             _MaskingFormatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
         )
+        to_file.addFilter(gone)
         to_file.addFilter(limit)
         root.addHandler(to_file)
     # third-party chatter stays out of stderr unless debugging

@@ -80,3 +80,24 @@ def test_logging_never_floods_and_never_raises(
         for handler in logging.getLogger().handlers[:]:
             handler.close()
             logging.getLogger().removeHandler(handler)
+
+
+def test_notifications_of_a_closed_fuse_session_are_not_reported() -> None:
+    import errno
+    import logging
+
+    from artifactfs.logs import SessionGone
+
+    def record(name: str, msg: str, code: int) -> logging.LogRecord:
+        try:
+            raise OSError(code, "fuse_lowlevel_notify_inval_entry returned")
+        except OSError:
+            import sys
+
+            return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, (), sys.exc_info())
+
+    gone = SessionGone()
+    moot = "Failed to submit invalidate_entry request for parent inode %d, name %s"
+    assert not gone.filter(record("pyfuse3", moot, errno.EBADF))
+    assert gone.filter(record("pyfuse3", moot, errno.EIO))  # anything else is still told
+    assert gone.filter(record("artifactfs.x", moot, errno.EBADF))
