@@ -165,7 +165,7 @@ def test_a_download_survives_a_restart_and_a_moving_branch(
     with mounted("hf://org/model", mnt, home, env=env) as mount:
         assert mount.xattr("commit") == moved
         saved = int(mount.xattr("cached", mnt / BIG))  # what the first worker kept, unread yet
-        assert head <= saved <= first
+        assert head <= saved < len(big)  # (read-ahead may have gone on after ``first``)
         assert (mnt / "README.md").read_bytes() == b"# moved on\n"
         assert sha256_of(mnt / BIG) == hashlib.sha256(big).hexdigest()
         total = hub.bytes_served("org/model", BIG)
