@@ -14,7 +14,7 @@ from tests.conftest import BIG, BINARY
 from tests.helpers.checklogs import ExpectLog
 from tests.helpers.gitrepos import Repo
 from tests.helpers.mounts import mounted, run_cli
-from tests.helpers.servers import GitDaemon
+from tests.helpers.servers import GitDaemon, GitProxy
 
 
 def blob_path(home: Path, repo: Repo, path: str) -> Path:
@@ -128,3 +128,28 @@ def test_verify_refuses_bad_input_in_one_line(home: Path) -> None:
         2,
         f"artifactfs: no store at {home / 'cas'}: nothing to verify\n",
     )
+
+
+def test_sizes_and_symlink_targets_are_never_learned_from_a_damaged_copy(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path, expect_log: ExpectLog
+) -> None:
+    """A server without object-info: sizes are learned from the blobs, and symlink targets are
+    read from them at prepare. A damaged copy in the CAS teaches neither."""
+    expect_log(r"^blob git-sha1:\w+ in the CAS is damaged", level="ERROR", required=True)
+    proxy = GitProxy(daemon.port, hide_capability=b"object-info")
+    try:
+        url = daemon.url("sample.git", proxy.port)
+        with mounted(url, mnt, home):
+            assert os.stat(mnt / "README.md").st_size == len(b"# sample\n")
+            assert os.readlink(mnt / "links" / "to-readme") == "../README.md"
+        for snapshot in (home / "snapshots").glob("*.sqlite"):
+            snapshot.unlink()  # the next prepare learns everything again
+        damage(blob_path(home, sample, "README.md"), "truncate")
+        damage(blob_path(home, sample, "links/to-readme"), "flip")
+        with mounted(url, mnt, home):
+            assert os.readlink(mnt / "links" / "to-readme") == "../README.md"
+            assert os.stat(mnt / "README.md").st_size == len(b"# sample\n")
+            assert (mnt / "README.md").read_bytes() == b"# sample\n"
+        assert len(quarantined(home)) == 2
+    finally:
+        proxy.stop()

@@ -45,6 +45,11 @@ from .digests import Algorithm, Digest, digest_of
 
 _TEMP_PREFIX = ".tmp-"
 QUARANTINE = "quarantine"
+VERIFY_ON_OPEN = 1 << 20
+"""Published blobs up to this size are hashed before a worker first serves them, so a byte
+flipped on disk is never served: a walker's files are this small, and hashing one of a few KiB
+costs microseconds. Larger ones are checked by size on every open, and whole by ``artifactfs
+verify`` (cas/scrub.py)."""
 _temp_serials = itertools.count()
 _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -28,6 +28,7 @@ import trio
 from ...cas import Digest
 from ...cas import reads as cas_reads
 from ...cas.claims import FetchClaims
+from ...cas.store import VERIFY_ON_OPEN
 from ...errors import BlobUnavailable, IntegrityError, ReadError, SourceError
 from ...snapshot import Row, SnapshotIndex
 from ..base import BlobReader, ContentHost
@@ -39,11 +40,6 @@ from .walks import FetchAhead
 log = logging.getLogger(__name__)
 
 SIZE_BATCH = 1000
-VERIFY_ON_OPEN = 1 << 20
-"""Blobs up to this size are hashed on their first open in each worker, so a byte flipped on
-disk is never served: a walker's files are this small, and hashing one of a few KiB costs
-microseconds. Larger ones are checked by size on every open, and whole by ``artifactfs
-verify``."""
 HASH_ON_LOOP = 64 << 10
 """Up to this size a file is read and hashed on the trio thread (tens of microseconds)."""
 LISTING_HINT_SECONDS = 5.0
@@ -103,6 +99,20 @@ class GitContent:
         if self._listed_recently(snapshot, row.parent):
             siblings = snapshot.unknown_size_siblings(row)[:SIZE_BATCH]
             batch = [row, *(s for s in siblings if s.inode != row.inode)]
+
+        def set_aside_damaged() -> None:
+            """A size is never learned from an unchecked file: copies already in the CAS are
+            hashed first, and a damaged one is quarantined (so it is fetched below)."""
+            for sibling in batch:
+                digest = snapshot.digest_of(sibling)
+                actual = self._cas.hash_published(digest)
+                if actual == digest.hex:
+                    self._verified.add(digest.hex)
+                elif actual is not None:
+                    where = self._cas.quarantine(digest)
+                    log.error("blob %s in the CAS is damaged: moved to %s", digest, where)
+
+        await trio.to_thread.run_sync(set_aside_damaged, limiter=self._io)
         try:
             await self._fetcher.ensure({s.oid: None for s in batch if s.oid})
         except BlobUnavailable as exc:

@@ -273,7 +273,18 @@ class GitRemote:
             else:
                 wanted[oid] = size
         algorithm = git_blob_algorithm(self.object_format)
-        missing = {oid: s for oid, s in wanted.items() if not cas.contains(Digest(algorithm, oid))}
+        missing: dict[str, int | None] = {}
+        for oid, size in wanted.items():  # a target is never learned from an unchecked file
+            digest = Digest(algorithm, oid)
+            actual = cas.hash_published(digest)
+            if actual == oid:
+                continue
+            if actual is not None:
+                where = cas.quarantine(digest)
+                log.error(
+                    "blob %s in the CAS is damaged: moved to %s, fetching it again", digest, where
+                )
+            missing[oid] = size
         if missing:
             self._fetch_blobs(missing, lambda oid: None)
         targets: dict[str, bytes] = {}

@@ -31,6 +31,7 @@ import trio
 from ...cas import ContentStore, Digest, DigestMismatch
 from ...cas import reads as cas_reads
 from ...cas.partial import BLOCK, PartialBlob, blocks_in
+from ...cas.store import VERIFY_ON_OPEN
 from ...errors import BlobUnavailable, IntegrityError, NoSpace, SourceError, is_no_space
 from ...snapshot import Row, SnapshotIndex
 from .client import HubClient
@@ -43,9 +44,6 @@ MAX_RANGE_BLOCKS = 32  # 8 MiB per request
 PARALLEL_RANGES = 8
 FLUSH_SECONDS = 2.0
 MAX_MISMATCHES = 2
-VERIFY_ON_OPEN = 1 << 20
-"""Kept blobs up to this size are hashed before this worker first serves them (larger ones
-are checked by size, and whole by ``artifactfs verify``)."""
 RETRY_SECONDS = (2.0, 10.0, 60.0, 300.0)
 """After ``MAX_MISMATCHES`` bad copies in a row a file fails (EIO) for this long, growing with
 each time it happens again; then it is fetched afresh (the origin may have been repaired)."""
