@@ -3,7 +3,7 @@ no import cycle, and nothing above ``sources/`` names a kind of source.
 
 The layers, lowest first (docs/architecture.md draws them):
 
-    leaves (errors, redact, home, logs, ipc)  <  cas  <  snapshot  <  sources
+    leaves (errors, redact, home, logs, ipc)  <  cas  <  snapshot  <  overlay  <  sources
     <  fs  <  mount  <  daemon  <  cli
 
 Imports inside functions count too (they are how heavy modules are put off, not a way around
@@ -25,14 +25,15 @@ LAYERS = {
     "logs": 0,
     "ipc": 0,
     "__init__": 0,
-    "__main__": 8,
+    "__main__": 9,
     "cas": 1,
     "snapshot": 2,
-    "sources": 3,
-    "fs": 4,
-    "mount": 5,
-    "daemon": 6,
-    "cli": 7,
+    "overlay": 3,
+    "sources": 4,
+    "fs": 5,
+    "mount": 6,
+    "daemon": 7,
+    "cli": 8,
 }
 SOURCE_KINDS = ("artifactfs.sources.git", "artifactfs.sources.hub")
 ABOVE_SOURCES = ("artifactfs.fs", "artifactfs.mount", "artifactfs.daemon", "artifactfs.cli")

@@ -144,6 +144,52 @@ class Content(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LowerStat:
+    """What ``getattr`` shows of an unchanged snapshot entry in a workspace: what a
+    version-control index records, so that its stat check passes without reading the file."""
+
+    inode: int
+    mode: int
+    size: int
+    mtime_ns: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class RootFile:
+    """A read-only file a worktree adds at the root of a writable mount (git: ``.git``)."""
+
+    name: bytes
+    content: bytes
+
+
+class Worktree(Protocol):
+    """A source's version-control directory for a writable mount (git: a partial clone kept
+    under the workspace directory, outside the mount, so git never goes through FUSE for it).
+    All methods block; the mount runs them in a thread."""
+
+    def attach(
+        self,
+        snapshot: SnapshotIndex,
+        directory: Path,
+        stat_of: Callable[[Row], LowerStat],
+        journal: Path,
+    ) -> RootFile:
+        """Make the version-control directory under ``directory`` show ``snapshot``'s commit,
+        unless it already was made for that commit (a restart: then it is left exactly as the
+        user's commands left it); ``stat_of`` gives each unchanged entry's attributes for the
+        index, ``journal`` is the overlay database the change hook reads. Returns the file to
+        show at the mount's root. Raises ``SourceError``."""
+        ...
+
+    def keep_blob(self, row: Row, content: Path) -> None:
+        """A copy-up read ``row``'s verified bytes from ``content`` (a CAS file): keep them
+        where the version-control tools find them (best effort: never raises)."""
+        ...
+
+
 class Source(Protocol):
     """One origin, opened for one mount."""
 
@@ -164,6 +210,10 @@ class Source(Protocol):
 
     def open_content(self, host: ContentHost) -> Content:
         """The content the mount reads through (call once, on the trio thread)."""
+        ...
+
+    def worktree(self) -> Worktree | None:
+        """The version-control directory a writable mount of this source gets, if any."""
         ...
 
 

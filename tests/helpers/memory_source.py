@@ -263,6 +263,10 @@ class MemorySource:
     def open_content(self, host: ContentHost) -> Content:
         return MemoryContent(self.origin, self.settings, host)
 
+    def worktree(self) -> None:
+        """No version-control directory: a writable mount is an overlay alone."""
+        return None
+
 
 # -- the content ----------------------------------------------------------------------------
 

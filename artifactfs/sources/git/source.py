@@ -31,3 +31,7 @@ class GitSource:
 
     def open_content(self, host: ContentHost) -> Content:
         return GitContent(self.remote, host)
+
+    def worktree(self) -> None:
+        """Not yet: a partial clone under the workspace (issue 13, in progress)."""
+        return None

@@ -72,6 +72,10 @@ class HubSource:
         repository = HubRepository(self.spec, self.endpoint, self.token, self.offline)
         return HubContent(repository, self.settings, host)
 
+    def worktree(self) -> None:
+        """No version-control directory: a writable mount is an overlay alone."""
+        return None
+
     def prepared_offline(self) -> PreparedSnapshot | None:
         """A revision that is a full commit id whose snapshot is on disk needs no Hub."""
         revision = self.spec.revision
