@@ -166,15 +166,23 @@ class Daemon:
         if allow_other:  # our workers mount with our rights: may *we* ask for it?
             await trio.to_thread.run_sync(check_allow_other)
         mountpoint = await self._check_new_mountpoint(name, request.get("mount"))
+        token = request.get("token")
+        token = token if isinstance(token, str) and token else None
         try:
             repo = self.registry.add(
-                name, spec.url, ref, str(mountpoint), token_file, allow_other=allow_other
+                name,
+                spec.url,
+                ref,
+                str(mountpoint),
+                token_file,
+                allow_other=allow_other,
+                token_from=spec.token_variable if token else None,
+                offline=bool(request.get("offline")),
             )
         except Conflict:
             await self._drop_new_mountpoint(name, mountpoint)
             raise UserError(f"a repository named {name!r} or at {mountpoint} exists") from None
-        token = request.get("token")
-        if isinstance(token, str) and token:
+        if token is not None:
             self.tokens[name] = token
         supervisor = self._start(repo)
         await supervisor.mounted_once.wait()
@@ -210,7 +218,24 @@ class Daemon:
         return supervisor.status if supervisor is not None else repo.public()
 
     async def _prepare(self, request: Message, reply: Reply) -> dict[str, Any]:
-        return await self._ask_worker(request, reply, "prepare")
+        """Prepare again; with a token (given back after a daemon restart, or rotated), the
+        worker is restarted to take it, and its start prepares."""
+        token = request.get("token")
+        if not (isinstance(token, str) and token):
+            return await self._ask_worker(request, reply, "prepare")
+        repo = self._known(str(request.get("name", "")))
+        supervisor = self.supervisors.get(repo.name)
+        if supervisor is None:
+            raise UserError(f"{repo.name} is not mounted (artifactfs remount {repo.name})")
+        self.tokens[repo.name] = token
+        async with self._locks[repo.name]:
+            supervisor.mount_error = None
+            await supervisor.restart(token)
+        if supervisor.mount_error is not None:
+            raise UserError(f"cannot mount {repo.name}: {supervisor.mount_error}")
+        if not request.get("async"):
+            await _follow(supervisor, reply)
+        return {"status": supervisor.status}
 
     async def _refresh(self, request: Message, reply: Reply) -> dict[str, Any]:
         return await self._ask_worker(request, reply, "refresh")
