@@ -28,6 +28,7 @@ CASES = [
         name="model",
         control_socket="/home/x/run/workers/model.sock",
         offline=True,
+        require_commit="a" * 40,
     ),
 ]
 

@@ -70,6 +70,12 @@ def add_parsers(commands: Any) -> None:
         " it to, and only what is already stored can be read; kept across restarts",
     )
     add.add_argument(
+        "--require-commit",
+        metavar="SHA",
+        help="become ready only if the ref resolves to this full commit id; kept, so a refresh"
+        " obeys it too",
+    )
+    add.add_argument(
         "--async", dest="async_", action="store_true", help="return once the mount point is up"
     )
     add.set_defaults(run=add_repo)
@@ -201,7 +207,7 @@ def _detach(home: Any, args: argparse.Namespace) -> int:
 
 def add_repo(args: argparse.Namespace) -> int:
     from ..daemon.names import check_name
-    from ..sources import check_ref, parse_source
+    from ..sources import check_commit_id, check_ref, parse_source
 
     check_name(args.name)  # the daemon checks again; this spares it the obvious
     spec = parse_source(args.source).with_ref(check_ref(args.ref))
@@ -220,6 +226,8 @@ def add_repo(args: argparse.Namespace) -> int:
         message["allow_other"] = True
     if args.offline:
         message["offline"] = True
+    if args.require_commit is not None:
+        message["require_commit"] = check_commit_id(args.require_commit)
     token = os.environ.get(spec.token_variable, "").strip()
     if token:  # kept in the daemon's memory only, handed to the worker on its stdin
         message["token"] = token

@@ -60,6 +60,12 @@ def add_parsers(commands: Any) -> None:
         "ARTIFACTFS_OFFLINE=1; for hf:// sources also HF_HUB_OFFLINE=1)",
     )
     mount.add_argument(
+        "--require-commit",
+        metavar="SHA",
+        help="become ready only if the ref resolves to this full commit id (else fail, saying"
+        " what it resolved to): a verified source for CI",
+    )
+    mount.add_argument(
         "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
     )
     # for the daemon's workers only
@@ -85,6 +91,7 @@ def mount_foreground(args: argparse.Namespace) -> int:
         name=args.name,
         control_socket=args.control_socket,
         offline=args.offline,
+        require_commit=args.require_commit,
     )
     return launch(options)
 

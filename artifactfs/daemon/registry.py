@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS repos (
     token_file    TEXT,               -- path of a file holding an access token (never the token)
     allow_other   INTEGER NOT NULL DEFAULT 0,  -- 1: mounted with allow_other (others may read)
     offline       INTEGER NOT NULL DEFAULT 0,  -- 1: added with --offline (nothing is sent)
+    require_commit TEXT,              -- --require-commit: the only commit it may show
     token_from    TEXT,               -- the variable add-repo took a token from (never the
                                       -- token: that lives in the daemon's memory only)
     wanted        INTEGER NOT NULL,   -- 1: keep it mounted (restart its worker if it dies);
@@ -51,6 +52,7 @@ MIGRATIONS: dict[int, str | tuple[str, ...]] = {
     2: (
         "ALTER TABLE repos ADD COLUMN token_from TEXT",
         "ALTER TABLE repos ADD COLUMN offline INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE repos ADD COLUMN require_commit TEXT",
     ),
 }
 """Version N's change, applied to a registry at version N - 1 (version 0: before versions)."""
@@ -80,6 +82,7 @@ class Repo:
     bytes_fetched: int
     allow_other: bool = False
     offline: bool = False
+    require_commit: str | None = None
     token_from: str | None = None
     """The environment variable ``add-repo`` took a token from: a restarted daemon no longer
     has that token, and says so (never the token itself)."""
@@ -98,19 +101,20 @@ class Repo:
             "bytes_fetched": self.bytes_fetched,
             "allow_other": self.allow_other,
             "offline": self.offline,
+            "require_commit": self.require_commit,
         }
 
 
 _COLUMNS = (
     "name, source, ref, mountpoint, token_file, wanted, state, error, commit_id, files,"
-    " bytes_fetched, allow_other, offline, token_from"
+    " bytes_fetched, allow_other, offline, require_commit, token_from"
 )
 
 
 def _repo(row: Any) -> Repo:
     """A row of ``_COLUMNS`` (SQLite keeps booleans as integers)."""
     name, source, ref, mountpoint, token_file, wanted = row[:6]
-    state, error, commit, files, fetched, allow_other, offline, token_from = row[6:]
+    state, error, commit, files, fetched, allow_other, offline, required, token_from = row[6:]
     return Repo(
         name,
         source,
@@ -125,6 +129,7 @@ def _repo(row: Any) -> Repo:
         fetched,
         bool(allow_other),
         bool(offline),
+        required,
         token_from,
     )
 
@@ -195,14 +200,15 @@ class Registry:
         allow_other: bool = False,
         token_from: str | None = None,
         offline: bool = False,
+        require_commit: str | None = None,
     ) -> Repo:
         """Register a repository; raise ``Conflict`` if its name or mount point is taken."""
         now = time.time()
         try:
             self._db.execute(
                 "INSERT INTO repos (name, source, ref, mountpoint, token_file, allow_other,"
-                " token_from, offline, wanted, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
+                " token_from, offline, require_commit, wanted, state, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
                 (
                     name,
                     source,
@@ -212,6 +218,7 @@ class Registry:
                     int(allow_other),
                     token_from,
                     int(offline),
+                    require_commit,
                     now,
                     now,
                 ),

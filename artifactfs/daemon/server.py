@@ -31,7 +31,7 @@ from ..ipc import LineStream, Message, ProtocolError, unix_listener
 from ..mount.mountpoints import FS_TYPE, check_directory, is_stale, mount_table, remove_stale
 from ..mount.options import check_allow_other
 from ..snapshot.index import snapshot_path
-from ..sources import check_ref, parse_source
+from ..sources import check_commit_id, check_ref, parse_source
 from ..sources.credentials import CredentialProvider
 from .names import check_name
 from .registry import Conflict, Registry, Repo
@@ -160,6 +160,7 @@ class Daemon:
                 " list): use --token-file or ARTIFACTFS_GIT_TOKEN"
             )
         ref = check_ref(request.get("ref"))
+        require_commit = check_commit_id(_text_or_none(request.get("require_commit")))
         spec.with_ref(ref)  # a Hub source may name its revision once, not twice
         token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
         allow_other = bool(request.get("allow_other"))
@@ -178,6 +179,7 @@ class Daemon:
                 allow_other=allow_other,
                 token_from=spec.token_variable if token else None,
                 offline=bool(request.get("offline")),
+                require_commit=require_commit,
             )
         except Conflict:
             await self._drop_new_mountpoint(name, mountpoint)
@@ -388,6 +390,10 @@ def _create_missing_mountpoint(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def _text_or_none(given: object) -> str | None:
+    return None if given is None else str(given)
 
 
 def _check_token_file(given: object) -> str | None:

@@ -274,6 +274,7 @@ class Supervisor:
             keep_failed=True,
             allow_other=repo.allow_other,
             offline=repo.offline,
+            require_commit=repo.require_commit,
             name=repo.name,
             control_socket=self.socket_path,
         )

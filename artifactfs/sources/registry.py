@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..errors import UserError
 from . import git, hub
 from .base import Source, SourceKind, SourceSettings, SourceSpec
+from .required import RequiredCommit
 from .spec import URL_SCHEME, check_source_text, redact_url
 
 KINDS: tuple[SourceKind, ...] = (hub.KIND, git.KIND)
@@ -37,7 +38,10 @@ def open_source(spec: SourceSpec, settings: SourceSettings) -> Source:
     libraries)."""
     for kind in KINDS:
         if kind.name == spec.kind:
-            return kind.open(spec, settings)
+            source = kind.open(spec, settings)
+            if settings.require_commit is None:
+                return source
+            return RequiredCommit(source, settings.require_commit, settings.ref)
     raise ValueError(f"no source kind named {spec.kind!r}")
 
 
