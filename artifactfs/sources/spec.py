@@ -50,6 +50,31 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
+def strip_credentials(url: str) -> str:
+    """``url`` with no credentials at all, for places another program reads it and keeps it
+    (a git directory's ``remote.origin.url``): the password goes, and over http(s) the user
+    name too (it may be a token); git then gets credentials by its own rules (a credential
+    helper, ``http.extraHeader``). An ssh or git:// user name is kept: it is no secret."""
+    match = URL_SCHEME.match(url)
+    if not match:
+        return url
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:  # malformed: drop anything that looks like userinfo
+        return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@", r"\1", url)
+    if parts.username is None and parts.password is None:
+        return url
+    keep_user = parts.username and match["scheme"].lower() not in ("http", "https")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}@{host}" if keep_user else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 _BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/.]|[/.]$|\.lock$")
 
 

@@ -6,12 +6,16 @@ for non-thin packs, so every delta in a received pack resolves within it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
+import shutil
 import struct
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -52,6 +56,8 @@ class ReceivedPack:
     """The pack data, positioned at its start; empty when nothing was wanted."""
     object_format: str
     """``sha1`` or ``sha256``, as the server announced it."""
+    symrefs: Mapping[bytes, bytes] = field(default_factory=dict)
+    """Symbolic refs the server listed (``HEAD`` -> ``refs/heads/main``), when it told."""
 
 
 @contextmanager
@@ -102,7 +108,28 @@ def received_pack(
         object_format = result.object_format or "sha1"
         if object_format not in ("sha1", "sha256"):
             raise ValueError(f"unsupported object format {object_format[:20]!r}")
-        yield ReceivedPack(out, object_format)
+        symrefs = {bytes(name): bytes(target) for name, target in result.symrefs.items()}
+        yield ReceivedPack(out, object_format, symrefs)
+
+
+def keep_pack(pack: IO[bytes], path: Path) -> None:
+    """Copy a received pack to ``path`` atomically (temporary, fsync, rename), unless a pack
+    is already there (kept packs are keyed by commit and never change)."""
+    if path.exists():
+        return
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(temp, "wb") as out:
+            pack.seek(0)
+            shutil.copyfileobj(pack, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, 0o444)
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        pack.seek(0)
 
 
 def object_id(obj: ShaFile, object_format: str) -> str:

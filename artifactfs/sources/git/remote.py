@@ -39,7 +39,7 @@ from ...snapshot.index import DirectoryListing, SnapshotIndex, snapshot_path, wr
 from ...snapshot.refs import recall, remember
 from ..base import PreparedSnapshot, SourceSettings
 from . import object_info
-from .packs import iter_objects, object_id, received_pack
+from .packs import iter_objects, keep_pack, object_id, received_pack
 from .spec import GitSourceSpec
 from .transport import (
     REMOTE_FAILURES,
@@ -77,6 +77,39 @@ def ref_candidates(ref: str | None) -> list[bytes]:
     ]
 
 
+def tip_pack_path(snapshots_dir: Path, commit_id: str) -> Path:
+    """Where the pack of a commit and its trees (as prepare received it) is kept: beside the
+    snapshot, keyed by commit like it, so content-addressed and immutable."""
+    return snapshots_dir / f"git-{commit_id}.pack"
+
+
+def branch_for(
+    ref: str | None, refs: Mapping[bytes, bytes], symrefs: Mapping[bytes, bytes]
+) -> str | None:
+    """The branch ``ref`` names on the server: the one ``HEAD`` points to for no ref (when the
+    server tells), the branch a name resolves to in git's order of precedence, else None (a
+    tag, a commit id, another kind of ref)."""
+    if ref is not None and _HEX_ID.fullmatch(ref):
+        return None
+    if ref is None or ref == "HEAD":
+        target = symrefs.get(b"HEAD", b"")
+        return _branch_name(target)
+    for candidate in ref_candidates(ref):
+        if candidate in refs:
+            return _branch_name(candidate)
+    return None
+
+
+def _branch_name(ref: bytes) -> str | None:
+    if not ref.startswith(b"refs/heads/"):
+        return None
+    try:
+        name = ref[len(b"refs/heads/") :].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return name or None
+
+
 def resolve_ref(ref: str | None, refs: Mapping[bytes, bytes]) -> str:
     """The object id the server's ``refs`` give for ``ref``; raise SourceError if none."""
     if ref is not None and _HEX_ID.fullmatch(ref):
@@ -103,6 +136,10 @@ class GitRemote:
         self.cas = ContentStore(settings.cas_dir)
         self.object_format = "sha1"
         """Learned from the server (or the snapshot) at prepare."""
+        self.head_branch: str | None = None
+        """The branch the ref names, as the server's refs told at prepare (``--ref`` a branch,
+        or the origin's default branch for no ``--ref``); None if it names no branch (a tag, a
+        commit) or the server was not asked. The git directory's local branch (worktree.py)."""
 
     @property
     def display(self) -> str:
@@ -160,8 +197,10 @@ class GitRemote:
     def _prepare(self, snapshots_dir: Path, cas: ContentStore) -> PreparedSnapshot:
         client, path = self._client()
         tip: list[str] = []
+        listed: dict[bytes, bytes] = {}
 
         def wants(refs: Mapping[bytes, bytes]) -> list[bytes]:
+            listed.update(refs)
             tip.append(resolve_ref(self.ref, refs))
             if snapshot_path(snapshots_dir, tip[0]).exists():
                 return []
@@ -179,6 +218,7 @@ class GitRemote:
             ref_prefix=ref_candidates(self.ref),
         ) as pack:
             self.object_format = pack.object_format
+            self.head_branch = branch_for(self.ref, listed, pack.symrefs)
             existing = snapshot_path(snapshots_dir, tip[0])
             if existing.exists():
                 log.info("snapshot of %s already on disk", tip[0])
@@ -190,10 +230,51 @@ class GitRemote:
             known_sizes: dict[str, int] = {}
             if objects.blobs:  # a server that ignored the filter (protocol v0) sent contents
                 known_sizes = self._keep_sent_blobs(pack.file, trees, cas)
+            self._keep_tip_pack(pack.file, commit_id)
         final = snapshot_path(snapshots_dir, commit_id)
         if not final.exists():
             self._write_snapshot(final, commit_id, commit, trees, known_sizes, cas)
         return PreparedSnapshot(final, commit_id)
+
+    def _keep_tip_pack(self, pack: IO[bytes], commit_id: str) -> None:
+        """Keep the commit-and-trees pack beside the snapshot: a writable mount's git
+        directory is made from it (worktree.py) without asking the server again."""
+        try:
+            keep_pack(pack, tip_pack_path(self.settings.snapshots_dir, commit_id))
+        except OSError as exc:  # the git directory will fetch it again if it needs it
+            log.warning("could not keep the pack of %s: %s", commit_id, exc)
+
+    def tip_pack(self, commit_id: str) -> Path:
+        """The kept pack of ``commit_id``'s commit and trees; fetched (one depth-1 ``blob:none``
+        fetch) if it is not on disk, e.g. for a snapshot prepared before packs were kept.
+        Blocking; raises SourceError."""
+        kept = tip_pack_path(self.settings.snapshots_dir, commit_id)
+        if kept.exists():
+            return kept
+        if self.settings.offline:
+            raise SourceError(
+                f"offline, and the commit and trees of {commit_id} are not on disk (mount it"
+                " once online)"
+            )
+        try:
+            client, path = self._client()
+            with received_pack(
+                client,
+                path,
+                lambda refs: [commit_id.encode("ascii")],
+                self.temp_dir,
+                self.counters.add_bytes,
+                max_bytes=MAX_TREE_PACK_BYTES,
+                depth=1,
+                filter_spec=b"blob:none",
+                ref_prefix=[b"HEAD"],
+            ) as pack:
+                keep_pack(pack.file, kept)
+        except REMOTE_FAILURES as exc:
+            raise self._failure(exc) from exc
+        except OSError as exc:
+            raise SourceError(f"cannot keep the pack of {commit_id}: {exc}") from exc
+        return kept
 
     def _keep_sent_blobs(
         self, pack: IO[bytes], trees: CommitTrees, cas: ContentStore

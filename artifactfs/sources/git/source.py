@@ -1,12 +1,13 @@
-"""The git source (``base.Source``): a remote to prepare from (remote.py) and whole blobs to
-read through (content.py)."""
+"""The git source (``base.Source``): a remote to prepare from (remote.py), whole blobs to
+read through (content.py), and the git directory of a writable mount (worktree.py)."""
 
 from __future__ import annotations
 
-from ..base import Content, ContentHost, PreparedSnapshot, SourceSettings
+from ..base import Content, ContentHost, PreparedSnapshot, SourceSettings, Worktree
 from .content import GitContent
 from .remote import GitRemote
 from .spec import GitSourceSpec
+from .worktree import GitWorktree
 
 GIT_READ_AHEAD_KIB = 4096
 """Git blobs are fetched whole, so a large kernel read-ahead costs nothing extra, and it makes
@@ -18,6 +19,7 @@ class GitSource:
 
     def __init__(self, spec: GitSourceSpec, settings: SourceSettings) -> None:
         self.remote = GitRemote(spec, settings)
+        self._worktree: GitWorktree | None = None
 
     @property
     def display(self) -> str:
@@ -32,6 +34,8 @@ class GitSource:
     def open_content(self, host: ContentHost) -> Content:
         return GitContent(self.remote, host)
 
-    def worktree(self) -> None:
-        """Not yet: a partial clone under the workspace (issue 13, in progress)."""
-        return None
+    def worktree(self) -> Worktree:
+        """A partial clone under the workspace, behind a ``.git`` gitfile (worktree.py)."""
+        if self._worktree is None:
+            self._worktree = GitWorktree(self.remote)
+        return self._worktree

@@ -1,0 +1,213 @@
+"""The small files of a git directory, written as git itself would read them.
+
+Every file is written whole to a temporary in its directory, synced and renamed into place,
+so a crash leaves the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import UserError
+from ..spec import check_ref
+
+BASE_FILE = "artifactfs-base"
+"""Ours, in the git directory: the commit (and branch) it was made for."""
+HOOK_FILE = "artifactfs-fsmonitor"
+"""Ours, in the git directory: git's fsmonitor hook, answered from the overlay's journal."""
+IDENTITY = b"artifactfs <artifactfs@localhost>"
+"""Who the reflog lines we write name."""
+_GIT_SHELL_SPECIALS = re.compile(r"[|&;<>()$`\\\"' \t\n*?\[#~=%]")
+"""What makes git hand a command to the shell instead of running it directly."""
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Base:
+    """What ``artifactfs-base`` records."""
+
+    commit: str
+    branch: str | None
+    """The local branch we made for it; None: HEAD detached at the commit."""
+
+
+def read_base(git_dir: Path) -> Base | None:
+    """The base recorded in ``git_dir``; None if there is none (or it is unreadable)."""
+    try:
+        data = json.loads((git_dir / BASE_FILE).read_text("utf-8"))
+        commit = data["commit"]
+        branch = data.get("branch")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(commit, str) or not (branch is None or isinstance(branch, str)):
+        return None
+    return Base(commit, branch)
+
+
+def write_base(git_dir: Path, base: Base) -> None:
+    text = json.dumps({"commit": base.commit, "branch": base.branch}) + "\n"
+    write_atomic(git_dir / BASE_FILE, text.encode())
+
+
+def valid_branch(name: str | None) -> str | None:
+    """``name`` if git would take it as a branch name (it may come from a server), else None."""
+    if name is None or name == "HEAD" or name.startswith("-"):
+        return None
+    try:
+        check_ref(name)
+    except UserError:
+        return None
+    return name
+
+
+def _quoted(value: str) -> str:
+    if "\n" in value or "\0" in value:
+        raise ValueError(f"a git config value cannot hold a newline: {value[:80]!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
+class ConfigValues:
+    url: str
+    """The origin, without credentials."""
+    hook: Path
+    object_format: str
+    branch: str | None
+    """The local branch that tracks the origin's branch of the same name (None: none)."""
+
+
+def config_text(values: ConfigValues) -> bytes:
+    """The git directory's ``config``: a non-bare partial clone of ``origin``, with our
+    fsmonitor hook and the untracked cache."""
+    hook = str(values.hook)
+    if _GIT_SHELL_SPECIALS.search(hook):  # git runs it through the shell then
+        hook = shlex.quote(hook)
+    lines = [
+        "[core]",
+        "\trepositoryformatversion = 1",
+        "\tfilemode = true",
+        "\tbare = false",
+        "\tlogallrefupdates = true",
+        "\ttrustctime = false",
+        f"\tfsmonitor = {_quoted(hook)}",
+        "\tfsmonitorHookVersion = 2",
+        "\tuntrackedCache = true",
+        "[extensions]",
+        "\tpartialclone = origin",
+    ]
+    if values.object_format != "sha1":
+        lines.append(f"\tobjectformat = {values.object_format}")
+    lines += [
+        '[remote "origin"]',
+        f"\turl = {_quoted(values.url)}",
+        "\tfetch = +refs/heads/*:refs/remotes/origin/*",
+        "\tpromisor = true",
+        "\tpartialclonefilter = blob:none",
+    ]
+    if values.branch is not None:
+        lines += [
+            f"[branch {_quoted(values.branch)}]",
+            "\tremote = origin",
+            f"\tmerge = {_quoted('refs/heads/' + values.branch)}",
+        ]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def package_parent() -> Path:
+    """The directory holding the ``artifactfs`` package: what the hook puts on ``sys.path``."""
+    return Path(__file__).resolve().parents[3]
+
+
+def hook_script(journal: Path, python: str | None = None) -> bytes:
+    """git's fsmonitor hook: our interpreter, isolated (``-I``: no environment variables, no
+    user site, nothing from the working directory, which is the mount and holds anybody's
+    ``sqlite3.py``) and without ``site`` (``-S``: a fast start), answering from ``journal``."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(package_parent())!r}); "
+        "from artifactfs.overlay.journal import hook_main; "
+        f"sys.exit(hook_main(sys.argv[1:], {str(journal.absolute())!r}))"
+    )
+    interpreter = python or sys.executable
+    return (
+        "#!/bin/sh\n"
+        "# written by artifactfs: git's fsmonitor hook (protocol 2), answered from the\n"
+        "# workspace's change journal\n"
+        f'exec {shlex.quote(interpreter)} -I -S -c {shlex.quote(code)} "$@"\n'
+    ).encode()
+
+
+def write_ref(git_dir: Path, name: str, oid: str) -> None:
+    """A loose ref (it wins over a packed one of the same name)."""
+    path = git_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, f"{oid}\n".encode("ascii"))
+
+
+def write_symref(git_dir: Path, name: str, target: str) -> None:
+    path = git_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, f"ref: {target}\n".encode())
+
+
+def read_ref(git_dir: Path, name: str) -> str | None:
+    try:
+        return (git_dir / name).read_text("utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def log_ref(git_dir: Path, name: str, old: str | None, new: str, message: str) -> None:
+    """Append a reflog line for ``name`` (as git writes them), best effort."""
+    zero = "0" * len(new)
+    line = (
+        f"{old or zero} {new} ".encode()
+        + IDENTITY
+        + f" {int(time.time())} +0000\t{message}\n".encode()
+    )
+    path = git_dir / "logs" / name
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as out:
+            out.write(line)
+
+
+def shallow_lines(git_dir: Path, commit: str) -> bytes:
+    """The ``shallow`` file with ``commit`` added to the commits it already lists (an older
+    base the user's branches may still reach stays a boundary too)."""
+    known: list[str] = []
+    with contextlib.suppress(OSError):
+        known = (git_dir / "shallow").read_text("ascii").split()
+    if commit not in known:
+        known.append(commit)
+    return "".join(f"{line}\n" for line in known).encode("ascii")

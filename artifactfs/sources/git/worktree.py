@@ -1,0 +1,293 @@
+"""The git directory of a writable git mount (``base.Worktree``): a partial clone kept outside
+the mount, behind a ``.git`` gitfile at the mount's root, that the real git CLI takes as is.
+
+What ``attach`` makes under ``directory`` (the workspace's ``git/``):
+
+- ``config``: a non-bare repository (``repositoryformatversion = 1``) whose ``origin`` is the
+  source URL without credentials (``spec.strip_credentials``: git finds credentials by its own
+  rules for the user's commands; ours are never written down), a promisor
+  (``extensions.partialclone = origin``, ``partialclonefilter = blob:none``), so git fetches a
+  blob it lacks from the origin itself when a command needs it;
+- the commit and its trees in a **promisor pack** (``git_objects.py``). Prepare keeps the pack
+  it received beside the snapshot (``snapshots/git-<commit>.pack``, content-addressed by commit
+  like the snapshot, written atomically), and the git directory gets a hard link of it (a copy
+  across file systems): no round trip in the common case. A snapshot from before packs were
+  kept, or a kept pack lost, costs one depth-1 ``blob:none`` fetch of the commit;
+- ``shallow`` listing the commit (depth 1: ``git log`` stops there instead of fetching history);
+- ``HEAD`` on a local branch named like the origin's (``--ref`` a branch: that branch; no
+  ``--ref``: the branch the origin's ``HEAD`` points to, from prepare's ``ls-refs``), with
+  ``refs/remotes/origin/<branch>`` at the commit and the branch tracking it. ``--ref`` a tag or
+  a commit id: ``HEAD`` detached at the commit, as ``git clone --branch <tag>`` and ``git
+  checkout <commit>`` leave it. No ``--ref`` and the origin not asked (offline): branch
+  ``main``, tracking nothing (we do not know the origin's name for it);
+- an ``index`` of every tracked entry with the stat data the mount shows (``git_index.py``);
+- git's fsmonitor hook (``artifactfs-fsmonitor``, ``core.fsmonitor``, hook protocol 2) answered
+  from the overlay's journal, and ``core.untrackedCache``: ``git status`` costs O(changes);
+- ``artifactfs-base``: the commit (and branch) it was made for.
+
+Stat checking. The index holds exactly what ``getattr`` shows of an unchanged entry: inode,
+nanosecond mtime, size, uid, gid, mode. So git's full stat check (``core.checkStat`` left at
+``default``) passes for unchanged files and catches a changed one by any of those; we keep it
+rather than ``minimal`` (mtime seconds and size only), which would call an edit that kept the
+size and restored the mtime (``cp -p``, ``rsync -t``) clean. ``core.trustctime`` is false:
+``LowerStat`` has no ctime, so the overlay's ctime (of a copy-up, of a ``chmod``) is no
+promise we can hold git to, and a wrong one would only make git re-read (fetch) files; every
+change that matters moves the mtime, size, inode or mode, and the journal names the path
+anyway.
+
+Restarts and refreshes. ``attach`` on a git directory made for the same commit leaves it
+exactly as the user's commands left it (commits, index, branches, stash); only our hook script
+is rewritten if it changed (a new interpreter or journal path). Made for another commit (the
+workspace was discarded and the mount refreshed): the new commit's pack is installed, the
+branch moved to it (a reflog line says so; the user's commits stay reachable from the
+reflog), ``shallow`` gains it, the index is rewritten, then ``HEAD``, then ``artifactfs-base``
+last, so a crash anywhere in between is redone by the next ``attach``. A new git directory is
+built whole in a temporary directory beside it and renamed into place.
+
+Everything here blocks (a mount runs it in a thread) and fails with ``SourceError``, one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from dulwich.errors import ChecksumMismatch
+
+from ...errors import SourceError
+from ...snapshot import Row, SnapshotIndex
+from ..base import LowerStat, RootFile
+from ..spec import strip_credentials
+from . import git_dir
+from .git_dir import Base, ConfigValues
+from .git_index import fsmonitor_token, index_entries, write_git_index
+from .git_objects import install_promisor_pack, write_loose_blob
+from .remote import GitRemote
+
+log = logging.getLogger(__name__)
+
+GITFILE = b".git"
+DEFAULT_BRANCH = "main"
+"""The local branch when the origin's default branch name is not known (prepared offline)."""
+_HEX_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_FAILURES = (OSError, sqlite3.Error, ValueError, zlib.error, ChecksumMismatch)
+
+
+class GitWorktree:
+    """The git directory of one git source's writable mount (``base.Worktree``)."""
+
+    def __init__(self, remote: GitRemote) -> None:
+        self.remote = remote
+        self._git_dir: Path | None = None
+        self._object_format = "sha1"
+
+    # -- attach ----------------------------------------------------------------------------
+
+    def attach(
+        self,
+        snapshot: SnapshotIndex,
+        directory: Path,
+        stat_of: Callable[[Row], LowerStat],
+        journal: Path,
+    ) -> RootFile:
+        directory = directory.absolute()
+        try:
+            self._attach(snapshot, directory, stat_of, journal)
+        except SourceError:
+            raise
+        except _FAILURES as exc:
+            raise SourceError(f"cannot make the git directory {directory}: {exc}") from exc
+        return RootFile(GITFILE, b"gitdir: " + os.fsencode(directory) + b"\n")
+
+    def _attach(
+        self,
+        snapshot: SnapshotIndex,
+        directory: Path,
+        stat_of: Callable[[Row], LowerStat],
+        journal: Path,
+    ) -> None:
+        commit = snapshot.meta.commit
+        self._object_format = snapshot.meta.object_format
+        base = git_dir.read_base(directory) if directory.is_dir() else None
+        if base is not None and base.commit == commit:
+            self._git_dir = directory
+            self._refresh_hook(directory, journal)
+            log.info("git directory %s kept as it was (commit %s)", directory, commit)
+            return
+        kept = self.remote.tip_pack(commit)
+        if base is None:
+            self._create(snapshot, directory, stat_of, journal, kept)
+        else:
+            self._repoint(snapshot, directory, stat_of, journal, kept, base)
+        self._git_dir = directory
+
+    def _branch(self) -> tuple[str | None, bool]:
+        """The local branch to make (None: detached), and whether the origin has it."""
+        branch = git_dir.valid_branch(self.remote.head_branch)
+        if branch is not None:
+            return branch, True
+        ref = self.remote.ref
+        if ref is None or ref == "HEAD":
+            return DEFAULT_BRANCH, False
+        return None, False
+
+    def _create(
+        self,
+        snapshot: SnapshotIndex,
+        directory: Path,
+        stat_of: Callable[[Row], LowerStat],
+        journal: Path,
+        kept: Path,
+    ) -> None:
+        """Build a new git directory beside ``directory`` and rename it into place."""
+        parent = directory.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in [
+            *parent.glob(f".{directory.name}.tmp-*"),
+            *parent.glob(f".{directory.name}.old-*"),
+        ]:
+            shutil.rmtree(stale, ignore_errors=True)
+        building = parent / f".{directory.name}.tmp-{secrets.token_hex(4)}"
+        commit = snapshot.meta.commit
+        branch, tracked = self._branch()
+        try:
+            for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags", "info"):
+                (building / sub).mkdir(parents=True)
+            install_promisor_pack(kept, building / "objects/pack", self._object_format, commit)
+            config = ConfigValues(
+                url=strip_credentials(self.remote.spec.url),
+                hook=directory / git_dir.HOOK_FILE,
+                object_format=self._object_format,
+                branch=branch if tracked else None,
+            )
+            git_dir.write_atomic(building / "config", git_dir.config_text(config))
+            git_dir.write_atomic(
+                building / git_dir.HOOK_FILE, git_dir.hook_script(journal), mode=0o755
+            )
+            git_dir.write_atomic(building / "description", b"artifactfs workspace\n")
+            git_dir.write_atomic(building / "shallow", f"{commit}\n".encode())
+            message = f"clone: from {self.remote.display}"
+            self._point(building, commit, branch, tracked, None, message)
+            self._write_index(snapshot, building, stat_of, journal)
+            self._write_head(building, commit, branch, None, message)
+            git_dir.write_base(building, Base(commit, branch))
+            if directory.exists() or directory.is_symlink():
+                aside = parent / f".{directory.name}.old-{secrets.token_hex(4)}"
+                os.rename(directory, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            os.rename(building, directory)
+            git_dir.fsync_directory(parent)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+        log.info("made git directory %s for %s (%s)", directory, commit, branch or "detached")
+
+    def _repoint(
+        self,
+        snapshot: SnapshotIndex,
+        directory: Path,
+        stat_of: Callable[[Row], LowerStat],
+        journal: Path,
+        kept: Path,
+        base: Base,
+    ) -> None:
+        """Move a git directory made for another commit to this snapshot's commit."""
+        commit = snapshot.meta.commit
+        branch, tracked = self._branch()
+        if branch is None and base.branch is not None and self.remote.head_branch is None:
+            branch = base.branch  # asked offline: keep the branch we made before
+        install_promisor_pack(kept, directory / "objects/pack", self._object_format, commit)
+        git_dir.write_atomic(directory / "shallow", git_dir.shallow_lines(directory, commit))
+        self._refresh_hook(directory, journal)
+        message = f"artifactfs: refreshed from {base.commit[:12]} to {commit[:12]}"
+        head = git_dir.read_ref(directory, "HEAD")
+        self._point(directory, commit, branch, tracked, base, message)
+        self._write_index(snapshot, directory, stat_of, journal)
+        self._write_head(directory, commit, branch, head, message)
+        git_dir.write_base(directory, Base(commit, branch))
+        log.info("moved git directory %s from %s to %s", directory, base.commit, commit)
+
+    def _point(
+        self,
+        root: Path,
+        commit: str,
+        branch: str | None,
+        tracked: bool,
+        base: Base | None,
+        message: str,
+    ) -> None:
+        """The branch (and the origin's tracking ref) at ``commit``."""
+        if tracked and branch is not None:
+            git_dir.write_ref(root, f"refs/remotes/origin/{branch}", commit)
+            if self.remote.ref is None:
+                git_dir.write_symref(
+                    root, "refs/remotes/origin/HEAD", f"refs/remotes/origin/{branch}"
+                )
+        if branch is not None:
+            name = f"refs/heads/{branch}"
+            old = _resolved(root, name)
+            git_dir.write_ref(root, name, commit)
+            git_dir.log_ref(root, name, old, commit, message)
+
+    def _write_head(
+        self, root: Path, commit: str, branch: str | None, old_head: str | None, message: str
+    ) -> None:
+        if branch is not None:
+            git_dir.write_symref(root, "HEAD", f"refs/heads/{branch}")
+        else:
+            git_dir.write_atomic(root / "HEAD", f"{commit}\n".encode())
+        old = old_head if old_head is not None and _HEX_ID.fullmatch(old_head) else None
+        if old is None and old_head is not None and old_head.startswith("ref: "):
+            old = _resolved(root, old_head[5:].strip())
+        git_dir.log_ref(root, "HEAD", old, commit, message)
+
+    def _write_index(
+        self,
+        snapshot: SnapshotIndex,
+        root: Path,
+        stat_of: Callable[[Row], LowerStat],
+        journal: Path,
+    ) -> None:
+        entries = index_entries(snapshot, stat_of)
+        lock = root / "index.lock"
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()  # nobody runs git in a workspace that is not mounted yet
+        write_git_index(
+            root / "index", lock, entries, self._object_format, fsmonitor_token(journal)
+        )
+
+    def _refresh_hook(self, directory: Path, journal: Path) -> None:
+        hook = directory / git_dir.HOOK_FILE
+        wanted = git_dir.hook_script(journal)
+        try:
+            if hook.read_bytes() == wanted:
+                return
+        except OSError:
+            pass
+        git_dir.write_atomic(hook, wanted, mode=0o755)
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def keep_blob(self, row: Row, content: Path) -> None:
+        """Store a copied-up file's verified bytes as a loose object, so that ``git diff``
+        of the edited file needs no origin. Never raises: a failure is logged."""
+        directory = self._git_dir
+        if directory is None or row.oid is None or not row.kind.has_blob or row.sha256:
+            return
+        try:
+            write_loose_blob(directory / "objects", row.oid, self._object_format, content)
+        except Exception as exc:  # noqa: BLE001 - best effort: git fetches it itself if it must
+            log.warning("could not keep blob %s in the git directory: %s", row.oid, exc)
+
+
+def _resolved(root: Path, name: str) -> str | None:
+    """The commit a loose ref names (None if absent or packed)."""
+    value = git_dir.read_ref(root, name)
+    return value if value is not None and _HEX_ID.fullmatch(value) else None

@@ -1,0 +1,362 @@
+"""The git directory of a writable git mount (sources/git/worktree.py), with the real git CLI
+against a real origin, without FUSE: a plain directory holding the commit's files (their mtimes
+set to the commit time, as the mount shows them) stands in for the mount, and ``stat_of`` is
+its ``lstat``."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from artifactfs.errors import SourceError
+from artifactfs.overlay import journal
+from artifactfs.snapshot import Row, SnapshotIndex
+from artifactfs.sources import SourceSettings, parse_source
+from artifactfs.sources.base import LowerStat, RootFile
+from artifactfs.sources.git.git_dir import BASE_FILE, HOOK_FILE
+from artifactfs.sources.git.remote import tip_pack_path
+from artifactfs.sources.git.source import GitSource
+from artifactfs.sources.git.spec import GitSourceSpec
+from tests.helpers.gitrepos import (
+    GIT_ENV,
+    Executable,
+    Repo,
+    Submodule,
+    Symlink,
+    commit_files,
+    make_repo,
+)
+from tests.helpers.servers import GitDaemon
+from tests.helpers.sources import settings_for
+
+FILES = {
+    "README.md": b"# hello\n",
+    "src/main.py": b"print('hi')\n" * 50,
+    "src/util/deep.txt": b"deep\n",
+    "bin/run.sh": Executable(b"#!/bin/sh\necho run\n"),
+    "link": Symlink(b"src/main.py"),
+    "empty.txt": b"",
+    "vendor/sub": Submodule("0123456789abcdef0123456789abcdef01234567"),
+    "name with spaces.txt": b"spaces\n",
+}
+
+
+def user_git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """The git CLI as a user runs it in the mount (no credentials, no system config)."""
+    full = {**os.environ, **GIT_ENV, "GIT_TERMINAL_PROMPT": "0", **(env or {})}
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, env=full, capture_output=True, check=False, timeout=60
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)}: {result.stderr.decode()}")
+    return result.stdout.decode()
+
+
+def git_source(url: str, tmp_path: Path, ref: str | None = None) -> GitSource:
+    spec = parse_source(url)
+    assert isinstance(spec, GitSourceSpec)
+    return GitSource(spec, settings_for(tmp_path / "state", ref))
+
+
+def settings(tmp_path: Path) -> SourceSettings:
+    return settings_for(tmp_path / "state")
+
+
+class Checkout:
+    """A directory with a commit's files, as a mount shows them: mtimes at the commit time."""
+
+    def __init__(self, path: Path, repo: Repo, commit: str, root_file: RootFile | None = None):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        tar = repo.archive(commit)
+        tar.extractall(path, filter="tar")
+        when = int(repo.rev_parse(f"{commit}^{{commit}}") and _commit_time(repo, commit))
+        for root, dirs, files in os.walk(path):
+            for name in files + dirs:
+                os.utime(Path(root) / name, (when, when), follow_symlinks=False)
+
+    def stat_of(self, snapshot: SnapshotIndex) -> Callable[[Row], LowerStat]:
+        def stat(row: Row) -> LowerStat:
+            found = os.lstat(self.path / os.fsdecode(snapshot.path_of(row.inode)))
+            return LowerStat(
+                found.st_ino,
+                found.st_mode,
+                found.st_size,
+                found.st_mtime_ns,
+                found.st_uid,
+                found.st_gid,
+            )
+
+        return stat
+
+    def show(self, root_file: RootFile) -> None:
+        (self.path / os.fsdecode(root_file.name)).write_bytes(root_file.content)
+
+
+def _commit_time(repo: Repo, commit: str) -> int:
+    out = subprocess.run(
+        ["git", "show", "-s", "--format=%ct", commit],
+        cwd=repo.path,
+        capture_output=True,
+        check=True,
+    )
+    return int(out.stdout)
+
+
+def prepared(source: GitSource) -> SnapshotIndex:
+    (source.remote.settings.snapshots_dir).mkdir(parents=True, exist_ok=True)
+    return SnapshotIndex(source.prepare().path)
+
+
+def make_journal(path: Path) -> Path:
+    connection = sqlite3.connect(path)
+    with connection:
+        journal.ensure(connection)
+    connection.close()
+    return path
+
+
+def record(path: Path, *paths: bytes) -> None:
+    connection = sqlite3.connect(path)
+    with connection:
+        journal.record(connection, paths)
+    connection.close()
+
+
+@pytest.fixture
+def origin(repos: Path) -> Repo:
+    return make_repo(repos, "origin.git", FILES)
+
+
+def test_a_partial_clone_git_takes_as_a_clean_checkout(
+    tmp_path: Path, daemon: GitDaemon, origin: Repo
+) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    assert tip_pack_path(tmp_path / "state", origin.commit).exists()  # kept by prepare
+    fetches = daemon.fetch_commands()
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    gitdir = tmp_path / "ws" / "git"
+    root_file = source.worktree().attach(
+        snapshot, gitdir, work.stat_of(snapshot), make_journal(tmp_path / "journal.db")
+    )
+    assert root_file == RootFile(b".git", f"gitdir: {gitdir}\n".encode())
+    assert daemon.fetch_commands() == fetches  # the kept pack: no round trip
+    work.show(root_file)
+    packs = sorted(p.suffix for p in (gitdir / "objects" / "pack").iterdir())
+    assert packs == [".idx", ".pack", ".promisor"]
+    assert (gitdir / "shallow").read_text() == f"{origin.commit}\n"
+    config = user_git(work.path, "config", "--list", "--local").splitlines()
+    for line in (
+        "core.repositoryformatversion=1",
+        "core.bare=false",
+        "extensions.partialclone=origin",
+        f"remote.origin.url={daemon.url('origin.git')}",
+        "remote.origin.fetch=+refs/heads/*:refs/remotes/origin/*",
+        "remote.origin.promisor=true",
+        "remote.origin.partialclonefilter=blob:none",
+        "core.fsmonitorhookversion=2",
+        "core.untrackedcache=true",
+        "branch.main.remote=origin",
+        "branch.main.merge=refs/heads/main",
+    ):
+        assert line in config
+
+    # clean, and nothing fetched to know it
+    assert user_git(work.path, "status", "--porcelain=v2") == ""
+    assert user_git(work.path, "rev-parse", "--show-toplevel").strip() == str(work.path)
+    assert user_git(work.path, "symbolic-ref", "HEAD").strip() == "refs/heads/main"
+    assert user_git(work.path, "rev-parse", "HEAD", "origin/main").split() == [origin.commit] * 2
+    short = origin.commit[:7]
+    assert user_git(work.path, "log", "--oneline").strip() == f"{short} initial"
+    status = user_git(work.path, "status", "--branch", "--porcelain=v2")
+    assert "# branch.upstream origin/main\n# branch.ab +0 -0\n" in status
+    assert daemon.fetch_commands() == fetches
+    index_time = (gitdir / "index").stat().st_mtime_ns
+    assert all(
+        (work.path / p).lstat().st_mtime_ns < index_time
+        for p in ("README.md", "src/main.py", "link")
+    )
+
+    # git fetches a blob it lacks from the origin itself
+    assert user_git(work.path, "cat-file", "-p", "HEAD:src/util/deep.txt") == "deep\n"
+    assert daemon.fetch_commands() == fetches + 1
+
+
+def test_edit_diff_commit_with_the_origin_down_and_restart(
+    tmp_path: Path, daemon: GitDaemon, origin: Repo
+) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    gitdir = tmp_path / "ws" / "git"
+    stat_of = work.stat_of(snapshot)
+    worktree = source.worktree()
+    db = make_journal(tmp_path / "journal.db")
+    work.show(worktree.attach(snapshot, gitdir, stat_of, db))
+    readme = snapshot.lookup(1, b"README.md")
+    assert readme is not None
+    # a copy-up: the verified bytes as they were, then the edit
+    original = tmp_path / "cas-copy"
+    original.write_bytes((work.path / "README.md").read_bytes())
+    worktree.keep_blob(readme, original)
+    worktree.keep_blob(readme, original)  # again: already there, nothing happens
+    loose = gitdir / "objects" / readme.oid[:2] / readme.oid[2:]  # type: ignore[index]
+    assert loose.exists()
+    (work.path / "README.md").write_bytes(b"# hello\nworld\n")
+    record(db, b"README.md")
+    daemon.stop()  # from here on the origin is down
+
+    assert user_git(work.path, "status", "--porcelain=v1") == " M README.md\n"
+    diff = user_git(work.path, "diff", "--no-color", "README.md")
+    assert diff.endswith("@@ -1 +1,2 @@\n # hello\n+world\n")
+    user_git(work.path, "add", "README.md")
+    user_git(work.path, "commit", "-q", "-m", "edit")
+    assert user_git(work.path, "status", "--porcelain=v2") == ""
+    mine = user_git(work.path, "rev-parse", "HEAD").strip()
+    assert user_git(work.path, "log", "--format=%s").split("\n")[:2] == ["edit", "initial"]
+
+    # a restart: the same commit, left exactly as the user left it
+    before = (gitdir / "index").read_bytes()
+    again = git_source(daemon.url("origin.git"), tmp_path, ref=origin.commit)  # no server
+    work.show(again.worktree().attach(snapshot, gitdir, stat_of, db))
+    assert user_git(work.path, "rev-parse", "HEAD").strip() == mine
+    assert (gitdir / "index").read_bytes() == before
+    assert user_git(work.path, "status", "--porcelain=v2") == ""
+
+
+def test_a_new_commit_repoints_the_git_directory(
+    tmp_path: Path, repos: Path, daemon: GitDaemon, origin: Repo
+) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    first = prepared(source)
+    work = Checkout(tmp_path / "mnt1", origin, origin.commit)
+    gitdir = tmp_path / "ws" / "git"
+    db = make_journal(tmp_path / "journal.db")
+    work.show(source.worktree().attach(first, gitdir, work.stat_of(first), db))
+    user_git(work.path, "checkout", "-q", "-b", "feature")
+    user_git(work.path, "commit", "-q", "--allow-empty", "-m", "mine")
+    feature = user_git(work.path, "rev-parse", "feature").strip()
+
+    updated = commit_files(origin, {"new.txt": b"new\n"}, "second", remove=("empty.txt",))
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    second = prepared(source)
+    assert second.meta.commit == updated.commit
+    moved = Checkout(tmp_path / "mnt2", updated, updated.commit)
+    root_file = source.worktree().attach(second, gitdir, moved.stat_of(second), db)
+    moved.show(root_file)
+    assert user_git(moved.path, "status", "--porcelain=v2") == ""
+    assert user_git(moved.path, "symbolic-ref", "HEAD").strip() == "refs/heads/main"
+    assert user_git(moved.path, "rev-parse", "HEAD", "origin/main").split() == [
+        updated.commit
+    ] * 2
+    assert user_git(moved.path, "rev-parse", "feature").strip() == feature  # kept
+    assert user_git(moved.path, "log", "--format=%s").strip() == "second"  # shallow again
+    shallow = (gitdir / "shallow").read_text().split()
+    assert shallow == [origin.commit, updated.commit]
+    assert f'"commit": "{updated.commit}"' in (gitdir / BASE_FILE).read_text()
+    reflog = user_git(moved.path, "reflog", "show", "--format=%gs", "main").splitlines()
+    assert reflog[0].startswith("artifactfs: refreshed from")
+
+
+def test_fsmonitor_hook_reports_exactly_the_journal(
+    tmp_path: Path, daemon: GitDaemon, origin: Repo
+) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    gitdir = tmp_path / "ws" / "git"
+    db = make_journal(tmp_path / "journal.db")
+    work.show(source.worktree().attach(snapshot, gitdir, work.stat_of(snapshot), db))
+    assert os.access(gitdir / HOOK_FILE, os.X_OK)
+
+    # the index says every entry is known clean by the fsmonitor (lowercase tags)
+    listed = user_git(work.path, "ls-files", "-f").splitlines()
+    assert "h README.md" in listed and "h src/main.py" in listed
+    traced = subprocess.run(
+        ["git", "status", "--porcelain=v2"],
+        cwd=work.path,
+        env={**os.environ, **GIT_ENV, "GIT_TRACE_FSMONITOR": "1"},
+        capture_output=True,
+        check=True,
+    )
+    assert traced.stdout == b""
+    assert b"query_success 1" in traced.stderr or b"fsmonitor process" in traced.stderr
+
+    # change a file behind git's back without telling the journal: the hook is believed
+    (work.path / "src" / "main.py").write_bytes(b"changed\n")
+    (work.path / "untracked.txt").write_bytes(b"new\n")
+    assert user_git(work.path, "status", "--porcelain=v1") == ""  # nobody told it
+    record(db, b"src/main.py", b"untracked.txt")
+    assert user_git(work.path, "status", "--porcelain=v1") == " M src/main.py\n?? untracked.txt\n"
+
+
+def test_a_pack_not_kept_is_fetched_once(tmp_path: Path, daemon: GitDaemon, origin: Repo) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    kept = tip_pack_path(tmp_path / "state", origin.commit)
+    kept.unlink()  # a snapshot from before packs were kept
+    fetches = daemon.fetch_commands()
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    gitdir = tmp_path / "git"
+    work.show(
+        source.worktree().attach(snapshot, gitdir, work.stat_of(snapshot), tmp_path / "none.db")
+    )
+    assert daemon.fetch_commands() == fetches + 1
+    assert kept.exists()
+    assert user_git(work.path, "status", "--porcelain=v2") == ""  # no journal: a full stat scan
+
+
+def test_a_tag_gives_a_detached_head_and_credentials_stay_out(
+    tmp_path: Path, daemon: GitDaemon, origin: Repo
+) -> None:
+    subprocess.run(["git", "tag", "v1"], cwd=origin.path, check=True)
+    source = git_source(daemon.url("origin.git"), tmp_path, ref="v1")
+    snapshot = prepared(source)
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    work.show(
+        source.worktree().attach(
+            snapshot, tmp_path / "git", work.stat_of(snapshot), tmp_path / "j.db"
+        )
+    )
+    head = (tmp_path / "git" / "HEAD").read_text()
+    assert head == f"{origin.commit}\n"
+    assert user_git(work.path, "status", "--porcelain=v2") == ""
+
+
+def test_attach_fails_with_one_line_when_the_pack_cannot_be_had(
+    tmp_path: Path, daemon: GitDaemon, origin: Repo
+) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    tip_pack_path(tmp_path / "state", origin.commit).unlink()
+    daemon.stop()
+    with pytest.raises(SourceError) as failure:
+        source.worktree().attach(snapshot, tmp_path / "git", lambda row: _nothing(), tmp_path)
+    assert "\n" not in str(failure.value)
+    assert not (tmp_path / "git").exists()
+
+
+def _nothing() -> LowerStat:
+    raise AssertionError("not reached")
+
+
+def test_keep_blob_never_raises(tmp_path: Path, daemon: GitDaemon, origin: Repo, expect_log) -> None:  # type: ignore[no-untyped-def]
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    worktree = source.worktree()
+    worktree.attach(snapshot, tmp_path / "git", work.stat_of(snapshot), tmp_path / "j.db")
+    readme = snapshot.lookup(1, b"README.md")
+    assert readme is not None
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(b"not the blob\n")
+    expect_log(r"could not keep blob", level="WARNING")
+    worktree.keep_blob(readme, wrong)
+    worktree.keep_blob(readme, tmp_path / "missing")
+    assert not (tmp_path / "git" / "objects" / readme.oid[:2]).exists()  # type: ignore[index]
