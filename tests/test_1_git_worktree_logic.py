@@ -1,0 +1,133 @@
+"""Pure logic of a writable git mount's git directory (sources/git/git_dir.py, git_index.py,
+remote.branch_for, spec.strip_credentials)."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from pathlib import Path
+
+from dulwich.index import SerializedIndexEntry
+from dulwich.objects import ObjectID
+
+from artifactfs.sources.git.git_dir import (
+    Base,
+    ConfigValues,
+    config_text,
+    hook_script,
+    read_base,
+    shallow_lines,
+    valid_branch,
+    write_base,
+)
+from artifactfs.sources.git.git_index import fsmonitor_extension, index_mtime_ns
+from artifactfs.sources.git.remote import branch_for
+from artifactfs.sources.spec import strip_credentials
+
+
+def test_credentials_never_reach_the_git_directory() -> None:
+    assert strip_credentials("https://TOKEN@example.com/r.git") == "https://example.com/r.git"
+    assert strip_credentials("https://u:p@example.com:8443/r") == "https://example.com:8443/r"
+    assert strip_credentials("ssh://git:pw@example.com/r") == "ssh://git@example.com/r"
+    assert strip_credentials("ssh://git@example.com/r") == "ssh://git@example.com/r"
+    assert strip_credentials("git://example.com/r") == "git://example.com/r"
+    assert strip_credentials("git@example.com:r.git") == "git@example.com:r.git"
+    assert strip_credentials("/srv/r.git") == "/srv/r.git"
+    assert strip_credentials("https://u:p@[::1]:9/r") == "https://[::1]:9/r"
+
+
+def test_the_branch_a_ref_names() -> None:
+    refs = {
+        b"HEAD": b"1" * 40,
+        b"refs/heads/main": b"1" * 40,
+        b"refs/heads/dev": b"2" * 40,
+        b"refs/tags/v1": b"3" * 40,
+    }
+    symrefs = {b"HEAD": b"refs/heads/trunk"}
+    assert branch_for(None, refs, symrefs) == "trunk"  # the origin's default
+    assert branch_for(None, refs, {}) is None  # not told
+    assert branch_for("dev", refs, symrefs) == "dev"
+    assert branch_for("refs/heads/dev", refs, symrefs) == "dev"
+    assert branch_for("v1", refs, symrefs) is None  # a tag: detached
+    assert branch_for("a" * 40, refs, symrefs) is None  # a commit: detached
+
+
+def test_branch_names_from_a_server_are_checked() -> None:
+    assert valid_branch("main") == "main"
+    assert valid_branch("feature/x") == "feature/x"
+    for bad in (None, "HEAD", "-x", "../x", "a..b", "x.lock", "a b", ""):
+        assert valid_branch(bad) is None
+
+
+def test_config_is_what_git_reads(tmp_path: Path) -> None:
+    values = ConfigValues(
+        url='https://example.com/a "quoted" \\ repo',
+        hook=Path("/state/work space/git/artifactfs-fsmonitor"),
+        object_format="sha1",
+        branch="main",
+    )
+    config = tmp_path / "config"
+    config.write_bytes(config_text(values))
+
+    def get(key: str) -> str:
+        out = subprocess.run(
+            ["git", "config", "-f", str(config), key], capture_output=True, check=True
+        )
+        return out.stdout.decode().rstrip("\n")
+
+    assert get("remote.origin.url") == values.url
+    # git runs a hook path with a space through the shell: quoted for it
+    assert get("core.fsmonitor") == "'/state/work space/git/artifactfs-fsmonitor'"
+    assert get("core.bare") == "false"
+    assert get("core.trustctime") == "false"
+    assert get("branch.main.merge") == "refs/heads/main"
+    plain = ConfigValues("git://h/r", Path("/s/git/artifactfs-fsmonitor"), "sha256", None)
+    config.write_bytes(config_text(plain))
+    assert get("core.fsmonitor") == "/s/git/artifactfs-fsmonitor"
+    assert get("extensions.objectformat") == "sha256"
+
+
+def test_the_hook_runs_isolated(tmp_path: Path) -> None:
+    script = hook_script(tmp_path / "j'ournal.db", python="/usr/bin/python3").decode()
+    assert script.startswith("#!/bin/sh\n")
+    assert "exec /usr/bin/python3 -I -S -c " in script
+    hook = tmp_path / "hook"
+    hook.write_text(script)
+    hook.chmod(0o755)
+    # no journal there: the hook fails (exit 1) and git falls back to a full scan
+    result = subprocess.run([str(hook), "2", "artifactfs:x:0"], capture_output=True)
+    assert result.returncode == 1 and b"artifactfs fsmonitor" in result.stderr
+
+
+def test_fsmonitor_extension_bytes() -> None:
+    extension = fsmonitor_extension("artifactfs:abc:0")
+    assert extension.signature == b"FSMN"
+    empty_ewah = struct.pack(">IIQI", 0, 1, 0, 0)
+    assert extension.data == (
+        struct.pack(">I", 2) + b"artifactfs:abc:0\0" + struct.pack(">I", 20) + empty_ewah
+    )
+
+
+def _entry(mtime: tuple[int, int]) -> SerializedIndexEntry:
+    return SerializedIndexEntry(
+        b"f", mtime, mtime, 0, 1, 0o100644, 0, 0, 1, ObjectID(b"a" * 40), 0, 0
+    )
+
+
+def test_the_index_is_newer_than_every_entry() -> None:
+    now = 1_800_000_000 * 10**9
+    assert index_mtime_ns([_entry((1_700_000_000, 5))], now) == now
+    future = (1_900_000_000, 500)  # a commit dated ahead of the clock
+    assert index_mtime_ns([_entry(future)], now) == (1_900_000_001 * 10**9 + 500)
+
+
+def test_shallow_and_base_files(tmp_path: Path) -> None:
+    assert shallow_lines(tmp_path, "a" * 40) == b"a" * 40 + b"\n"
+    (tmp_path / "shallow").write_bytes(b"b" * 40 + b"\n")
+    assert shallow_lines(tmp_path, "a" * 40) == b"b" * 40 + b"\n" + b"a" * 40 + b"\n"
+    assert shallow_lines(tmp_path, "b" * 40) == b"b" * 40 + b"\n"
+    assert read_base(tmp_path) is None
+    write_base(tmp_path, Base("c" * 40, None))
+    assert read_base(tmp_path) == Base("c" * 40, None)
+    (tmp_path / "artifactfs-base").write_text("{not json")
+    assert read_base(tmp_path) is None
