@@ -382,3 +382,34 @@ def test_keep_blob_never_raises(
     oid = readme.oid or ""
     assert not (tmp_path / "git" / "objects" / oid[:2] / oid[2:]).exists()
     assert not list((tmp_path / "git" / "objects" / oid[:2]).iterdir())  # no temporary left
+
+
+def test_a_sha256_repository(tmp_path: Path, repos: Path, daemon: GitDaemon) -> None:
+    files = {path: content for path, content in FILES.items() if path != "vendor/sub"}
+    origin = make_repo(repos, "sha256.git", files, object_format="sha256")
+    source = git_source(daemon.url("sha256.git"), tmp_path)
+    snapshot = prepared(source)
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    db = make_journal(tmp_path / "journal.db")
+    work.show(source.worktree().attach(snapshot, tmp_path / "git", work.stat_of(snapshot), db))
+    assert user_git(work.path, "status", "--porcelain=v2") == ""
+    assert user_git(work.path, "rev-parse", "HEAD").strip() == origin.commit
+    assert user_git(work.path, "cat-file", "-p", "HEAD:src/util/deep.txt") == "deep\n"
+
+
+def test_a_git_directory_we_did_not_record_is_kept_aside(
+    tmp_path: Path, daemon: GitDaemon, origin: Repo, expect_log: ExpectLog
+) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    gitdir = tmp_path / "ws" / "git"
+    gitdir.mkdir(parents=True)
+    (gitdir / "HEAD").write_text("ref: refs/heads/mine\n")  # somebody's, with no base file
+    (tmp_path / "ws" / ".git.tmp-dead").mkdir()  # what a crashed attach left
+    expect_log(r"had no record of its commit: moved it to", level="WARNING")
+    work.show(source.worktree().attach(snapshot, gitdir, work.stat_of(snapshot), tmp_path / "j"))
+    assert user_git(work.path, "status", "--porcelain=v2") == ""
+    left = sorted(p.name for p in (tmp_path / "ws").iterdir())
+    assert left[0].startswith(".git.old-") and left[1:] == ["git"]
+    assert (tmp_path / "ws" / left[0] / "HEAD").read_text() == "ref: refs/heads/mine\n"

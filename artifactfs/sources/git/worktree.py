@@ -56,6 +56,7 @@ import re
 import secrets
 import shutil
 import sqlite3
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -150,10 +151,7 @@ class GitWorktree:
         """Build a new git directory beside ``directory`` and rename it into place."""
         parent = directory.parent
         parent.mkdir(parents=True, exist_ok=True)
-        for stale in [
-            *parent.glob(f".{directory.name}.tmp-*"),
-            *parent.glob(f".{directory.name}.old-*"),
-        ]:
+        for stale in parent.glob(f".{directory.name}.tmp-*"):  # a crashed attach's
             shutil.rmtree(stale, ignore_errors=True)
         building = parent / f".{directory.name}.tmp-{secrets.token_hex(4)}"
         commit = snapshot.meta.commit
@@ -180,9 +178,7 @@ class GitWorktree:
             self._write_head(building, commit, branch, None, message)
             git_dir.write_base(building, Base(commit, branch))
             if directory.exists() or directory.is_symlink():
-                aside = parent / f".{directory.name}.old-{secrets.token_hex(4)}"
-                os.rename(directory, aside)
-                shutil.rmtree(aside, ignore_errors=True)
+                _put_aside(directory)
             os.rename(building, directory)
             git_dir.fsync_directory(parent)
         finally:
@@ -255,7 +251,11 @@ class GitWorktree:
         stat_of: Callable[[Row], LowerStat],
         journal: Path,
     ) -> None:
-        entries = index_entries(snapshot, stat_of)
+        own = SnapshotIndex(snapshot.path)  # a connection of this thread's own
+        try:
+            entries = index_entries(own, stat_of)
+        finally:
+            own.close()
         lock = root / "index.lock"
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()  # nobody runs git in a workspace that is not mounted yet
@@ -285,6 +285,18 @@ class GitWorktree:
             write_loose_blob(directory / "objects", row.oid, self._object_format, content)
         except Exception as exc:  # noqa: BLE001 - best effort: git fetches it itself if it must
             log.warning("could not keep blob %s in the git directory: %s", row.oid, exc)
+
+
+def _put_aside(directory: Path) -> None:
+    """Move away what is at ``directory`` (it has no base we recorded): a git directory, which
+    may hold somebody's commits, is kept beside it and named in the log; anything else (an
+    empty directory) is removed."""
+    aside = directory.with_name(f".{directory.name}.old-{int(time.time())}-{secrets.token_hex(2)}")
+    os.rename(directory, aside)
+    if (aside / "HEAD").exists():
+        log.warning("%s had no record of its commit: moved it to %s", directory, aside)
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _resolved(root: Path, name: str) -> str | None:
