@@ -9,6 +9,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from tests.helpers.gitrepos import (
     commit_files,
     make_repo,
 )
-from tests.helpers.servers import GitDaemon
+from tests.helpers.servers import GitDaemon, HttpGitServer
 from tests.helpers.sources import settings_for
 
 FILES = {
@@ -72,12 +73,12 @@ def settings(tmp_path: Path) -> SourceSettings:
 class Checkout:
     """A directory with a commit's files, as a mount shows them: mtimes at the commit time."""
 
-    def __init__(self, path: Path, repo: Repo, commit: str, root_file: RootFile | None = None):
+    def __init__(self, path: Path, repo: Repo, commit: str, when: int | None = None):
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         tar = repo.archive(commit)
         tar.extractall(path, filter="tar")
-        when = int(repo.rev_parse(f"{commit}^{{commit}}") and _commit_time(repo, commit))
+        when = _commit_time(repo, commit) if when is None else when
         for root, dirs, files in os.walk(path):
             for name in files + dirs:
                 os.utime(Path(root) / name, (when, when), follow_symlinks=False)
@@ -413,3 +414,53 @@ def test_a_git_directory_we_did_not_record_is_kept_aside(
     left = sorted(p.name for p in (tmp_path / "ws").iterdir())
     assert left[0].startswith(".git.old-") and left[1:] == ["git"]
     assert (tmp_path / "ws" / left[0] / "HEAD").read_text() == "ref: refs/heads/mine\n"
+
+
+def test_no_entry_is_racily_clean_even_from_a_commit_in_the_future(
+    tmp_path: Path, daemon: GitDaemon, origin: Repo
+) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    ahead = int(time.time()) + 3600  # files dated an hour ahead of the clock
+    work = Checkout(tmp_path / "mnt", origin, origin.commit, when=ahead)
+    gitdir = tmp_path / "git"
+    work.show(source.worktree().attach(snapshot, gitdir, work.stat_of(snapshot), tmp_path / "j"))
+    assert (gitdir / "index").stat().st_mtime_ns > ahead * 10**9
+    # same size, same mtime, same inode, other bytes: only a read of the content would tell,
+    # and git reads (on a mount: fetches) the content of racily clean entries only
+    readme = work.path / "README.md"
+    before = readme.stat()
+    with open(readme, "r+b") as out:
+        out.write(b"# HELLO\n")
+    os.utime(readme, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert user_git(work.path, "status", "--porcelain=v2") == ""  # no journal: stat checks
+
+
+def test_credentials_follow_git_rules_and_are_never_written(
+    tmp_path: Path, repos: Path, origin: Repo
+) -> None:
+    server = HttpGitServer(repos, token="s3cret-token")
+    try:
+        host = server.url("origin.git").removeprefix("http://")
+        source = git_source(f"http://x-access-token:s3cret-token@{host}", tmp_path)
+        snapshot = prepared(source)
+        work = Checkout(tmp_path / "mnt", origin, origin.commit)
+        gitdir = tmp_path / "git"
+        db = make_journal(tmp_path / "journal.db")
+        work.show(source.worktree().attach(snapshot, gitdir, work.stat_of(snapshot), db))
+        for path in gitdir.rglob("*"):
+            if path.is_file():
+                assert b"s3cret" not in path.read_bytes(), path
+        url = user_git(work.path, "config", "remote.origin.url").strip()
+        assert url == f"http://{host}"
+        assert user_git(work.path, "status", "--porcelain=v2") == ""
+        helper = "!f() { echo username=x-access-token; echo password=s3cret-token; }; f"
+        with_helper = {
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "credential.helper",
+            "GIT_CONFIG_VALUE_0": helper,
+        }
+        shown = user_git(work.path, "cat-file", "-p", "HEAD:README.md", env=with_helper)
+        assert shown == "# hello\n"
+    finally:
+        server.stop()
