@@ -464,3 +464,37 @@ def test_credentials_follow_git_rules_and_are_never_written(
         assert shown == "# hello\n"
     finally:
         server.stop()
+
+
+def test_the_everyday_commands(tmp_path: Path, daemon: GitDaemon, origin: Repo) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    db = make_journal(tmp_path / "journal.db")
+    work.show(source.worktree().attach(snapshot, tmp_path / "git", work.stat_of(snapshot), db))
+    main_py = work.path / "src" / "main.py"
+
+    main_py.write_bytes(b"edited\n")
+    (work.path / "README.md").unlink()
+    record(db, b"src/main.py", b"README.md")
+    assert user_git(work.path, "status", "--porcelain=v1") == " D README.md\n M src/main.py\n"
+    user_git(work.path, "restore", "README.md")
+    assert (work.path / "README.md").read_bytes() == b"# hello\n"
+    record(db, b"README.md")
+    user_git(work.path, "stash", "-q")
+    record(db, b"src/main.py")
+    assert user_git(work.path, "status", "--porcelain=v1") == ""
+    assert main_py.read_bytes() == b"print('hi')\n" * 50
+    user_git(work.path, "stash", "pop", "-q")
+    record(db, b"src/main.py")
+    assert main_py.read_bytes() == b"edited\n"
+    user_git(work.path, "checkout", "-q", "-b", "topic")
+    user_git(work.path, "commit", "-q", "-am", "topic work")
+    assert user_git(work.path, "show", "--format=%s", "--stat", "HEAD").startswith("topic work\n")
+    blame = user_git(work.path, "blame", "--porcelain", "src/main.py")
+    assert "summary topic work" in blame
+    user_git(work.path, "reset", "-q", "--hard", "main")
+    record(db, b"src/main.py")
+    assert main_py.read_bytes() == b"print('hi')\n" * 50
+    assert user_git(work.path, "status", "--porcelain=v1") == ""
+    assert user_git(work.path, "log", "-1", "--format=%s", "ORIG_HEAD") == "topic work\n"
