@@ -498,3 +498,23 @@ def test_the_everyday_commands(tmp_path: Path, daemon: GitDaemon, origin: Repo) 
     assert main_py.read_bytes() == b"print('hi')\n" * 50
     assert user_git(work.path, "status", "--porcelain=v1") == ""
     assert user_git(work.path, "log", "-1", "--format=%s", "ORIG_HEAD") == "topic work\n"
+
+
+def test_a_damaged_kept_pack_is_fetched_again(
+    tmp_path: Path, daemon: GitDaemon, origin: Repo, expect_log: ExpectLog
+) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    kept = tip_pack_path(tmp_path / "state", origin.commit)
+    data = bytearray(kept.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    kept.chmod(0o644)
+    kept.write_bytes(bytes(data))
+    fetches = daemon.fetch_commands()
+    expect_log(r"the pack kept for \w+ is damaged", level="WARNING")
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    gitdir = tmp_path / "git"
+    work.show(source.worktree().attach(snapshot, gitdir, work.stat_of(snapshot), tmp_path / "j"))
+    assert daemon.fetch_commands() == fetches + 1
+    assert user_git(work.path, "status", "--porcelain=v2") == ""
+    assert user_git(work.path, "fsck", "--no-progress") == ""  # every object, hashed

@@ -30,6 +30,10 @@ from ...errors import SourceError
 _CHUNK = 1 << 20
 
 
+class MissingCommit(SourceError):
+    """A kept pack that does not hold the commit it was kept for."""
+
+
 def install_promisor_pack(kept: Path, pack_dir: Path, object_format: str, commit: str) -> str:
     """Put the kept pack ``kept`` into ``pack_dir`` as a promisor pack holding ``commit``;
     return its name (``pack-<hex>``). Nothing is done if it is there already."""
@@ -50,7 +54,7 @@ def install_promisor_pack(kept: Path, pack_dir: Path, object_format: str, commit
             found = load_pack_index(str(temp_index), fmt)
             try:
                 if ObjectID(commit.encode("ascii")) not in found:
-                    raise SourceError(f"the pack kept for {commit} does not hold that commit")
+                    raise MissingCommit(f"the pack kept for {commit} does not hold that commit")
             finally:
                 found.close()
             promisor = pack_dir / f"{name}.promisor"

@@ -56,12 +56,13 @@ import re
 import secrets
 import shutil
 import sqlite3
+import struct
 import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from dulwich.errors import ChecksumMismatch
+from dulwich.errors import ApplyDeltaError, ChecksumMismatch, FileFormatException
 
 from ...errors import SourceError
 from ...snapshot import Row, SnapshotIndex
@@ -70,7 +71,7 @@ from ..spec import strip_credentials
 from . import git_dir
 from .git_dir import Base, ConfigValues
 from .git_index import fsmonitor_token, index_entries, write_git_index
-from .git_objects import install_promisor_pack, write_loose_blob
+from .git_objects import MissingCommit, install_promisor_pack, write_loose_blob
 from .remote import GitRemote
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,26 @@ GITFILE = b".git"
 DEFAULT_BRANCH = "main"
 """The local branch when the origin's default branch name is not known (prepared offline)."""
 _HEX_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-_FAILURES = (OSError, sqlite3.Error, ValueError, zlib.error, ChecksumMismatch)
+_FAILURES = (
+    OSError,
+    sqlite3.Error,
+    ValueError,
+    zlib.error,
+    struct.error,
+    ChecksumMismatch,
+    ApplyDeltaError,
+    FileFormatException,
+)
+"""What making a git directory may fail with that is no bug of ours: the disk, the snapshot,
+a damaged kept pack."""
+_DAMAGED_PACK = (
+    ChecksumMismatch,
+    ApplyDeltaError,
+    FileFormatException,
+    struct.error,
+    zlib.error,
+    MissingCommit,
+)
 
 
 class GitWorktree:
@@ -105,7 +125,8 @@ class GitWorktree:
         except SourceError:
             raise
         except _FAILURES as exc:
-            raise SourceError(f"cannot make the git directory {directory}: {exc}") from exc
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise SourceError(f"cannot make the git directory {directory}: {reason}") from exc
         return RootFile(GITFILE, b"gitdir: " + os.fsencode(directory) + b"\n")
 
     def _attach(
@@ -159,7 +180,7 @@ class GitWorktree:
         try:
             for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags", "info"):
                 (building / sub).mkdir(parents=True)
-            install_promisor_pack(kept, building / "objects/pack", self._object_format, commit)
+            self._install_pack(kept, building / "objects/pack", commit)
             config = ConfigValues(
                 url=strip_credentials(self.remote.spec.url),
                 hook=directory / git_dir.HOOK_FILE,
@@ -199,7 +220,7 @@ class GitWorktree:
         branch, tracked = self._branch()
         if branch is None and base.branch is not None and self.remote.head_branch is None:
             branch = base.branch  # asked offline: keep the branch we made before
-        install_promisor_pack(kept, directory / "objects/pack", self._object_format, commit)
+        self._install_pack(kept, directory / "objects/pack", commit)
         git_dir.write_atomic(directory / "shallow", git_dir.shallow_lines(directory, commit))
         self._refresh_hook(directory, journal)
         message = f"artifactfs: refreshed from {base.commit[:12]} to {commit[:12]}"
@@ -209,6 +230,20 @@ class GitWorktree:
         self._write_head(directory, commit, branch, head, message)
         git_dir.write_base(directory, Base(commit, branch))
         log.info("moved git directory %s from %s to %s", directory, base.commit, commit)
+
+    def _install_pack(self, kept: Path, pack_dir: Path, commit: str) -> None:
+        """The kept pack as the git directory's promisor pack; a kept pack found damaged is
+        removed and fetched again, once."""
+        try:
+            install_promisor_pack(kept, pack_dir, self._object_format, commit)
+            return
+        except _DAMAGED_PACK as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            log.warning("the pack kept for %s is damaged (%s): fetching it again", commit, reason)
+        with contextlib.suppress(FileNotFoundError):
+            kept.unlink()
+        fetched = self.remote.tip_pack(commit)
+        install_promisor_pack(fetched, pack_dir, self._object_format, commit)
 
     def _point(
         self,
