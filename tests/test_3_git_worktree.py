@@ -259,6 +259,9 @@ def test_a_new_commit_repoints_the_git_directory(
     feature = user_git(work.path, "rev-parse", "feature").strip()
 
     updated = commit_files(origin, {"new.txt": b"new\n"}, "second", remove=("empty.txt",))
+    user_git(work.path, "fetch", "-q", "origin")  # the user's own fetch: blobless, shallow
+    assert user_git(work.path, "log", "--format=%s", "origin/main") == "second\ninitial\n"
+    assert user_git(work.path, "ls-files", "-s", "vendor/sub").startswith("160000 0123456789")
     source = git_source(daemon.url("origin.git"), tmp_path)
     second = prepared(source)
     assert second.meta.commit == updated.commit

@@ -159,10 +159,12 @@ def hook_script(journal: Path, python: str | None = None) -> bytes:
         f"sys.exit(hook_main(sys.argv[1:], {str(journal.absolute())!r}))"
     )
     interpreter = python or sys.executable
+    database = shlex.quote(str(journal.absolute()))
     return (
         "#!/bin/sh\n"
         "# written by artifactfs: git's fsmonitor hook (protocol 2), answered from the\n"
-        "# workspace's change journal\n"
+        "# workspace's change journal; no journal yet: fail quietly (git checks everything)\n"
+        f"[ -e {database} ] || exit 1\n"
         f'exec {shlex.quote(interpreter)} -I -S -c {shlex.quote(code)} "$@"\n'
     ).encode()
 
