@@ -4,7 +4,9 @@ Prepare is one connection for the tip (ls-refs limited to the candidate ref name
 depth-1 fetch with ``blob:none``: the commit and its trees, no file contents), one
 ``object-info`` exchange for every blob size, and, only if the tree has symlinks, one fetch
 of the symlink blobs so targets live in the snapshot. If the snapshot of the resolved commit
-already exists, the fetch is skipped: the snapshot is keyed by commit and immutable.
+already exists, the fetch is skipped: the snapshot is keyed by commit and immutable. The pack
+of the commit and its trees is kept beside the snapshot (``tip_pack_path``), keyed by commit
+too: a writable mount's git directory is made from it (worktree.py) without another fetch.
 
 Every remote call opens a fresh client with the credentials as they are then (see
 ``sources/credentials.py``): a blob fetched hours after the prepare authenticates like the
