@@ -222,12 +222,15 @@ def test_edit_diff_commit_with_the_origin_down_and_restart(
     assert user_git(work.path, "status", "--porcelain=v1") == "M  README.md\n"
 
     # git commit in a partial clone first fetches every blob of the index it lacks (git's
-    # rule: cache_tree_update prefetches them, in one batch): it needs the origin once
+    # rule: cache_tree_update prefetches them, in one batch): the CAS remote fetches those
+    # not in the CAS from the origin, once, and leaves them in the CAS for the mount
     daemon = GitDaemon(repos, port=daemon.port)
     try:
         mark = daemon.trace_mark()
         user_git(work.path, "commit", "-q", "-m", "edit")
         assert daemon.fetch_commands(mark) == 1
+        main_py = origin.blob_id("src/main.py")
+        assert source.remote.cas.hash_published(source.remote.blob_digest(main_py)) == main_py
         user_git(work.path, "commit", "-q", "--allow-empty", "-m", "again")
         assert daemon.fetch_commands(mark) == 1  # nothing fetched twice
     finally:
@@ -521,3 +524,55 @@ def test_a_damaged_kept_pack_is_fetched_again(
     assert daemon.fetch_commands() == fetches + 1
     assert user_git(work.path, "status", "--porcelain=v2") == ""
     assert user_git(work.path, "fsck", "--no-progress") == ""  # every object, hashed
+
+
+def test_git_takes_blobs_from_the_cas_and_leaves_the_ones_it_fetches_there(
+    tmp_path: Path, repos: Path, daemon: GitDaemon, origin: Repo
+) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    db = make_journal(tmp_path / "journal.db")
+    work.show(source.worktree().attach(snapshot, tmp_path / "git", work.stat_of(snapshot), db))
+    cas = source.remote.cas
+
+    # what git fetches lazily lands in the CAS too (a read through the mount fetches nothing)
+    deep = origin.blob_id("src/util/deep.txt")
+    assert user_git(work.path, "cat-file", "-p", f"{deep}") == "deep\n"
+    assert cas.hash_published(source.remote.blob_digest(deep)) == deep
+
+    # what the mount fetched (a grep -r: every blob), git takes from the CAS: even the
+    # prefetch of git commit works with the origin down
+    wanted = {origin.blob_id(path): None for path in ("README.md", "src/main.py", "bin/run.sh")}
+    wanted |= {origin.blob_id(path): None for path in ("empty.txt", "name with spaces.txt")}
+    source.remote.fetch_blobs(wanted)
+    daemon.stop()
+    (work.path / "README.md").write_bytes(b"# hello\nworld\n")
+    record(db, b"README.md")
+    assert user_git(work.path, "diff", "--stat").strip().startswith("README.md | 1 +")
+    user_git(work.path, "commit", "-q", "-am", "offline commit")
+    assert user_git(work.path, "status", "--porcelain=v2") == ""
+    assert user_git(work.path, "log", "--format=%s").split() == ["offline", "commit", "initial"]
+
+
+def test_a_blob_neither_in_the_cas_nor_at_the_origin_fails_without_hanging(
+    tmp_path: Path, daemon: GitDaemon, origin: Repo
+) -> None:
+    source = git_source(daemon.url("origin.git"), tmp_path)
+    snapshot = prepared(source)
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    work.show(
+        source.worktree().attach(snapshot, tmp_path / "git", work.stat_of(snapshot), tmp_path / "j")
+    )
+    daemon.stop()
+    result = subprocess.run(
+        ["git", "cat-file", "-p", "HEAD:README.md"],
+        cwd=work.path,
+        env={**os.environ, **GIT_ENV},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert b"remote error: artifactfs: " in result.stderr  # the CAS remote, then origin
+    assert b"could not fetch" in result.stderr

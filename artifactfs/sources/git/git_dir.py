@@ -105,6 +105,8 @@ class ConfigValues:
     object_format: str
     branch: str | None
     """The local branch that tracks the origin's branch of the same name (None: none)."""
+    cas_remote: str | None = None
+    """The ``ext::`` URL of the promisor remote served from the CAS (cas_remote.py), if any."""
 
 
 def config_text(values: ConfigValues) -> bytes:
@@ -128,6 +130,17 @@ def config_text(values: ConfigValues) -> bytes:
     ]
     if values.object_format != "sha1":
         lines.append(f"\tobjectformat = {values.object_format}")
+    if values.cas_remote is not None:  # first: git asks extensions.partialclone's remote last
+        lines += [
+            '[remote "artifactfs"]',
+            f"\turl = {_quoted(values.cas_remote)}",
+            "\tpromisor = true",
+            "\tpartialclonefilter = blob:none",
+            "\tskipFetchAll = true",
+            "\tskipDefaultUpdate = true",
+            '[protocol "ext"]',
+            "\tallow = user",  # not for submodules: a .gitmodules URL never runs a command
+        ]
     lines += [
         '[remote "origin"]',
         f"\turl = {_quoted(values.url)}",
@@ -213,3 +226,8 @@ def shallow_lines(git_dir: Path, commit: str) -> bytes:
     if commit not in known:
         known.append(commit)
     return "".join(f"{line}\n" for line in known).encode("ascii")
+
+
+def ext_url(argv: list[str]) -> str:
+    """An ``ext::`` remote URL running ``argv`` (git splits it on spaces; ``%`` escapes)."""
+    return "ext::" + " ".join(arg.replace("%", "%%").replace(" ", "% ") for arg in argv)

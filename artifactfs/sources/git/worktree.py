@@ -50,6 +50,7 @@ Everything here blocks (a mount runs it in a thread) and fails with ``SourceErro
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -57,6 +58,7 @@ import secrets
 import shutil
 import sqlite3
 import struct
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -68,7 +70,8 @@ from ...errors import SourceError
 from ...snapshot import Row, SnapshotIndex
 from ..base import LowerStat, RootFile
 from ..spec import strip_credentials
-from . import git_dir
+from . import cas_remote, git_dir
+from .cas_remote import SETTINGS_FILE
 from .git_dir import Base, ConfigValues
 from .git_index import fsmonitor_token, index_entries, write_git_index
 from .git_objects import MissingCommit, install_promisor_pack, write_loose_blob
@@ -186,7 +189,17 @@ class GitWorktree:
                 hook=directory / git_dir.HOOK_FILE,
                 object_format=self._object_format,
                 branch=branch if tracked else None,
+                cas_remote=git_dir.ext_url(
+                    [
+                        sys.executable,
+                        "-I",
+                        "-m",
+                        cas_remote.__name__,
+                        str(directory / SETTINGS_FILE),
+                    ]
+                ),
             )
+            self._write_cas_remote_settings(building, commit)
             git_dir.write_atomic(building / "config", git_dir.config_text(config))
             git_dir.write_atomic(
                 building / git_dir.HOOK_FILE, git_dir.hook_script(journal), mode=0o755
@@ -223,6 +236,7 @@ class GitWorktree:
         self._install_pack(kept, directory / "objects/pack", commit)
         git_dir.write_atomic(directory / "shallow", git_dir.shallow_lines(directory, commit))
         self._refresh_hook(directory, journal)
+        self._write_cas_remote_settings(directory, commit)
         message = f"artifactfs: refreshed from {base.commit[:12]} to {commit[:12]}"
         head = git_dir.read_ref(directory, "HEAD")
         self._point(directory, commit, branch, tracked, base, message)
@@ -297,6 +311,20 @@ class GitWorktree:
         write_git_index(
             root / "index", lock, entries, self._object_format, fsmonitor_token(journal)
         )
+
+    def _write_cas_remote_settings(self, root: Path, commit: str) -> None:
+        """What the CAS promisor remote (cas_remote.py) is run with."""
+        settings = self.remote.settings
+        values = {
+            "commit": commit,
+            "origin": strip_credentials(self.remote.spec.url),
+            "object_format": self._object_format,
+            "cas": str(settings.cas_dir.absolute()),
+            "snapshots": str(settings.snapshots_dir.absolute()),
+            "temp": str(settings.temp_dir.absolute()),
+            "io_timeout": settings.io_timeout,
+        }
+        git_dir.write_atomic(root / SETTINGS_FILE, (json.dumps(values) + "\n").encode())
 
     def _refresh_hook(self, directory: Path, journal: Path) -> None:
         hook = directory / git_dir.HOOK_FILE
