@@ -14,6 +14,7 @@ from artifactfs.sources.git.git_dir import (
     Base,
     ConfigValues,
     config_text,
+    ext_url,
     hook_script,
     read_base,
     shallow_lines,
@@ -131,3 +132,21 @@ def test_shallow_and_base_files(tmp_path: Path) -> None:
     assert read_base(tmp_path) == Base("c" * 40, None)
     (tmp_path / "artifactfs-base").write_text("{not json")
     assert read_base(tmp_path) is None
+
+
+def test_the_cas_remote_comes_first_and_only_for_the_user(tmp_path: Path) -> None:
+    url = ext_url(["/opt/my python/bin/python", "-I", "-m", "x", "/s/100%/settings.json"])
+    assert url == "ext::/opt/my% python/bin/python -I -m x /s/100%%/settings.json"
+    values = ConfigValues("git://h/r", Path("/s/git/hook"), "sha1", "main", cas_remote=url)
+    config = tmp_path / "config"
+    config.write_bytes(config_text(values))
+    listed = subprocess.run(
+        ["git", "config", "-f", str(config), "--get-regexp", r"remote\..*\.promisor|protocol"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    assert listed.splitlines() == [
+        "remote.artifactfs.promisor true",
+        "protocol.ext.allow user",
+        "remote.origin.promisor true",
+    ]

@@ -23,6 +23,10 @@ What ``attach`` makes under ``directory`` (the workspace's ``git/``):
 - an ``index`` of every tracked entry with the stat data the mount shows (``git_index.py``);
 - git's fsmonitor hook (``artifactfs-fsmonitor``, ``core.fsmonitor``, hook protocol 2) answered
   from the overlay's journal, and ``core.untrackedCache``: ``git status`` costs O(changes);
+- a second promisor remote, ``artifactfs``, asked before ``origin``: blobs from the CAS, and
+  those it lacks fetched from the origin into the CAS (``cas_remote.py``), so ``git commit``
+  (which fetches every blob of the index it lacks first) works after a ``grep -r`` with the
+  origin down, and nothing is fetched twice;
 - ``artifactfs-base``: the commit (and branch) it was made for.
 
 Stat checking. The index holds exactly what ``getattr`` shows of an unchanged entry: inode,
