@@ -576,3 +576,31 @@ def test_a_blob_neither_in_the_cas_nor_at_the_origin_fails_without_hanging(
     assert result.returncode != 0
     assert b"remote error: artifactfs: " in result.stderr  # the CAS remote, then origin
     assert b"could not fetch" in result.stderr
+
+
+def test_the_cas_remote_streams_large_blobs_and_never_passes_on_a_damaged_one(
+    tmp_path: Path, repos: Path, daemon: GitDaemon
+) -> None:
+    big = os.urandom(3 << 20) + b"end"
+    origin = make_repo(repos, "big.git", {"big.bin": big, "README.md": b"# hello\n"})
+    source = git_source(daemon.url("big.git"), tmp_path)
+    snapshot = prepared(source)
+    work = Checkout(tmp_path / "mnt", origin, origin.commit)
+    work.show(
+        source.worktree().attach(snapshot, tmp_path / "git", work.stat_of(snapshot), tmp_path / "j")
+    )
+    big_id, readme_id = origin.blob_id("big.bin"), origin.blob_id("README.md")
+    source.remote.fetch_blobs({big_id: len(big), readme_id: 8})
+    stored = source.remote.cas.path_of(source.remote.blob_digest(readme_id))
+    stored.chmod(0o644)
+    stored.write_bytes(b"# HELLO\n")  # damaged in the store, same size
+    mark = daemon.trace_mark()
+    # the damaged copy is never sent: the CAS remote fetches the blob again (healing the store)
+    assert user_git(work.path, "cat-file", "-p", "HEAD:README.md") == "# hello\n"
+    assert daemon.fetch_commands(mark) == 1
+    assert stored.read_bytes() == b"# hello\n"
+    daemon.stop()
+    shown = subprocess.run(
+        ["git", "cat-file", "-p", "HEAD:big.bin"], cwd=work.path, capture_output=True, check=True
+    )
+    assert shown.stdout == big  # from the CAS, with the origin down

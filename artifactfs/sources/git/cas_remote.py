@@ -17,19 +17,18 @@ index it lacks before writing trees), and a ``grep -r`` cheap after a ``git comm
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import struct
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from dulwich.object_format import get_object_format
-from dulwich.objects import Blob
-from dulwich.pack import write_pack_objects
-
 from ...cas import ContentStore, Digest
-from ...cas.digests import git_blob_algorithm
+from ...cas.digests import Algorithm, git_blob_algorithm
 from ...errors import SourceError, UserError
 from ..base import SourceSettings
 from ..counters import FetchCounters
@@ -76,7 +75,7 @@ def _pkt(data: bytes) -> bytes:
 _HUNG_UP = b"\0hung up"
 
 
-def _request(stream: BinaryIO) -> list[str]:
+def _request(stream: BinaryIO, out: BinaryIO) -> list[str]:
     """The object ids the client wants (up to its flush), then its ``have``s up to ``done``.
     A client that wants nothing may hang up at once."""
     wants: list[str] = []
@@ -87,9 +86,12 @@ def _request(stream: BinaryIO) -> list[str]:
             wants.append(line[5:].split(b" ", 1)[0].split(b"\0", 1)[0].strip().decode("ascii"))
     if not wants:
         return wants
-    while True:
+    while True:  # haves (a noop negotiator, as git's lazy fetches use, sends none)
         line = _read_pkt(stream)
-        if line is not None and line.strip() == b"done":
+        if line is None:  # the end of a round of haves: nothing in common
+            out.write(_pkt(b"NAK\n"))
+            out.flush()
+        elif line.strip() == b"done":
             return wants
 
 
@@ -108,7 +110,7 @@ def serve(settings_path: Path, stdin: BinaryIO, stdout: BinaryIO) -> int:
     stdout.write(_pkt(head + b" HEAD\0" + _CAPABILITIES + b"\n"))
     stdout.write(b"0000")
     stdout.flush()
-    wants = _request(stdin)
+    wants = _request(stdin, stdout)
     if not wants:
         return 0
     cas = ContentStore(Path(settings["cas"]))
@@ -137,23 +139,67 @@ def serve(settings_path: Path, stdin: BinaryIO, stdout: BinaryIO) -> int:
             return _refuse(stdout, f"artifactfs: not in the local store, and the origin: {exc}")
         if set(missing) - got:
             return _refuse(stdout, "artifactfs: the origin did not send every blob asked for")
-    blobs = []
-    for oid in wants:
-        data = cas.path_of(Digest(algorithm, oid)).read_bytes()
-        blob = Blob.from_string(data)
-        if blob.get_id(get_object_format(object_format)).decode("ascii") != oid:
-            return _refuse(stdout, f"artifactfs: blob {oid} in the CAS is damaged")
-        blobs.append((blob, None))
     stdout.write(_pkt(b"NAK\n"))
-
-    def send(data: bytes) -> None:
-        for packet in _sideband(1, data):
-            stdout.write(packet)
-
-    write_pack_objects(send, blobs, object_format=get_object_format(object_format))
+    try:
+        _send_pack(cas, algorithm, object_format, wants, stdout)
+    except _Damaged as exc:  # bytes went out already: git drops the pack and asks origin
+        stdout.write(_pkt(b"\x03artifactfs: " + str(exc).encode() + b"\n"))
+        stdout.flush()
+        return 1
     stdout.write(b"0000")
     stdout.flush()
     return 0
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _send_pack(
+    cas: ContentStore, algorithm: Algorithm, object_format: str, oids: list[str], out: BinaryIO
+) -> None:
+    """A pack of the blobs ``oids``, streamed from the CAS (not deltified, one blob in memory
+    at a time at most a chunk), on side band 1; each blob hashed to its id as it goes."""
+    new_hash = hashlib.sha1 if object_format == "sha1" else hashlib.sha256
+    trailer = new_hash()
+
+    def send(data: bytes) -> None:
+        trailer.update(data)
+        for packet in _sideband(1, data):
+            out.write(packet)
+
+    send(b"PACK" + struct.pack(">II", 2, len(oids)))
+    for oid in oids:
+        with open(cas.path_of(Digest(algorithm, oid)), "rb") as blob:
+            size = os.fstat(blob.fileno()).st_size
+            send(_object_header(_BLOB, size))
+            check = new_hash(b"blob %d\0" % size)
+            compressor = zlib.compressobj(1)
+            while chunk := blob.read(_CHUNK):
+                check.update(chunk)
+                if packed := compressor.compress(chunk):
+                    send(packed)
+            send(compressor.flush())
+        if check.hexdigest() != oid:
+            raise _Damaged(f"blob {oid} in the local store is damaged")
+    send(trailer.digest())
+
+
+_BLOB = 3
+_CHUNK = 1 << 20
+
+
+def _object_header(kind: int, size: int) -> bytes:
+    """A pack entry's type and size: 3 bits of type and 4 of size, then 7 bits a byte."""
+    byte = (kind << 4) | (size & 0x0F)
+    size >>= 4
+    header = bytearray()
+    while size:
+        header.append(byte | 0x80)
+        byte = size & 0x7F
+        size >>= 7
+    header.append(byte)
+    return bytes(header)
 
 
 def _refuse(stdout: BinaryIO, message: str) -> int:
