@@ -3,8 +3,9 @@ git directory take what the mount already fetched, and what they fetch lands in 
 
 git asks its promisor remotes for missing objects in order, the ``extensions.partialclone``
 remote (``origin``) last; the git directory lists this one (``artifactfs``) before it, as an
-``ext::`` remote: git runs ``python -I -m artifactfs.sources.git.cas_remote <settings>`` and
-speaks upload-pack (protocol v0) with it over its stdin and stdout. Asked for blobs, it sends a
+``ext::`` remote: git runs ``artifactfs-cas-remote`` in the git directory (a script that
+starts our interpreter on ``main``) and speaks upload-pack (protocol v0) with it over its stdin
+and stdout. Asked for blobs, it sends a
 pack of them: those in the CAS (verified by their id as they are read), and those that are not,
 fetched from the origin first (``GitRemote.fetch_blobs``: verified, published to the CAS, so a
 later read through the mount fetches nothing). If any cannot be had (the origin down, a

@@ -24,6 +24,8 @@ BASE_FILE = "artifactfs-base"
 """Ours, in the git directory: the commit (and branch) it was made for."""
 HOOK_FILE = "artifactfs-fsmonitor"
 """Ours, in the git directory: git's fsmonitor hook, answered from the overlay's journal."""
+CAS_REMOTE_FILE = "artifactfs-cas-remote"
+"""Ours, in the git directory: the promisor remote served from the CAS (an ``ext::`` command)."""
 IDENTITY = b"artifactfs <artifactfs@localhost>"
 """Who the reflog lines we write name."""
 _GIT_SHELL_SPECIALS = re.compile(r"[|&;<>()$`\\\"' \t\n*?\[#~=%]")
@@ -179,6 +181,22 @@ def hook_script(journal: Path, python: str | None = None) -> bytes:
         "# workspace's change journal; no journal yet: fail quietly (git checks everything)\n"
         f"[ -e {database} ] || exit 1\n"
         f'exec {shlex.quote(interpreter)} -I -S -c {shlex.quote(code)} "$@"\n'
+    ).encode()
+
+
+def cas_remote_script(settings: Path, python: str | None = None) -> bytes:
+    """The program git runs for the ``artifactfs`` remote (``ext::``): our interpreter,
+    isolated (``-I``), serving upload-pack from the CAS (``cas_remote.py``)."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(package_parent())!r}); "
+        "from artifactfs.sources.git.cas_remote import main; "
+        f"sys.exit(main([{str(settings)!r}]))"
+    )
+    interpreter = python or sys.executable
+    return (
+        "#!/bin/sh\n"
+        "# written by artifactfs: a promisor remote served from the local store (upload-pack)\n"
+        f"exec {shlex.quote(interpreter)} -I -c {shlex.quote(code)}\n"
     ).encode()
 
 

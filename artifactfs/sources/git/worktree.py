@@ -62,7 +62,6 @@ import secrets
 import shutil
 import sqlite3
 import struct
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -74,8 +73,8 @@ from ...errors import SourceError
 from ...snapshot import Row, SnapshotIndex
 from ..base import LowerStat, RootFile
 from ..spec import strip_credentials
-from . import cas_remote, git_dir
-from .cas_remote import SETTINGS_FILE
+from . import git_dir
+from .cas_remote import SETTINGS_FILE as CAS_REMOTE_SETTINGS
 from .git_dir import Base, ConfigValues
 from .git_index import fsmonitor_token, index_entries, write_git_index
 from .git_objects import MissingCommit, install_promisor_pack, write_loose_blob
@@ -148,7 +147,7 @@ class GitWorktree:
         base = git_dir.read_base(directory) if directory.is_dir() else None
         if base is not None and base.commit == commit:
             self._git_dir = directory
-            self._refresh_hook(directory, journal)
+            self._write_scripts(directory, directory, journal, commit)
             log.info("git directory %s kept as it was (commit %s)", directory, commit)
             return
         kept = self.remote.tip_pack(commit)
@@ -193,21 +192,10 @@ class GitWorktree:
                 hook=directory / git_dir.HOOK_FILE,
                 object_format=self._object_format,
                 branch=branch if tracked else None,
-                cas_remote=git_dir.ext_url(
-                    [
-                        sys.executable,
-                        "-I",
-                        "-m",
-                        cas_remote.__name__,
-                        str(directory / SETTINGS_FILE),
-                    ]
-                ),
+                cas_remote=git_dir.ext_url([str(directory / git_dir.CAS_REMOTE_FILE)]),
             )
-            self._write_cas_remote_settings(building, commit)
             git_dir.write_atomic(building / "config", git_dir.config_text(config))
-            git_dir.write_atomic(
-                building / git_dir.HOOK_FILE, git_dir.hook_script(journal), mode=0o755
-            )
+            self._write_scripts(building, directory, journal, commit)
             git_dir.write_atomic(building / "description", b"artifactfs workspace\n")
             git_dir.write_atomic(building / "shallow", f"{commit}\n".encode())
             message = f"clone: from {self.remote.display}"
@@ -239,8 +227,7 @@ class GitWorktree:
             branch = base.branch  # asked offline: keep the branch we made before
         self._install_pack(kept, directory / "objects/pack", commit)
         git_dir.write_atomic(directory / "shallow", git_dir.shallow_lines(directory, commit))
-        self._refresh_hook(directory, journal)
-        self._write_cas_remote_settings(directory, commit)
+        self._write_scripts(directory, directory, journal, commit)
         message = f"artifactfs: refreshed from {base.commit[:12]} to {commit[:12]}"
         head = git_dir.read_ref(directory, "HEAD")
         self._point(directory, commit, branch, tracked, base, message)
@@ -316,8 +303,10 @@ class GitWorktree:
             root / "index", lock, entries, self._object_format, fsmonitor_token(journal)
         )
 
-    def _write_cas_remote_settings(self, root: Path, commit: str) -> None:
-        """What the CAS promisor remote (cas_remote.py) is run with."""
+    def _write_scripts(self, root: Path, final: Path, journal: Path, commit: str) -> None:
+        """Our programs in the git directory, and what they are run with: the fsmonitor hook,
+        the CAS promisor remote and its settings (rewritten only when they changed: a new
+        interpreter, journal, home or commit). ``final`` is where ``root`` will be."""
         settings = self.remote.settings
         values = {
             "commit": commit,
@@ -328,17 +317,21 @@ class GitWorktree:
             "temp": str(settings.temp_dir.absolute()),
             "io_timeout": settings.io_timeout,
         }
-        git_dir.write_atomic(root / SETTINGS_FILE, (json.dumps(values) + "\n").encode())
-
-    def _refresh_hook(self, directory: Path, journal: Path) -> None:
-        hook = directory / git_dir.HOOK_FILE
-        wanted = git_dir.hook_script(journal)
-        try:
-            if hook.read_bytes() == wanted:
-                return
-        except OSError:
-            pass
-        git_dir.write_atomic(hook, wanted, mode=0o755)
+        wanted = {
+            git_dir.HOOK_FILE: (git_dir.hook_script(journal), 0o755),
+            git_dir.CAS_REMOTE_FILE: (
+                git_dir.cas_remote_script(final / CAS_REMOTE_SETTINGS),
+                0o755,
+            ),
+            CAS_REMOTE_SETTINGS: ((json.dumps(values) + "\n").encode(), 0o644),
+        }
+        for name, (data, mode) in wanted.items():
+            try:
+                if (root / name).read_bytes() == data:
+                    continue
+            except OSError:
+                pass
+            git_dir.write_atomic(root / name, data, mode=mode)
 
     # -- blobs -----------------------------------------------------------------------------
 
