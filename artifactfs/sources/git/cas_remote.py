@@ -6,10 +6,11 @@ remote (``origin``) last; the git directory lists this one (``artifactfs``) befo
 ``ext::`` remote: git runs ``artifactfs-cas-remote`` in the git directory (a script that
 starts our interpreter on ``main``) and speaks upload-pack (protocol v0) with it over its stdin
 and stdout. Asked for blobs, it sends a pack of them: those in the CAS (hashed to their id as
-they are read and sent), and those that are not, fetched from the origin first (``GitRemote.fetch_blobs``: verified, published to the CAS, so a
-later read through the mount fetches nothing). If any cannot be had (the origin down, a
-private origin whose token this process was not given), it answers with an error and git asks
-the next promisor remote, ``origin``, with git's own credentials: never worse than without it.
+they are read and sent), and those that are not, fetched from the origin first
+(``GitRemote.fetch_blobs``: verified, published to the CAS, so a later read through the mount
+fetches nothing). If any cannot be had (the origin down, a private origin whose token this
+process was not given), it answers with an error and git asks the next promisor remote,
+``origin``, with git's own credentials: never worse than without it.
 
 This is what makes ``git commit`` cheap after a ``grep -r`` (git fetches every blob of the
 index it lacks before writing trees), and a ``grep -r`` cheap after a ``git commit``.
