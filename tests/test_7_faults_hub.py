@@ -162,4 +162,3 @@ def test_after_a_refresh_unchanged_files_come_from_the_new_commit(
         resolved = [target for _, target, _ in hub.requests if "/resolve/" in target]
         assert resolved, hub.requests
         assert all(f"/resolve/{second}/" in target for target in resolved), resolved
-

@@ -35,6 +35,13 @@ def add_parsers(commands: Any) -> None:
         "without waiting for Python to start (default 1; 0: none)",
     )
     daemon.add_argument(
+        "--cache-max-size",
+        metavar="SIZE",
+        help="the blob cache's size cap, e.g. 10G, 500M, or bytes; least recently used blobs "
+        "are evicted past it (also ARTIFACTFS_CACHE_MAX_SIZE; default 10%% of the state "
+        "home's file system, at least 1 GiB, at most 10 GiB)",
+    )
+    daemon.add_argument(
         "--detach",
         action="store_true",
         help="run in the background: return once the daemon serves (for entrypoints and "
@@ -144,12 +151,15 @@ def run_daemon(args: argparse.Namespace) -> int:
         home.ensure()
     except OSError as exc:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    from .cache_command import daemon_cache_policy, serve_with_store_upkeep
+
+    policy = daemon_cache_policy(args.cache_max_size, home)  # its workers inherit the cap
     if args.detach:
         return _detach(home, args)
     lock = acquire_lock(home)
     configure(home.daemon_log, max(args.verbose, 1))
     try:
-        trio.run(Daemon(home, args.spare_workers).run)
+        trio.run(serve_with_store_upkeep, Daemon(home, args.spare_workers).run, home, policy)
     finally:
         os.close(lock)
     return 0
@@ -171,6 +181,8 @@ def _detach(home: Any, args: argparse.Namespace) -> int:
         raise UserError(f"a daemon is already running for {home.root} (pid {holder})")
     command = [sys.executable, "-P", "-m", "artifactfs", "daemon"]
     command += ["--spare-workers", str(args.spare_workers)] + ["-v"] * args.verbose
+    if args.cache_max_size is not None:
+        command += ["--cache-max-size", args.cache_max_size]
     stderr_path = home.logs_dir / "daemon.stderr"
     with open(stderr_path, "ab") as stderr:
         child = subprocess.Popen(

@@ -60,6 +60,13 @@ def add_parsers(commands: Any) -> None:
         "ARTIFACTFS_OFFLINE=1; for hf:// sources also HF_HUB_OFFLINE=1)",
     )
     mount.add_argument(
+        "--cache-max-size",
+        metavar="SIZE",
+        help="the blob cache's size cap, e.g. 10G, 500M, or bytes; least recently used blobs "
+        "are evicted past it (also ARTIFACTFS_CACHE_MAX_SIZE; default 10%% of the state "
+        "home's file system, at least 1 GiB, at most 10 GiB)",
+    )
+    mount.add_argument(
         "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
     )
     # for the daemon's workers only
@@ -85,6 +92,7 @@ def mount_foreground(args: argparse.Namespace) -> int:
         name=args.name,
         control_socket=args.control_socket,
         offline=args.offline,
+        cache_max_size=args.cache_max_size,
     )
     return launch(options)
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ..cas.eviction import CachePolicy
+from ..cas.usage import UsageRecorder
 from ..errors import UserError
 from ..home import ArtifactHome, default_home
 from ..logs import configure
@@ -64,6 +66,9 @@ class WorkerOptions:
     offline: bool = False
     """Send nothing to the origin (also ``ARTIFACTFS_OFFLINE=1``; Hub sources: also
     ``HF_HUB_OFFLINE=1``)."""
+    cache_max_size: str | None = None
+    """``--cache-max-size``: the store's cap (else ``ARTIFACTFS_CACHE_MAX_SIZE``, else a share
+    of the home's file system; cas/eviction.py)."""
 
     def command_line(self) -> list[str]:
         """The ``artifactfs`` arguments that ask for this worker (what ``ps`` shows)."""
@@ -86,6 +91,8 @@ class WorkerOptions:
             arguments.append("--allow-other")
         if self.offline:
             arguments.append("--offline")
+        if self.cache_max_size is not None:
+            arguments += ["--cache-max-size", self.cache_max_size]
         arguments += ["-v"] * self.verbose
         return arguments
 
@@ -116,6 +123,10 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         temp_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    try:
+        cache_policy = CachePolicy.resolve(options.cache_max_size, home.root)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     credentials = _credentials(options, stdin or sys.stdin)
     configure(home.log_file_for(mountpoint), options.verbose)
 
@@ -130,6 +141,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         counters=FetchCounters(),
         io_timeout=options.io_timeout,
         offline=options.offline or _truthy(os.environ.get(OFFLINE_ENV)),
+        usage=UsageRecorder(home.cas_dir),
     )
     from .head_start import HeadStart
 
@@ -146,6 +158,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         name=options.name,
         control_socket=Path(options.control_socket) if options.control_socket else None,
         allow_other=options.allow_other,
+        cache_policy=cache_policy,
     )
     return run(request, head_start)
 

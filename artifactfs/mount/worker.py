@@ -32,6 +32,8 @@ import trio
 
 from ..cas import ContentStore
 from ..cas.claims import FetchClaims
+from ..cas.eviction import CachePolicy
+from ..cas.upkeep import keep_store
 from ..errors import SourceError, UserError
 from ..fs.gate import GateState
 from ..fs.gated import GatedOperations
@@ -68,6 +70,8 @@ class MountRequest:
     """Serve control requests here, and say "mounted" on stdout once mounted (daemon mode)."""
     allow_other: bool = False
     """Let other users (root included) see the mount (see options.mount_options)."""
+    cache_policy: CachePolicy | None = None
+    """The store's size cap, kept by this worker's upkeep task (cas/upkeep.py)."""
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -106,6 +110,12 @@ class _Worker:
             nursery.start_soon(self._prepare)
             nursery.start_soon(self._watch_mount)
             nursery.start_soon(self._sweep_leftovers)
+            nursery.start_soon(
+                keep_store,
+                self.request.home.cas_dir,
+                self.request.cache_policy,
+                self.head_start.settings.usage,
+            )
             if self.request.control_socket is not None:
                 await nursery.start(serve_control, str(self.request.control_socket), self)
                 _tell_daemon_mounted()  # mounted, and now reachable for watching

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..cas.usage import UsageRecorder
 from ..snapshot import Row, SnapshotIndex
 from .counters import FetchCounters
 from .credentials import CredentialProvider
@@ -90,6 +91,10 @@ class SourceSettings:
     offline: bool = False
     """Send nothing to the origin: a ref is what it last resolved to in this home, and reads of
     bytes that are not stored fail at once."""
+    usage: UsageRecorder | None = None
+    """Where this process records what it publishes and opens, for the store's size cap
+    (cas/usage.py); None in processes that keep no such records (fetch children: their
+    parent records what they publish)."""
 
 
 class BlobReader(Protocol):

@@ -38,7 +38,7 @@ class HubContent:
         self._settings = settings
         self._client: HubClient | None = None
         self._blobs = RangedBlobs(
-            ContentStore(settings.cas_dir),
+            ContentStore(settings.cas_dir, settings.usage),
             self._http,
             settings.io_timeout,
             host.forget_cached,
