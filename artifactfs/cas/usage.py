@@ -428,6 +428,7 @@ class UsageRecorder:
         """Bytes published since the last flush (not in ``known_total`` yet)."""
         self._asked = False
         """``over_limit`` was called since the last flush."""
+        self._total_known = False
         self.known_total = 0
         """The table's total at the last flush."""
         self.limit: int | None = None
@@ -451,6 +452,12 @@ class UsageRecorder:
                 ).st_size
             except FileNotFoundError:
                 return
+        if not self._total_known:  # the first publish: what others recorded before we began
+            try:
+                self.known_total = self.database().total()
+                self._total_known = True
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("could not read the store's usage: %s", exc)
         with self._lock:
             if digest not in self._published:
                 self._new_bytes += size
@@ -511,6 +518,7 @@ class UsageRecorder:
                 self._new_bytes += new_bytes
             return self.known_total + new_bytes
         self.known_total = total
+        self._total_known = True
         return total
 
     def close(self) -> None:

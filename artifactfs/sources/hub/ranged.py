@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,10 @@ class _State:
     lock: trio.Lock = field(default_factory=trio.Lock)
     entries: set[Entry] = field(default_factory=set)
     """Entries whose readers were served bytes of this blob."""
+    readers: weakref.WeakValueDictionary[int, Cursor] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+    """Open files reading the partial: marked in use (``Cursor.held``) once it is published."""
 
 
 class RangedBlobs:
@@ -306,7 +311,9 @@ class RangedBlobs:
                 async with state.publishing:  # handed to the CAS meanwhile: let it finish
                     pass
                 continue
-            if published:
+            if not published:
+                state.readers[id(cursor)] = cursor
+            else:
                 cursor.held = cas_reads.hold(cursor.fd, path)
                 if not cursor.held and state.published:  # being evicted right now
                     cursor.close()
@@ -484,6 +491,10 @@ class RangedBlobs:
             state.partial = None
             state.published = True
             state.error = None
+            for cursor in list(state.readers.values()):  # in use: never evicted while open
+                if cursor.fd >= 0 and cursor.fd_epoch == state.epoch and not cursor.held:
+                    cursor.held = _hold_fd(cursor.fd)
+            state.readers.clear()
             log.info("verified and kept %s (%d bytes)", state.blob.digest, state.blob.size)
 
     async def _start_over(self, state: _State) -> None:
