@@ -467,3 +467,10 @@ def pinned_bytes(home: ArtifactHome) -> dict[str, int]:
         return db.pinned_bytes()
     finally:
         db.close()
+
+
+def say_pinned(repos: list[dict[str, Any]]) -> None:
+    """A line per repository with pins, under ``status``'s table."""
+    for repo in repos:
+        if "pinned_bytes" in repo:
+            print(f"{repo['name']}: {format_size(int(repo['pinned_bytes']))} pinned")

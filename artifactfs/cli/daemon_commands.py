@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from ..errors import UserError
-from . import mount_commands
+from . import cache_command, mount_commands
 
 EXIT_FAILED = 1
 MAX_SPARE_WORKERS = 8
@@ -285,10 +285,15 @@ def status_command(args: argparse.Namespace) -> int:
     if args.target is not None:
         message["name"] = args.target
     repos = _call(message)["repos"]
+    pins = cache_command.pinned_bytes(_home())
+    for repo in repos:  # what `artifactfs pin` keeps of it
+        if repo.get("name") in pins:
+            repo["pinned_bytes"] = pins[repo["name"]]
     if args.json:
         print(json.dumps(repos, indent=2))
     else:
         _table(repos, ["name", "state", "commit", "files", "bytes_fetched", "mount", "error"])
+        cache_command.say_pinned(repos)
         _say_quarantined()
     return 0
 
