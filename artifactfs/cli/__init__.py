@@ -13,7 +13,13 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import UserError
-from . import cache_command, daemon_commands, mount_commands, verify_command
+from . import (
+    cache_command,
+    daemon_commands,
+    mount_commands,
+    prefetch_command,
+    verify_command,
+)
 
 EXIT_USAGE = 2
 
@@ -32,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     daemon_commands.add_parsers(commands)
     verify_command.add_parser(commands)
     cache_command.add_parsers(commands)
+    prefetch_command.add_parser(commands)
     return parser
 
 

@@ -18,7 +18,6 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,6 @@ from ..cas.digests import Digest
 from ..cas.eviction import MAX_SIZE_ENV, CachePolicy, format_size, parse_size
 from ..errors import UserError
 from ..home import ArtifactHome, default_home
-
-READ_CHUNK = 1 << 20
-PIN_READERS = 8
 
 
 def add_parsers(commands: Any) -> None:
@@ -386,7 +382,15 @@ def pin_command(args: argparse.Namespace) -> int:
     missing = [path for path, digest in files.items() if not store.contains(digest)]
     fetched = failed = 0
     if missing and not args.no_fetch:
-        fetched, failed = _read_through(Path(repo.mountpoint), missing, args.name)
+        from .prefetch_command import check_mounted, read_through
+
+        mountpoint = Path(repo.mountpoint)
+        try:
+            check_mounted(mountpoint, args.name)
+        except UserError as exc:  # the pins hold already: say so, and why nothing came
+            raise UserError(f"pinned {len(files)} file(s), but fetched nothing: {exc}") from None
+        report = read_through(mountpoint, missing, progress=sys.stderr.isatty())
+        fetched, failed = report.files, report.failed
     pinned_bytes = sum(store.size_of(d) or 0 for d in set(files.values()))
     print(
         f"pinned {len(files)} file(s) of {args.name} ({format_size(pinned_bytes)} stored)"
@@ -402,41 +406,6 @@ def pin_command(args: argparse.Namespace) -> int:
               "stay pinned and are kept once read", file=sys.stderr)  # fmt: skip
         return 1
     return 0
-
-
-def _read_through(mountpoint: Path, paths: list[str], name: str) -> tuple[int, int]:
-    """Read files whole through the mount, which fetches them into the store (verified, like
-    any read). Several at once: the worker batches concurrent misses."""
-    from ..mount.mountpoints import FS_TYPE, mount_at
-
-    entry = mount_at(mountpoint)
-    if entry is None or entry.fs_type != FS_TYPE:
-        raise UserError(
-            f"{name} is not mounted at {mountpoint}: its pins hold, but nothing was fetched "
-            "(remount it, or read the files)"
-        )
-    progress = sys.stderr.isatty()
-
-    def read(path: str) -> bool:
-        try:
-            with open(mountpoint / path, "rb", buffering=0) as handle:
-                while handle.read(READ_CHUNK):
-                    pass
-            return True
-        except OSError:
-            return False
-
-    done = failed = 0
-    with ThreadPoolExecutor(PIN_READERS) as pool:
-        for ok in pool.map(read, paths):
-            done += 1
-            failed += not ok
-            if progress:
-                sys.stderr.write(f"\rfetching: {done}/{len(paths)} files ")
-                sys.stderr.flush()
-    if progress:
-        sys.stderr.write("\n")
-    return done - failed, failed
 
 
 def unpin_command(args: argparse.Namespace) -> int:

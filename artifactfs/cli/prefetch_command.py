@@ -1,0 +1,212 @@
+"""``artifactfs prefetch NAME [PATH…] [--async]``: fetch a repository's contents ahead of need.
+
+It walks the repository's mount as ``grep -r`` would — list a directory, read its files, go
+on to the next — with a few readers at once, and reads every file whole. That is on purpose:
+the worker already turns such a walk into large batches (sources/git/walks.py recognises a
+program walking the tree from what it lists, and fetches the directories ahead of it in chunks
+of up to 4,096 files, in child processes; the first miss in a directory brings its other small
+files in one pack; a Hub file read whole streams with a window of up to 64 MiB in parallel
+ranges), and every byte comes through the one path that verifies it. Listing fetches nothing,
+so the walk first lists everything to know the total, then reads.
+
+``--async`` leaves the walk to a process of its own (in its own session, logging to
+``run/logs/prefetch-NAME.log``) and returns at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..cas.eviction import format_size
+from ..errors import UserError
+
+READERS = 8
+READ_CHUNK = 1 << 20
+EXIT_SOME_FAILED = 1
+
+
+def add_parser(commands: Any) -> None:
+    prefetch = commands.add_parser(
+        "prefetch",
+        help="fetch a repository's (or some paths') contents ahead of need",
+        description="Fetch the contents of NAME (or of PATHs in it: files, or directories "
+        "and all below) into the cache now, in large batches, through its mount. A progress "
+        "line on a terminal, a summary otherwise. With --async, return at once and leave it "
+        "to a background process.",
+    )
+    prefetch.add_argument("name", metavar="NAME")
+    prefetch.add_argument("paths", metavar="PATH", nargs="*", help="paths in the repository")
+    prefetch.add_argument("--async", dest="async_", action="store_true", help="return at once")
+    prefetch.set_defaults(run=prefetch_command)
+
+
+def prefetch_command(args: argparse.Namespace) -> int:
+    from .cache_command import _home, _known
+
+    home = _home()
+    repo = _known(home, args.name)
+    mountpoint = Path(repo.mountpoint)
+    check_mounted(mountpoint, args.name)
+    paths = [p.strip("/") for p in args.paths] or [""]
+    for path in paths:
+        if any(part in (".", "..") for part in path.split("/")):
+            raise UserError(f"{args.name} has no path {path!r}")
+        if not os.path.lexists(mountpoint / path):
+            raise UserError(f"{args.name} has no path {path!r}")
+    if args.async_:
+        return _in_background(home, args.name, paths)
+    started = time.monotonic()
+    report = read_through(mountpoint, paths, progress=sys.stderr.isatty())
+    took = time.monotonic() - started
+    print(
+        f"prefetched {report.files} file(s) of {args.name} ({format_size(report.bytes)}) in "
+        f"{took:.1f} s" + (f"; {report.failed} could not be read" if report.failed else "")
+    )
+    return EXIT_SOME_FAILED if report.failed else 0
+
+
+def check_mounted(mountpoint: Path, name: str) -> None:
+    from ..mount.mountpoints import FS_TYPE, mount_at
+
+    entry = mount_at(mountpoint)
+    if entry is None or entry.fs_type != FS_TYPE:
+        raise UserError(f"{name} is not mounted at {mountpoint} (artifactfs remount {name})")
+
+
+def _in_background(home: Any, name: str, paths: list[str]) -> int:
+    log_path = home.logs_dir / f"prefetch-{name}.log"
+    command = [sys.executable, "-P", "-m", "artifactfs", "prefetch", name, *paths]
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, "ARTIFACTFS_HOME": str(home.root)},
+        )
+    print(f"prefetching {name} in the background (pid {child.pid}); it reports to {log_path}")
+    return 0
+
+
+@dataclass
+class ReadReport:
+    files: int = 0
+    bytes: int = 0
+    failed: int = 0
+
+
+def read_through(
+    mountpoint: Path, paths: Iterable[str], progress: bool = False, readers: int = READERS
+) -> ReadReport:
+    """Read every file at or below ``paths`` (relative to ``mountpoint``) whole, in the order a
+    recursive walk visits them, ``readers`` at a time."""
+    files = list(_walk(mountpoint, paths))
+    total = sum(size for _, size in files)
+    report = ReadReport()
+    lock = threading.Lock()
+    shown = _Progress(total, len(files)) if progress else None
+
+    def read(entry: tuple[Path, int]) -> None:
+        path, _ = entry
+        got = 0
+        ok = True
+        try:
+            with open(path, "rb", buffering=0) as handle:
+                while chunk := handle.read(READ_CHUNK):
+                    got += len(chunk)
+                    if shown is not None:
+                        shown.add(len(chunk), 0)
+        except OSError:
+            ok = False
+        with lock:
+            report.files += ok
+            report.failed += not ok
+            report.bytes += got
+        if shown is not None:
+            shown.add(0, 1)
+
+    with ThreadPoolExecutor(readers) as pool:
+        list(pool.map(read, files))
+    if shown is not None:
+        shown.done()
+    return report
+
+
+def _walk(mountpoint: Path, paths: Iterable[str]) -> list[tuple[Path, int]]:
+    """Regular files (with their sizes) at or below ``paths``, in ``grep -r``'s order: a
+    directory's files, then its subdirectories. Symbolic links are not followed."""
+    found: list[tuple[Path, int]] = []
+    seen: set[Path] = set()
+
+    def visit(path: Path) -> None:
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return
+        if stat.S_ISREG(info.st_mode):
+            if path not in seen:
+                seen.add(path)
+                found.append((path, info.st_size))
+            return
+        if not stat.S_ISDIR(info.st_mode):
+            return
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:
+            return
+        directories = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                directories.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                visit(Path(entry.path))
+        for directory in directories:
+            visit(directory)
+
+    for given in paths:
+        visit(mountpoint / given if given else mountpoint)
+    return found
+
+
+class _Progress:
+    """One updating line on a terminal (updated at most 10 times a second)."""
+
+    def __init__(
+        self, total_bytes: int, total_files: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._total_bytes = total_bytes
+        self._total_files = total_files
+        self._bytes = 0
+        self._files = 0
+        self._clock = clock
+        self._shown = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, data: int, files: int) -> None:
+        with self._lock:
+            self._bytes += data
+            self._files += files
+            now = self._clock()
+            if now - self._shown < 0.1 and self._files < self._total_files:
+                return
+            self._shown = now
+            sys.stderr.write(
+                f"\rprefetching: {self._files}/{self._total_files} files, "
+                f"{format_size(self._bytes)} of {format_size(self._total_bytes)} "
+            )
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
