@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from ..errors import UserError
-from . import cache_command, mount_commands
+from . import cache_command, mount_commands, prefetch_command
 
 EXIT_FAILED = 1
 MAX_SPARE_WORKERS = 8
@@ -75,6 +75,12 @@ def add_parsers(commands: Any) -> None:
         action="store_true",
         help="send nothing to the origin: a ref resolves to the commit this home last resolved"
         " it to, and only what is already stored can be read; kept across restarts",
+    )
+    add.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="an access profile (mount --record-profile): its files are fetched, in its order, "
+        "as soon as the tree is ready (in the background; see run/logs/prefetch-NAME.log)",
     )
     add.add_argument(
         "--async", dest="async_", action="store_true", help="return once the mount point is up"
@@ -217,6 +223,8 @@ def add_repo(args: argparse.Namespace) -> int:
 
     check_name(args.name)  # the daemon checks again; this spares it the obvious
     spec = parse_source(args.source).with_ref(check_ref(args.ref))
+    if args.profile is not None:
+        prefetch_command.profile_paths(args.profile)  # a bad profile before anything changes
     message: dict[str, Any] = {
         "cmd": "add",
         "name": args.name,
@@ -238,7 +246,10 @@ def add_repo(args: argparse.Namespace) -> int:
     progress = _Progress()
     answer = _call(message, progress)
     progress.done()
-    return _finish(answer, args.async_)
+    code = _finish(answer, args.async_)
+    if code == 0 and args.profile is not None:
+        prefetch_command.start_in_background(_home(), args.name, [], args.profile)
+    return code
 
 
 def _follow_command(verb: str) -> Any:

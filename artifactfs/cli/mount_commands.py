@@ -67,6 +67,12 @@ def add_parsers(commands: Any) -> None:
         "home's file system, at least 1 GiB, at most 10 GiB)",
     )
     mount.add_argument(
+        "--record-profile",
+        metavar="FILE",
+        help="write the paths opened through the mount to FILE, in the order they were first "
+        "opened (an access profile for prefetch --profile and add-repo --profile)",
+    )
+    mount.add_argument(
         "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
     )
     # for the daemon's workers only
@@ -93,6 +99,7 @@ def mount_foreground(args: argparse.Namespace) -> int:
         control_socket=args.control_socket,
         offline=args.offline,
         cache_max_size=args.cache_max_size,
+        record_profile=args.record_profile,
     )
     return launch(options)
 

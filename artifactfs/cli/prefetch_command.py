@@ -16,6 +16,7 @@ so the walk first lists everything to know the total, then reads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import stat
 import subprocess
@@ -32,6 +33,9 @@ from ..cas.eviction import format_size
 from ..errors import UserError
 
 READERS = 8
+PROFILE_READERS = 32
+"""A profile's files are read this many at once: the worker gathers misses that arrive
+together into one fetch, so a profile goes out in a few large batches."""
 READ_CHUNK = 1 << 20
 EXIT_SOME_FAILED = 1
 
@@ -47,6 +51,12 @@ def add_parser(commands: Any) -> None:
     )
     prefetch.add_argument("name", metavar="NAME")
     prefetch.add_argument("paths", metavar="PATH", nargs="*", help="paths in the repository")
+    prefetch.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="an access profile (mount --record-profile): fetch its paths first, in its order "
+        "(paths not in this commit are skipped)",
+    )
     prefetch.add_argument("--async", dest="async_", action="store_true", help="return at once")
     prefetch.set_defaults(run=prefetch_command)
 
@@ -55,25 +65,49 @@ def prefetch_command(args: argparse.Namespace) -> int:
     from .cache_command import _home, _known
 
     home = _home()
+    profiled = profile_paths(args.profile) if args.profile else []
     repo = _known(home, args.name)
     mountpoint = Path(repo.mountpoint)
     check_mounted(mountpoint, args.name)
-    paths = [p.strip("/") for p in args.paths] or [""]
-    for path in paths:
-        if any(part in (".", "..") for part in path.split("/")):
-            raise UserError(f"{args.name} has no path {path!r}")
-        if not os.path.lexists(mountpoint / path):
-            raise UserError(f"{args.name} has no path {path!r}")
+    paths = [p.strip("/") for p in args.paths] or ([] if profiled else [""])
     if args.async_:
-        return _in_background(home, args.name, paths)
+        for path in paths:
+            _check_path(mountpoint, path, args.name)
+        return start_in_background(home, args.name, paths, args.profile)
+    for path in paths:  # after --async: this waits for the tree to be ready
+        _check_path(mountpoint, path, args.name)
     started = time.monotonic()
-    report = read_through(mountpoint, paths, progress=sys.stderr.isatty())
+    progress = sys.stderr.isatty()
+    report = ReadReport()
+    if profiled:  # first, and in its order; more readers: a profile is read in a few batches
+        report = read_through(mountpoint, profiled, progress, PROFILE_READERS, walk=False)
+    if paths:
+        report.add(read_through(mountpoint, paths, progress))
     took = time.monotonic() - started
     print(
         f"prefetched {report.files} file(s) of {args.name} ({format_size(report.bytes)}) in "
-        f"{took:.1f} s" + (f"; {report.failed} could not be read" if report.failed else "")
-    )
+        f"{took:.1f} s"
+        + (f"; {report.absent} of the profile's paths are not in this commit" if report.absent
+           else "")
+        + (f"; {report.failed} could not be read" if report.failed else "")
+    )  # fmt: skip
     return EXIT_SOME_FAILED if report.failed else 0
+
+
+def profile_paths(text: str) -> list[str]:
+    from ..mount.profile import read_profile
+
+    try:
+        return read_profile(text)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _check_path(mountpoint: Path, path: str, name: str) -> None:
+    if any(part in (".", "..") for part in path.split("/")):
+        raise UserError(f"{name} has no path {path!r}")
+    if not os.path.lexists(mountpoint / path):
+        raise UserError(f"{name} has no path {path!r}")
 
 
 def check_mounted(mountpoint: Path, name: str) -> None:
@@ -84,9 +118,13 @@ def check_mounted(mountpoint: Path, name: str) -> None:
         raise UserError(f"{name} is not mounted at {mountpoint} (artifactfs remount {name})")
 
 
-def _in_background(home: Any, name: str, paths: list[str]) -> int:
+def start_in_background(home: Any, name: str, paths: list[str], profile: str | None) -> int:
+    """Leave the prefetch to a process of its own (``--async``, ``add-repo --profile``): it
+    reads through the mount, so it waits for the tree to be ready by itself."""
     log_path = home.logs_dir / f"prefetch-{name}.log"
     command = [sys.executable, "-P", "-m", "artifactfs", "prefetch", name, *paths]
+    if profile is not None:
+        command += ["--profile", os.path.abspath(profile)]
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             command,
@@ -105,16 +143,30 @@ class ReadReport:
     files: int = 0
     bytes: int = 0
     failed: int = 0
+    absent: int = 0
+    """Paths asked for that are not in the tree (a profile of another commit)."""
+
+    def add(self, other: ReadReport) -> None:
+        self.files += other.files
+        self.bytes += other.bytes
+        self.failed += other.failed
+        self.absent += other.absent
 
 
 def read_through(
-    mountpoint: Path, paths: Iterable[str], progress: bool = False, readers: int = READERS
+    mountpoint: Path,
+    paths: Iterable[str],
+    progress: bool = False,
+    readers: int = READERS,
+    walk: bool = True,
 ) -> ReadReport:
     """Read every file at or below ``paths`` (relative to ``mountpoint``) whole, in the order a
-    recursive walk visits them, ``readers`` at a time."""
-    files = list(_walk(mountpoint, paths))
+    recursive walk visits them (``walk``; else the files of ``paths`` in their order),
+    ``readers`` at a time."""
+    paths = list(paths)
+    files = _walk(mountpoint, paths) if walk else _files(mountpoint, paths)
     total = sum(size for _, size in files)
-    report = ReadReport()
+    report = ReadReport(absent=0 if walk else len(paths) - len(files))
     lock = threading.Lock()
     shown = _Progress(total, len(files)) if progress else None
 
@@ -142,6 +194,17 @@ def read_through(
     if shown is not None:
         shown.done()
     return report
+
+
+def _files(mountpoint: Path, paths: list[str]) -> list[tuple[Path, int]]:
+    """The regular files among ``paths``, in their order, with their sizes."""
+    found = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            info = os.lstat(mountpoint / path)
+            if stat.S_ISREG(info.st_mode):
+                found.append((mountpoint / path, info.st_size))
+    return found
 
 
 def _walk(mountpoint: Path, paths: Iterable[str]) -> list[tuple[Path, int]]:

@@ -39,6 +39,7 @@ from ..sources.counters import FetchCounters
 from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
 from .mountpoints import check_fuse_device, check_mountpoint
 from .options import check_allow_other
+from .profile import check_profile_path
 
 MAX_IO_TIMEOUT = 86400.0
 OFFLINE_ENV = "ARTIFACTFS_OFFLINE"
@@ -69,6 +70,8 @@ class WorkerOptions:
     cache_max_size: str | None = None
     """``--cache-max-size``: the store's cap (else ``ARTIFACTFS_CACHE_MAX_SIZE``, else a share
     of the home's file system; cas/eviction.py)."""
+    record_profile: str | None = None
+    """``--record-profile FILE``: write the paths opened, in order (mount/profile.py)."""
 
     def command_line(self) -> list[str]:
         """The ``artifactfs`` arguments that ask for this worker (what ``ps`` shows)."""
@@ -93,6 +96,8 @@ class WorkerOptions:
             arguments.append("--offline")
         if self.cache_max_size is not None:
             arguments += ["--cache-max-size", self.cache_max_size]
+        if self.record_profile is not None:
+            arguments += ["--record-profile", self.record_profile]
         arguments += ["-v"] * self.verbose
         return arguments
 
@@ -125,6 +130,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
     try:
         cache_policy = CachePolicy.resolve(options.cache_max_size, home.root)
+        profile = check_profile_path(options.record_profile) if options.record_profile else None
     except ValueError as exc:
         raise UserError(str(exc)) from None
     credentials = _credentials(options, stdin or sys.stdin)
@@ -159,6 +165,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         control_socket=Path(options.control_socket) if options.control_socket else None,
         allow_other=options.allow_other,
         cache_policy=cache_policy,
+        record_profile=profile,
     )
     return run(request, head_start)
 

@@ -48,6 +48,7 @@ from .head_start import HeadStart
 from .kernel_read_ahead import keep_read_ahead
 from .mountpoints import FS_TYPE, mount_at
 from .options import mount_options
+from .profile import ProfileRecorder, RecordingContent
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class MountRequest:
     """Let other users (root included) see the mount (see options.mount_options)."""
     cache_policy: CachePolicy | None = None
     """The store's size cap, kept by this worker's upkeep task (cas/upkeep.py)."""
+    record_profile: Path | None = None
+    """Record the paths opened here, in order (mount/profile.py)."""
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -138,6 +141,9 @@ class _Worker:
         if self._stopping:
             return
         self._content = source.open_content(self.snapshots)
+        if self.request.record_profile is not None:
+            recorder = ProfileRecorder(self.request.record_profile)
+            self._content = RecordingContent(self._content, recorder)
         self.snapshots.read_through(self._content)
         self._content_ready.set()
         if source.read_ahead_kib is not None:
