@@ -436,6 +436,7 @@ class UsageRecorder:
         self.over_limit: Callable[[], None] | None = None
         self.evict_now: Callable[[], None] | None = None
         self._db: UsageDB | None = None
+        self._opening = threading.Lock()
 
     # -- recording (any thread, the trio loop included) ------------------------------------
 
@@ -484,9 +485,10 @@ class UsageRecorder:
     # -- writing out (a thread) ---------------------------------------------------------------
 
     def database(self) -> UsageDB:
-        if self._db is None:
-            self._db = UsageDB(self.cas_root)
-        return self._db
+        with self._opening:  # the upkeep thread and a publishing thread may both ask first
+            if self._db is None:
+                self._db = UsageDB(self.cas_root)
+            return self._db
 
     def flush(self) -> int:
         """Write what was recorded; return the table's total. Blocking. What cannot be
@@ -522,6 +524,7 @@ class UsageRecorder:
         return total
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._opening:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

@@ -18,14 +18,17 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..cas.digests import Digest
 from ..cas.eviction import MAX_SIZE_ENV, CachePolicy, format_size, parse_size
 from ..errors import UserError
-from ..home import ArtifactHome, default_home
+from ..home import ArtifactHome
+from .repositories import home as _home
+from .repositories import known as _known
+from .repositories import registered as _repositories
+from .repositories import snapshot_digests as _snapshot_digests
 
 
 def add_parsers(commands: Any) -> None:
@@ -110,55 +113,6 @@ async def serve_with_store_upkeep(serve: Any, home: ArtifactHome, policy: CacheP
 
 
 # -- what references what ---------------------------------------------------------------------
-
-
-@dataclass
-class _Repository:
-    name: str
-    mountpoint: str
-    state: str
-    snapshot: Path | None
-    """Its current commit's snapshot (None: not prepared yet, or not on disk)."""
-
-
-def _home() -> ArtifactHome:
-    return ArtifactHome(default_home())
-
-
-def _repositories(home: ArtifactHome) -> list[_Repository]:
-    """The daemon's registered repositories (none if no daemon ever ran on this home)."""
-    if not home.registry_path.exists():
-        return []
-    from ..daemon.registry import Registry
-    from ..snapshot.index import snapshot_path
-    from ..sources import parse_source
-
-    registry = Registry(home.registry_path)
-    try:
-        repos = registry.all()
-    finally:
-        registry.close()
-    found = []
-    for repo in repos:
-        snapshot = None
-        if repo.commit:
-            path = snapshot_path(home.snapshots_dir, repo.commit, parse_source(repo.source).kind)
-            snapshot = path if path.exists() else None
-            if snapshot is None:
-                print(f"artifactfs: the snapshot of {repo.name} is not on disk ({path}): its "
-                      "blobs count as unreferenced", file=sys.stderr)  # fmt: skip
-        found.append(_Repository(repo.name, repo.mountpoint, repo.state, snapshot))
-    return found
-
-
-def _snapshot_digests(path: Path) -> set[tuple[str, str]]:
-    from ..snapshot import SnapshotIndex
-
-    index = SnapshotIndex(path)
-    try:
-        return {(d.algorithm.name, d.hex) for d in index.content_digests()}
-    finally:
-        index.close()
 
 
 def _workspace_digests(home: ArtifactHome) -> set[tuple[str, str]]:
@@ -320,13 +274,6 @@ def cache_evict(args: argparse.Namespace) -> int:
 
 
 # -- pins ---------------------------------------------------------------------------------------
-
-
-def _known(home: ArtifactHome, name: str) -> _Repository:
-    for repo in _repositories(home):
-        if repo.name == name:
-            return repo
-    raise UserError(f"no repository named {name!r} is registered")
 
 
 def _files_under(snapshot: Path, paths: list[str], name: str) -> Iterator[tuple[str, Digest]]:

@@ -62,11 +62,12 @@ def add_parser(commands: Any) -> None:
 
 
 def prefetch_command(args: argparse.Namespace) -> int:
-    from .cache_command import _home, _known
+    from .repositories import home as state_home
+    from .repositories import known
 
-    home = _home()
+    home = state_home()
     profiled = profile_paths(args.profile) if args.profile else []
-    repo = _known(home, args.name)
+    repo = known(home, args.name)
     mountpoint = Path(repo.mountpoint)
     check_mounted(mountpoint, args.name)
     paths = [p.strip("/") for p in args.paths] or ([] if profiled else [""])

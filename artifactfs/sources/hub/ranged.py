@@ -329,6 +329,8 @@ class RangedBlobs:
         async with state.lock:
             if not state.published:
                 return  # another reader did it
+            if await trio.to_thread.run_sync(self._intact, state.blob, limiter=self._io):
+                return  # still there (the evictor looked at it, and let it be): open it again
             log.info("%s was evicted from the store: fetching it again", state.blob.digest)
             state.published = False
             state.layout_known = False
