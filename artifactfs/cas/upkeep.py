@@ -27,6 +27,9 @@ from .usage import UsageDB, UsageRecorder, reconcile
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 2.0
+LAST_FLUSH_SECONDS = 2.0
+"""A stopping process writes what it recorded for at most this long (a busy table may hold
+it): what is lost is found again by the next reconciliation."""
 STUCK_LOG_SECONDS = 300.0
 """A store held over its cap by blobs in use or pinned is said so at most this often."""
 
@@ -121,10 +124,11 @@ async def keep_store(
         recorder.over_limit = over_limit
         recorder.evict_now = upkeep.evict_now
     try:
-        try:
+        try:  # a walk of a large store takes a while: stopping does not wait for it
             await trio.to_thread.run_sync(
-                upkeep.reconcile_if_never, reconcile_at_start, limiter=limiter
-            )
+                upkeep.reconcile_if_never, reconcile_at_start, limiter=limiter,
+                abandon_on_cancel=True,
+            )  # fmt: skip
         except Exception:
             log.exception("could not check the store's usage table against the disk")
         while True:
@@ -132,16 +136,22 @@ async def keep_store(
                 await wake.wait()
             wake = trio.Event()
             try:
-                total = await trio.to_thread.run_sync(upkeep.flush, limiter=limiter)
-                await trio.to_thread.run_sync(upkeep.evict_if_over, total, limiter=limiter)
+                total = await trio.to_thread.run_sync(
+                    upkeep.flush, limiter=limiter, abandon_on_cancel=True
+                )
+                await trio.to_thread.run_sync(
+                    upkeep.evict_if_over, total, limiter=limiter, abandon_on_cancel=True
+                )
             except Exception:  # the next round tries again; reads never depend on it
                 log.exception("the store's upkeep failed")
     finally:
         if recorder is not None:
             recorder.over_limit = recorder.evict_now = None
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True) as last:  # stopping waits for this, briefly
+            last.deadline = trio.current_time() + LAST_FLUSH_SECONDS
             with contextlib.suppress(Exception):
-                await trio.to_thread.run_sync(upkeep.flush, limiter=limiter)
+                await trio.to_thread.run_sync(upkeep.flush, limiter=limiter, abandon_on_cancel=True)
+        if not last.cancelled_caught:
             upkeep.close()
             if recorder is not None:
                 recorder.close()

@@ -37,7 +37,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 USAGE_FILE = "usage.sqlite"
 BUSY_SECONDS = 10.0
+RECONCILE_BATCH = 20_000
 """How long a statement waits for another process's transaction (they are all short)."""
 
 _SCHEMA = """
@@ -309,6 +310,11 @@ class UsageDB:
         self._write(statements)
         return removed
 
+    def _in_batches(self, statement: str, rows: Sequence[tuple[object, ...]]) -> None:
+        for start in range(0, len(rows), RECONCILE_BATCH):
+            batch = rows[start : start + RECONCILE_BATCH]
+            self._write(lambda db: db.executemany(statement, batch))  # noqa: B023 - called at once
+
     def set_meta(self, key: str, value: str) -> None:
         self._write(
             lambda db: db.execute(
@@ -338,22 +344,15 @@ class UsageDB:
         resized = [(size, a, h, p) for (a, h, p), (size, _) in keys.items()
                    if (a, h, p) in known and known[(a, h, p)] != size]  # fmt: skip
 
-        def statements(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "DELETE FROM entries WHERE algorithm = ? AND hex = ? AND partial = ?", stale
-            )
-            db.executemany("INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?)", added)
-            db.executemany(
-                "UPDATE entries SET size = ? WHERE algorithm = ? AND hex = ? AND partial = ?",
-                resized,
-            )
-            db.execute(
-                "INSERT INTO meta VALUES ('reconciled', ?) ON CONFLICT DO UPDATE"
-                " SET value = excluded.value",
-                (repr(time.time()),),
-            )
-
-        self._write(statements)
+        # in many short transactions: other processes record and evict meanwhile
+        self._in_batches(
+            "DELETE FROM entries WHERE algorithm = ? AND hex = ? AND partial = ?", stale
+        )
+        self._in_batches("INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?)", added)
+        self._in_batches(
+            "UPDATE entries SET size = ? WHERE algorithm = ? AND hex = ? AND partial = ?", resized
+        )
+        self.set_meta("reconciled", repr(time.time()))
 
 
 # -- walking the store ------------------------------------------------------------------------

@@ -210,6 +210,9 @@ def cache_gc(args: argparse.Namespace) -> int:
         raise UserError(f"no cache at {home.cas_dir}")
     started = time.time()  # before the references are read: see cas/gc.py
     repos = _repositories(home)
+    if not repos:
+        print(f"artifactfs: no repository is registered in {home.root}: only pinned blobs and "
+              "open files are kept", file=sys.stderr)  # fmt: skip
     keep: set[tuple[str, str]] = set()
     for repo in repos:
         if repo.snapshot is not None:
