@@ -69,6 +69,16 @@ def test_a_recorded_job_replays_with_no_fetch_on_a_fresh_home(
     home = tmp_path / "home"
     with running_daemon(home) as artifactfs:
         added = artifactfs.ok("add-repo", "proj", daemon.url("proj.git"), "--profile", str(profile))
+        assert f"prefetched {len(JOB_FILES)} file(s) of proj" in added, added
+        daemon.clear_trace()
+        assert run_job(home / "mnt" / "proj") == expected_output()
+        assert daemon.fetch_commands() == 0, "the job fetched while it ran"
+
+    home = tmp_path / "home-async"  # --async: returned at once, replayed behind its back
+    with running_daemon(home) as artifactfs:
+        added = artifactfs.ok(
+            "add-repo", "proj", daemon.url("proj.git"), "--profile", str(profile), "--async"
+        )
         assert "prefetching proj in the background" in added, added
         log = home / "run" / "logs" / "prefetch-proj.log"
         wait_for(lambda: log.exists() and "prefetched" in log.read_text(), 60, "the replay")

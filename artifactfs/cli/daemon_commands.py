@@ -80,7 +80,8 @@ def add_parsers(commands: Any) -> None:
         "--profile",
         metavar="FILE",
         help="an access profile (mount --record-profile): its files are fetched, in its order, "
-        "as soon as the tree is ready (in the background; see run/logs/prefetch-NAME.log)",
+        "as soon as the tree is ready, before add-repo returns (with --async: in the "
+        "background, reporting to run/logs/prefetch-NAME.log)",
     )
     add.add_argument(
         "--async", dest="async_", action="store_true", help="return once the mount point is up"
@@ -247,8 +248,8 @@ def add_repo(args: argparse.Namespace) -> int:
     answer = _call(message, progress)
     progress.done()
     code = _finish(answer, args.async_)
-    if code == 0 and args.profile is not None:
-        prefetch_command.start_in_background(_home(), args.name, [], args.profile)
+    if code == 0 and args.profile is not None:  # its files first: with --async, behind our back
+        return prefetch_command.prefetch(args.name, [], args.profile, args.async_)
     return code
 
 
