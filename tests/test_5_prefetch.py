@@ -4,11 +4,14 @@ contents arrive all the same; bad input is one line and exit status 2."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
+from tests.conftest import hub_env
 from tests.helpers.daemons import running_daemon
 from tests.helpers.gitrepos import Repo, make_repo
+from tests.helpers.hub import HubServer
 from tests.helpers.servers import GitDaemon
 from tests.helpers.waiting import wait_for
 
@@ -83,3 +86,21 @@ def test_prefetch_bad_input_is_one_line_and_exit_2(
         artifactfs.ok("unmount", "proj")
         result = artifactfs.cli("prefetch", "proj")
         assert result.returncode == 2 and "not mounted" in result.stderr, result
+
+
+def test_prefetch_a_hub_repository_keeps_every_file_whole(
+    hub: HubServer, tmp_path: Path, home: Path
+) -> None:
+    rng = random.Random(19)
+    files = {"weights/a.bin": rng.randbytes(3 << 20), "config.json": b'{"a": 1}\n'}
+    hub.create_repo("org/pre", files)
+    with running_daemon(home, env=hub_env(hub, tmp_path)) as artifactfs:
+        artifactfs.ok("add-repo", "pre", "hf://org/pre")
+        out = artifactfs.ok("prefetch", "pre")
+        assert "prefetched 2 file(s) of pre" in out, out
+        digest = hashlib.sha256(files["weights/a.bin"]).hexdigest()
+        assert (home / "cas" / "sha256" / digest[:2] / digest).exists()
+        served = hub.total_bytes_served()
+        for name, content in files.items():
+            assert (home / "mnt" / "pre" / name).read_bytes() == content
+        assert hub.total_bytes_served() == served  # all of it was local

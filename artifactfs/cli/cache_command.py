@@ -332,14 +332,17 @@ def pin_command(args: argparse.Namespace) -> int:
     missing = [path for path, digest in files.items() if not store.contains(digest)]
     fetched = failed = 0
     if missing and not args.no_fetch:
-        from .prefetch_command import check_mounted, read_through
+        from .prefetch_command import check_mounted, fetch_by_worker, read_through
 
         mountpoint = Path(repo.mountpoint)
         try:
             check_mounted(mountpoint, args.name)
         except UserError as exc:  # the pins hold already: say so, and why nothing came
             raise UserError(f"pinned {len(files)} file(s), but fetched nothing: {exc}") from None
-        report = read_through(mountpoint, missing, progress=sys.stderr.isatty())
+        progress = sys.stderr.isatty()
+        report = fetch_by_worker(home, args.name, missing, progress)
+        if report is None:  # a worker that does not take the request: read through its mount
+            report = read_through(mountpoint, missing, progress, walk=False)
         fetched, failed = report.files, report.failed
     pinned_bytes = sum(store.size_of(d) or 0 for d in set(files.values()))
     print(

@@ -40,6 +40,8 @@ arrive together into one fetch. The kernel passes a mount only about a dozen req
 2.5 to 3 s on loopback); more readers gain little. Handing the worker the whole list (a
 control request) would make that one fetch: see docs/architecture.md."""
 READ_CHUNK = 1 << 20
+WORKER_CHUNK = 1000
+"""Paths per request to the worker: one git pack each, and a progress step."""
 EXIT_SOME_FAILED = 1
 
 
@@ -87,11 +89,13 @@ def prefetch(name: str, given: list[str], profile: str | None, async_: bool = Fa
         _check_path(mountpoint, path, name)
     started = time.monotonic()
     progress = sys.stderr.isatty()
-    report = ReadReport()
-    if profiled:  # first, and in its order; more readers: a profile is read in a few batches
-        report = read_through(mountpoint, profiled, progress, PROFILE_READERS, walk=False)
-    if paths:
-        report.add(read_through(mountpoint, paths, progress))
+    report = fetch_by_worker(home, name, profiled + paths, progress)
+    if report is None:  # a worker that does not take the request: walk its mount instead
+        report = ReadReport()
+        if profiled:  # first, and in its order
+            report = read_through(mountpoint, profiled, progress, PROFILE_READERS, walk=False)
+        if paths:
+            report.add(read_through(mountpoint, paths, progress))
     took = time.monotonic() - started
     print(
         f"prefetched {report.files} file(s) of {name} ({format_size(report.bytes)}) in "
@@ -101,6 +105,44 @@ def prefetch(name: str, given: list[str], profile: str | None, async_: bool = Fa
         + (f"; {report.failed} could not be read" if report.failed else "")
     )  # fmt: skip
     return EXIT_SOME_FAILED if report.failed else 0
+
+
+def fetch_by_worker(home: Any, name: str, paths: list[str], progress: bool) -> ReadReport | None:
+    """Ask the repository's worker (its control socket, mount/control.py) to fetch ``paths``,
+    in order, ``WORKER_CHUNK`` at a time: each chunk is one request, and the worker fetches a
+    chunk in as few fetches as its source allows (a git pack per 1,000 blobs). None if the
+    worker cannot be asked (no socket, or it does not know the request)."""
+    from ..ipc import ProtocolError, request_blocking
+
+    socket_path = home.worker_socket(name)
+    if not socket_path.exists():
+        return None
+    report = ReadReport()
+    for start in range(0, len(paths), WORKER_CHUNK):
+        chunk = paths[start : start + WORKER_CHUNK]
+        try:
+            answer = next(
+                iter(request_blocking(str(socket_path), {"cmd": "prefetch", "paths": chunk})), None
+            )
+        except (OSError, ProtocolError) as exc:
+            if start == 0:
+                return None
+            raise UserError(f"the worker of {name} stopped answering: {exc}") from None
+        if answer is None or not answer.get("ok"):
+            error = str((answer or {}).get("error", "no answer"))
+            if start == 0 and error.startswith("unknown command"):
+                return None
+            raise UserError(f"prefetch of {name} failed: {error}")
+        report.add(ReadReport(
+            int(answer["files"]), int(answer["bytes"]), int(answer["failed"]), int(answer["absent"])
+        ))  # fmt: skip
+        if progress:
+            sys.stderr.write(f"\rprefetching: {min(start + WORKER_CHUNK, len(paths))}/{len(paths)} "
+                             f"paths, {format_size(report.bytes)} ")  # fmt: skip
+            sys.stderr.flush()
+    if progress:
+        sys.stderr.write("\n")
+    return report
 
 
 def profile_paths(text: str) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from ..snapshot import Row, SnapshotIndex
+from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from ..sources import Content
 from ..sources.base import BlobReader
 
@@ -74,6 +74,9 @@ class RecordingContent:
         except Exception:  # a profile must never cost a read
             log.exception("could not record an open for the profile")
         return self._inner.reader(snapshot, row)
+
+    async def fetch(self, snapshot: SnapshotIndex, rows: list[Row]) -> list[Row]:
+        return await self._inner.fetch(snapshot, rows)
 
     async def cached_bytes(self, snapshot: SnapshotIndex, row: Row) -> int:
         return await self._inner.cached_bytes(snapshot, row)
@@ -146,3 +149,42 @@ def read_profile(text: str) -> list[str]:
         seen.add(entry)
         paths.append(entry)
     return paths
+
+
+async def find_files(snapshot: SnapshotIndex, paths: list[str]) -> tuple[list[Row], int]:
+    """The files (with content) at or below ``paths`` in ``snapshot``, in the order of
+    ``paths`` (a directory's files in tree order), each once; and how many paths it does not
+    have. Indexed queries, on the loop as a lookup's are, letting other tasks run between
+    pages (a large directory is many pages)."""
+    found: list[Row] = []
+    seen: set[int] = set()
+    absent = 0
+    for number, given in enumerate(paths):
+        if number % 256 == 255:
+            await trio.lowlevel.checkpoint()
+        row = snapshot.get(ROOT_INODE)
+        for part in given.split("/"):
+            if not part:
+                continue
+            if row is None or part in (".", "..") or not row.kind.is_directory:
+                row = None
+                break
+            row = snapshot.lookup(row.inode, os.fsencode(part))
+        if row is None:
+            absent += 1
+            continue
+        stack = [row]
+        while stack:
+            entry = stack.pop()
+            if entry.kind.is_directory:
+                children: list[Row] = []
+                after = 0
+                while page := snapshot.children(entry, after):
+                    children.extend(page)
+                    after = page[-1].inode
+                    await trio.lowlevel.checkpoint()
+                stack.extend(reversed(children))
+            elif entry.kind.has_blob and entry.kind is not Kind.SYMLINK and entry.inode not in seen:
+                seen.add(entry.inode)
+                found.append(entry)
+    return found, absent

@@ -48,7 +48,7 @@ from .head_start import HeadStart
 from .kernel_read_ahead import keep_read_ahead
 from .mountpoints import FS_TYPE, mount_at
 from .options import mount_options
-from .profile import ProfileRecorder, RecordingContent
+from .profile import ProfileRecorder, RecordingContent, find_files
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,26 @@ class _Worker:
 
     def request_stop(self, why: str) -> None:
         self._stop(why)
+
+    async def prefetch(self, paths: list[str]) -> dict[str, Any]:
+        """Fetch the files at or below ``paths`` of the current commit now, in as few fetches
+        as the source allows (``artifactfs prefetch``; cli/prefetch_command.py). Waits for the
+        tree to be ready. Paths the commit does not have are counted, not an error."""
+        await self._content_ready.wait()
+        try:
+            await self.state.gate.wait()
+        except pyfuse3.FUSEError:
+            raise SourceError(f"the mount is {self.state.gate.state.value}") from None
+        snapshot = self.state.snapshot
+        assert snapshot is not None and self._content is not None  # ready
+        rows, absent = await find_files(snapshot, paths)
+        failed = await self._content.fetch(snapshot, rows)
+        return {
+            "files": len(rows) - len(failed),
+            "bytes": sum(row.size or 0 for row in rows) - sum(row.size or 0 for row in failed),
+            "absent": absent,
+            "failed": len(failed),
+        }
 
     # -- stopping -------------------------------------------------------------------------------
 

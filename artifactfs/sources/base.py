@@ -136,6 +136,12 @@ class Content(Protocol):
         """A program began listing ``directory``: a hint of what it will read next."""
         ...
 
+    async def fetch(self, snapshot: SnapshotIndex, rows: list[Row]) -> list[Row]:
+        """Get these entries' contents into the store now, whole and verified, in as few
+        fetches as the origin allows (``artifactfs prefetch``); return those that could not be
+        had (the reason is logged)."""
+        ...
+
     def retired(self, snapshot: SnapshotIndex) -> None:
         """``snapshot`` is no longer served: forget what was kept about it."""
         ...

@@ -130,6 +130,23 @@ class GitContent:
         snapshot.record_sizes(await trio.to_thread.run_sync(sizes, limiter=self._io))
         return snapshot.get(row.inode) or row
 
+    async def fetch(self, snapshot: SnapshotIndex, rows: list[Row]) -> list[Row]:
+        """All of them as demands (one pack per 1,000 blobs; blobs present are not asked
+        for); what is still missing afterwards failed."""
+        blobs = [row for row in rows if row.oid and row.size != 0]
+
+        def missing() -> list[Row]:
+            return [row for row in blobs if not self._cas.contains(snapshot.digest_of(row))]
+
+        wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
+        if not wanted:
+            return []
+        try:
+            await self._fetcher.ensure({row.oid: row.size for row in wanted if row.oid})
+        except ReadError as exc:  # its batch failed; the others may have landed
+            log.error("prefetch: %s", exc)
+        return await trio.to_thread.run_sync(missing, limiter=self._io)
+
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         hints = self._hints_of(snapshot)
         hints.listed.add(directory.inode)

@@ -233,6 +233,14 @@ class RangedBlobs:
             cursor.unverified.add(cursor.fd_epoch)
         return await cas_reads.pread(cursor.fd, size, offset, self._io)
 
+    async def fetch_whole(self, blob: HubBlob) -> None:
+        """Fetch all of ``blob``, verify it and keep it (``artifactfs prefetch``); raises what a
+        read would."""
+        if self._closed is not None:
+            raise BlobUnavailable(self._closed)
+        state = await self._state(blob)
+        await self._whole(state)
+
     async def cached_bytes(self, blob: HubBlob) -> int:
         state = self._states.get(blob.digest)
         if state is not None and state.partial is not None:
