@@ -131,21 +131,29 @@ class GitContent:
         return snapshot.get(row.inode) or row
 
     async def fetch(self, snapshot: SnapshotIndex, rows: list[Row]) -> list[Row]:
-        """All of them as demands (one pack per 1,000 blobs; blobs present are not asked
-        for); what is still missing afterwards failed."""
+        """Asked for as guesses (fetch_process.py: packs of up to 4,096 blobs, in child
+        processes, behind every reader's demand), in the order given; what a failed guess
+        batch lost is asked for again as demands (one failing blob fails a whole pack). What
+        is still missing then failed. Blobs present are not asked for."""
         blobs = [row for row in rows if row.oid and row.size != 0]
 
         def missing() -> list[Row]:
             return [row for row in blobs if not self._cas.contains(snapshot.digest_of(row))]
 
         wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
-        if not wanted:
-            return []
-        try:
-            await self._fetcher.ensure({row.oid: row.size for row in wanted if row.oid})
-        except ReadError as exc:  # its batch failed; the others may have landed
-            log.error("prefetch: %s", exc)
-        return await trio.to_thread.run_sync(missing, limiter=self._io)
+        if not wanted or self._remote.settings.offline:
+            return wanted
+        sizes = {row.oid: row.size for row in wanted if row.oid}
+        self._fetcher.prefetch(sizes)
+        await self._fetcher.settle(sizes)
+        wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
+        if wanted:
+            try:
+                await self._fetcher.ensure({row.oid: row.size for row in wanted if row.oid})
+            except ReadError as exc:  # that batch failed; the others may have landed
+                log.error("prefetch: %s", exc)
+            wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
+        return wanted
 
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         hints = self._hints_of(snapshot)
