@@ -235,3 +235,21 @@ def test_a_blob_that_landed_before_its_batch_failed_is_served() -> None:
         await fetcher.ensure({oid(1): 1})  # in the CAS: no fetch, no error
 
     run_with(origin, body)
+
+
+def test_settle_waits_for_guesses_without_making_them_demands() -> None:
+    origin = FakeOrigin(missing={oid(3)})
+
+    async def body(fetcher: BlobFetcher) -> None:
+        await fetcher.settle([oid(99)])  # nothing pending: at once
+        origin.release.clear()
+        fetcher.prefetch({oid(n): 1 for n in range(5)})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetcher.settle, [oid(n) for n in range(5)])
+            await trio.to_thread.run_sync(origin.entered.wait, 10)
+            assert not origin.batches  # the guess batch is held: settle still waits
+            origin.release.set()
+        assert origin.batches == [[oid(n) for n in range(5)]]  # one batch, still a guess
+        assert origin.stored == {oid(n) for n in range(5)} - {oid(3)}
+
+    run_with(origin, body)

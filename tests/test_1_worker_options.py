@@ -29,6 +29,8 @@ CASES = [
         control_socket="/home/x/run/workers/model.sock",
         offline=True,
         require_commit="a" * 40,
+        cache_max_size="10G",
+        record_profile="/tmp/profile.txt",
     ),
 ]
 

@@ -57,12 +57,19 @@ class PartialBlob:
         directory = root / "partial" / digest.algorithm.name / digest.hex[:2]
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / digest.hex
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return cls._private(root, digest, size)
+            # evicted between our open and our lock (cas/eviction.py): the map we would read
+            # next is the next partial's, not this file's; start on the path's file instead
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
             os.close(fd)
-            return cls._private(root, digest, size)
         try:
             present = _read_map(path.with_name(path.name + ".blocks"), size)
             if present is None:  # new, or a map we cannot trust: start over
@@ -81,6 +88,7 @@ class PartialBlob:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{digest.hex}-{os.getpid()}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # ours alone (pid in its name): says "in use" to gc
         os.ftruncate(fd, size)
         blob = cls(path, size, fd, bytearray(blocks_in(size)))
         blob.persistent = False

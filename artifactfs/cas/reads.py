@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 from pathlib import Path
 
@@ -66,6 +67,21 @@ def open_cached(path: Path) -> int | None:
     if code in (errno.ENOSYS, errno.EINVAL, errno.EPERM):  # before Linux 5.12, or a seccomp filter
         _cached_open_works = False
     return None  # EAGAIN (not all cached), or anything else: the thread will say
+
+
+def hold(fd: int, path: Path) -> bool:
+    """Mark an open CAS file as in use, for as long as ``fd`` stays open: a shared ``flock``
+    that the evictor (cas/eviction.py) must be able to turn exclusive before it unlinks. False
+    when the blob is being evicted right now, or was since we opened it (the path no longer
+    names our file): the caller closes ``fd`` and fetches the blob again. Non-blocking (the
+    lock is not waited for; the ``stat`` finds the path in the dentry cache we just used)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        here = os.stat(path)
+    except (BlockingIOError, FileNotFoundError):
+        return False
+    mine = os.fstat(fd)
+    return (here.st_ino, here.st_dev) == (mine.st_ino, mine.st_dev)
 
 
 def _in_memory_file(fd: int) -> bool:

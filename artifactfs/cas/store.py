@@ -40,8 +40,12 @@ import time
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .digests import Algorithm, Digest, digest_of
+
+if TYPE_CHECKING:
+    from .usage import UsageRecorder
 
 _TEMP_PREFIX = ".tmp-"
 QUARANTINE = "quarantine"
@@ -73,10 +77,25 @@ class SizeMismatch(Exception):
 
 
 class ContentStore:
-    """Blocking API: call it from a worker thread, never from the trio loop."""
+    """Blocking API: call it from a worker thread, never from the trio loop.
 
-    def __init__(self, root: Path) -> None:
+    With ``usage`` (a mount's ``UsageRecorder``, cas/usage.py), what is published and opened
+    is recorded for the size cap: ``put``, ``adopt`` and the ``Publisher`` record what they
+    publish; readers call ``touched`` when they open a blob."""
+
+    def __init__(self, root: Path, usage: UsageRecorder | None = None) -> None:
         self.root = root
+        self.usage = usage
+
+    def touched(self, digest: Digest) -> None:
+        """A reader opened (or closed) this blob: it was used now (for the LRU order). Cheap,
+        and safe on the trio loop."""
+        if self.usage is not None:
+            self.usage.touched(digest)
+
+    def _published(self, digest: Digest, size: int | None) -> None:
+        if self.usage is not None:
+            self.usage.published(digest, size)
 
     def path_of(self, digest: Digest) -> Path:
         return self.root / digest.algorithm.name / digest.hex[:2] / digest.hex
@@ -127,6 +146,7 @@ class ContentStore:
             os.rename(temp, final)
             published = True
             _fsync_directory(final.parent)
+            self._published(digest, written)
             return final
         finally:
             if not published:
@@ -176,6 +196,9 @@ class ContentStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, final)
         _fsync_directory(final.parent)
+        if self.usage is not None:
+            self.usage.partial_gone(digest)
+        self._published(digest, size)
         return final
 
     # -- damage ---------------------------------------------------------------------------------
@@ -259,7 +282,7 @@ class Publisher:
         # created read-only: the descriptor opened here may still write it; kept open until
         # the group is synced, to learn of a write error on this very file
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-        self._pending.append(_Pending(temp, final, digest, fd))
+        self._pending.append(_Pending(temp, final, digest, fd, len(data)))
         with memoryview(data) as view:
             written = 0
             while written < len(view):
@@ -295,6 +318,8 @@ class Publisher:
             _fsync_directory(group[0].final.parent)
         else:
             self._sync()
+        for blob in group:
+            self._store._published(blob.digest, blob.size)
         return [blob.digest for blob in group]
 
     def _sync(self) -> None:
@@ -314,6 +339,7 @@ class _Pending:
     digest: Digest
     fd: int
     """Open until the blob's data is known to be on disk, then -1."""
+    size: int
 
 
 def _discard(blobs: list[_Pending]) -> None:

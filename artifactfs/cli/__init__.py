@@ -13,7 +13,13 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import UserError
-from . import daemon_commands, mount_commands, verify_command
+from . import (
+    cache_command,
+    daemon_commands,
+    mount_commands,
+    prefetch_command,
+    verify_command,
+)
 
 EXIT_USAGE = 2
 
@@ -31,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     mount_commands.add_parsers(commands)
     daemon_commands.add_parsers(commands)
     verify_command.add_parser(commands)
+    cache_command.add_parsers(commands)
+    prefetch_command.add_parser(commands)
     return parser
 
 

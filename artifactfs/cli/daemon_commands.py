@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from ..errors import UserError
-from . import mount_commands
+from . import cache_command, mount_commands, prefetch_command
 
 EXIT_FAILED = 1
 MAX_SPARE_WORKERS = 8
@@ -33,6 +33,13 @@ def add_parsers(commands: Any) -> None:
         metavar="N",
         help="worker processes kept started ahead, imports done, so that add-repo mounts "
         "without waiting for Python to start (default 1; 0: none)",
+    )
+    daemon.add_argument(
+        "--cache-max-size",
+        metavar="SIZE",
+        help="the blob cache's size cap, e.g. 10G, 500M, or bytes; least recently used blobs "
+        "are evicted past it (also ARTIFACTFS_CACHE_MAX_SIZE; default 10%% of the state "
+        "home's file system, at least 1 GiB, at most 10 GiB)",
     )
     daemon.add_argument(
         "--detach",
@@ -74,6 +81,13 @@ def add_parsers(commands: Any) -> None:
         metavar="SHA",
         help="become ready only if the ref resolves to this full commit id; kept, so a refresh"
         " obeys it too",
+    )
+    add.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="an access profile (mount --record-profile): its files are fetched, in its order, "
+        "as soon as the tree is ready, before add-repo returns (with --async: in the "
+        "background, reporting to run/logs/prefetch-NAME.log)",
     )
     add.add_argument(
         "--async", dest="async_", action="store_true", help="return once the mount point is up"
@@ -150,12 +164,15 @@ def run_daemon(args: argparse.Namespace) -> int:
         home.ensure()
     except OSError as exc:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    from .cache_command import daemon_cache_policy, serve_with_store_upkeep
+
+    policy = daemon_cache_policy(args.cache_max_size, home)  # its workers inherit the cap
     if args.detach:
         return _detach(home, args)
     lock = acquire_lock(home)
     configure(home.daemon_log, max(args.verbose, 1))
     try:
-        trio.run(Daemon(home, args.spare_workers).run)
+        trio.run(serve_with_store_upkeep, Daemon(home, args.spare_workers).run, home, policy)
     finally:
         os.close(lock)
     return 0
@@ -177,6 +194,8 @@ def _detach(home: Any, args: argparse.Namespace) -> int:
         raise UserError(f"a daemon is already running for {home.root} (pid {holder})")
     command = [sys.executable, "-P", "-m", "artifactfs", "daemon"]
     command += ["--spare-workers", str(args.spare_workers)] + ["-v"] * args.verbose
+    if args.cache_max_size is not None:
+        command += ["--cache-max-size", args.cache_max_size]
     stderr_path = home.logs_dir / "daemon.stderr"
     with open(stderr_path, "ab") as stderr:
         child = subprocess.Popen(
@@ -211,6 +230,8 @@ def add_repo(args: argparse.Namespace) -> int:
 
     check_name(args.name)  # the daemon checks again; this spares it the obvious
     spec = parse_source(args.source).with_ref(check_ref(args.ref))
+    if args.profile is not None:
+        prefetch_command.profile_paths(args.profile)  # a bad profile before anything changes
     message: dict[str, Any] = {
         "cmd": "add",
         "name": args.name,
@@ -234,7 +255,10 @@ def add_repo(args: argparse.Namespace) -> int:
     progress = _Progress()
     answer = _call(message, progress)
     progress.done()
-    return _finish(answer, args.async_)
+    code = _finish(answer, args.async_)
+    if code == 0 and args.profile is not None:  # its files first: with --async, behind our back
+        return prefetch_command.prefetch(args.name, [], args.profile, args.async_)
+    return code
 
 
 def _follow_command(verb: str) -> Any:
@@ -281,10 +305,15 @@ def status_command(args: argparse.Namespace) -> int:
     if args.target is not None:
         message["name"] = args.target
     repos = _call(message)["repos"]
+    pins = cache_command.pinned_bytes(_home())
+    for repo in repos:  # what `artifactfs pin` keeps of it
+        if repo.get("name") in pins:
+            repo["pinned_bytes"] = pins[repo["name"]]
     if args.json:
         print(json.dumps(repos, indent=2))
     else:
         _table(repos, ["name", "state", "commit", "files", "bytes_fetched", "mount", "error"])
+        cache_command.say_pinned(repos)
         _say_quarantined()
     return 0
 

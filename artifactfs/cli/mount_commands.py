@@ -66,6 +66,19 @@ def add_parsers(commands: Any) -> None:
         " what it resolved to): a verified source for CI",
     )
     mount.add_argument(
+        "--cache-max-size",
+        metavar="SIZE",
+        help="the blob cache's size cap, e.g. 10G, 500M, or bytes; least recently used blobs "
+        "are evicted past it (also ARTIFACTFS_CACHE_MAX_SIZE; default 10%% of the state "
+        "home's file system, at least 1 GiB, at most 10 GiB)",
+    )
+    mount.add_argument(
+        "--record-profile",
+        metavar="FILE",
+        help="write the paths opened through the mount to FILE, in the order they were first "
+        "opened (an access profile for prefetch --profile and add-repo --profile)",
+    )
+    mount.add_argument(
         "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
     )
     # for the daemon's workers only
@@ -92,6 +105,8 @@ def mount_foreground(args: argparse.Namespace) -> int:
         control_socket=args.control_socket,
         offline=args.offline,
         require_commit=args.require_commit,
+        cache_max_size=args.cache_max_size,
+        record_profile=args.record_profile,
     )
     return launch(options)
 

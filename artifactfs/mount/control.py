@@ -7,7 +7,8 @@ socket and takes the worker back, and the mount never goes away.
 
 Requests (one JSON line each): ``status``; ``watch`` (a status line now and after every
 change, and twice a second while preparing, until the connection closes); ``prepare`` (retry
-a failed prepare, or refresh a ready mount); ``refresh``; ``stop``.
+a failed prepare, or refresh a ready mount); ``refresh``; ``stop``; ``prefetch`` (``paths``:
+fetch those files, and all below those directories, now; the CLI asks it directly).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Controllable(Protocol):
     async def refresh(self) -> str: ...
 
     def request_stop(self, why: str) -> None: ...
+
+    async def prefetch(self, paths: list[str]) -> dict[str, Any]: ...
 
 
 async def serve_control(
@@ -86,6 +89,17 @@ async def _answer(lines: LineStream, request: Message, worker: Controllable) -> 
             await lines.send({"ok": False, "error": str(exc), "status": worker.status()})
         else:
             await lines.send({"ok": True, "message": message, "status": worker.status()})
+    elif command == "prefetch":
+        paths = request.get("paths")
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            await lines.send({"ok": False, "error": "prefetch needs a list of paths"})
+            return
+        try:
+            counts = await worker.prefetch(paths)
+        except SourceError as exc:
+            await lines.send({"ok": False, "error": str(exc)})
+        else:
+            await lines.send({"ok": True, **counts})
     elif command == "stop":
         await lines.send({"ok": True})
         worker.request_stop("asked to stop by the daemon")

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ..cas.eviction import CachePolicy
+from ..cas.usage import UsageRecorder
 from ..errors import UserError
 from ..home import ArtifactHome, default_home
 from ..logs import configure
@@ -37,6 +39,7 @@ from ..sources.counters import FetchCounters
 from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
 from .mountpoints import check_fuse_device, check_mountpoint
 from .options import check_allow_other
+from .profile import check_profile_path
 
 MAX_IO_TIMEOUT = 86400.0
 OFFLINE_ENV = "ARTIFACTFS_OFFLINE"
@@ -66,6 +69,11 @@ class WorkerOptions:
     ``HF_HUB_OFFLINE=1``)."""
     require_commit: str | None = None
     """Become ready only if the ref resolves to this commit (sources/required.py)."""
+    cache_max_size: str | None = None
+    """``--cache-max-size``: the store's cap (else ``ARTIFACTFS_CACHE_MAX_SIZE``, else a share
+    of the home's file system; cas/eviction.py)."""
+    record_profile: str | None = None
+    """``--record-profile FILE``: write the paths opened, in order (mount/profile.py)."""
 
     def command_line(self) -> list[str]:
         """The ``artifactfs`` arguments that ask for this worker (what ``ps`` shows)."""
@@ -89,6 +97,10 @@ class WorkerOptions:
             arguments.append("--allow-other")
         if self.offline:
             arguments.append("--offline")
+        if self.cache_max_size is not None:
+            arguments += ["--cache-max-size", self.cache_max_size]
+        if self.record_profile is not None:
+            arguments += ["--record-profile", self.record_profile]
         arguments += ["-v"] * self.verbose
         return arguments
 
@@ -120,6 +132,11 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         temp_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    try:
+        cache_policy = CachePolicy.resolve(options.cache_max_size, home.root)
+        profile = check_profile_path(options.record_profile) if options.record_profile else None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     credentials = _credentials(options, stdin or sys.stdin)
     configure(home.log_file_for(mountpoint), options.verbose)
 
@@ -135,6 +152,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         io_timeout=options.io_timeout,
         offline=options.offline or _truthy(os.environ.get(OFFLINE_ENV)),
         require_commit=require_commit,
+        usage=UsageRecorder(home.cas_dir),
     )
     from .head_start import HeadStart
 
@@ -151,6 +169,8 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         name=options.name,
         control_socket=Path(options.control_socket) if options.control_socket else None,
         allow_other=options.allow_other,
+        cache_policy=cache_policy,
+        record_profile=profile,
     )
     return run(request, head_start)
 

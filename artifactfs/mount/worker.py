@@ -32,6 +32,8 @@ import trio
 
 from ..cas import ContentStore
 from ..cas.claims import FetchClaims
+from ..cas.eviction import CachePolicy
+from ..cas.upkeep import keep_store
 from ..errors import SourceError, UserError
 from ..fs.gate import GateState
 from ..fs.gated import GatedOperations
@@ -46,6 +48,7 @@ from .head_start import HeadStart
 from .kernel_read_ahead import keep_read_ahead
 from .mountpoints import FS_TYPE, mount_at
 from .options import mount_options
+from .profile import ProfileRecorder, RecordingContent, find_files
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,10 @@ class MountRequest:
     """Serve control requests here, and say "mounted" on stdout once mounted (daemon mode)."""
     allow_other: bool = False
     """Let other users (root included) see the mount (see options.mount_options)."""
+    cache_policy: CachePolicy | None = None
+    """The store's size cap, kept by this worker's upkeep task (cas/upkeep.py)."""
+    record_profile: Path | None = None
+    """Record the paths opened here, in order (mount/profile.py)."""
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -106,6 +113,12 @@ class _Worker:
             nursery.start_soon(self._prepare)
             nursery.start_soon(self._watch_mount)
             nursery.start_soon(self._sweep_leftovers)
+            nursery.start_soon(
+                keep_store,
+                self.request.home.cas_dir,
+                self.request.cache_policy,
+                self.head_start.settings.usage,
+            )
             if self.request.control_socket is not None:
                 await nursery.start(serve_control, str(self.request.control_socket), self)
                 _tell_daemon_mounted()  # mounted, and now reachable for watching
@@ -128,6 +141,9 @@ class _Worker:
         if self._stopping:
             return
         self._content = source.open_content(self.snapshots)
+        if self.request.record_profile is not None:
+            recorder = ProfileRecorder(self.request.record_profile)
+            self._content = RecordingContent(self._content, recorder)
         self.snapshots.read_through(self._content)
         self._content_ready.set()
         if source.read_ahead_kib is not None:
@@ -183,6 +199,26 @@ class _Worker:
 
     def request_stop(self, why: str) -> None:
         self._stop(why)
+
+    async def prefetch(self, paths: list[str]) -> dict[str, Any]:
+        """Fetch the files at or below ``paths`` of the current commit now, in as few fetches
+        as the source allows (``artifactfs prefetch``; cli/prefetch_command.py). Waits for the
+        tree to be ready. Paths the commit does not have are counted, not an error."""
+        await self._content_ready.wait()
+        try:
+            await self.state.gate.wait()
+        except pyfuse3.FUSEError:
+            raise SourceError(f"the mount is {self.state.gate.state.value}") from None
+        snapshot = self.state.snapshot
+        assert snapshot is not None and self._content is not None  # ready
+        rows, absent = await find_files(snapshot, paths)
+        failed = await self._content.fetch(snapshot, rows)
+        return {
+            "files": len(rows) - len(failed),
+            "bytes": sum(row.size or 0 for row in rows) - sum(row.size or 0 for row in failed),
+            "absent": absent,
+            "failed": len(failed),
+        }
 
     # -- stopping -------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..cas.usage import UsageRecorder
 from ..snapshot import Row, SnapshotIndex
 from .counters import FetchCounters
 from .credentials import CredentialProvider
@@ -92,6 +93,10 @@ class SourceSettings:
     bytes that are not stored fail at once."""
     require_commit: str | None = None
     """Become ready only if the ref resolves to this full commit id (``--require-commit``)."""
+    usage: UsageRecorder | None = None
+    """Where this process records what it publishes and opens, for the store's size cap
+    (cas/usage.py); None in processes that keep no such records (fetch children: their
+    parent records what they publish)."""
 
 
 class BlobReader(Protocol):
@@ -131,6 +136,12 @@ class Content(Protocol):
 
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         """A program began listing ``directory``: a hint of what it will read next."""
+        ...
+
+    async def fetch(self, snapshot: SnapshotIndex, rows: list[Row]) -> list[Row]:
+        """Get these entries' contents into the store now, whole and verified, in as few
+        fetches as the origin allows (``artifactfs prefetch``); return those that could not be
+        had (the reason is logged)."""
         ...
 
     def retired(self, snapshot: SnapshotIndex) -> None:

@@ -17,6 +17,7 @@ One round trip per file, then per directory, was most of such a walk's time
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -40,6 +41,7 @@ from .walks import FetchAhead
 log = logging.getLogger(__name__)
 
 SIZE_BATCH = 1000
+EVICTED_TRIES = 3
 HASH_ON_LOOP = 64 << 10
 """Up to this size a file is read and hashed on the trio thread (tens of microseconds)."""
 LISTING_HINT_SECONDS = 5.0
@@ -128,6 +130,31 @@ class GitContent:
         snapshot.record_sizes(await trio.to_thread.run_sync(sizes, limiter=self._io))
         return snapshot.get(row.inode) or row
 
+    async def fetch(self, snapshot: SnapshotIndex, rows: list[Row]) -> list[Row]:
+        """Asked for as guesses (fetch_process.py: packs of up to 4,096 blobs, in child
+        processes, behind every reader's demand), in the order given; what a failed guess
+        batch lost is asked for again as demands (one failing blob fails a whole pack). What
+        is still missing then failed. Blobs present are not asked for."""
+        blobs = [row for row in rows if row.oid and row.size != 0]
+
+        def missing() -> list[Row]:
+            return [row for row in blobs if not self._cas.contains(snapshot.digest_of(row))]
+
+        wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
+        if not wanted or self._remote.settings.offline:
+            return wanted
+        sizes = {row.oid: row.size for row in wanted if row.oid}
+        self._fetcher.prefetch(sizes)
+        await self._fetcher.settle(sizes)
+        wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
+        if wanted:
+            try:
+                await self._fetcher.ensure({row.oid: row.size for row in wanted if row.oid})
+            except ReadError as exc:  # that batch failed; the others may have landed
+                log.error("prefetch: %s", exc)
+            wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
+        return wanted
+
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         hints = self._hints_of(snapshot)
         hints.listed.add(directory.inode)
@@ -164,11 +191,7 @@ class GitContent:
             except FileNotFoundError:
                 if attempt == 0:
                     self._fetch_ahead(snapshot, row, missing=True)
-                try:
-                    await self._fetcher.ensure({digest.hex: row.size})
-                except ReadError as exc:  # of its kind: a full store stays ENOSPC
-                    raise type(exc)(f"read of {row.oid} failed: {exc}") from None
-                fd, size = await self._open(digest)
+                fd, size = await self._fetch_and_open(row, digest)
             try:
                 intact, content = await self._checked(snapshot, row, digest, fd, size)
                 if intact:
@@ -187,6 +210,22 @@ class GitContent:
                 where,
             )
         raise IntegrityError(f"blob {row.oid} was damaged again right after it was fetched")
+
+    async def _fetch_and_open(self, row: Row, digest: Digest) -> tuple[int, int]:
+        """Fetch a missing blob and open it. A blob can be evicted between its fetch and our
+        open when the store's cap is tiny next to what is being read (cas/eviction.py): it is
+        fetched again, a few times, before the read fails."""
+        for _ in range(EVICTED_TRIES):
+            try:
+                await self._fetcher.ensure({digest.hex: row.size})
+            except ReadError as exc:  # of its kind: a full store stays ENOSPC
+                raise type(exc)(f"read of {row.oid} failed: {exc}") from None
+            with contextlib.suppress(FileNotFoundError):
+                return await self._open(digest)
+        raise BlobUnavailable(
+            f"read of {row.oid} failed: evicted from the store {EVICTED_TRIES} times as soon as"
+            " it was fetched (is the cache's size cap far too small?)"
+        )
 
     async def _checked(
         self, snapshot: SnapshotIndex, row: Row, digest: Digest, fd: int, size: int
@@ -225,15 +264,25 @@ class GitContent:
         intact = await trio.to_thread.run_sync(_hash_matches, digest, fd, size, limiter=self._io)
         return intact, None
 
+    def closed(self, snapshot: SnapshotIndex, row: Row) -> None:
+        """An open file of this blob was closed: it was in use until now (the LRU order)."""
+        with contextlib.suppress(ValueError):
+            self._cas.touched(snapshot.digest_of(row))
+
     async def pread(self, fd: int, size: int, offset: int) -> bytes:
         return await cas_reads.pread(fd, size, offset, self._io)
 
     async def _open(self, digest: Digest) -> tuple[int, int]:
         """A descriptor of a published blob and its size; FileNotFoundError if it is missing.
         On the loop when its path is all in the dentry cache, else in a thread."""
-        fd = cas_reads.open_cached(self._cas.path_of(digest))
+        path = self._cas.path_of(digest)
+        fd = cas_reads.open_cached(path)
         if fd is None:
             fd = await trio.to_thread.run_sync(self._cas.open_fd, digest, limiter=self._io)
+        if not cas_reads.hold(fd, path):  # being evicted: as good as missing
+            os.close(fd)
+            raise FileNotFoundError(path)
+        self._cas.touched(digest)
         return fd, os.fstat(fd).st_size
 
     # -- fetching ahead of need -----------------------------------------------------------------
@@ -274,7 +323,15 @@ class GitContent:
             if self._process is None:
                 self._process = FetchProcess(self._remote)
             process = self._process
-        return process.fetch(wanted, published)
+        usage = self._cas.usage
+        if usage is None:
+            return process.fetch(wanted, published)
+
+        def recorded(oid: str) -> None:  # a child published it: record it for the cap here
+            usage.published(self._remote.blob_digest(oid), None)
+            published(oid)
+
+        return process.fetch(wanted, recorded)
 
 
 def _hash_matches(digest: Digest, fd: int, size: int) -> bool:
@@ -318,3 +375,4 @@ class _WholeBlob:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            self._content.closed(self._snapshot, self._row)

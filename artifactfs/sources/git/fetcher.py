@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -136,6 +136,14 @@ class BlobFetcher:
                 self._guesses.append(oid)
         if self._guesses:
             self._wakeup.set()
+
+    async def settle(self, oids: Iterable[str]) -> None:
+        """Return once none of ``oids`` is being fetched any more (landed, or failed), without
+        asking for them: a guess stays behind every reader's demand."""
+        for oid in oids:
+            pending = self._pending.get(oid)
+            if pending is not None:
+                await pending.done.wait()
 
     def _demand(self, oid: str, size: int | None) -> _Pending:
         """The pending fetch of ``oid`` a reader waits on (made, or moved to the front)."""

@@ -135,7 +135,7 @@ class GitRemote:
         self.temp_dir = settings.temp_dir
         self.counters = settings.counters
         self.credentials = settings.credentials
-        self.cas = ContentStore(settings.cas_dir)
+        self.cas = ContentStore(settings.cas_dir, settings.usage)
         self.object_format = "sha1"
         """Learned from the server (or the snapshot) at prepare."""
         self.head_branch: str | None = None

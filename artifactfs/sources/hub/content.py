@@ -8,15 +8,24 @@ the partial is moved into the CAS, and reads are served from the CAS file.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
+import trio
 
 from ... import __version__
 from ...cas import ContentStore
+from ...errors import ReadError
 from ...snapshot import Row, SnapshotIndex
 from ..base import BlobReader, ContentHost, SourceSettings
 from .client import HubClient, file_url
 from .ranged import Cursor, HubBlob, RangedBlobs
 from .spec import HubSourceSpec
+
+log = logging.getLogger(__name__)
+
+PREFETCH_FILES = 4
+"""Files a prefetch fetches at once (each by up to 8 parallel ranges, ranged.py)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,7 @@ class HubContent:
         self._settings = settings
         self._client: HubClient | None = None
         self._blobs = RangedBlobs(
-            ContentStore(settings.cas_dir),
+            ContentStore(settings.cas_dir, settings.usage),
             self._http,
             settings.io_timeout,
             host.forget_cached,
@@ -77,6 +86,25 @@ class HubContent:
 
     async def with_size(self, snapshot: SnapshotIndex, row: Row) -> Row:
         return row  # the Hub lists every size
+
+    async def fetch(self, snapshot: SnapshotIndex, rows: list[Row]) -> list[Row]:
+        """Each file whole (by range, in parallel; verified and kept), a few files at once."""
+        failed: list[Row] = []
+        files = trio.Semaphore(PREFETCH_FILES)
+
+        async def one(row: Row) -> None:
+            async with files:
+                try:
+                    await self._blobs.fetch_whole(self._blob(snapshot, row))
+                except ReadError as exc:
+                    log.error("prefetch of %s failed: %s", snapshot.path_of(row.inode), exc)
+                    failed.append(row)
+
+        async with trio.open_nursery() as nursery:
+            for row in rows:
+                if row.size:
+                    nursery.start_soon(one, row)
+        return failed
 
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         pass  # the read-ahead of a Hub file follows its own reader (window.py)

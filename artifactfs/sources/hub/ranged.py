@@ -20,8 +20,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ MAX_RANGE_BLOCKS = 32  # 8 MiB per request
 PARALLEL_RANGES = 8
 FLUSH_SECONDS = 2.0
 MAX_MISMATCHES = 2
+EVICTED_TRIES = 3
 RETRY_SECONDS = (2.0, 10.0, 60.0, 300.0)
 """After ``MAX_MISMATCHES`` bad copies in a row a file fails (EIO) for this long, growing with
 each time it happens again; then it is fetched afresh (the origin may have been repaired)."""
@@ -76,11 +79,16 @@ class Cursor:
     """The entry this file is open as (its pages are dropped if its bytes were bad)."""
     unverified: set[int] = field(default_factory=set)
     """Epochs of the partial whose bytes, not yet verified, this file was served."""
+    held: bool = False
+    """``fd`` is a published blob marked in use (``cas.reads.hold``): not evicted while open.
+    A descriptor opened on a partial is protected by the partial's own lock until it is
+    published, and held from its first read after that."""
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            self.held = False
 
 
 @dataclass
@@ -108,6 +116,10 @@ class _State:
     lock: trio.Lock = field(default_factory=trio.Lock)
     entries: set[Entry] = field(default_factory=set)
     """Entries whose readers were served bytes of this blob."""
+    readers: weakref.WeakValueDictionary[int, Cursor] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+    """Open files reading the partial: marked in use (``Cursor.held``) once it is published."""
 
 
 class RangedBlobs:
@@ -171,10 +183,14 @@ class RangedBlobs:
                     await trio.to_thread.run_sync(partial.flush, limiter=self._io)
                 except OSError as exc:  # a full disk costs refetches, never the mount
                     log.warning("could not save the progress of %s: %s", state.blob.digest, exc)
+                if partial.persistent and self._cas.usage is not None:  # for the size cap
+                    self._cas.usage.partial(state.blob.digest, partial.present_bytes())
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def read(self, blob: HubBlob, offset: int, size: int, cursor: Cursor) -> bytes:
+    async def read(
+        self, blob: HubBlob, offset: int, size: int, cursor: Cursor, evicted: int = 0
+    ) -> bytes:
         if self._closed is not None:
             raise BlobUnavailable(self._closed)
         state = await self._state(blob)
@@ -190,6 +206,8 @@ class RangedBlobs:
         size = min(size, blob.size - offset)
         if state.published and cursor.fd >= 0 and cursor.fd_epoch == state.epoch:
             # kept in the CAS and open already: nothing to wait for (the common case)
+            if not cursor.held:  # opened while partial: in use from now on
+                cursor.held = _hold_fd(cursor.fd)
             return await cas_reads.pread(cursor.fd, size, offset, self._io)
         with trio.move_on_after(self._io_timeout) as deadline:
             if blob.verify_first:
@@ -202,10 +220,26 @@ class RangedBlobs:
                 self._read_ahead(state, offset, size, cursor)
         if deadline.cancelled_caught:
             raise BlobUnavailable(f"{blob.url}: no answer within {self._io_timeout:.0f} s")
-        await self._ensure_descriptor(state, cursor)
+        try:
+            await self._ensure_descriptor(state, cursor)
+        except _Evicted:
+            if evicted >= EVICTED_TRIES:
+                raise BlobUnavailable(
+                    f"{blob.url}: evicted from the store {evicted} times as soon as it was"
+                    " fetched (is the cache's size cap far too small?)"
+                ) from None
+            return await self.read(blob, offset, size, cursor, evicted + 1)
         if not state.published:
             cursor.unverified.add(cursor.fd_epoch)
         return await cas_reads.pread(cursor.fd, size, offset, self._io)
+
+    async def fetch_whole(self, blob: HubBlob) -> None:
+        """Fetch all of ``blob``, verify it and keep it (``artifactfs prefetch``); raises what a
+        read would."""
+        if self._closed is not None:
+            raise BlobUnavailable(self._closed)
+        state = await self._state(blob)
+        await self._whole(state)
 
     async def cached_bytes(self, blob: HubBlob) -> int:
         state = self._states.get(blob.digest)
@@ -267,20 +301,50 @@ class RangedBlobs:
             return
         cursor.close()
         for attempt in range(3):
+            partial = state.partial
+            published = state.published or partial is None
             path = (
                 self._cas.path_of(state.blob.digest)
-                if state.published or state.partial is None
-                else state.partial.data_path
+                if published or partial is None
+                else partial.data_path
             )
             try:
                 cursor.fd = await trio.to_thread.run_sync(_open_read, path)
-                break
             except FileNotFoundError:
+                if state.published:
+                    await self._fetch_again(state)
+                    raise _Evicted from None
                 if attempt == 2:
                     raise
                 async with state.publishing:  # handed to the CAS meanwhile: let it finish
                     pass
+                continue
+            if not published:
+                state.readers[id(cursor)] = cursor
+            else:
+                cursor.held = cas_reads.hold(cursor.fd, path)
+                if not cursor.held and state.published:  # being evicted right now
+                    cursor.close()
+                    await self._fetch_again(state)
+                    raise _Evicted
+                self._cas.touched(state.blob.digest)
+            break
         cursor.fd_epoch = state.epoch
+
+    async def _fetch_again(self, state: _State) -> None:
+        """The blob this worker kept was evicted from the store (cas/eviction.py): start a
+        partial again, to be fetched like a blob never read."""
+        async with state.lock:
+            if not state.published:
+                return  # another reader did it
+            if await trio.to_thread.run_sync(self._intact, state.blob, limiter=self._io):
+                return  # still there (the evictor looked at it, and let it be): open it again
+            log.info("%s was evicted from the store: fetching it again", state.blob.digest)
+            state.published = False
+            state.layout_known = False
+            state.partial = await trio.to_thread.run_sync(
+                PartialBlob.open, self._cas.root, state.blob.digest, state.blob.size
+            )
 
     # -- fetching -----------------------------------------------------------------------------
 
@@ -437,6 +501,10 @@ class RangedBlobs:
             state.partial = None
             state.published = True
             state.error = None
+            for cursor in list(state.readers.values()):  # in use: never evicted while open
+                if cursor.fd >= 0 and cursor.fd_epoch == state.epoch and not cursor.held:
+                    cursor.held = _hold_fd(cursor.fd)
+            state.readers.clear()
             log.info("verified and kept %s (%d bytes)", state.blob.digest, state.blob.size)
 
     async def _start_over(self, state: _State) -> None:
@@ -540,6 +608,20 @@ def _header_of(partial: PartialBlob, size: int) -> tuple[bool, bytes | None]:
     if partial.missing(0, (8 + length - 1) // BLOCK):
         return False, None  # a header longer than what was read so far: look again later
     return True, partial.read(8, length)
+
+
+class _Evicted(Exception):
+    """The published blob a reader was about to open was evicted: read again (refetching)."""
+
+
+def _hold_fd(fd: int) -> bool:
+    """Mark an already open published blob in use (see ``cas.reads.hold``; the path is not
+    checked again: if it was evicted meanwhile, this descriptor still reads the right bytes)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 def _open_read(path: Path) -> int:
