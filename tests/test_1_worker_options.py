@@ -28,7 +28,9 @@ CASES = [
         name="model",
         control_socket="/home/x/run/workers/model.sock",
         offline=True,
+        writable=True,
     ),
+    WorkerOptions("git://127.0.0.1/x.git", "/tmp/mnt", writable=False),
 ]
 
 

@@ -35,6 +35,7 @@ from ..logs import configure
 from ..sources import SourceSettings, check_ref, parse_source
 from ..sources.counters import FetchCounters
 from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
+from ..sources.registry import kind_of
 from .mountpoints import check_fuse_device, check_mountpoint
 from .options import check_allow_other
 
@@ -64,6 +65,9 @@ class WorkerOptions:
     offline: bool = False
     """Send nothing to the origin (also ``ARTIFACTFS_OFFLINE=1``; Hub sources: also
     ``HF_HUB_OFFLINE=1``)."""
+    writable: bool | None = None
+    """A writable workspace (``--writable``), read-only (``--read-only``), or None: the
+    kind's default (git writable, the Hub read-only)."""
 
     def command_line(self) -> list[str]:
         """The ``artifactfs`` arguments that ask for this worker (what ``ps`` shows)."""
@@ -86,6 +90,8 @@ class WorkerOptions:
             arguments.append("--allow-other")
         if self.offline:
             arguments.append("--offline")
+        if self.writable is not None:
+            arguments.append("--writable" if self.writable else "--read-only")
         arguments += ["-v"] * self.verbose
         return arguments
 
@@ -116,6 +122,10 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         temp_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    writable = (
+        options.writable if options.writable is not None else kind_of(spec).writable_by_default
+    )
+    workspace = home.workspace_dir(options.name) if options.name else home.workspace_for(mountpoint)
     credentials = _credentials(options, stdin or sys.stdin)
     configure(home.log_file_for(mountpoint), options.verbose)
 
@@ -146,6 +156,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         name=options.name,
         control_socket=Path(options.control_socket) if options.control_socket else None,
         allow_other=options.allow_other,
+        workspace=workspace if writable else None,
     )
     return run(request, head_start)
 

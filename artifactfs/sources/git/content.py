@@ -22,6 +22,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -127,6 +128,12 @@ class GitContent:
 
         snapshot.record_sizes(await trio.to_thread.run_sync(sizes, limiter=self._io))
         return snapshot.get(row.inode) or row
+
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+        """The blob's CAS file, fetched and checked as an open for reading does."""
+        fd, _ = await self.open_fd(snapshot, row)
+        os.close(fd)
+        return self._cas.path_of(snapshot.digest_of(row))
 
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         hints = self._hints_of(snapshot)

@@ -9,6 +9,7 @@ the partial is moved into the CAS, and reads are served from the CAS file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ... import __version__
 from ...cas import ContentStore
@@ -77,6 +78,11 @@ class HubContent:
 
     async def with_size(self, snapshot: SnapshotIndex, row: Row) -> Row:
         return row  # the Hub lists every size
+
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+        """None: a Hub file is copied up through its reader (by range, as it is read); a
+        whole verified file exists only once every block arrived and was hashed."""
+        return None
 
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         pass  # the read-ahead of a Hub file follows its own reader (window.py)
