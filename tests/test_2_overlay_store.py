@@ -174,7 +174,7 @@ def test_created_inode_numbers_and_changes_survive_a_reopen(
     store.close()
     store = Overlay.open(tmp_path / "ws", lower)
     try:
-        assert [at(store, "c%d" % i).ino for i in range(3)] == made  # type: ignore[union-attr]
+        assert [at(store, f"c{i}").ino for i in range(3)] == made  # type: ignore[union-attr]
         assert store.create(ROOT_INODE, b"d", Kind.DIRECTORY, 0o755).ino == made[-1] + 1
         assert store.changed_paths_count() == 4
     finally:

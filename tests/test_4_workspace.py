@@ -225,7 +225,7 @@ def test_read_only_refuses_with_erofs(
     with mounted(daemon.url("sample.git"), mnt, home, "--read-only") as mount:
         assert mount.xattr("writable") == "0"
         assert errno_of(lambda: (mnt / "new").write_bytes(b"x")) == errno.EROFS
-        assert errno_of(lambda: open(mnt / "README.md", "r+b")) == errno.EROFS
+        assert errno_of(lambda: os.open(mnt / "README.md", os.O_RDWR)) == errno.EROFS
         assert errno_of(lambda: os.rename(mnt / "deep", mnt / "x")) == errno.EROFS
 
 
