@@ -44,7 +44,7 @@ NAMES = ["d", "e", "sub", "f1", "a", "b", "ln", "top.txt"]
 MODES = [0o600, 0o644, 0o700, 0o755]
 MODEL_SETTINGS = settings(
     max_examples=6,
-    stateful_step_count=30,
+    stateful_step_count=40,
     derandomize=True,
     database=None,
     deadline=None,
@@ -146,52 +146,79 @@ class Workspace(RuleBasedStateMachine):
             f"{errno.errorcode.get(expected, expected)}"
         )
 
-    @rule(path=paths, data=payloads)
-    def create(self, path: str, data: bytes) -> None:
-        self.both(lambda root: _create(root / path, data))
+    def pick(self, data: st.DataObject, files: bool = False) -> str:
+        """A path: mostly one that exists in the reference (a regular file, for ``files``),
+        or a new name in one of its directories, sometimes anything."""
+        entries = sorted(snapshot_of(self.ref))
+        if files:
+            entries = [e for e in entries if (self.ref / e).is_file()] or entries
+        how = data.draw(st.sampled_from(["existing"] * 6 + ["new"] * 3 + ["any"]))
+        if how == "existing" and entries:
+            return data.draw(st.sampled_from(entries))
+        if how == "new":
+            parents = ["", *(e for e in entries if os.path.isdir(self.ref / e))]
+            parent = data.draw(st.sampled_from(parents))
+            name = data.draw(st.sampled_from(NAMES))
+            return f"{parent}/{name}" if parent else name
+        return data.draw(paths)
 
-    @rule(path=paths, offset=offsets, data=payloads)
-    def write_at(self, path: str, offset: int, data: bytes) -> None:
-        self.both(lambda root: _write_at(root / path, offset, data))
+    @rule(data=st.data(), payload=payloads)
+    def create(self, data: st.DataObject, payload: bytes) -> None:
+        path = self.pick(data)
+        self.both(lambda root: _create(root / path, payload))
 
-    @rule(path=paths, size=offsets)
-    def truncate(self, path: str, size: int) -> None:
+    @rule(data=st.data(), offset=offsets, payload=payloads)
+    def write_at(self, data: st.DataObject, offset: int, payload: bytes) -> None:
+        path = self.pick(data, files=True)
+        self.both(lambda root: _write_at(root / path, offset, payload))
+
+    @rule(data=st.data(), size=offsets)
+    def truncate(self, data: st.DataObject, size: int) -> None:
+        path = self.pick(data, files=True)
         self.both(lambda root: os.truncate(root / path, size))
 
-    @rule(source=paths, destination=paths)
-    def rename(self, source: str, destination: str) -> None:
+    @rule(data=st.data())
+    def rename(self, data: st.DataObject) -> None:
+        source, destination = self.pick(data), self.pick(data)
         self.both(lambda root: os.rename(root / source, root / destination))
 
-    @rule(path=paths)
-    def unlink(self, path: str) -> None:
+    @rule(data=st.data())
+    def unlink(self, data: st.DataObject) -> None:
+        path = self.pick(data)
         self.both(lambda root: os.unlink(root / path))
 
-    @rule(path=paths)
-    def mkdir(self, path: str) -> None:
+    @rule(data=st.data())
+    def mkdir(self, data: st.DataObject) -> None:
+        path = self.pick(data)
         self.both(lambda root: os.mkdir(root / path))
 
-    @rule(path=paths)
-    def rmdir(self, path: str) -> None:
+    @rule(data=st.data())
+    def rmdir(self, data: st.DataObject) -> None:
+        path = self.pick(data)
         self.both(lambda root: os.rmdir(root / path))
 
-    @rule(path=paths, pointing_to=paths)
-    def symlink(self, path: str, pointing_to: str) -> None:
+    @rule(data=st.data(), pointing_to=paths)
+    def symlink(self, data: st.DataObject, pointing_to: str) -> None:
+        path = self.pick(data)
         self.both(lambda root: os.symlink(pointing_to, root / path))
 
-    @rule(path=paths, mode=st.sampled_from(MODES))
-    def chmod(self, path: str, mode: int) -> None:
+    @rule(data=st.data(), mode=st.sampled_from(MODES))
+    def chmod(self, data: st.DataObject, mode: int) -> None:
+        path = self.pick(data)
         self.both(lambda root: os.chmod(root / path, mode))
 
-    @rule(path=paths, seconds=st.integers(min_value=0, max_value=2_000_000_000))
-    def utime(self, path: str, seconds: int) -> None:
+    @rule(data=st.data(), seconds=st.integers(min_value=0, max_value=2_000_000_000))
+    def utime(self, data: st.DataObject, seconds: int) -> None:
+        path = self.pick(data)
         times = (seconds * 1_000_000_000, seconds * 1_000_000_000)
         self.both(lambda root: os.utime(root / path, ns=times, follow_symlinks=False))
         for root in (self.ref, self.mnt):
             if os.path.lexists(root / path):
                 assert os.lstat(root / path).st_mtime_ns == times[1]
 
-    @rule(path=paths)
-    def fsync(self, path: str) -> None:
+    @rule(data=st.data())
+    def fsync(self, data: st.DataObject) -> None:
+        path = self.pick(data)
         self.both(lambda root: _fsync(root / path))
 
     @rule()
