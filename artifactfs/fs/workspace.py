@@ -772,7 +772,7 @@ class WorkspaceOperations(pyfuse3.Operations):
         """The truth about the file system the upper files are written to."""
         data = pyfuse3.StatvfsData()
         try:
-            found = await trio.to_thread.run_sync(os.statvfs, self._directory, limiter=self._io)
+            found = await trio.to_thread.run_sync(_statvfs_near, self._directory, limiter=self._io)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         data.f_bsize = found.f_bsize
@@ -785,6 +785,14 @@ class WorkspaceOperations(pyfuse3.Operations):
         data.f_favail = found.f_favail
         data.f_namemax = 255
         return data
+
+
+def _statvfs_near(directory: Path) -> os.statvfs_result:
+    """The file system ``directory`` is on (its nearest existing ancestor before the workspace
+    is made: ``df`` works while preparing too)."""
+    while not directory.exists() and directory.parent != directory:
+        directory = directory.parent
+    return os.statvfs(directory)
 
 
 def _stat_upper(path: Path) -> os.stat_result:
