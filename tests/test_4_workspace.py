@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import xattr
 
+from artifactfs.overlay import journal
+from tests.conftest import hub_env
 from tests.helpers.gitrepos import Repo
+from tests.helpers.hub import HubServer
 from tests.helpers.mounts import errno_of, force_unmount, mounted
 from tests.helpers.servers import GitDaemon
 
@@ -287,3 +290,43 @@ def test_a_written_file_reads_back_whole(
         (mnt / "out.bin").write_bytes(data)
         assert (mnt / "out.bin").read_bytes() == data
         assert os.stat(mnt / "out.bin").st_size == size
+
+
+def test_every_change_is_in_the_journal(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    with mounted(daemon.url("sample.git"), mnt, home):
+        database = next((home / "workspaces").iterdir()) / "overlay.sqlite"
+        token, _ = journal.changed_since(database, "none")
+        (mnt / "new.txt").write_bytes(b"x")
+        with open(mnt / "README.md", "ab") as f:
+            f.write(b"more")
+        os.rename(mnt / "deep", mnt / "deeper")
+        os.unlink(mnt / "empty.txt")
+        _, changed = journal.changed_since(database, token)
+        assert changed == [
+            b"README.md",
+            b"deep",
+            b"deep/",
+            b"deeper",
+            b"deeper/",
+            b"empty.txt",
+            b"new.txt",
+        ]
+
+
+def test_a_hub_mount_is_read_only_unless_writable(
+    hub: HubServer, mnt: Path, home: Path, tmp_path: Path
+) -> None:
+    hub.create_repo("org/small", {"config.json": b'{"a": 1}\n'})
+    env = hub_env(hub, tmp_path)
+    with mounted("hf://org/small", mnt, home, env=env) as mount:
+        assert mount.xattr("writable") == "0"
+        assert errno_of(lambda: os.open(mnt / "config.json", os.O_RDWR)) == errno.EROFS
+    with mounted("hf://org/small", mnt, home, "--writable", env=env) as mount:
+        assert mount.xattr("writable") == "1"
+        with open(mnt / "config.json", "r+b") as f:  # copied up through the Hub reader
+            f.seek(6)
+            f.write(b"2")
+        assert (mnt / "config.json").read_bytes() == b'{"a": 2}\n'
+        assert mount.xattr("changed") == "1"
