@@ -33,6 +33,7 @@ and symlinks they are refused with ENOTSUP; ``user.artifactfs.*`` names are read
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -152,7 +153,8 @@ class WorkspaceOperations(pyfuse3.Operations):
             names = [child.name for child in self._overlay.children(self._root(), limit=1 << 20)]
             await self._kernel.forget_entries(ROOT_INODE, names)
             for inode in list(self._lookups):
-                await self._kernel.forget_inode(inode)
+                with contextlib.suppress(OSError):  # ENOENT: the kernel dropped it meanwhile
+                    await self._kernel.forget_inode(inode)
             await self._kernel.forget_inode(ROOT_INODE)
 
     def show(self, root_file: RootFile) -> None:

@@ -67,7 +67,8 @@ class WorkerOptions:
     ``HF_HUB_OFFLINE=1``)."""
     writable: bool | None = None
     """A writable workspace (``--writable``), read-only (``--read-only``), or None: the
-    kind's default (git writable, the Hub read-only)."""
+    kind's default (git writable, the Hub read-only) for a foreground mount; read-only for a
+    daemon's worker (``name`` set) until the daemon passes its repository's choice."""
 
     def command_line(self) -> list[str]:
         """The ``artifactfs`` arguments that ask for this worker (what ``ps`` shows)."""
@@ -122,9 +123,11 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         temp_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
-    writable = (
-        options.writable if options.writable is not None else kind_of(spec).writable_by_default
-    )
+    writable = options.writable
+    if writable is None:
+        # a daemon's worker (named) is read-only unless the daemon says otherwise: add-repo
+        # decides per repository (and resolves the kind's default) once it takes the flags
+        writable = kind_of(spec).writable_by_default and options.name is None
     workspace = home.workspace_dir(options.name) if options.name else home.workspace_for(mountpoint)
     credentials = _credentials(options, stdin or sys.stdin)
     configure(home.log_file_for(mountpoint), options.verbose)
