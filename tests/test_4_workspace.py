@@ -20,6 +20,7 @@ from tests.helpers.gitrepos import Repo
 from tests.helpers.hub import HubServer
 from tests.helpers.mounts import errno_of, force_unmount, mounted
 from tests.helpers.servers import GitDaemon
+from tests.helpers.waiting import wait_for
 
 _libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -330,3 +331,21 @@ def test_a_hub_mount_is_read_only_unless_writable(
             f.write(b"2")
         assert (mnt / "config.json").read_bytes() == b'{"a": 2}\n'
         assert mount.xattr("changed") == "1"
+
+
+def test_an_unlinked_open_file_lives_until_closed_then_its_upper_file_goes(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    with mounted(daemon.url("sample.git"), mnt, home):
+        upper = next((home / "workspaces").iterdir()) / "upper"
+        with open(mnt / "scratch", "w+b") as f:
+            f.write(b"before")
+            os.unlink(mnt / "scratch")
+            f.write(b" after")
+            f.seek(0)
+            assert f.read() == b"before after"
+            assert os.fstat(f.fileno()).st_nlink == 0
+            assert len(os.listdir(upper)) == 1
+            (mnt / "scratch").write_bytes(b"another")  # the name is free again
+        wait_for(lambda: len(os.listdir(upper)) == 1, 10, "the unlinked upper file to go")
+        assert (mnt / "scratch").read_bytes() == b"another"
