@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import mmap
 import os
 import signal
@@ -18,7 +19,7 @@ from artifactfs.overlay import journal
 from tests.conftest import hub_env
 from tests.helpers.gitrepos import Repo
 from tests.helpers.hub import HubServer
-from tests.helpers.mounts import errno_of, force_unmount, mounted
+from tests.helpers.mounts import errno_of, force_unmount, mounted, run_cli
 from tests.helpers.servers import GitDaemon
 from tests.helpers.waiting import wait_for
 
@@ -51,6 +52,8 @@ def test_create_write_read_and_remount(
         assert os.readlink(mnt / "to-new") == "made/new.txt"
         assert (mnt / "to-new").read_bytes() == b"hello\n"
         assert mount.xattr("changed") == "3"
+        report = json.loads(run_cli("status", str(mnt), "--json", home=home).stdout)
+        assert (report["writable"], report["changed"]) == (1, 3)
     with mounted(url, mnt, home) as mount:
         assert (mnt / "made" / "new.txt").read_bytes() == b"hello\n"
         assert os.stat(mnt / "made" / "new.txt").st_ino == made_ino
