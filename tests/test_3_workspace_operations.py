@@ -14,6 +14,7 @@ import trio
 
 from artifactfs.fs.state import MountState
 from artifactfs.fs.workspace import ROOT_FILES_FIRST, WorkspaceOperations
+from artifactfs.overlay.store import WorkspaceChanged
 from artifactfs.snapshot import ROOT_INODE, DirectoryListing, Kind, NewEntry, SnapshotIndex
 from artifactfs.snapshot.index import snapshot_path, write_snapshot
 from artifactfs.sources.base import RootFile
@@ -136,6 +137,33 @@ def test_lookup_counts_stay_exact_through_changes(tmp_path: Path) -> None:
         await ops.forget([(made, 2)])
         assert ops.lookup_count(made) == 0
         assert os.listdir(tmp_path / "ws" / "upper") == []  # gone with the last reference
+        ops.close()
+
+    trio.run(main)
+
+
+def test_a_refresh_moves_only_without_changes_or_after_discarding_them(tmp_path: Path) -> None:
+    ops, index = _operations(tmp_path)
+    (tmp_path / "next").mkdir()
+    path = snapshot_path(tmp_path / "next", "8" * 40)
+    write_snapshot(path, "8" * 40, "sha1", 1_700_000_100, "root", _listing)
+    kernel = ops._kernel
+    assert isinstance(kernel, RecordingKernel)
+
+    async def main() -> None:
+        await ops.install(index)
+        info, attrs = await ops.create(ROOT_INODE, b"mine", 0o644, os.O_RDWR, CTX)
+        await ops.release(info.fh)
+        following = SnapshotIndex(path)
+        with pytest.raises(WorkspaceChanged):
+            await ops.install(following)
+        assert ops.overlay.base_commit == "7" * 40
+        await ops.discard_changes()
+        assert attrs.st_ino in kernel.forgotten_inodes  # the kernel is told
+        assert (await ops.lookup(ROOT_INODE, b"mine", CTX)).st_ino == 0
+        await ops.install(following)
+        assert ops.overlay.base_commit == "8" * 40
+        assert (await ops.getattr(ROOT_INODE, CTX)).st_mtime_ns == 1_700_000_100 * 10**9
         ops.close()
 
     trio.run(main)

@@ -150,12 +150,26 @@ class WorkspaceOperations(pyfuse3.Operations):
         self._state.changes.notify()
         if previous is not None and previous is not index:
             previous.close()
-            names = [child.name for child in self._overlay.children(self._root(), limit=1 << 20)]
-            await self._kernel.forget_entries(ROOT_INODE, names)
-            for inode in list(self._lookups):
-                with contextlib.suppress(OSError):  # ENOENT: the kernel dropped it meanwhile
-                    await self._kernel.forget_inode(inode)
-            await self._kernel.forget_inode(ROOT_INODE)
+            await self._forget_everything()
+
+    async def discard_changes(self) -> None:
+        """Throw every change away (``refresh --discard-changes``): the overlay is emptied and
+        the kernel told to forget what it holds. Open upper files keep working on their
+        (now unnamed) bytes until closed."""
+        overlay = self.overlay
+        await trio.to_thread.run_sync(overlay.discard, limiter=self._writer)
+        self._copies = _Copies()
+        self._state.changes.notify()
+        await self._forget_everything()
+
+    async def _forget_everything(self) -> None:
+        """The tree changed behind the kernel's back: the root's names and every inode it
+        holds are forgotten (changed entries' names expire within ``CHANGED_TIMEOUT``)."""
+        names = [child.name for child in self.overlay.children(self._root(), limit=1 << 20)]
+        await self._kernel.forget_entries(ROOT_INODE, names)
+        for inode in [ROOT_INODE, *self._lookups]:
+            with contextlib.suppress(OSError):  # ENOENT: the kernel dropped it meanwhile
+                await self._kernel.forget_inode(inode)
 
     def show(self, root_file: RootFile) -> None:
         """Show ``root_file`` at the root (read-only), replacing one of the same name."""

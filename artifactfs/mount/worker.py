@@ -176,13 +176,17 @@ class _Worker:
             return await self.refresh()
         return "already preparing"
 
-    async def refresh(self) -> str:
-        """Move to the ref's current commit. New lookups see the new tree; open files and
-        directories of the old one keep it (fs/generations.py). Raises SourceError."""
+    async def refresh(self, discard_changes: bool = False) -> str:
+        """Move to the ref's current commit. New lookups see the new tree; in a read-only
+        mount open files and directories of the old one keep it (fs/generations.py). A
+        workspace moves only without changes (else SourceError naming how many), or after
+        throwing them away (``discard_changes``). Raises SourceError."""
         async with self._refreshing:
             current = self.state.snapshot
             if self.state.gate.state is not GateState.READY or current is None:
                 return f"the mount is {self.state.gate.state.value}: nothing to refresh"
+            if discard_changes and isinstance(self.snapshots, WorkspaceOperations):
+                await self.snapshots.discard_changes()
             source = await self._source()
             prepared = await trio.to_thread.run_sync(source.prepare, abandon_on_cancel=True)
             old = current.meta.commit
@@ -190,9 +194,8 @@ class _Worker:
                 return f"already at {old[:12]}"
             snapshot = await trio.to_thread.run_sync(SnapshotIndex, prepared.path)
             try:
-                await self.snapshots.install(snapshot)
+                await self._show(snapshot)
             except WorkspaceChanged as exc:
-                snapshot.close()
                 raise SourceError(str(exc)) from None
         log.info("refreshed %s from %s to %s", self.request.spec.display, old, prepared.commit)
         return f"moved from {old[:12]} to {prepared.commit[:12]}"
@@ -319,10 +322,11 @@ class _Worker:
             attempt = self._prepare_again
 
     async def _show(self, snapshot: SnapshotIndex) -> None:
-        """Install the snapshot; in a writable mount the overlay opens over it (raises
-        ``WorkspaceChanged`` if it holds changes made over another commit), and the source's
-        worktree, if it has one, is attached: its root file (git's ``.git``) is shown, it is
-        given ``stat_of`` for its index and told of copy-ups."""
+        """Install the snapshot (the first, or a refresh's); in a writable mount the overlay
+        opens over it or rebases onto it (raises ``WorkspaceChanged`` if it holds changes made
+        over another commit; the snapshot is closed then), and the source's worktree, if it
+        has one, is attached: its root file (git's ``.git``) is shown, it is given ``stat_of``
+        for its index and told of copy-ups."""
         try:
             await self.snapshots.install(snapshot)
         except BaseException:
