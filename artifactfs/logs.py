@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -67,19 +68,29 @@ class RateLimit(logging.Filter):
         return True
 
 
+_INTERRUPTED = re.compile(r"^fuse_\w+\(\): fuse_reply_\* failed with No such file or directory$")
+
+
 class SessionGone(logging.Filter):
-    """Drop pyfuse3's report of a kernel-cache notification that failed because the FUSE
-    session is closed already (EBADF): a refresh queues one per name of the old root, and an
-    unmount right after it leaves them moot. pyfuse3 logs each with a traceback."""
+    """pyfuse3's reports of what the kernel made moot, which are not errors of ours:
+
+    - a kernel-cache notification that failed because the FUSE session is closed already
+      (EBADF): a refresh queues one per name of the old root, and an unmount right after it
+      leaves them moot. pyfuse3 logs each with a traceback: dropped;
+    - a reply to a request the kernel no longer has (ENOENT from ``fuse_reply_*``): the
+      request was interrupted, its caller killed or gone, while we were answering it (a
+      reader killed during a stalled read). Kept, as INFO.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("pyfuse3"):
+            return True
         error = record.exc_info[1] if record.exc_info else None
-        return not (
-            record.name.startswith("pyfuse3")
-            and isinstance(error, OSError)
-            and error.errno == errno.EBADF
-            and "invalidate" in str(record.msg)
-        )
+        if isinstance(error, OSError) and error.errno == errno.EBADF:
+            return "invalidate" not in str(record.msg)
+        if record.levelno > logging.INFO and _INTERRUPTED.match(record.getMessage()):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def configure(log_file: Path | None, verbosity: int) -> None:

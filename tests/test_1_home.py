@@ -101,3 +101,22 @@ def test_notifications_of_a_closed_fuse_session_are_not_reported() -> None:
     assert not gone.filter(record("pyfuse3", moot, errno.EBADF))
     assert gone.filter(record("pyfuse3", moot, errno.EIO))  # anything else is still told
     assert gone.filter(record("artifactfs.x", moot, errno.EBADF))
+
+
+def test_a_reply_to_an_interrupted_request_is_told_as_info() -> None:
+    import logging
+
+    from artifactfs.logs import SessionGone
+
+    def record(name: str, msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+
+    gone = SessionGone()
+    interrupted = record("pyfuse3", "%s(): fuse_reply_* failed with %s", "fuse_read",
+                         "No such file or directory")  # fmt: skip
+    assert gone.filter(interrupted)
+    assert (interrupted.levelno, interrupted.levelname) == (logging.INFO, "INFO")
+    other = record("pyfuse3", "%s(): fuse_reply_* failed with %s", "fuse_read", "Broken pipe")
+    assert gone.filter(other) and other.levelno == logging.ERROR
+    ours = record("artifactfs.x", "fuse_read(): fuse_reply_* failed with No such file or directory")
+    assert gone.filter(ours) and ours.levelno == logging.ERROR

@@ -29,6 +29,7 @@ CASES = [
         control_socket="/home/x/run/workers/model.sock",
         offline=True,
         writable=True,
+        require_commit="a" * 40,
     ),
     WorkerOptions("git://127.0.0.1/x.git", "/tmp/mnt", writable=False),
 ]

@@ -402,6 +402,50 @@ def test_a_private_repository_with_a_token(
         server.stop()
 
 
+def test_a_token_a_restarted_daemon_forgot_is_named_and_given_back(
+    sample: Repo, repos: Path, home: Path, expect_log: ExpectLog
+) -> None:
+    """Tokens live in the daemon's memory only: after a daemon restart, a worker that had to
+    start again has none. Its failed state says which variable to give back, and ``prepare``
+    with it set restarts the worker holding it."""
+    token = "tok-a81c4e27"
+    expect_log(
+        r"^cannot prepare \S+: authentication required or refused by the server \(401\)",
+        level="ERROR",
+        required=True,
+    )
+    expect_log(r"^private: ", level="WARNING")
+    expect_log(r"^private: .*forgotten", level="ERROR")
+    server = HttpGitServer(repos, token=token)
+    try:
+        with running_daemon(home) as artifactfs:
+            url = server.url("sample.git")
+            artifactfs.ok("add-repo", "private", url, env={"ARTIFACTFS_GIT_TOKEN": token})
+            assert "token" not in artifactfs.status("private")
+            artifactfs.kill()
+            for pid in worker_pids(home):
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: worker_pids(home) == [], 10, "the worker to die")
+            artifactfs.start()
+            failed = artifactfs.wait_state("private", "failed")
+            assert failed["token"] == "missing"
+            assert failed["error"].endswith(
+                "; the token given in $ARTIFACTFS_GIT_TOKEN was forgotten when the daemon"
+                " restarted; give it back with: ARTIFACTFS_GIT_TOKEN=... artifactfs prepare"
+                " private"
+            ), failed["error"]
+            registry = (home / "registry.sqlite").read_bytes()
+            assert token.encode() not in registry
+
+            artifactfs.ok("prepare", "private", env={"ARTIFACTFS_GIT_TOKEN": token})
+            ready = artifactfs.wait_state("private", "ready")
+            assert "token" not in ready and ready["error"] is None
+            mnt = home / "mnt" / "private"
+            assert (mnt / "data" / "big.bin").read_bytes() == BIG  # fetched with the token
+    finally:
+        server.stop()
+
+
 def test_refresh_moves_to_the_new_commit_without_mixing_trees(
     daemon: GitDaemon, repos: Path, home: Path
 ) -> None:

@@ -134,3 +134,31 @@ def test_a_damaged_copy_in_the_cas_is_quarantined(
         assert "in the CAS is damaged" in mount.log()
     assert hub.total_bytes_served() > served  # fetched again
     assert len(list((home / "cas" / "quarantine").glob("*/*"))) == 1
+
+
+def test_after_a_refresh_unchanged_files_come_from_the_new_commit(
+    hub: HubServer, tmp_path: Path, home: Path
+) -> None:
+    """A refresh moves every fetch to the new commit's URLs, even for content that did not
+    change and a partial begun before it (partials are keyed by digest): the Hub may stop
+    serving the old revision."""
+    from tests.helpers.daemons import running_daemon
+
+    weights = bytes(range(256)) * 12_000  # 3 MB, stored as LFS
+    first = hub.create_repo("org/model", {SMALL: b"{}\n", BIG: weights, "notes.txt": b"n\n"})
+    with running_daemon(home, env=hub_env(hub, tmp_path)) as artifactfs:
+        artifactfs.ok("add-repo", "m", "hf://org/model")
+        mnt = home / "mnt" / "m"
+        with open(mnt / BIG, "rb") as partly:
+            assert partly.read(1000) == weights[:1000]  # a partial of the old commit's file
+        second = hub.commit("org/model", {SMALL: b'{"v": 2}\n'})
+        artifactfs.ok("refresh", "m")
+        assert artifactfs.status("m")["commit"] == second
+        hub.forget_commit("org/model", first)
+        hub.requests.clear()
+        assert (mnt / BIG).read_bytes() == weights
+        assert (mnt / "notes.txt").read_bytes() == b"n\n"
+        assert (mnt / SMALL).read_bytes() == b'{"v": 2}\n'
+        resolved = [target for _, target, _ in hub.requests if "/resolve/" in target]
+        assert resolved, hub.requests
+        assert all(f"/resolve/{second}/" in target for target in resolved), resolved

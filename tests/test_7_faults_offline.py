@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.conftest import BIG, hub_env
 from tests.helpers.checklogs import ExpectLog
+from tests.helpers.daemons import running_daemon
 from tests.helpers.gitrepos import Repo
 from tests.helpers.hub import HubServer
 from tests.helpers.mounts import errno_of, mounted, run_cli
@@ -42,6 +43,28 @@ def test_git_offline_without_a_resolved_ref_fails_with_the_reason(
                      home=home)  # fmt: skip
     assert result.returncode == 1
     assert "offline, and dev of" in result.stderr
+
+
+def test_add_repo_offline_is_kept_by_the_daemon(
+    daemon: GitDaemon, sample: Repo, home: Path, expect_log: ExpectLog
+) -> None:
+    expect_log(r"offline: not in the store, and nothing is fetched", level="ERROR", required=True)
+    url = daemon.url("sample.git")
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "online", url, "--ref", "main")
+        assert (home / "mnt" / "online" / "data" / "big.bin").read_bytes() == BIG
+        artifactfs.ok("remove-repo", "online")
+        daemon.stop()
+        artifactfs.ok("add-repo", "cut", url, "--ref", "main", "--offline")
+        status = artifactfs.status("cut")
+        assert (status["state"], status["commit"], status["offline"]) == (
+            "ready",
+            sample.commit,
+            True,
+        )
+        mnt = home / "mnt" / "cut"
+        assert (mnt / "data" / "big.bin").read_bytes() == BIG
+        assert errno_of(lambda: (mnt / "README.md").read_bytes()) == errno.EIO
 
 
 def test_hub_offline_mounts_a_branch_from_local_state(

@@ -48,8 +48,9 @@ def add_parsers(commands: Any) -> None:
         description="Register NAME and mount SOURCE (default mount point: "
         "$ARTIFACTFS_HOME/mnt/NAME). Returns when it is ready, or with --async as soon as "
         "the placeholder is mounted. A token for a private http(s) remote comes from "
-        "--token-file (read at each use) or $ARTIFACTFS_GIT_TOKEN (kept in the daemon's "
-        "memory); never put one in the URL.",
+        "--token-file (read at each use) or the kind's variable ($ARTIFACTFS_GIT_TOKEN, "
+        "$HF_TOKEN), kept in the daemon's memory only (after a daemon restart, give it back "
+        "with: VARIABLE=... artifactfs prepare NAME); never put one in the URL.",
     )
     add.add_argument("name", metavar="NAME")
     add.add_argument("source", metavar="SOURCE")
@@ -61,6 +62,18 @@ def add_parsers(commands: Any) -> None:
         action="store_true",
         help="let other users, root included, read the mount (a daemon not run by root needs "
         "user_allow_other in /etc/fuse.conf); kept across remounts and restarts",
+    )
+    add.add_argument(
+        "--offline",
+        action="store_true",
+        help="send nothing to the origin: a ref resolves to the commit this home last resolved"
+        " it to, and only what is already stored can be read; kept across restarts",
+    )
+    add.add_argument(
+        "--require-commit",
+        metavar="SHA",
+        help="become ready only if the ref resolves to this full commit id; kept, so a refresh"
+        " obeys it too",
     )
     add.add_argument(
         "--async", dest="async_", action="store_true", help="return once the mount point is up"
@@ -194,7 +207,7 @@ def _detach(home: Any, args: argparse.Namespace) -> int:
 
 def add_repo(args: argparse.Namespace) -> int:
     from ..daemon.names import check_name
-    from ..sources import check_ref, parse_source
+    from ..sources import check_commit_id, check_ref, parse_source
 
     check_name(args.name)  # the daemon checks again; this spares it the obvious
     spec = parse_source(args.source).with_ref(check_ref(args.ref))
@@ -211,6 +224,10 @@ def add_repo(args: argparse.Namespace) -> int:
         message["token_file"] = os.path.abspath(args.token_file)
     if args.allow_other:
         message["allow_other"] = True
+    if args.offline:
+        message["offline"] = True
+    if args.require_commit is not None:
+        message["require_commit"] = check_commit_id(args.require_commit)
     token = os.environ.get(spec.token_variable, "").strip()
     if token:  # kept in the daemon's memory only, handed to the worker on its stdin
         message["token"] = token
@@ -222,12 +239,29 @@ def add_repo(args: argparse.Namespace) -> int:
 
 def _follow_command(verb: str) -> Any:
     def run(args: argparse.Namespace) -> int:
+        message: dict[str, Any] = {"cmd": verb, "name": args.name, "async": args.async_}
+        if verb == "prepare":
+            token = _token_for(args.name)
+            if token:  # given back (after a daemon restart) or rotated: the worker restarts
+                message["token"] = token
         progress = _Progress()
-        answer = _call({"cmd": verb, "name": args.name, "async": args.async_}, progress)
+        answer = _call(message, progress)
         progress.done()
         return _finish(answer, args.async_)
 
     return run
+
+
+def _token_for(name: str) -> str:
+    """The token this repository's kind of source takes, if the environment holds one."""
+    from ..sources import parse_source
+
+    (repo,) = _call({"cmd": "status", "name": name})["repos"]
+    try:
+        variable = parse_source(str(repo.get("source", ""))).token_variable
+    except UserError:
+        return ""
+    return os.environ.get(variable, "").strip()
 
 
 def _finish(answer: dict[str, Any], async_: bool) -> int:

@@ -77,6 +77,12 @@ def add_parsers(commands: Any) -> None:
         help="refuse every change with EROFS (the default for hf:// sources)",
     )
     mount.add_argument(
+        "--require-commit",
+        metavar="SHA",
+        help="become ready only if the ref resolves to this full commit id (else fail, saying"
+        " what it resolved to): a verified source for CI",
+    )
+    mount.add_argument(
         "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
     )
     # for the daemon's workers only
@@ -103,6 +109,7 @@ def mount_foreground(args: argparse.Namespace) -> int:
         control_socket=args.control_socket,
         offline=args.offline,
         writable=args.writable,
+        require_commit=args.require_commit,
     )
     return launch(options)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS repos (
@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS repos (
     mountpoint    TEXT NOT NULL UNIQUE,  -- absolute path of its mount point
     token_file    TEXT,               -- path of a file holding an access token (never the token)
     allow_other   INTEGER NOT NULL DEFAULT 0,  -- 1: mounted with allow_other (others may read)
+    offline       INTEGER NOT NULL DEFAULT 0,  -- 1: added with --offline (nothing is sent)
+    require_commit TEXT,              -- --require-commit: the only commit it may show
+    token_from    TEXT,               -- the variable add-repo took a token from (never the
+                                      -- token: that lives in the daemon's memory only)
     wanted        INTEGER NOT NULL,   -- 1: keep it mounted (restart its worker if it dies);
                                       -- 0: unmounted on request, until remount
     state         TEXT NOT NULL,      -- last known: preparing | ready | failed | unmounted
@@ -43,8 +47,13 @@ CREATE TABLE IF NOT EXISTS repos (
 );
 """
 
-MIGRATIONS = {
+MIGRATIONS: dict[int, str | tuple[str, ...]] = {
     1: "ALTER TABLE repos ADD COLUMN allow_other INTEGER NOT NULL DEFAULT 0",
+    2: (
+        "ALTER TABLE repos ADD COLUMN token_from TEXT",
+        "ALTER TABLE repos ADD COLUMN offline INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE repos ADD COLUMN require_commit TEXT",
+    ),
 }
 """Version N's change, applied to a registry at version N - 1 (version 0: before versions)."""
 
@@ -72,6 +81,11 @@ class Repo:
     files: int | None
     bytes_fetched: int
     allow_other: bool = False
+    offline: bool = False
+    require_commit: str | None = None
+    token_from: str | None = None
+    """The environment variable ``add-repo`` took a token from: a restarted daemon no longer
+    has that token, and says so (never the token itself)."""
 
     def public(self) -> dict[str, Any]:
         """What ``status --json`` shows (no token file path: that is configuration)."""
@@ -86,19 +100,21 @@ class Repo:
             "files": self.files,
             "bytes_fetched": self.bytes_fetched,
             "allow_other": self.allow_other,
+            "offline": self.offline,
+            "require_commit": self.require_commit,
         }
 
 
 _COLUMNS = (
     "name, source, ref, mountpoint, token_file, wanted, state, error, commit_id, files,"
-    " bytes_fetched, allow_other"
+    " bytes_fetched, allow_other, offline, require_commit, token_from"
 )
 
 
 def _repo(row: Any) -> Repo:
     """A row of ``_COLUMNS`` (SQLite keeps booleans as integers)."""
     name, source, ref, mountpoint, token_file, wanted = row[:6]
-    state, error, commit, files, fetched, allow_other = row[6:]
+    state, error, commit, files, fetched, allow_other, offline, required, token_from = row[6:]
     return Repo(
         name,
         source,
@@ -112,6 +128,9 @@ def _repo(row: Any) -> Repo:
         files,
         fetched,
         bool(allow_other),
+        bool(offline),
+        required,
+        token_from,
     )
 
 
@@ -132,7 +151,9 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
             db.execute(SCHEMA)
         else:
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                db.execute(MIGRATIONS[target])
+                steps = MIGRATIONS[target]
+                for step in (steps,) if isinstance(steps, str) else steps:
+                    db.execute(step)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -177,15 +198,30 @@ class Registry:
         mountpoint: str,
         token_file: str | None,
         allow_other: bool = False,
+        token_from: str | None = None,
+        offline: bool = False,
+        require_commit: str | None = None,
     ) -> Repo:
         """Register a repository; raise ``Conflict`` if its name or mount point is taken."""
         now = time.time()
         try:
             self._db.execute(
                 "INSERT INTO repos (name, source, ref, mountpoint, token_file, allow_other,"
-                " wanted, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
-                (name, source, ref, mountpoint, token_file, int(allow_other), now, now),
+                " token_from, offline, require_commit, wanted, state, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
+                (
+                    name,
+                    source,
+                    ref,
+                    mountpoint,
+                    token_file,
+                    int(allow_other),
+                    token_from,
+                    int(offline),
+                    require_commit,
+                    now,
+                    now,
+                ),
             )
         except sqlite3.IntegrityError:
             raise Conflict(name, mountpoint) from None

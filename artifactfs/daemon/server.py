@@ -31,7 +31,7 @@ from ..ipc import LineStream, Message, ProtocolError, unix_listener
 from ..mount.mountpoints import FS_TYPE, check_directory, is_stale, mount_table, remove_stale
 from ..mount.options import check_allow_other
 from ..snapshot.index import snapshot_path
-from ..sources import check_ref, parse_source
+from ..sources import check_commit_id, check_ref, parse_source
 from ..sources.credentials import CredentialProvider
 from .names import check_name
 from .registry import Conflict, Registry, Repo
@@ -160,21 +160,31 @@ class Daemon:
                 " list): use --token-file or ARTIFACTFS_GIT_TOKEN"
             )
         ref = check_ref(request.get("ref"))
+        require_commit = check_commit_id(_text_or_none(request.get("require_commit")))
         spec.with_ref(ref)  # a Hub source may name its revision once, not twice
         token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
         allow_other = bool(request.get("allow_other"))
         if allow_other:  # our workers mount with our rights: may *we* ask for it?
             await trio.to_thread.run_sync(check_allow_other)
         mountpoint = await self._check_new_mountpoint(name, request.get("mount"))
+        token = request.get("token")
+        token = token if isinstance(token, str) and token else None
         try:
             repo = self.registry.add(
-                name, spec.url, ref, str(mountpoint), token_file, allow_other=allow_other
+                name,
+                spec.url,
+                ref,
+                str(mountpoint),
+                token_file,
+                allow_other=allow_other,
+                token_from=spec.token_variable if token else None,
+                offline=bool(request.get("offline")),
+                require_commit=require_commit,
             )
         except Conflict:
             await self._drop_new_mountpoint(name, mountpoint)
             raise UserError(f"a repository named {name!r} or at {mountpoint} exists") from None
-        token = request.get("token")
-        if isinstance(token, str) and token:
+        if token is not None:
             self.tokens[name] = token
         supervisor = self._start(repo)
         await supervisor.mounted_once.wait()
@@ -210,7 +220,24 @@ class Daemon:
         return supervisor.status if supervisor is not None else repo.public()
 
     async def _prepare(self, request: Message, reply: Reply) -> dict[str, Any]:
-        return await self._ask_worker(request, reply, "prepare")
+        """Prepare again; with a token (given back after a daemon restart, or rotated), the
+        worker is restarted to take it, and its start prepares."""
+        token = request.get("token")
+        if not (isinstance(token, str) and token):
+            return await self._ask_worker(request, reply, "prepare")
+        repo = self._known(str(request.get("name", "")))
+        supervisor = self.supervisors.get(repo.name)
+        if supervisor is None:
+            raise UserError(f"{repo.name} is not mounted (artifactfs remount {repo.name})")
+        self.tokens[repo.name] = token
+        async with self._locks[repo.name]:
+            supervisor.mount_error = None
+            await supervisor.restart(token)
+        if supervisor.mount_error is not None:
+            raise UserError(f"cannot mount {repo.name}: {supervisor.mount_error}")
+        if not request.get("async"):
+            await _follow(supervisor, reply)
+        return {"status": supervisor.status}
 
     async def _refresh(self, request: Message, reply: Reply) -> dict[str, Any]:
         return await self._ask_worker(request, reply, "refresh")
@@ -363,6 +390,10 @@ def _create_missing_mountpoint(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def _text_or_none(given: object) -> str | None:
+    return None if given is None else str(given)
 
 
 def _check_token_file(given: object) -> str | None:

@@ -85,6 +85,9 @@ class Supervisor:
         self._mountpoint: str | None = repo.mountpoint
         self._done = trio.Event()
         self._stopped = trio.Event()
+        self._restart_now = False
+        self.mounts = 0
+        """Workers of this supervisor that mounted (a restart waits for the next one)."""
 
     @property
     def socket_path(self) -> str:
@@ -129,6 +132,8 @@ class Supervisor:
                     break
                 failures = 0 if trio.current_time() - started > STABLE_SECONDS else failures + 1
                 delay = restart_delay(failures)
+                if self._restart_now:  # asked for (a token given back): no backoff
+                    self._restart_now, failures, delay = False, 0, 0.0
                 log.warning("%s: worker ended; starting another in %.1f s", self.name, delay)
                 with trio.move_on_after(delay):
                     await self._stopped.wait()
@@ -181,6 +186,23 @@ class Supervisor:
             await self._done.wait()
         await trio.to_thread.run_sync(_detach_if_dead, self._mountpoint)
 
+    async def restart(self, token: str | None) -> None:
+        """End the running worker and start a new one at once, holding ``token`` (a worker
+        reads its token once, when it starts); return when the new one has mounted or failed
+        to. Bounded: a worker stops within ``STOP_BOUND`` and mounts within
+        ``MOUNT_TIMEOUT``."""
+        self.token = token
+        mounts = self.mounts
+        self._restart_now = True
+        pid = self._pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        with trio.move_on_after(STOP_BOUND + MOUNT_TIMEOUT + BACKOFF[-1]):
+            while self.mounts == mounts and self.mount_error is None and not self.done:
+                await self.changes.wait_past(self.changes.version)
+        self._refresh_status()
+
     async def _try_adopt(self) -> bool:
         try:
             answer = await self.ask("status")
@@ -227,6 +249,8 @@ class Supervisor:
                 await process.stdin.aclose()
             await self._wait_mounted(process, stderr_path, stderr_start)
             self.mounted_once.set()
+            self.mounts += 1
+            self.changes.notify()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch)
                 await process.wait()
@@ -249,6 +273,8 @@ class Supervisor:
             token_stdin=bool(self.token),
             keep_failed=True,
             allow_other=repo.allow_other,
+            offline=repo.offline,
+            require_commit=repo.require_commit,
             name=repo.name,
             control_socket=self.socket_path,
         )
@@ -300,7 +326,20 @@ class Supervisor:
         repo = self.registry.get(self.name)
         if repo is not None:
             self.status = repo.public()
+            if repo.token_from and not self.token:
+                self.status["token"] = "missing"
+                if self.status["state"] == "failed":
+                    self.status["error"] = f"{self.status['error']}; {token_hint(repo)}"
         self.changes.notify()
+
+
+def token_hint(repo: Repo) -> str:
+    """What to do when the token ``add-repo`` was given is gone (the daemon restarted: tokens
+    live in its memory only, never on disk)."""
+    return (
+        f"the token given in ${repo.token_from} was forgotten when the daemon restarted;"
+        f" give it back with: {repo.token_from}=... artifactfs prepare {repo.name}"
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -32,7 +32,7 @@ from typing import IO, Any
 from ..errors import UserError
 from ..home import ArtifactHome, default_home
 from ..logs import configure
-from ..sources import SourceSettings, check_ref, parse_source
+from ..sources import SourceSettings, check_commit_id, check_ref, parse_source
 from ..sources.counters import FetchCounters
 from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
 from ..sources.registry import kind_of
@@ -69,6 +69,8 @@ class WorkerOptions:
     """A writable workspace (``--writable``), read-only (``--read-only``), or None: the
     kind's default (git writable, the Hub read-only) for a foreground mount; read-only for a
     daemon's worker (``name`` set) until the daemon passes its repository's choice."""
+    require_commit: str | None = None
+    """Become ready only if the ref resolves to this commit (sources/required.py)."""
 
     def command_line(self) -> list[str]:
         """The ``artifactfs`` arguments that ask for this worker (what ``ps`` shows)."""
@@ -80,6 +82,7 @@ class WorkerOptions:
             ("--control-socket", self.control_socket),
             ("--ref", self.ref),
             ("--token-file", self.token_file),
+            ("--require-commit", self.require_commit),
         ):
             if value is not None:
                 arguments += [flag, value]
@@ -110,6 +113,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
     Raises ``UserError`` for bad input (nothing is mounted or created then)."""
     ref = check_ref(options.ref)
     spec = parse_source(options.source).with_ref(ref)
+    require_commit = check_commit_id(options.require_commit)
     if not 0 < options.io_timeout <= MAX_IO_TIMEOUT:  # also refuses nan and inf
         raise UserError(f"--io-timeout must be between 0 and {MAX_IO_TIMEOUT:.0f} seconds")
     if options.allow_other:
@@ -143,6 +147,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         counters=FetchCounters(),
         io_timeout=options.io_timeout,
         offline=options.offline or _truthy(os.environ.get(OFFLINE_ENV)),
+        require_commit=require_commit,
     )
     from .head_start import HeadStart
 

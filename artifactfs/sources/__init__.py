@@ -4,7 +4,7 @@ picks the kind from the SOURCE (``registry.py``), and one folder per kind (``git
 
 from .base import Content, PreparedSnapshot, Source, SourceSettings, SourceSpec
 from .registry import open_source, parse_source
-from .spec import check_ref
+from .spec import check_commit_id, check_ref
 
 __all__ = [
     "Content",
@@ -12,6 +12,7 @@ __all__ = [
     "Source",
     "SourceSettings",
     "SourceSpec",
+    "check_commit_id",
     "check_ref",
     "open_source",
     "parse_source",

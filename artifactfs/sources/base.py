@@ -90,6 +90,8 @@ class SourceSettings:
     offline: bool = False
     """Send nothing to the origin: a ref is what it last resolved to in this home, and reads of
     bytes that are not stored fail at once."""
+    require_commit: str | None = None
+    """Become ready only if the ref resolves to this full commit id (``--require-commit``)."""
 
 
 class BlobReader(Protocol):

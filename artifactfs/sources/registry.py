@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..errors import UserError
 from . import git, hub
 from .base import Source, SourceKind, SourceSettings, SourceSpec
+from .required import RequiredCommit
 from .spec import URL_SCHEME, check_source_text, redact_url
 
 KINDS: tuple[SourceKind, ...] = (hub.KIND, git.KIND)
@@ -43,7 +44,10 @@ def kind_of(spec: SourceSpec) -> SourceKind:
 def open_source(spec: SourceSpec, settings: SourceSettings) -> Source:
     """The source ``spec`` describes, opened with ``settings`` (blocking: imports its kind's
     libraries)."""
-    return kind_of(spec).open(spec, settings)
+    source = kind_of(spec).open(spec, settings)
+    if settings.require_commit is None:
+        return source
+    return RequiredCommit(source, settings.require_commit, settings.ref)
 
 
 def preload() -> None:

@@ -60,3 +60,19 @@ def check_ref(ref: str | None) -> str | None:
     if not ref or len(ref) > 255 or _BAD_REF.search(ref):
         raise UserError(f"not a valid ref name: {ref!r}")
     return ref
+
+
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def check_commit_id(commit: str | None) -> str | None:
+    """Validate a ``--require-commit`` value: a full commit id (40 or 64 hex digits), which is
+    what pins content; an abbreviation could match a commit made to collide with it."""
+    if commit is None:
+        return None
+    lowered = commit.lower()
+    if not _COMMIT_ID.fullmatch(lowered):
+        raise UserError(
+            f"--require-commit needs a full commit id (40 or 64 hex digits): {commit[:80]!r}"
+        )
+    return lowered

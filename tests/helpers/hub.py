@@ -362,6 +362,14 @@ class HubServer:
             repo.branches[branch] = commit.sha
             return commit.sha
 
+    def forget_commit(self, repo_id: str, sha: str, *, repo_type: str = "model") -> None:
+        """Stop serving ``sha`` (as if the Hub had pruned it): its resolves answer 404."""
+        with self._lock:
+            repo = self._repo(repo_id, repo_type)
+            if sha in repo.branches.values() or sha in repo.tags.values():
+                raise ValueError(f"{sha} is still a branch or tag of {repo_id}")
+            del repo.commits[sha]
+
     def set_branch(self, repo_id: str, branch: str, sha: str, *, repo_type: str = "model") -> None:
         """Create or move ``branch`` to the commit ``sha``."""
         with self._lock:
