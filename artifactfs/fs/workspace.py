@@ -697,18 +697,21 @@ class WorkspaceOperations(pyfuse3.Operations):
         self, index: SnapshotIndex, row: Row, staging: Path, mtime: int
     ) -> None:
         reader = self.content.reader(index, row)
-        chunks: list[bytes] = []
+        fd: int | None = await self._upper_io(copyup.open_staging, staging)
         try:
             offset = 0
-            while True:
+            while True:  # piece by piece: a Hub file may be far larger than memory
                 chunk = await reader.read(offset, COPY_CHUNK)
                 if not chunk:
                     break
-                chunks.append(bytes(chunk))
+                await self._upper_io(copyup.write_at, fd, chunk, offset)
                 offset += len(chunk)
+            closing, fd = fd, None
+            await self._upper_io(copyup.finish, closing, mtime)
         finally:
             reader.close()
-        await self._upper_io(copyup.write_chunks, chunks, staging, mtime)
+            if fd is not None:
+                os.close(fd)
 
     # -- extended attributes ---------------------------------------------------------------------
 

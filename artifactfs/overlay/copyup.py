@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 FICLONE = 0x40049409
@@ -30,15 +29,27 @@ def copy_file(source: Path, staging: Path, mtime_ns: int) -> str:
     return how
 
 
-def write_chunks(chunks: Iterable[bytes], staging: Path, mtime_ns: int) -> None:
-    """Write a copy from ``chunks`` (a content that cannot hand out a whole file)."""
-    with open(staging, "wb") as dst:
-        os.fchmod(dst.fileno(), 0o600)
-        for chunk in chunks:
-            dst.write(chunk)
-        dst.flush()
-        os.utime(dst.fileno(), ns=(mtime_ns, mtime_ns))
-        os.fsync(dst.fileno())
+def open_staging(staging: Path) -> int:
+    """A new, empty ``staging`` file to write a copy into piece by piece (a content that
+    cannot hand out a whole file): ``write_at``, then ``finish``."""
+    return os.open(staging, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+
+
+def write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def finish(fd: int, mtime_ns: int) -> None:
+    """Give the copy its modification time, sync it and close it."""
+    try:
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _clone_or_copy(src: int, dst: int, size: int) -> str:
