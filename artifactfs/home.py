@@ -6,6 +6,8 @@ Layout (everything may be lost to a crash at any instant without corrupting what
 - ``snapshots/``  one SQLite index per commit (content-addressed, so shared too);
 - ``registry.sqlite``  the daemon's repositories;
 - ``mnt/<name>/`` default mount points of the daemon's repositories;
+- ``repos/<name>/``  a daemon repository's workspace (overlay, upper files, git directory);
+- ``workspaces/<mount>-<hash>/``  the workspace of a foreground mount, per mount point;
 - ``run/``        the daemon's socket and lock, workers' control sockets, and ``logs/``.
 
 The default is per user, so that anyone — not only root — can run ``mount`` and the daemon.
@@ -101,11 +103,25 @@ class ArtifactHome:
     def default_mountpoint(self, name: str) -> Path:
         return self.root / "mnt" / name
 
+    def workspace_dir(self, name: str) -> Path:
+        """The workspace of the daemon's repository ``name``: its overlay and git directory."""
+        return self.root / "repos" / name
+
+    def workspace_for(self, mountpoint: Path) -> Path:
+        """The workspace of a foreground mount with no name: one per absolute mount point, so
+        that mounting at the same place again finds the changes made there."""
+        return self.root / "workspaces" / self._tagged(mountpoint)
+
     def log_file_for(self, mountpoint: Path) -> Path:
         """One log per mount point, named so that a person can tell which is which."""
+        return self.logs_dir / f"mount-{self._tagged(mountpoint)}.log"
+
+    @staticmethod
+    def _tagged(mountpoint: Path) -> str:
+        """A name for a mount point that a person can tell apart from others."""
         tag = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:12]
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in mountpoint.name)[:40]
-        return self.logs_dir / f"mount-{stem or 'root'}-{tag}.log"
+        return f"{stem or 'root'}-{tag}"
 
     def ensure(self) -> None:
         """Create the layout. What we create is private to its owner: the cache holds the

@@ -28,10 +28,12 @@ CASES = [
         name="model",
         control_socket="/home/x/run/workers/model.sock",
         offline=True,
+        writable=True,
         require_commit="a" * 40,
         cache_max_size="10G",
         record_profile="/tmp/profile.txt",
     ),
+    WorkerOptions("git://127.0.0.1/x.git", "/tmp/mnt", writable=False),
 ]
 
 

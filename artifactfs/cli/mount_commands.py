@@ -59,6 +59,23 @@ def add_parsers(commands: Any) -> None:
         "in this state home, and reads of bytes not stored fail at once (also "
         "ARTIFACTFS_OFFLINE=1; for hf:// sources also HF_HUB_OFFLINE=1)",
     )
+    writes = mount.add_mutually_exclusive_group()
+    writes.add_argument(
+        "--writable",
+        dest="writable",
+        action="store_const",
+        const=True,
+        default=None,
+        help="a writable workspace: changes are kept under the state home, per mount point "
+        "(the default for git sources)",
+    )
+    writes.add_argument(
+        "--read-only",
+        dest="writable",
+        action="store_const",
+        const=False,
+        help="refuse every change with EROFS (the default for hf:// sources)",
+    )
     mount.add_argument(
         "--require-commit",
         metavar="SHA",
@@ -104,6 +121,7 @@ def mount_foreground(args: argparse.Namespace) -> int:
         name=args.name,
         control_socket=args.control_socket,
         offline=args.offline,
+        writable=args.writable,
         require_commit=args.require_commit,
         cache_max_size=args.cache_max_size,
         record_profile=args.record_profile,

@@ -15,8 +15,18 @@ import xattr
 from ..errors import UserError
 from ..mount.mountpoints import FS_TYPE, mount_at
 
-_FIELDS = ("state", "source", "ref", "commit", "files", "bytes_fetched", "error")
-_NUMBERS = ("files", "bytes_fetched")
+_FIELDS = (
+    "state",
+    "source",
+    "ref",
+    "commit",
+    "files",
+    "bytes_fetched",
+    "writable",
+    "changed",
+    "error",
+)
+_NUMBERS = ("files", "bytes_fetched", "writable", "changed")
 
 
 def read_status(path: Path) -> dict[str, str | int | None]:

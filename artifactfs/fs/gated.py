@@ -8,8 +8,11 @@ and ``listxattr`` of the root inode, so that ``stat``/``mountpoint`` never hang 
 
 It is also where domain errors become errno, and only here: a ``ReadError`` from a source
 (the bytes could not be had, or were not what the snapshot says) is logged as one line and
-answered with its errno (``ERRNO_OF``). Any other exception escaping an operation would kill
-the mount (pyfuse3's rule), so it is a bug: logged with its traceback and answered with EIO.
+answered with its errno (``ERRNO_OF``); a workspace's ``overlay.store.Refused`` (rename over a
+non-empty directory, ...) is answered with its errno, silently; an ``OSError`` of a local file
+with its errno (logged with its traceback unless it is ENOSPC or EDQUOT). Any other exception
+escaping an operation would kill the mount (pyfuse3's rule), so it is a bug: logged with its
+traceback and answered with EIO.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import pyfuse3
 
 from ..errors import NoSpace, ReadError
+from ..overlay.store import Refused
 from .gate import ReadyGate
 
 log = logging.getLogger(__name__)
@@ -59,9 +63,16 @@ async def _guarded(name: str, call: Awaitable[Any]) -> Any:
         return await call
     except pyfuse3.FUSEError:
         raise
+    except Refused as exc:  # what the file system's semantics answer (ENOTEMPTY, EXDEV, ...)
+        raise pyfuse3.FUSEError(exc.errno) from None
     except ReadError as exc:
         log.error("%s: %s", name, exc)
         raise pyfuse3.FUSEError(errno_of(exc)) from None
+    except OSError as exc:  # a local file failed (a workspace's upper file, its database)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise pyfuse3.FUSEError(exc.errno) from None
+        log.exception("unexpected error in %s", name)
+        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
     except Exception:
         log.exception("unexpected error in %s", name)
         raise pyfuse3.FUSEError(errno.EIO) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -44,6 +45,10 @@ class MountState:
     """The snapshot new lookups see; set when prepare succeeds, replaced by a refresh."""
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     """Notified on every change a watcher may care about (gate state, commit)."""
+    writable: bool = False
+    """A workspace (writable) rather than a read-only mount."""
+    changed_paths: Callable[[], int] | None = None
+    """How many paths a workspace has changed (set once its overlay is open)."""
 
     def __post_init__(self) -> None:
         self.gate.on_change = self.changes.notify

@@ -2,7 +2,9 @@
 
 On the root: ``user.artifactfs.state`` (``preparing|ready|failed``), ``.error`` when failed,
 ``.source`` (credentials redacted), ``.ref``, ``.commit`` and ``.files`` once ready, and
-``.bytes_fetched`` (bytes received from the origin by this mount). On entries with an object:
+``.bytes_fetched`` (bytes received from the origin by this mount), ``.writable`` (``1`` for a
+workspace, else ``0``) and, in a workspace once ready, ``.changed`` (paths changed). On
+entries with an object:
 ``user.artifactfs.oid`` (the git object id); ``user.artifactfs.sha256`` where the origin vouches
 for one (Hub LFS files); on files ``user.artifactfs.cached`` (bytes present locally).
 """
@@ -26,6 +28,8 @@ BYTES_FETCHED = PREFIX + b"bytes_fetched"
 OID = PREFIX + b"oid"
 SHA256 = PREFIX + b"sha256"
 CACHED = PREFIX + b"cached"
+WRITABLE = PREFIX + b"writable"
+CHANGED = PREFIX + b"changed"
 
 
 def root_values(state: MountState) -> dict[bytes, bytes]:
@@ -34,12 +38,15 @@ def root_values(state: MountState) -> dict[bytes, bytes]:
         SOURCE: state.source_display.encode(),
         REF: state.shown_ref.encode(),
         BYTES_FETCHED: str(state.counters.bytes_received).encode(),
+        WRITABLE: b"1" if state.writable else b"0",
     }
     if state.gate.state is GateState.FAILED:
         values[ERROR] = (state.gate.error or "unknown error").encode()
     if state.gate.state is GateState.READY and state.snapshot is not None:
         values[COMMIT] = state.snapshot.meta.commit.encode()
         values[FILES] = str(state.snapshot.meta.files).encode()
+        if state.changed_paths is not None:
+            values[CHANGED] = str(state.changed_paths()).encode()
     return values
 
 

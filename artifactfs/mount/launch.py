@@ -37,6 +37,7 @@ from ..logs import configure
 from ..sources import SourceSettings, check_commit_id, check_ref, parse_source
 from ..sources.counters import FetchCounters
 from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
+from ..sources.registry import kind_of
 from .mountpoints import check_fuse_device, check_mountpoint
 from .options import check_allow_other
 from .profile import check_profile_path
@@ -67,6 +68,10 @@ class WorkerOptions:
     offline: bool = False
     """Send nothing to the origin (also ``ARTIFACTFS_OFFLINE=1``; Hub sources: also
     ``HF_HUB_OFFLINE=1``)."""
+    writable: bool | None = None
+    """A writable workspace (``--writable``), read-only (``--read-only``), or None: the
+    kind's default (git writable, the Hub read-only) for a foreground mount; read-only for a
+    daemon's worker (``name`` set) until the daemon passes its repository's choice."""
     require_commit: str | None = None
     """Become ready only if the ref resolves to this commit (sources/required.py)."""
     cache_max_size: str | None = None
@@ -101,6 +106,8 @@ class WorkerOptions:
             arguments += ["--cache-max-size", self.cache_max_size]
         if self.record_profile is not None:
             arguments += ["--record-profile", self.record_profile]
+        if self.writable is not None:
+            arguments.append("--writable" if self.writable else "--read-only")
         arguments += ["-v"] * self.verbose
         return arguments
 
@@ -137,6 +144,12 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         profile = check_profile_path(options.record_profile) if options.record_profile else None
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    writable = options.writable
+    if writable is None:
+        # a daemon's worker (named) is read-only unless the daemon says otherwise: add-repo
+        # decides per repository (and resolves the kind's default) once it takes the flags
+        writable = kind_of(spec).writable_by_default and options.name is None
+    workspace = home.workspace_dir(options.name) if options.name else home.workspace_for(mountpoint)
     credentials = _credentials(options, stdin or sys.stdin)
     configure(home.log_file_for(mountpoint), options.verbose)
 
@@ -171,6 +184,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         allow_other=options.allow_other,
         cache_policy=cache_policy,
         record_profile=profile,
+        workspace=workspace if writable else None,
     )
     return run(request, head_start)
 

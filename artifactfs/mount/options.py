@@ -19,8 +19,9 @@ _FGETS_LINE = 255
 """fusermount3 reads the file with ``fgets(line, 256, ...)``: longer lines are not parsed."""
 
 
-def mount_options(allow_other: bool) -> set[str]:
-    """The options of every artifactfs mount, plus ``allow_other`` when asked for.
+def mount_options(allow_other: bool, writable: bool = False) -> set[str]:
+    """The options of every artifactfs mount, plus ``allow_other`` when asked for; ``ro``
+    unless the mount is a writable workspace.
 
     ``default_permissions`` stays on, with or without ``allow_other``: the kernel then checks
     the modes we report (owner: the user who mounted; files 0644 or 0755 as git has them,
@@ -33,7 +34,9 @@ def mount_options(allow_other: bool) -> set[str]:
     a sandbox's users reading a checkout) and never write, also once a writable overlay makes
     the owner's copies writable. It also lets the kernel answer ``access(2)`` itself.
     """
-    options = {"fsname=artifactfs", "subtype=artifactfs", "ro", "default_permissions"}
+    options = {"fsname=artifactfs", "subtype=artifactfs", "default_permissions"}
+    if not writable:
+        options.add("ro")
     if allow_other:
         options.add("allow_other")
     return options

@@ -17,6 +17,7 @@ person can read and edit it; paths with a newline in them are left out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -83,6 +84,12 @@ class RecordingContent:
 
     async def with_size(self, snapshot: SnapshotIndex, row: Row) -> Row:
         return await self._inner.with_size(snapshot, row)
+
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+        """A copy-up reads the file: recorded as an open, as it is one."""
+        with contextlib.suppress(Exception):  # a profile must never cost a read
+            self._recorder.opened(snapshot.path_of(row.inode))
+        return await self._inner.local_path(snapshot, row)
 
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         self._inner.listed(snapshot, directory)

@@ -39,7 +39,9 @@ from ..fs.gate import GateState
 from ..fs.gated import GatedOperations
 from ..fs.operations import SnapshotOperations
 from ..fs.state import MountState
+from ..fs.workspace import WorkspaceOperations
 from ..home import ArtifactHome
+from ..overlay.store import WorkspaceChanged
 from ..snapshot import SnapshotIndex
 from ..snapshot.index import sweep_snapshot_temporaries
 from ..sources import Content, PreparedSnapshot, Source, SourceSpec
@@ -75,6 +77,9 @@ class MountRequest:
     """The store's size cap, kept by this worker's upkeep task (cas/upkeep.py)."""
     record_profile: Path | None = None
     """Record the paths opened here, in order (mount/profile.py)."""
+    workspace: Path | None = None
+    """A writable mount keeps its workspace (overlay, upper files, version-control
+    directory) here; None: a read-only mount."""
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -96,7 +101,12 @@ class _Worker:
             shown_ref=request.spec.shown_ref(request.ref),
             counters=head_start.settings.counters,
         )
-        self.snapshots = SnapshotOperations(self.state)
+        self.state.writable = request.workspace is not None
+        self.snapshots: SnapshotOperations | WorkspaceOperations
+        if request.workspace is not None:
+            self.snapshots = WorkspaceOperations(self.state, request.workspace)
+        else:
+            self.snapshots = SnapshotOperations(self.state)
         self.operations = GatedOperations(self.snapshots, self.state.gate)
         self._content: Content | None = None
         self._content_ready = trio.Event()
@@ -167,6 +177,8 @@ class _Worker:
             "commit": snapshot.meta.commit if snapshot else None,
             "files": snapshot.meta.files if snapshot else None,
             "bytes_fetched": self.state.counters.bytes_received,
+            "writable": self.state.writable,
+            "changed": self.state.changed_paths() if self.state.changed_paths else None,
         }
 
     async def prepare(self) -> str:
@@ -180,20 +192,27 @@ class _Worker:
             return await self.refresh()
         return "already preparing"
 
-    async def refresh(self) -> str:
-        """Move to the ref's current commit. New lookups see the new tree; open files and
-        directories of the old one keep it (fs/generations.py). Raises SourceError."""
+    async def refresh(self, discard_changes: bool = False) -> str:
+        """Move to the ref's current commit. New lookups see the new tree; in a read-only
+        mount open files and directories of the old one keep it (fs/generations.py). A
+        workspace moves only without changes (else SourceError naming how many), or after
+        throwing them away (``discard_changes``). Raises SourceError."""
         async with self._refreshing:
             current = self.state.snapshot
             if self.state.gate.state is not GateState.READY or current is None:
                 return f"the mount is {self.state.gate.state.value}: nothing to refresh"
+            if discard_changes and isinstance(self.snapshots, WorkspaceOperations):
+                await self.snapshots.discard_changes()
             source = await self._source()
             prepared = await trio.to_thread.run_sync(source.prepare, abandon_on_cancel=True)
             old = current.meta.commit
             if prepared.commit == old:
                 return f"already at {old[:12]}"
             snapshot = await trio.to_thread.run_sync(SnapshotIndex, prepared.path)
-            await self.snapshots.install(snapshot)
+            try:
+                await self._show(snapshot)
+            except WorkspaceChanged as exc:
+                raise SourceError(str(exc)) from None
         log.info("refreshed %s from %s to %s", self.request.spec.display, old, prepared.commit)
         return f"moved from {old[:12]} to {prepared.commit[:12]}"
 
@@ -313,7 +332,15 @@ class _Worker:
                 if self._stopping:  # prepared this: no network, a moment at most
                     snapshot.close()
                     return
-                await self.snapshots.install(snapshot)
+                try:
+                    await self._show(snapshot)
+                except (WorkspaceChanged, SourceError) as exc:
+                    reason = str(exc)
+                    log.error("cannot show %s: %s", display, reason)
+                    self.exit_code = 1
+                    self.state.gate.fail(reason)
+                    self._stop("the workspace cannot be shown")
+                    return
                 self.state.gate.open()
                 files = snapshot.meta.files
                 log.info("ready: %s at %s (%d files)", display, prepared.commit[:12], files)
@@ -330,6 +357,34 @@ class _Worker:
             self.state.gate.reset()
             attempt = self._prepare_again
 
+    async def _show(self, snapshot: SnapshotIndex) -> None:
+        """Install the snapshot (the first, or a refresh's); in a writable mount the overlay
+        opens over it or rebases onto it (raises ``WorkspaceChanged`` if it holds changes made
+        over another commit; the snapshot is closed then), and the source's worktree, if it
+        has one, is attached: its root file (git's ``.git``) is shown, it is given ``stat_of``
+        for its index and told of copy-ups."""
+        try:
+            await self.snapshots.install(snapshot)
+        except BaseException:
+            snapshot.close()
+            raise
+        operations = self.snapshots
+        if not isinstance(operations, WorkspaceOperations):
+            return
+        worktree = (await self._source()).worktree()
+        if worktree is None:
+            return
+        assert self.request.workspace is not None
+        root_file = await trio.to_thread.run_sync(
+            worktree.attach,
+            snapshot,
+            self.request.workspace / "git",
+            operations.stat_of,
+            operations.overlay.database,
+        )
+        operations.show(root_file)
+        operations.on_copy_up = worktree.keep_blob
+
     def _prepare_again(self) -> PreparedSnapshot:
         """Blocking: another prepare (raising what opening the source raised, if it failed)."""
         return self.head_start.source.result().prepare()
@@ -341,7 +396,7 @@ def run(request: MountRequest, head_start: HeadStart) -> int:
     ``head_start`` has begun the first prepare already (see head_start.py).
     """
     worker = _Worker(request, head_start)
-    options = mount_options(request.allow_other)
+    options = mount_options(request.allow_other, writable=request.workspace is not None)
     # Until trio's handlers are in place a SIGTERM would kill us with the mount up (stale);
     # the stop signals are held (the caller blocked them already) until the handler unblocks.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)

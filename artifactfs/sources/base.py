@@ -134,6 +134,12 @@ class Content(Protocol):
         ``ReadError`` if it cannot be learned)."""
         ...
 
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+        """A whole, verified local file holding ``row``'s bytes (fetched first if absent):
+        what a workspace's copy-up clones. None if this content cannot hand one out at once
+        (the copy then reads through ``reader``). Raises a ``ReadError`` kind."""
+        ...
+
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         """A program began listing ``directory``: a hint of what it will read next."""
         ...
@@ -244,3 +250,6 @@ class SourceKind:
     """Import what opening a source of this kind needs (a spare worker does it ahead)."""
     syntax: str = ""
     """What its SOURCE looks like, for the message that refuses one no kind recognises."""
+    writable_by_default: bool = False
+    """Whether a mount of this kind is a writable workspace unless ``--read-only`` (git: a
+    working tree) or read-only unless ``--writable`` (the Hub)."""

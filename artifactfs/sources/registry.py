@@ -33,16 +33,21 @@ def parse_source(text: str) -> SourceSpec:
     raise UserError(f"unsupported source scheme {scheme!r} in {redact_url(text)!r} (use {kinds})")
 
 
+def kind_of(spec: SourceSpec) -> SourceKind:
+    """The kind that parsed ``spec``."""
+    for kind in KINDS:
+        if kind.name == spec.kind:
+            return kind
+    raise ValueError(f"no source kind named {spec.kind!r}")
+
+
 def open_source(spec: SourceSpec, settings: SourceSettings) -> Source:
     """The source ``spec`` describes, opened with ``settings`` (blocking: imports its kind's
     libraries)."""
-    for kind in KINDS:
-        if kind.name == spec.kind:
-            source = kind.open(spec, settings)
-            if settings.require_commit is None:
-                return source
-            return RequiredCommit(source, settings.require_commit, settings.ref)
-    raise ValueError(f"no source kind named {spec.kind!r}")
+    source = kind_of(spec).open(spec, settings)
+    if settings.require_commit is None:
+        return source
+    return RequiredCommit(source, settings.require_commit, settings.ref)
 
 
 def preload() -> None:

@@ -25,6 +25,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import trio
 
@@ -303,6 +304,11 @@ class MemoryContent:
     async def with_size(self, snapshot: SnapshotIndex, row: Row) -> Row:
         return row  # a memory origin announces every size
 
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+        fd = await self.open_fd(snapshot, row)
+        os.close(fd)
+        return self._cas.path_of(snapshot.digest_of(row))
+
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         self.listed_directories.append(snapshot.path_of(directory.inode))
 
@@ -409,4 +415,11 @@ def memory_kind(origins: Mapping[str, MemoryOrigin]) -> SourceKind:
             raise UserError(f"no memory origin named {spec.name!r}")
         return MemorySource(spec, settings, origin)
 
-    return SourceKind("memory", parse_memory_source, open_memory, lambda: None, "mem://NAME")
+    return SourceKind(
+        "memory",
+        parse_memory_source,
+        open_memory,
+        lambda: None,
+        "mem://NAME",
+        writable_by_default=False,
+    )

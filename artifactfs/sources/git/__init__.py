@@ -21,7 +21,12 @@ def _preload() -> None:
 
 
 KIND = SourceKind(
-    "git", parse_git_source, _open, _preload, "git://, http(s)://, ssh://, file:// or a local path"
+    "git",
+    parse_git_source,
+    _open,
+    _preload,
+    "git://, http(s)://, ssh://, file:// or a local path",
+    writable_by_default=True,  # a working tree
 )
 
 __all__ = ["KIND", "GitSourceSpec"]

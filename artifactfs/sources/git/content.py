@@ -23,6 +23,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -154,6 +155,12 @@ class GitContent:
                 log.error("prefetch: %s", exc)
             wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
         return wanted
+
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+        """The blob's CAS file, fetched and checked as an open for reading does."""
+        fd, _ = await self.open_fd(snapshot, row)
+        os.close(fd)
+        return self._cas.path_of(snapshot.digest_of(row))
 
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         hints = self._hints_of(snapshot)

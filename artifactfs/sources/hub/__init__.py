@@ -22,6 +22,13 @@ def _preload() -> None:
     from . import content, source  # noqa: F401
 
 
-KIND = SourceKind("hub", parse_hub_source, _open, _preload, "hf://org/name[@revision]")
+KIND = SourceKind(
+    "hub",
+    parse_hub_source,
+    _open,
+    _preload,
+    "hf://org/name[@revision]",
+    writable_by_default=False,  # models and data sets are read; --writable makes a workspace
+)
 
 __all__ = ["KIND", "HubSourceSpec"]

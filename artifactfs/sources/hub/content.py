@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -105,6 +106,11 @@ class HubContent:
                 if row.size:
                     nursery.start_soon(one, row)
         return failed
+
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+        """None: a Hub file is copied up through its reader (by range, as it is read); a
+        whole verified file exists only once every block arrived and was hashed."""
+        return None
 
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         pass  # the read-ahead of a Hub file follows its own reader (window.py)
