@@ -268,8 +268,16 @@ def test_remove_repo_with_purge(daemon: GitDaemon, sample: Repo, home: Path) -> 
     with running_daemon(home) as artifactfs:
         artifactfs.ok("add-repo", "sample", daemon.url("sample.git"))
         assert (home / "mnt" / "sample" / "data" / "big.bin").read_bytes() == BIG
+        workspace = home / "repos" / "sample"
+        assert (workspace / "git" / "HEAD").exists()
         out = artifactfs.ok("remove-repo", "sample", "--purge")
-        assert out == f"removed {home / 'snapshots' / f'git-{sample.commit}.v2.sqlite'}\n"
+        snapshots = home / "snapshots"
+        assert out == (
+            f"removed {snapshots / f'git-{sample.commit}.pack'}\n"
+            f"removed {snapshots / f'git-{sample.commit}.v2.sqlite'}\n"
+            f"removed {workspace}\n"
+        )
+        assert not workspace.exists()
         assert artifactfs.registry_rows() == []
         assert not (home / "mnt" / "sample").exists()
         big = sample.blob_id("data/big.bin")
@@ -453,7 +461,7 @@ def test_refresh_moves_to_the_new_commit_without_mixing_trees(
         repos, "moving.git", {"a.txt": b"one\n", "old.txt": b"old\n", "dir/x": b"x1\n"}
     )
     with running_daemon(home) as artifactfs:
-        artifactfs.ok("add-repo", "moving", daemon.url("moving.git"))
+        artifactfs.ok("add-repo", "moving", daemon.url("moving.git"), "--read-only")
         mnt = home / "mnt" / "moving"
         held_file = os.open(mnt / "a.txt", os.O_RDONLY)
         held_dir = os.open(mnt / "dir", os.O_RDONLY | os.O_DIRECTORY)
@@ -522,7 +530,7 @@ def test_a_listing_interrupted_by_a_refresh_stays_whole(
     old = {f"old-{n:04d}.txt": b"" for n in range(2000)}
     repo = make_repo(repos, "wide.git", old)
     with running_daemon(home) as artifactfs:
-        artifactfs.ok("add-repo", "wide", daemon.url("wide.git"))
+        artifactfs.ok("add-repo", "wide", daemon.url("wide.git"), "--read-only")
         mnt = home / "mnt" / "wide"
         with os.scandir(mnt) as entries:
             first = next(entries).name  # one getdents call done, many to go

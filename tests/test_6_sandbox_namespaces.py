@@ -396,7 +396,8 @@ def test_find_grep_and_sha256sum_in_the_sandbox_match_git_archive(
     assert len(expected_files) == 8 and len(expected_links) == 4  # the sample, all of it
     assert expected_grep  # the grep must find something, so it can find something wrong
 
-    with mounted(daemon.url("sample.git"), mnt, home):
+    # read-only: what git archive holds, and nothing more (a workspace adds .git)
+    with mounted(daemon.url("sample.git"), mnt, home, "--read-only"):
         run_sandboxed(UNSHARE, ["sh", "-c", TOOLS_SCRIPT, "sandbox", str(mnt), str(results)])
 
     def records(name: str) -> list[str]:

@@ -76,6 +76,22 @@ def add_parsers(commands: Any) -> None:
         help="send nothing to the origin: a ref resolves to the commit this home last resolved"
         " it to, and only what is already stored can be read; kept across restarts",
     )
+    writable = add.add_mutually_exclusive_group()
+    writable.add_argument(
+        "--writable",
+        dest="writable",
+        action="store_const",
+        const=True,
+        help="a writable workspace (the default for git sources): changes kept under the state"
+        " home, a .git directory for the git CLI",
+    )
+    writable.add_argument(
+        "--read-only",
+        dest="writable",
+        action="store_const",
+        const=False,
+        help="read-only (the default for hf:// sources)",
+    )
     add.add_argument(
         "--require-commit",
         metavar="SHA",
@@ -113,6 +129,12 @@ def add_parsers(commands: Any) -> None:
         command.add_argument(
             "--async", dest="async_", action="store_true", help="do not wait until it is ready"
         )
+        if verb == "refresh":
+            command.add_argument(
+                "--discard-changes",
+                action="store_true",
+                help="throw away what was changed in a writable mount (refused otherwise)",
+            )
         command.set_defaults(run=_follow_command(verb))
 
     unmount = commands.add_parser(
@@ -247,6 +269,8 @@ def add_repo(args: argparse.Namespace) -> int:
         message["allow_other"] = True
     if args.offline:
         message["offline"] = True
+    if args.writable is not None:
+        message["writable"] = args.writable
     if args.require_commit is not None:
         message["require_commit"] = check_commit_id(args.require_commit)
     token = os.environ.get(spec.token_variable, "").strip()
@@ -264,6 +288,8 @@ def add_repo(args: argparse.Namespace) -> int:
 def _follow_command(verb: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         message: dict[str, Any] = {"cmd": verb, "name": args.name, "async": args.async_}
+        if getattr(args, "discard_changes", False):
+            message["discard_changes"] = True
         if verb == "prepare":
             token = _token_for(args.name)
             if token:  # given back (after a daemon restart) or rotated: the worker restarts
@@ -312,7 +338,10 @@ def status_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(repos, indent=2))
     else:
-        _table(repos, ["name", "state", "commit", "files", "bytes_fetched", "mount", "error"])
+        _table(
+            repos,
+            ["name", "state", "commit", "files", "changed", "bytes_fetched", "mount", "error"],
+        )
         cache_command.say_pinned(repos)
         _say_quarantined()
     return 0

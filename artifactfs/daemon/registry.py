@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS repos (
     allow_other   INTEGER NOT NULL DEFAULT 0,  -- 1: mounted with allow_other (others may read)
     offline       INTEGER NOT NULL DEFAULT 0,  -- 1: added with --offline (nothing is sent)
     require_commit TEXT,              -- --require-commit: the only commit it may show
+    writable      INTEGER NOT NULL DEFAULT 0,  -- 1: a writable workspace (repos/NAME/)
     token_from    TEXT,               -- the variable add-repo took a token from (never the
                                       -- token: that lives in the daemon's memory only)
     wanted        INTEGER NOT NULL,   -- 1: keep it mounted (restart its worker if it dies);
@@ -53,6 +54,7 @@ MIGRATIONS: dict[int, str | tuple[str, ...]] = {
         "ALTER TABLE repos ADD COLUMN token_from TEXT",
         "ALTER TABLE repos ADD COLUMN offline INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE repos ADD COLUMN require_commit TEXT",
+        "ALTER TABLE repos ADD COLUMN writable INTEGER NOT NULL DEFAULT 0",
     ),
 }
 """Version N's change, applied to a registry at version N - 1 (version 0: before versions)."""
@@ -83,6 +85,7 @@ class Repo:
     allow_other: bool = False
     offline: bool = False
     require_commit: str | None = None
+    writable: bool = False
     token_from: str | None = None
     """The environment variable ``add-repo`` took a token from: a restarted daemon no longer
     has that token, and says so (never the token itself)."""
@@ -102,19 +105,21 @@ class Repo:
             "allow_other": self.allow_other,
             "offline": self.offline,
             "require_commit": self.require_commit,
+            "writable": self.writable,
         }
 
 
 _COLUMNS = (
     "name, source, ref, mountpoint, token_file, wanted, state, error, commit_id, files,"
-    " bytes_fetched, allow_other, offline, require_commit, token_from"
+    " bytes_fetched, allow_other, offline, require_commit, writable, token_from"
 )
 
 
 def _repo(row: Any) -> Repo:
     """A row of ``_COLUMNS`` (SQLite keeps booleans as integers)."""
     name, source, ref, mountpoint, token_file, wanted = row[:6]
-    state, error, commit, files, fetched, allow_other, offline, required, token_from = row[6:]
+    state, error, commit, files, fetched, allow_other, offline, required, writable = row[6:15]
+    token_from = row[15]
     return Repo(
         name,
         source,
@@ -130,6 +135,7 @@ def _repo(row: Any) -> Repo:
         bool(allow_other),
         bool(offline),
         required,
+        bool(writable),
         token_from,
     )
 
@@ -201,14 +207,15 @@ class Registry:
         token_from: str | None = None,
         offline: bool = False,
         require_commit: str | None = None,
+        writable: bool = False,
     ) -> Repo:
         """Register a repository; raise ``Conflict`` if its name or mount point is taken."""
         now = time.time()
         try:
             self._db.execute(
                 "INSERT INTO repos (name, source, ref, mountpoint, token_file, allow_other,"
-                " token_from, offline, require_commit, wanted, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
+                " token_from, offline, require_commit, writable, wanted, state, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
                 (
                     name,
                     source,
@@ -219,6 +226,7 @@ class Registry:
                     token_from,
                     int(offline),
                     require_commit,
+                    int(writable),
                     now,
                     now,
                 ),

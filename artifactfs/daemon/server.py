@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import stat
 from collections import defaultdict
@@ -33,12 +34,16 @@ from ..mount.options import check_allow_other
 from ..snapshot.index import snapshot_path
 from ..sources import check_commit_id, check_ref, parse_source
 from ..sources.credentials import CredentialProvider
+from ..sources.registry import kind_of
 from .names import check_name
 from .registry import Conflict, Registry, Repo
 from .spares import SpareWorkers
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+STATUS_ASK_SECONDS = 1.0
+"""How long ``status`` waits for a workspace's worker to tell its changed paths."""
 
 SHUTDOWN_SECONDS = 20.0
 
@@ -163,6 +168,9 @@ class Daemon:
         require_commit = check_commit_id(_text_or_none(request.get("require_commit")))
         spec.with_ref(ref)  # a Hub source may name its revision once, not twice
         token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
+        writable = request.get("writable")
+        if writable is None:  # the kind's default: git writable, the Hub read-only
+            writable = kind_of(spec).writable_by_default
         allow_other = bool(request.get("allow_other"))
         if allow_other:  # our workers mount with our rights: may *we* ask for it?
             await trio.to_thread.run_sync(check_allow_other)
@@ -180,6 +188,7 @@ class Daemon:
                 token_from=spec.token_variable if token else None,
                 offline=bool(request.get("offline")),
                 require_commit=require_commit,
+                writable=bool(writable),
             )
         except Conflict:
             await self._drop_new_mountpoint(name, mountpoint)
@@ -211,9 +220,23 @@ class Daemon:
 
     async def _status(self, request: Message, reply: Reply) -> dict[str, Any]:
         name = request.get("name")
-        if name is None:
-            return {"repos": [self._status_of(repo) for repo in self.registry.all()]}
-        return {"repos": [self._status_of(self._known(str(name)))]}
+        repos = self.registry.all() if name is None else [self._known(str(name))]
+        for repo in repos:
+            if repo.writable:
+                await self._ask_changes(repo)
+        return {"repos": [self._status_of(repo) for repo in repos]}
+
+    async def _ask_changes(self, repo: Repo) -> None:
+        """A workspace's changed paths move with every write, which its worker does not
+        report as it goes: ask it now (briefly; else the last count it reported stands)."""
+        supervisor = self.supervisors.get(repo.name)
+        if supervisor is None or supervisor.status.get("state") != "ready":
+            return
+        with trio.move_on_after(STATUS_ASK_SECONDS):
+            with contextlib.suppress(OSError, ProtocolError, trio.TooSlowError):
+                answer = await supervisor.ask("status", answer_within=STATUS_ASK_SECONDS)
+                if isinstance(answer.get("status"), dict):
+                    supervisor.update(answer["status"])
 
     def _status_of(self, repo: Repo) -> dict[str, Any]:
         supervisor = self.supervisors.get(repo.name)
@@ -248,7 +271,9 @@ class Daemon:
         if supervisor is None:
             raise UserError(f"{repo.name} is not mounted (artifactfs remount {repo.name})")
         try:  # no deadline for the answer: a refresh takes as long as the fetch it needs
-            answer = await supervisor.ask(command, answer_within=None)
+            answer = await supervisor.ask(
+                command, answer_within=None, discard_changes=bool(request.get("discard_changes"))
+            )
         except (OSError, ProtocolError, trio.TooSlowError):
             raise UserError(f"the worker of {repo.name} is not answering; try again") from None
         if not answer.get("ok"):
@@ -296,26 +321,44 @@ class Daemon:
             self.registry.remove(repo.name)
             self.tokens.pop(repo.name, None)
             removed = await self._purge(repo) if request.get("purge") else []
+            if request.get("purge"):
+                removed += await self._purge_workspace(repo)
             if Path(repo.mountpoint) == self.home.default_mountpoint(repo.name):
                 await self._drop_default_mountpoint(repo.name)
         return {"removed": removed}
 
+    async def _purge_workspace(self, repo: Repo) -> list[str]:
+        """A removed repository's workspace (its changes, upper files and git directory) goes
+        only with ``--purge``: without it, ``add-repo`` of the same name finds it again."""
+        workspace = self.home.workspace_dir(repo.name)
+
+        def remove() -> list[str]:
+            if not workspace.exists():
+                return []
+            shutil.rmtree(workspace)
+            return [str(workspace)]
+
+        return await trio.to_thread.run_sync(remove)
+
     async def _purge(self, repo: Repo) -> list[str]:
-        """Drop the repository's snapshot unless another repository shows the same commit.
-        Blobs stay: the CAS is shared and content-addressed."""
+        """Drop the repository's snapshot, and what its source keeps beside it keyed by the same
+        commit (a git source: the pack of the commit's trees), unless another repository
+        shows the same commit. Blobs stay: the CAS is shared and content-addressed."""
         if repo.commit is None:
             return []
         if any(other.commit == repo.commit for other in self.registry.all()):
             return []
         origin = "hub" if repo.source.startswith("hf://") else "git"
-        path = snapshot_path(self.home.snapshots_dir, repo.commit, origin)
+        snapshot = snapshot_path(self.home.snapshots_dir, repo.commit, origin)
+        pattern = f"{origin}-{repo.commit}.*"
 
         def unlink() -> list[str]:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                return []
-            return [str(path)]
+            removed = []
+            for path in sorted({snapshot, *self.home.snapshots_dir.glob(pattern)}):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(str(path))
+            return removed
 
         return await trio.to_thread.run_sync(unlink)
 

@@ -86,6 +86,8 @@ class Supervisor:
         self._done = trio.Event()
         self._stopped = trio.Event()
         self._restart_now = False
+        self._changed: int | None = None
+        """Changed paths of a writable workspace, as its worker last reported."""
         self.mounts = 0
         """Workers of this supervisor that mounted (a restart waits for the next one)."""
 
@@ -95,7 +97,9 @@ class Supervisor:
 
     # -- talking to the worker ------------------------------------------------------------------
 
-    async def ask(self, command: str, answer_within: float | None = ASK_SECONDS) -> Message:
+    async def ask(
+        self, command: str, answer_within: float | None = ASK_SECONDS, **fields: Any
+    ) -> Message:
         """Send one control command to the running worker and return its answer.
 
         Connecting must succeed within ``ASK_SECONDS``; the answer may take ``answer_within``
@@ -104,7 +108,7 @@ class Supervisor:
         with trio.fail_after(ASK_SECONDS):
             lines = await open_unix_stream(self.socket_path)
         async with lines.stream:
-            await lines.send({"cmd": command})
+            await lines.send({"cmd": command, **fields})
             with trio.fail_after(math.inf if answer_within is None else answer_within):
                 answer = await lines.receive()
         if answer is None:
@@ -275,6 +279,7 @@ class Supervisor:
             allow_other=repo.allow_other,
             offline=repo.offline,
             require_commit=repo.require_commit,
+            writable=repo.writable,
             name=repo.name,
             control_socket=self.socket_path,
         )
@@ -315,6 +320,8 @@ class Supervisor:
     def update(self, status: dict[str, Any]) -> None:
         """Take in a status the worker reported."""
         self._pid = status.get("pid", self._pid)
+        if "changed" in status:
+            self._changed = status["changed"]
         self.registry.record_status(self.name, status)
         self._refresh_status()
 
@@ -326,6 +333,8 @@ class Supervisor:
         repo = self.registry.get(self.name)
         if repo is not None:
             self.status = repo.public()
+            if repo.writable:
+                self.status["changed"] = self._changed
             if repo.token_from and not self.token:
                 self.status["token"] = "missing"
                 if self.status["state"] == "failed":

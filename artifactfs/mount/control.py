@@ -37,7 +37,7 @@ class Controllable(Protocol):
 
     async def prepare(self) -> str: ...
 
-    async def refresh(self) -> str: ...
+    async def refresh(self, discard_changes: bool = False) -> str: ...
 
     def request_stop(self, why: str) -> None: ...
 
@@ -84,7 +84,8 @@ async def _answer(lines: LineStream, request: Message, worker: Controllable) -> 
         await _watch(lines, worker)
     elif command in ("prepare", "refresh"):
         try:
-            message = await (worker.prepare() if command == "prepare" else worker.refresh())
+            discard = bool(request.get("discard_changes"))
+            message = await (worker.prepare() if command == "prepare" else worker.refresh(discard))
         except SourceError as exc:
             await lines.send({"ok": False, "error": str(exc), "status": worker.status()})
         else:

@@ -145,10 +145,8 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     writable = options.writable
-    if writable is None:
-        # a daemon's worker (named) is read-only unless the daemon says otherwise: add-repo
-        # decides per repository (and resolves the kind's default) once it takes the flags
-        writable = kind_of(spec).writable_by_default and options.name is None
+    if writable is None:  # the daemon always says; a foreground mount takes the kind's default
+        writable = kind_of(spec).writable_by_default
     workspace = home.workspace_dir(options.name) if options.name else home.workspace_for(mountpoint)
     credentials = _credentials(options, stdin or sys.stdin)
     configure(home.log_file_for(mountpoint), options.verbose)

@@ -195,26 +195,36 @@ class _Worker:
     async def refresh(self, discard_changes: bool = False) -> str:
         """Move to the ref's current commit. New lookups see the new tree; in a read-only
         mount open files and directories of the old one keep it (fs/generations.py). A
-        workspace moves only without changes (else SourceError naming how many), or after
-        throwing them away (``discard_changes``). Raises SourceError."""
+        workspace with changes is refused at once, with how many paths changed, unless
+        ``discard_changes`` throws them away (after the new commit is known, so a refresh
+        that fails keeps them). Raises SourceError."""
         async with self._refreshing:
             current = self.state.snapshot
             if self.state.gate.state is not GateState.READY or current is None:
                 return f"the mount is {self.state.gate.state.value}: nothing to refresh"
-            if discard_changes and isinstance(self.snapshots, WorkspaceOperations):
-                await self.snapshots.discard_changes()
+            workspace = self.snapshots if isinstance(self.snapshots, WorkspaceOperations) else None
+            changed = self.state.changed_paths() if self.state.changed_paths else 0
+            if workspace is not None and changed and not discard_changes:
+                raise SourceError(
+                    f"the workspace has {changed} changed path{'s' if changed != 1 else ''};"
+                    " refresh --discard-changes throws them away"
+                )
             source = await self._source()
             prepared = await trio.to_thread.run_sync(source.prepare, abandon_on_cancel=True)
             old = current.meta.commit
+            note = ""
+            if workspace is not None and discard_changes and changed:
+                await workspace.discard_changes()
+                note = f" ({changed} changed path{'s' if changed != 1 else ''} discarded)"
             if prepared.commit == old:
-                return f"already at {old[:12]}"
+                return f"already at {old[:12]}{note}"
             snapshot = await trio.to_thread.run_sync(SnapshotIndex, prepared.path)
             try:
                 await self._show(snapshot)
             except WorkspaceChanged as exc:
                 raise SourceError(str(exc)) from None
         log.info("refreshed %s from %s to %s", self.request.spec.display, old, prepared.commit)
-        return f"moved from {old[:12]} to {prepared.commit[:12]}"
+        return f"moved from {old[:12]} to {prepared.commit[:12]}{note}"
 
     def request_stop(self, why: str) -> None:
         self._stop(why)
