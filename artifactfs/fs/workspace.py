@@ -114,6 +114,8 @@ class WorkspaceOperations(pyfuse3.Operations):
         self._io = trio.CapacityLimiter(16)
         self._copies = _Copies()
         self.on_copy_up = on_copy_up
+        self._keeping = trio.CapacityLimiter(1)
+        """Copied-up blobs kept for the worktree one at a time, off the write path."""
         """Told of each copy-up made from a whole local file (a worktree keeps the blob)."""
 
     # -- what the worker uses ---------------------------------------------------------------
@@ -690,8 +692,19 @@ class WorkspaceOperations(pyfuse3.Operations):
             copied = await self._change(self.overlay.copied_up, node.ino)
             self._copies.done.add(node.ino)
             if local is not None and self.on_copy_up is not None:
-                await trio.to_thread.run_sync(self.on_copy_up, row, local)
+                # in the background: keeping a large blob (hash, deflate, fsync) must not hold
+                # up the write that caused the copy-up (git finds it in the CAS meanwhile)
+                trio.lowlevel.spawn_system_task(self._keep_copied, row, local)
             return copied
+
+    async def _keep_copied(self, row: Row, local: Path) -> None:
+        on_copy_up = self.on_copy_up
+        if on_copy_up is None:
+            return
+        try:
+            await trio.to_thread.run_sync(on_copy_up, row, local, limiter=self._keeping)
+        except Exception:  # never raises by contract; a system task must not take trio down
+            log.exception("keeping a copied-up blob failed")
 
     async def _copy_through_reader(
         self, index: SnapshotIndex, row: Row, staging: Path, mtime: int
