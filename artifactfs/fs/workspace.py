@@ -67,6 +67,9 @@ NEGATIVE_TIMEOUT = 1.0
 COPY_CHUNK = 1 << 20
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
 _ARTIFACTFS_PREFIX = xattrs.PREFIX
+_MKNOD_KINDS = {stat.S_IFREG: Kind.FILE, stat.S_IFIFO: Kind.FIFO, stat.S_IFSOCK: Kind.SOCKET}
+"""What ``mknod`` makes: FIFOs and sockets are table nodes without content (the kernel does
+their I/O itself); device nodes are EPERM."""
 
 
 @dataclass
@@ -250,8 +253,8 @@ class WorkspaceOperations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.st_mode = node.st_mode
-        attr.st_uid = os.getuid()
-        attr.st_gid = os.getgid()
+        attr.st_uid = os.getuid() if node.uid is None else node.uid
+        attr.st_gid = os.getgid() if node.gid is None else node.gid
         attr.st_blksize = attributes.IO_SIZE
         attr.entry_timeout = CHANGED_TIMEOUT
         attr.attr_timeout = CHANGED_TIMEOUT
@@ -277,7 +280,8 @@ class WorkspaceOperations(pyfuse3.Operations):
         elif node.kind is Kind.SYMLINK:
             attr.st_size = len(node.target or b"")
         attr.st_blocks = (attr.st_size + attributes.BLOCK - 1) // attributes.BLOCK
-        attr.st_mtime_ns = attr.st_atime_ns = node.mtime_ns or stamp
+        attr.st_mtime_ns = node.mtime_ns or stamp
+        attr.st_atime_ns = node.atime_ns or attr.st_mtime_ns
         attr.st_ctime_ns = node.ctime_ns or node.mtime_ns or stamp
         return attr
 
@@ -387,10 +391,15 @@ class WorkspaceOperations(pyfuse3.Operations):
         if inode in self._root_files:
             raise pyfuse3.FUSEError(errno.EPERM)
         node = self._node(inode)
-        if (fields.update_uid and attr.st_uid != os.getuid()) or (
-            fields.update_gid and attr.st_gid != os.getgid()
-        ):
-            raise pyfuse3.FUSEError(errno.EPERM)
+        if fields.update_uid or fields.update_gid:
+            # default_permissions: the kernel allowed it (root, or the owner to its own group);
+            # a row says so, no content is copied
+            node = await self._change(
+                self.overlay.set_owner,
+                inode,
+                attr.st_uid if fields.update_uid else None,
+                attr.st_gid if fields.update_gid else None,
+            )
         changes = (
             fields.update_size or fields.update_mode or fields.update_atime or fields.update_mtime
         )
@@ -408,8 +417,9 @@ class WorkspaceOperations(pyfuse3.Operations):
                 await self._upper_io(_set_file_times, self.overlay.upper_path(inode), attr, fields)
                 await self._change(self.overlay.modified, inode)
             else:
+                atime = attr.st_atime_ns if fields.update_atime else None
                 mtime = attr.st_mtime_ns if fields.update_mtime else None
-                await self._change(self.overlay.set_times, inode, mtime)
+                await self._change(self.overlay.set_times, inode, atime, mtime)
         return await self._attributes(self._node(inode))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -433,9 +443,10 @@ class WorkspaceOperations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)
-        return await self._counted(await self._new(parent_inode, name, Kind.FILE, mode))
+        kind = _MKNOD_KINDS.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise pyfuse3.FUSEError(errno.EPERM)  # device nodes
+        return await self._counted(await self._new(parent_inode, name, kind, mode))
 
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
@@ -716,15 +727,20 @@ class WorkspaceOperations(pyfuse3.Operations):
     # -- extended attributes ---------------------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if inode == ROOT_INODE:
+        if inode in self._root_files:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if inode == ROOT_INODE and self._overlay is None:  # still preparing: the state only
+            found = xattrs.root_values(self._state).get(name)
+            if found is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return found
+        node = self._node(inode)
+        if node.upper:
+            return await self._upper_xattr(os.getxattr, node, name)
+        value = self.overlay.xattr(inode, name) if _is_user(name) else None
+        if value is None and inode == ROOT_INODE:
             value = xattrs.root_values(self._state).get(name)
-        elif inode in self._root_files:
-            value = None
-        else:
-            node = self._node(inode)
-            if node.upper:
-                return await self._upper_xattr(os.getxattr, node, name)
-            value = None
+        elif value is None:
             row = self.overlay.lower_row(node)
             if row is not None:
                 index = self._require_index()
@@ -738,22 +754,29 @@ class WorkspaceOperations(pyfuse3.Operations):
         return value
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        if inode == ROOT_INODE:
-            return list(xattrs.root_values(self._state))
         if inode in self._root_files:
             return []
+        if inode == ROOT_INODE and self._overlay is None:
+            return list(xattrs.root_values(self._state))
         node = self._node(inode)
         if node.upper:
             path = self.overlay.upper_path(inode)
             names = await self._upper_io(os.listxattr, path)
             return [os.fsencode(name) for name in names if name.startswith("user.")]
-        row = self.overlay.lower_row(node)
-        return xattrs.entry_names(row) if row is not None else []
+        if inode == ROOT_INODE:
+            own = list(xattrs.root_values(self._state))
+        else:
+            row = self.overlay.lower_row(node)
+            own = xattrs.entry_names(row) if row is not None else []
+        return own + self.overlay.xattr_names(inode)
 
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         node = await self._xattr_target(inode, name)
+        if not node.is_file:  # directories, symlinks, FIFOs: kept in the table
+            await self._change(self.overlay.set_xattr, inode, name, value)
+            return
         if not node.upper:
             node = await self._copy_up(node)
         await self._upper_xattr(os.setxattr, node, name, value)
@@ -761,6 +784,9 @@ class WorkspaceOperations(pyfuse3.Operations):
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = await self._xattr_target(inode, name)
+        if not node.is_file:
+            await self._change(self.overlay.remove_xattr, inode, name)
+            return
         if not node.upper:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         await self._upper_xattr(os.removexattr, node, name)
@@ -769,12 +795,9 @@ class WorkspaceOperations(pyfuse3.Operations):
     async def _xattr_target(self, inode: int, name: bytes) -> Node:
         if name.startswith(_ARTIFACTFS_PREFIX) or inode in self._root_files:
             raise pyfuse3.FUSEError(errno.EPERM)
-        if not name.startswith(b"user."):
+        if not _is_user(name):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
-        node = self._node(inode)
-        if not node.is_file:
-            raise pyfuse3.FUSEError(errno.ENOTSUP)
-        return node
+        return self._node(inode)
 
     async def _upper_xattr(self, call: Callable[..., T], node: Node, name: bytes, *args: Any) -> T:
         path = self.overlay.upper_path(node.ino)
@@ -804,6 +827,11 @@ class WorkspaceOperations(pyfuse3.Operations):
         data.f_favail = found.f_favail
         data.f_namemax = 255
         return data
+
+
+def _is_user(name: bytes) -> bool:
+    """A user xattr this file system keeps (``user.artifactfs.*`` are its own, read-only)."""
+    return name.startswith(b"user.") and not name.startswith(_ARTIFACTFS_PREFIX)
 
 
 def _statvfs_near(directory: Path) -> os.statvfs_result:
