@@ -396,6 +396,14 @@ def test_owners_fifos_directory_times_and_xattrs_survive_a_remount(
         gone = errno_of(lambda: xattr.getxattr(str(mnt / "deep"), "user.gone"))
         assert gone == errno.ENODATA
         assert errno_of(lambda: xattr.removexattr(str(mnt / "deep"), "user.no")) == errno.ENODATA
+        # trusted.* (root only, checked by the kernel): on a symlink itself and on a file
+        link = mnt / "links" / "to-readme"
+        os.setxattr(link, "trusted.t", b"on the link", follow_symlinks=False)
+        os.setxattr(mnt / "README.md", "trusted.t", b"on the file")
+        assert os.getxattr(link, "trusted.t", follow_symlinks=False) == b"on the link"
+        assert os.getxattr(link, "trusted.t") == b"on the file"
+        assert "trusted.t" in os.listxattr(link, follow_symlinks=False)
+        assert errno_of(lambda: os.setxattr(link, "security.x", b"1")) == errno.ENOTSUP
     with mounted(url, mnt, home):
         st = os.stat(mnt / "README.md")
         assert (st.st_uid, st.st_gid) == (4321, 8765)
@@ -403,6 +411,8 @@ def test_owners_fifos_directory_times_and_xattrs_survive_a_remount(
         assert (st.st_atime_ns, st.st_mtime_ns, st.st_gid) == (1_002_003_000, 4_005_006_000, 99)
         assert stat.S_ISFIFO(os.stat(mnt / "pipe").st_mode)
         assert xattr.getxattr(str(mnt / "deep"), "user.dir") == b"\x00kept"
+        link = mnt / "links" / "to-readme"
+        assert os.getxattr(link, "trusted.t", follow_symlinks=False) == b"on the link"
         names = xattr.listxattr(str(mnt / "deep"))
         assert "user.dir" in names and "user.gone" not in names
         os.unlink(mnt / "pipe")

@@ -26,7 +26,6 @@ PYTHON = "/usr/bin/python3.11"
 CPYTHON_SUITES = ("test_os", "test_posix", "test_shutil", "test_fileio", "test_tempfile",
                   "test_pathlib")  # fmt: skip
 _LINK = "hard links are EPERM in a workspace (the test skips or errs when link() fails)"
-_XATTR = "trusted.* xattrs are ENOTSUP in a workspace (the test skips: its probe sets one)"
 KNOWN: dict[str, str] = {
     "test.test_os.LinkTests.test_link": _LINK,
     "test.test_os.LinkTests.test_link_bytes": _LINK,
@@ -38,9 +37,6 @@ KNOWN: dict[str, str] = {
     "test.test_pathlib.PathTest.test_link_to": _LINK,
     "test.test_pathlib.PosixPathTest.test_hardlink_to": _LINK,
     "test.test_pathlib.PosixPathTest.test_link_to": _LINK,
-    "test.test_shutil.TestCopy.test_copy2_xattr": _XATTR,
-    "test.test_shutil.TestCopy.test_copyxattr": _XATTR,
-    "test.test_shutil.TestCopy.test_copyxattr_symlinks": _XATTR,
 }
 """CPython test id -> why it fails or skips on a workspace and passes on a plain directory."""
 

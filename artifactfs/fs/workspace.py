@@ -737,7 +737,7 @@ class WorkspaceOperations(pyfuse3.Operations):
         node = self._node(inode)
         if node.upper:
             return await self._upper_xattr(os.getxattr, node, name)
-        value = self.overlay.xattr(inode, name) if _is_user(name) else None
+        value = self.overlay.xattr(inode, name) if _is_kept(name) else None
         if value is None and inode == ROOT_INODE:
             value = xattrs.root_values(self._state).get(name)
         elif value is None:
@@ -762,13 +762,14 @@ class WorkspaceOperations(pyfuse3.Operations):
         if node.upper:
             path = self.overlay.upper_path(inode)
             names = await self._upper_io(os.listxattr, path)
-            return [os.fsencode(name) for name in names if name.startswith("user.")]
+            found = [os.fsencode(name) for name in names]
+            return [name for name in found if _listed(name, ctx)]
         if inode == ROOT_INODE:
             own = list(xattrs.root_values(self._state))
         else:
             row = self.overlay.lower_row(node)
             own = xattrs.entry_names(row) if row is not None else []
-        return own + self.overlay.xattr_names(inode)
+        return own + [name for name in self.overlay.xattr_names(inode) if _listed(name, ctx)]
 
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
@@ -795,7 +796,7 @@ class WorkspaceOperations(pyfuse3.Operations):
     async def _xattr_target(self, inode: int, name: bytes) -> Node:
         if name.startswith(_ARTIFACTFS_PREFIX) or inode in self._root_files:
             raise pyfuse3.FUSEError(errno.EPERM)
-        if not _is_user(name):
+        if not _is_kept(name):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         return self._node(inode)
 
@@ -829,9 +830,18 @@ class WorkspaceOperations(pyfuse3.Operations):
         return data
 
 
-def _is_user(name: bytes) -> bool:
-    """A user xattr this file system keeps (``user.artifactfs.*`` are its own, read-only)."""
-    return name.startswith(b"user.") and not name.startswith(_ARTIFACTFS_PREFIX)
+def _is_kept(name: bytes) -> bool:
+    """An xattr this file system keeps: ``user.*`` (but ``user.artifactfs.*``, its own and
+    read-only) and ``trusted.*`` (the kernel lets only CAP_SYS_ADMIN get or set those)."""
+    if name.startswith(_ARTIFACTFS_PREFIX):
+        return False
+    return name.startswith((b"user.", b"trusted."))
+
+
+def _listed(name: bytes, ctx: pyfuse3.RequestContext) -> bool:
+    """Whether listxattr shows ``name`` to the caller: ``trusted.*`` only to root (as ext4
+    and tmpfs list them only to CAP_SYS_ADMIN)."""
+    return name.startswith(b"user.") or (name.startswith(b"trusted.") and ctx.uid == 0)
 
 
 def _statvfs_near(directory: Path) -> os.statvfs_result:
