@@ -359,8 +359,11 @@ def test_owners_fifos_directory_times_and_xattrs_survive_a_remount(
     daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
 ) -> None:
     url = daemon.url("sample.git")
-    with mounted(url, mnt, home):
+    with mounted(url, mnt, home) as mount:
         before = os.stat(mnt / "README.md")
+        os.chown(mnt / "README.md", os.getuid(), os.getgid())  # the same owner: no change
+        os.chown(mnt / "deep", os.getuid(), -1)
+        assert mount.xattr("changed") == "0"
         os.chown(mnt / "README.md", 4321, 8765)  # root: allowed, and no copy-up
         st = os.stat(mnt / "README.md")
         assert (st.st_uid, st.st_gid, st.st_ino) == (4321, 8765, before.st_ino)

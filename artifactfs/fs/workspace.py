@@ -253,8 +253,8 @@ class WorkspaceOperations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.st_mode = node.st_mode
-        attr.st_uid = os.getuid() if node.uid is None else node.uid
-        attr.st_gid = os.getgid() if node.gid is None else node.gid
+        attr.st_uid = _uid_of(node)
+        attr.st_gid = _gid_of(node)
         attr.st_blksize = attributes.IO_SIZE
         attr.entry_timeout = CHANGED_TIMEOUT
         attr.attr_timeout = CHANGED_TIMEOUT
@@ -269,7 +269,8 @@ class WorkspaceOperations(pyfuse3.Operations):
             attr.st_blocks = st.st_blocks
             attr.st_atime_ns = st.st_atime_ns
             attr.st_mtime_ns = st.st_mtime_ns
-            attr.st_ctime_ns = st.st_ctime_ns
+            # a chown or chmod is a row's change: its ctime counts too
+            attr.st_ctime_ns = max(st.st_ctime_ns, node.ctime_ns or 0)
             attr.attr_timeout = 0.0
             return attr
         if node.is_file:
@@ -391,15 +392,13 @@ class WorkspaceOperations(pyfuse3.Operations):
         if inode in self._root_files:
             raise pyfuse3.FUSEError(errno.EPERM)
         node = self._node(inode)
-        if fields.update_uid or fields.update_gid:
-            # default_permissions: the kernel allowed it (root, or the owner to its own group);
-            # a row says so, no content is copied
-            node = await self._change(
-                self.overlay.set_owner,
-                inode,
-                attr.st_uid if fields.update_uid else None,
-                attr.st_gid if fields.update_gid else None,
-            )
+        uid = attr.st_uid if fields.update_uid else None
+        gid = attr.st_gid if fields.update_gid else None
+        if (uid is not None and uid != _uid_of(node)) or (gid is not None and gid != _gid_of(node)):
+            # default_permissions: the kernel allowed it (root, or the owner to a group of its
+            # own); a row says so and no content is copied. The same owner again changes
+            # nothing (``chown -R`` over an untouched tree leaves it untouched).
+            node = await self._change(self.overlay.set_owner, inode, uid, gid)
         changes = (
             fields.update_size or fields.update_mode or fields.update_atime or fields.update_mtime
         )
@@ -828,6 +827,15 @@ class WorkspaceOperations(pyfuse3.Operations):
         data.f_favail = found.f_favail
         data.f_namemax = 255
         return data
+
+
+def _uid_of(node: Node) -> int:
+    """A node's owner: the mount owner's until a chown says otherwise."""
+    return os.getuid() if node.uid is None else node.uid
+
+
+def _gid_of(node: Node) -> int:
+    return os.getgid() if node.gid is None else node.gid
 
 
 def _is_kept(name: bytes) -> bool:
