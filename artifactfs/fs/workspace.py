@@ -24,11 +24,13 @@ inode it holds and the root's names.
 Errors: the store refuses what rename(2) & co refuse (``store.Refused``, answered with its
 errno by gated.py); an ``OSError`` of an upper file becomes its errno here, never escapes.
 Choices where POSIX leaves one: ``link`` is EPERM (hard links would need a link count per
-node); ``mknod`` of anything but a regular file is EPERM; ``chown``/``chgrp`` to another
-owner is EPERM (every entry belongs to the user who mounted); the root files are read-only:
-opening one for writing is EACCES, and creating, removing or renaming over their names is
-EPERM; user xattrs live on upper files (setting one copies a lower file up); on directories
-and symlinks they are refused with ENOTSUP; ``user.artifactfs.*`` names are read-only (EPERM).
+node); ``mknod`` makes regular files, FIFOs and sockets (table nodes: the kernel does their
+I/O), device nodes are EPERM; ``chown``/``chgrp`` do what the kernel's ``default_permissions``
+allowed, kept in the node's row (no content copied); the root files are read-only: opening one
+for writing is EACCES, and creating, removing or renaming over their names is EPERM;
+``user.*`` and ``trusted.*`` xattrs live on upper files for files (setting one copies a lower
+file up) and in the overlay's ``xattrs`` table for other nodes; other namespaces are ENOTSUP;
+``user.artifactfs.*`` names are read-only (EPERM).
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ A workspace directory holds ``overlay.sqlite`` and ``upper/``. The model is Eden
   path, so renames never move them. A copy is written to ``upper/<ino>.tmp``, synced, renamed
   into place, and only then does the row say ``upper``: an upper file the table does not name
   is removed when the store is opened (a crash between the two), never the reverse.
+- Owners (``uid``/``gid``, NULL: the mount owner's), modes, the times of nodes without an upper
+  file and their xattrs (table ``xattrs``) are rows too: a chown or utime copies nothing.
+  FIFOs and sockets are rows without an upper file.
+- The schema's version is ``PRAGMA user_version`` (``USER_VERSION``); an older database is
+  upgraded in place when opened (``_migrate``).
 - Created entries get inode numbers from ``FIRST_CREATED`` up (a persisted counter), a range
   no snapshot row uses, so every inode number is stable across restarts.
 - ``parent`` is the directory's inode number; 0 marks a node that was unlinked while the kernel
