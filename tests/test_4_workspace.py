@@ -10,6 +10,7 @@ import mmap
 import os
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -374,6 +375,10 @@ def test_owners_fifos_directory_times_and_xattrs_survive_a_remount(
         os.lchown(mnt / "links" / "to-readme", 11, 12)
         assert os.lstat(mnt / "links" / "to-readme").st_uid == 11
         assert os.stat(mnt / "links" / "to-readme").st_uid == 4321  # followed: the file's
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=mnt, capture_output=True, check=True, timeout=60
+        )
+        assert status.stdout == b""  # owners are not content: git sees no change
 
         os.utime(mnt / "deep", ns=(1_002_003_000, 4_005_006_000))
         os.mkfifo(mnt / "pipe", 0o640)
