@@ -233,3 +233,102 @@ def test_another_commit_with_changes_is_refused_without_them_rebased(
         store.close()
     finally:
         other.close()
+
+
+def test_owner_and_times_are_rows_and_copy_nothing(tmp_path: Path, lower: SnapshotIndex) -> None:
+    store = Overlay.open(tmp_path / "ws", lower)
+    f, big = at(store, "f.txt"), at(store, "big")
+    assert f is not None and big is not None and f.uid is None and f.gid is None
+    token = store.current_token()
+    owned = store.set_owner(f.ino, 1234, None)
+    assert (owned.uid, owned.gid, owned.upper, owned.stored) == (1234, None, False, True)
+    assert store.set_owner(f.ino, None, 5678).uid == 1234  # None leaves the owner
+    assert os.listdir(store.upper_dir) == []  # no content copied
+    assert store.set_times(big.ino, 1_002_003_000, 4_005_006_000).atime_ns == 1_002_003_000
+    assert store.set_times(big.ino, None, 7).atime_ns == 1_002_003_000
+    assert not store.get(big.ino).materialized  # type: ignore[union-attr]
+    _, changed = journal.changed_since(store.database, token)
+    assert {b"f.txt", b"big"} <= set(changed)
+    store.close()
+    store = Overlay.open(tmp_path / "ws", lower)
+    try:
+        f, big = at(store, "f.txt"), at(store, "big")
+        assert f is not None and (f.uid, f.gid, f.upper) == (1234, 5678, False)
+        assert big is not None and (big.atime_ns, big.mtime_ns) == (1_002_003_000, 7)
+        assert store.changed_paths_count() == 2
+    finally:
+        store.close()
+
+
+def test_entries_created_and_removed_move_the_directory_times(overlay: Overlay) -> None:
+    empty = at(overlay, "empty")
+    assert empty is not None
+    overlay.set_times(empty.ino, 1, 1)
+    overlay.create(empty.ino, b"x", Kind.FILE, 0o644)
+    created = overlay.get(empty.ino)
+    assert created is not None and created.mtime_ns > 1 and created.ctime_ns > 1  # type: ignore[operator]
+    overlay.set_times(empty.ino, 1, 1)
+    overlay.rename(empty.ino, b"x", ROOT_INODE, b"y", False, False, nobody)
+    moved = overlay.get(empty.ino)
+    assert moved is not None and moved.mtime_ns > 1  # type: ignore[operator]
+    overlay.set_times(ROOT_INODE, 1, 1)
+    overlay.remove(ROOT_INODE, b"y", False, nobody)
+    root = overlay.get(ROOT_INODE)
+    assert root is not None and root.mtime_ns > 1  # type: ignore[operator]
+
+
+def test_fifos_and_sockets_are_nodes_without_upper_files(overlay: Overlay) -> None:
+    fifo = overlay.create(ROOT_INODE, b"pipe", Kind.FIFO, 0o640)
+    sock = overlay.create(ROOT_INODE, b"sock", Kind.SOCKET, 0o755)
+    assert fifo.st_mode == 0o10640 and sock.st_mode == 0o140755
+    assert not fifo.upper and not fifo.is_file and os.listdir(overlay.upper_dir) == []
+    overlay.remove(ROOT_INODE, b"pipe", False, nobody)
+    assert overlay.get(fifo.ino) is None
+
+
+def test_xattrs_of_nodes_without_upper_files(tmp_path: Path, lower: SnapshotIndex) -> None:
+    store = Overlay.open(tmp_path / "ws", lower)
+    big = at(store, "big")
+    assert big is not None
+    store.set_xattr(big.ino, b"user.a", b"1")
+    store.set_xattr(big.ino, b"user.b", b"\x00two")
+    store.set_xattr(big.ino, b"user.a", b"one")
+    with pytest.raises(Refused) as refused:
+        store.remove_xattr(big.ino, b"user.none")
+    assert refused.value.errno == errno.ENODATA
+    made = store.create(ROOT_INODE, b"d", Kind.DIRECTORY, 0o755)
+    store.set_xattr(made.ino, b"user.gone", b"x")
+    store.close()
+    store = Overlay.open(tmp_path / "ws", lower)
+    try:
+        assert store.xattr_names(big.ino) == [b"user.a", b"user.b"]
+        assert store.xattr(big.ino, b"user.a") == b"one"
+        assert store.xattr(big.ino, b"user.b") == b"\x00two"
+        store.remove_xattr(big.ino, b"user.a")
+        assert store.xattr(big.ino, b"user.a") is None
+        store.remove(ROOT_INODE, b"d", True, nobody)
+        assert store.xattr_names(made.ino) == []
+    finally:
+        store.close()
+
+
+def test_a_first_schema_database_is_migrated_in_place(tmp_path: Path, lower: SnapshotIndex) -> None:
+    store = Overlay.open(tmp_path / "ws", lower)
+    made = store.create(ROOT_INODE, b"old", Kind.DIRECTORY, 0o700)
+    store.close()
+    db = sqlite3.connect(tmp_path / "ws" / "overlay.sqlite")
+    for column in ("atime_ns", "uid", "gid"):  # back to this morning's schema
+        db.execute(f"ALTER TABLE nodes DROP COLUMN {column}")
+    db.execute("DROP TABLE xattrs")
+    db.execute("PRAGMA user_version = 0")
+    db.commit()
+    db.close()
+    store = Overlay.open(tmp_path / "ws", lower)
+    try:
+        old = at(store, "old")
+        assert old is not None and old.ino == made.ino and old.mode == 0o700
+        assert store.set_owner(old.ino, 7, 8).uid == 7
+        store.set_xattr(old.ino, b"user.k", b"v")
+        assert store._writer.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        store.close()

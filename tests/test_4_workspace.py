@@ -10,6 +10,7 @@ import mmap
 import os
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -170,8 +171,9 @@ def test_removal_and_the_refusals(daemon: GitDaemon, sample: Repo, mnt: Path, ho
         assert errno_of(lambda: os.rmdir(mnt / "README.md")) == errno.ENOTDIR
         assert errno_of(lambda: os.unlink(mnt / "deep")) == errno.EISDIR
         assert errno_of(lambda: os.link(mnt / "README.md", mnt / "hard")) == errno.EPERM
-        assert errno_of(lambda: os.mknod(mnt / "fifo", stat.S_IFIFO | 0o644)) == errno.EPERM
-        assert errno_of(lambda: os.chown(mnt / "README.md", 12345, -1)) == errno.EPERM
+        device = stat.S_IFCHR | 0o600
+        assert errno_of(lambda: os.mknod(mnt / "dev", device, os.makedev(1, 3))) == errno.EPERM
+        assert errno_of(lambda: os.mknod(mnt / "blk", stat.S_IFBLK | 0o600)) == errno.EPERM
         os.chown(mnt / "README.md", os.getuid(), os.getgid())  # unchanged: fine
         os.mknod(mnt / "regular", stat.S_IFREG | 0o600)
         assert stat.S_IMODE(os.stat(mnt / "regular").st_mode) == 0o600
@@ -352,3 +354,74 @@ def test_an_unlinked_open_file_lives_until_closed_then_its_upper_file_goes(
             (mnt / "scratch").write_bytes(b"another")  # the name is free again
         wait_for(lambda: len(os.listdir(upper)) == 1, 10, "the unlinked upper file to go")
         assert (mnt / "scratch").read_bytes() == b"another"
+
+
+def test_owners_fifos_directory_times_and_xattrs_survive_a_remount(
+    daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    url = daemon.url("sample.git")
+    with mounted(url, mnt, home) as mount:
+        before = os.stat(mnt / "README.md")
+        os.chown(mnt / "README.md", os.getuid(), os.getgid())  # the same owner: no change
+        os.chown(mnt / "deep", os.getuid(), -1)
+        assert mount.xattr("changed") == "0"
+        os.chown(mnt / "README.md", 4321, 8765)  # root: allowed, and no copy-up
+        st = os.stat(mnt / "README.md")
+        assert (st.st_uid, st.st_gid, st.st_ino) == (4321, 8765, before.st_ino)
+        assert (mnt / "README.md").read_bytes() == b"# sample\n"
+        assert not os.listdir(home / "workspaces" / os.listdir(home / "workspaces")[0] / "upper")
+        os.chown(mnt / "deep", -1, 99)  # chgrp of a lower directory
+        assert (os.stat(mnt / "deep").st_uid, os.stat(mnt / "deep").st_gid) == (os.getuid(), 99)
+        os.lchown(mnt / "links" / "to-readme", 11, 12)
+        assert os.lstat(mnt / "links" / "to-readme").st_uid == 11
+        assert os.stat(mnt / "links" / "to-readme").st_uid == 4321  # followed: the file's
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=mnt, capture_output=True, check=True, timeout=60
+        )
+        assert status.stdout == b""  # owners are not content: git sees no change
+
+        os.utime(mnt / "deep", ns=(1_002_003_000, 4_005_006_000))
+        os.mkfifo(mnt / "pipe", 0o640)
+        st = os.stat(mnt / "pipe")
+        assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
+        assert os.stat(mnt).st_mtime_ns > COMMIT_TIME_NS  # an entry made: the root moved
+        reader = os.open(mnt / "pipe", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            writer = os.open(mnt / "pipe", os.O_WRONLY)
+            os.write(writer, b"through the pipe")
+            os.close(writer)
+            assert os.read(reader, 100) == b"through the pipe"
+        finally:
+            os.close(reader)
+        os.mknod(mnt / "sock", stat.S_IFSOCK | 0o600)
+        assert stat.S_ISSOCK(os.stat(mnt / "sock").st_mode)
+
+        xattr.setxattr(str(mnt / "deep"), "user.dir", b"\x00kept")
+        assert xattr.getxattr(str(mnt / "deep"), "user.dir") == b"\x00kept"
+        assert "user.dir" in xattr.listxattr(str(mnt / "deep"))
+        xattr.setxattr(str(mnt / "deep"), "user.gone", b"x")
+        xattr.removexattr(str(mnt / "deep"), "user.gone")
+        gone = errno_of(lambda: xattr.getxattr(str(mnt / "deep"), "user.gone"))
+        assert gone == errno.ENODATA
+        assert errno_of(lambda: xattr.removexattr(str(mnt / "deep"), "user.no")) == errno.ENODATA
+        # trusted.* (root only, checked by the kernel): on a symlink itself and on a file
+        link = mnt / "links" / "to-readme"
+        os.setxattr(link, "trusted.t", b"on the link", follow_symlinks=False)
+        os.setxattr(mnt / "README.md", "trusted.t", b"on the file")
+        assert os.getxattr(link, "trusted.t", follow_symlinks=False) == b"on the link"
+        assert os.getxattr(link, "trusted.t") == b"on the file"
+        assert "trusted.t" in os.listxattr(link, follow_symlinks=False)
+        assert errno_of(lambda: os.setxattr(link, "security.x", b"1")) == errno.ENOTSUP
+    with mounted(url, mnt, home):
+        st = os.stat(mnt / "README.md")
+        assert (st.st_uid, st.st_gid) == (4321, 8765)
+        st = os.stat(mnt / "deep")
+        assert (st.st_atime_ns, st.st_mtime_ns, st.st_gid) == (1_002_003_000, 4_005_006_000, 99)
+        assert stat.S_ISFIFO(os.stat(mnt / "pipe").st_mode)
+        assert xattr.getxattr(str(mnt / "deep"), "user.dir") == b"\x00kept"
+        link = mnt / "links" / "to-readme"
+        assert os.getxattr(link, "trusted.t", follow_symlinks=False) == b"on the link"
+        names = xattr.listxattr(str(mnt / "deep"))
+        assert "user.dir" in names and "user.gone" not in names
+        os.unlink(mnt / "pipe")
+        assert not (mnt / "pipe").exists()

@@ -68,13 +68,16 @@ def outcome(action: Callable[[], Any]) -> int:
 
 
 def snapshot_of(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Every entry below ``root``: type, mode, size and bytes or target."""
+    """Every entry below ``root``: type, mode, size and bytes or target (a mount's read-only
+    ``.git`` file at the root, git's pointer to its worktree, is not part of the tree)."""
     found: dict[str, tuple[Any, ...]] = {}
     for directory, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = Path(directory) / name
             st_ = os.lstat(path)
             key = str(path.relative_to(root))
+            if key == ".git" and stat.S_ISREG(st_.st_mode) and not st_.st_mode & 0o222:
+                continue
             mode = stat.S_IMODE(st_.st_mode)
             if stat.S_ISLNK(st_.st_mode):
                 found[key] = ("link", os.readlink(path))

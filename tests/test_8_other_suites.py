@@ -25,15 +25,8 @@ from tests.helpers.servers import GitDaemon
 PYTHON = "/usr/bin/python3.11"
 CPYTHON_SUITES = ("test_os", "test_posix", "test_shutil", "test_fileio", "test_tempfile",
                   "test_pathlib")  # fmt: skip
-_CHOWN = "chown to another owner is EPERM in a workspace (owners are not kept)"
 _LINK = "hard links are EPERM in a workspace (the test skips or errs when link() fails)"
-_FIFO = "mknod of anything but a regular file is EPERM (no FIFOs in a workspace)"
-_XATTR = "user xattrs are kept on files only (ENOTSUP on directories and symlinks)"
 KNOWN: dict[str, str] = {
-    "test.test_os.ChownFileTests.test_chown_with_root": _CHOWN,
-    "test.test_posix.PosixTester.test_chown": _CHOWN,
-    "test.test_posix.PosixTester.test_fchown": _CHOWN,
-    "test.test_posix.PosixTester.test_lchown": _CHOWN,
     "test.test_os.LinkTests.test_link": _LINK,
     "test.test_os.LinkTests.test_link_bytes": _LINK,
     "test.test_os.LinkTests.test_unicode_name": _LINK,
@@ -44,16 +37,6 @@ KNOWN: dict[str, str] = {
     "test.test_pathlib.PathTest.test_link_to": _LINK,
     "test.test_pathlib.PosixPathTest.test_hardlink_to": _LINK,
     "test.test_pathlib.PosixPathTest.test_link_to": _LINK,
-    "test.test_posix.PosixTester.test_mkfifo": _FIFO,
-    "test.test_posix.TestPosixDirFd.test_mkfifo_dir_fd": _FIFO,
-    "test.test_shutil.TestCopy.test_copyfile_named_pipe": _FIFO,
-    "test.test_shutil.TestCopyTree.test_copytree_named_pipe": _FIFO,
-    "test.test_pathlib.PathTest.test_is_fifo_true": _FIFO,
-    "test.test_pathlib.PosixPathTest.test_is_fifo_true": _FIFO,
-    "test.test_shutil.TestCopy.test_copy2_xattr": _XATTR,
-    "test.test_shutil.TestCopy.test_copyxattr": _XATTR,
-    "test.test_shutil.TestCopy.test_copyxattr_symlinks": _XATTR,
-    "test.test_os.UtimeTests.test_utime_directory": "a directory's times are not kept (a bug)",
 }
 """CPython test id -> why it fails or skips on a workspace and passes on a plain directory."""
 

@@ -24,11 +24,13 @@ inode it holds and the root's names.
 Errors: the store refuses what rename(2) & co refuse (``store.Refused``, answered with its
 errno by gated.py); an ``OSError`` of an upper file becomes its errno here, never escapes.
 Choices where POSIX leaves one: ``link`` is EPERM (hard links would need a link count per
-node); ``mknod`` of anything but a regular file is EPERM; ``chown``/``chgrp`` to another
-owner is EPERM (every entry belongs to the user who mounted); the root files are read-only:
-opening one for writing is EACCES, and creating, removing or renaming over their names is
-EPERM; user xattrs live on upper files (setting one copies a lower file up); on directories
-and symlinks they are refused with ENOTSUP; ``user.artifactfs.*`` names are read-only (EPERM).
+node); ``mknod`` makes regular files, FIFOs and sockets (table nodes: the kernel does their
+I/O), device nodes are EPERM; ``chown``/``chgrp`` do what the kernel's ``default_permissions``
+allowed, kept in the node's row (no content copied); the root files are read-only: opening one
+for writing is EACCES, and creating, removing or renaming over their names is EPERM;
+``user.*`` and ``trusted.*`` xattrs live on upper files for files (setting one copies a lower
+file up) and in the overlay's ``xattrs`` table for other nodes; other namespaces are ENOTSUP;
+``user.artifactfs.*`` names are read-only (EPERM).
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ NEGATIVE_TIMEOUT = 1.0
 COPY_CHUNK = 1 << 20
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
 _ARTIFACTFS_PREFIX = xattrs.PREFIX
+_MKNOD_KINDS = {stat.S_IFREG: Kind.FILE, stat.S_IFIFO: Kind.FIFO, stat.S_IFSOCK: Kind.SOCKET}
+"""What ``mknod`` makes: FIFOs and sockets are table nodes without content (the kernel does
+their I/O itself); device nodes are EPERM."""
 
 
 @dataclass
@@ -252,8 +257,8 @@ class WorkspaceOperations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.st_mode = node.st_mode
-        attr.st_uid = os.getuid()
-        attr.st_gid = os.getgid()
+        attr.st_uid = _uid_of(node)
+        attr.st_gid = _gid_of(node)
         attr.st_blksize = attributes.IO_SIZE
         attr.entry_timeout = CHANGED_TIMEOUT
         attr.attr_timeout = CHANGED_TIMEOUT
@@ -268,7 +273,8 @@ class WorkspaceOperations(pyfuse3.Operations):
             attr.st_blocks = st.st_blocks
             attr.st_atime_ns = st.st_atime_ns
             attr.st_mtime_ns = st.st_mtime_ns
-            attr.st_ctime_ns = st.st_ctime_ns
+            # a chown or chmod is a row's change: its ctime counts too
+            attr.st_ctime_ns = max(st.st_ctime_ns, node.ctime_ns or 0)
             attr.attr_timeout = 0.0
             return attr
         if node.is_file:
@@ -279,7 +285,8 @@ class WorkspaceOperations(pyfuse3.Operations):
         elif node.kind is Kind.SYMLINK:
             attr.st_size = len(node.target or b"")
         attr.st_blocks = (attr.st_size + attributes.BLOCK - 1) // attributes.BLOCK
-        attr.st_mtime_ns = attr.st_atime_ns = node.mtime_ns or stamp
+        attr.st_mtime_ns = node.mtime_ns or stamp
+        attr.st_atime_ns = node.atime_ns or attr.st_mtime_ns
         attr.st_ctime_ns = node.ctime_ns or node.mtime_ns or stamp
         return attr
 
@@ -389,10 +396,13 @@ class WorkspaceOperations(pyfuse3.Operations):
         if inode in self._root_files:
             raise pyfuse3.FUSEError(errno.EPERM)
         node = self._node(inode)
-        if (fields.update_uid and attr.st_uid != os.getuid()) or (
-            fields.update_gid and attr.st_gid != os.getgid()
-        ):
-            raise pyfuse3.FUSEError(errno.EPERM)
+        uid = attr.st_uid if fields.update_uid else None
+        gid = attr.st_gid if fields.update_gid else None
+        if (uid is not None and uid != _uid_of(node)) or (gid is not None and gid != _gid_of(node)):
+            # default_permissions: the kernel allowed it (root, or the owner to a group of its
+            # own); a row says so and no content is copied. The same owner again changes
+            # nothing (``chown -R`` over an untouched tree leaves it untouched).
+            node = await self._change(self.overlay.set_owner, inode, uid, gid)
         changes = (
             fields.update_size or fields.update_mode or fields.update_atime or fields.update_mtime
         )
@@ -410,8 +420,9 @@ class WorkspaceOperations(pyfuse3.Operations):
                 await self._upper_io(_set_file_times, self.overlay.upper_path(inode), attr, fields)
                 await self._change(self.overlay.modified, inode)
             else:
+                atime = attr.st_atime_ns if fields.update_atime else None
                 mtime = attr.st_mtime_ns if fields.update_mtime else None
-                await self._change(self.overlay.set_times, inode, mtime)
+                await self._change(self.overlay.set_times, inode, atime, mtime)
         return await self._attributes(self._node(inode))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -435,9 +446,10 @@ class WorkspaceOperations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)
-        return await self._counted(await self._new(parent_inode, name, Kind.FILE, mode))
+        kind = _MKNOD_KINDS.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise pyfuse3.FUSEError(errno.EPERM)  # device nodes
+        return await self._counted(await self._new(parent_inode, name, kind, mode))
 
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
@@ -729,15 +741,20 @@ class WorkspaceOperations(pyfuse3.Operations):
     # -- extended attributes ---------------------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if inode == ROOT_INODE:
+        if inode in self._root_files:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if inode == ROOT_INODE and self._overlay is None:  # still preparing: the state only
+            found = xattrs.root_values(self._state).get(name)
+            if found is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return found
+        node = self._node(inode)
+        if node.upper:
+            return await self._upper_xattr(os.getxattr, node, name)
+        value = self.overlay.xattr(inode, name) if _is_kept(name) else None
+        if value is None and inode == ROOT_INODE:
             value = xattrs.root_values(self._state).get(name)
-        elif inode in self._root_files:
-            value = None
-        else:
-            node = self._node(inode)
-            if node.upper:
-                return await self._upper_xattr(os.getxattr, node, name)
-            value = None
+        elif value is None:
             row = self.overlay.lower_row(node)
             if row is not None:
                 index = self._require_index()
@@ -751,22 +768,30 @@ class WorkspaceOperations(pyfuse3.Operations):
         return value
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        if inode == ROOT_INODE:
-            return list(xattrs.root_values(self._state))
         if inode in self._root_files:
             return []
+        if inode == ROOT_INODE and self._overlay is None:
+            return list(xattrs.root_values(self._state))
         node = self._node(inode)
         if node.upper:
             path = self.overlay.upper_path(inode)
             names = await self._upper_io(os.listxattr, path)
-            return [os.fsencode(name) for name in names if name.startswith("user.")]
-        row = self.overlay.lower_row(node)
-        return xattrs.entry_names(row) if row is not None else []
+            found = [os.fsencode(name) for name in names]
+            return [name for name in found if _listed(name, ctx)]
+        if inode == ROOT_INODE:
+            own = list(xattrs.root_values(self._state))
+        else:
+            row = self.overlay.lower_row(node)
+            own = xattrs.entry_names(row) if row is not None else []
+        return own + [name for name in self.overlay.xattr_names(inode) if _listed(name, ctx)]
 
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         node = await self._xattr_target(inode, name)
+        if not node.is_file:  # directories, symlinks, FIFOs: kept in the table
+            await self._change(self.overlay.set_xattr, inode, name, value)
+            return
         if not node.upper:
             node = await self._copy_up(node)
         await self._upper_xattr(os.setxattr, node, name, value)
@@ -774,6 +799,9 @@ class WorkspaceOperations(pyfuse3.Operations):
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = await self._xattr_target(inode, name)
+        if not node.is_file:
+            await self._change(self.overlay.remove_xattr, inode, name)
+            return
         if not node.upper:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         await self._upper_xattr(os.removexattr, node, name)
@@ -782,12 +810,9 @@ class WorkspaceOperations(pyfuse3.Operations):
     async def _xattr_target(self, inode: int, name: bytes) -> Node:
         if name.startswith(_ARTIFACTFS_PREFIX) or inode in self._root_files:
             raise pyfuse3.FUSEError(errno.EPERM)
-        if not name.startswith(b"user."):
+        if not _is_kept(name):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
-        node = self._node(inode)
-        if not node.is_file:
-            raise pyfuse3.FUSEError(errno.ENOTSUP)
-        return node
+        return self._node(inode)
 
     async def _upper_xattr(self, call: Callable[..., T], node: Node, name: bytes, *args: Any) -> T:
         path = self.overlay.upper_path(node.ino)
@@ -817,6 +842,29 @@ class WorkspaceOperations(pyfuse3.Operations):
         data.f_favail = found.f_favail
         data.f_namemax = 255
         return data
+
+
+def _uid_of(node: Node) -> int:
+    """A node's owner: the mount owner's until a chown says otherwise."""
+    return os.getuid() if node.uid is None else node.uid
+
+
+def _gid_of(node: Node) -> int:
+    return os.getgid() if node.gid is None else node.gid
+
+
+def _is_kept(name: bytes) -> bool:
+    """An xattr this file system keeps: ``user.*`` (but ``user.artifactfs.*``, its own and
+    read-only) and ``trusted.*`` (the kernel lets only CAP_SYS_ADMIN get or set those)."""
+    if name.startswith(_ARTIFACTFS_PREFIX):
+        return False
+    return name.startswith((b"user.", b"trusted."))
+
+
+def _listed(name: bytes, ctx: pyfuse3.RequestContext) -> bool:
+    """Whether listxattr shows ``name`` to the caller: ``trusted.*`` only to root (as ext4
+    and tmpfs list them only to CAP_SYS_ADMIN)."""
+    return name.startswith(b"user.") or (name.startswith(b"trusted.") and ctx.uid == 0)
 
 
 def _statvfs_near(directory: Path) -> os.statvfs_result:

@@ -18,6 +18,11 @@ A workspace directory holds ``overlay.sqlite`` and ``upper/``. The model is Eden
   path, so renames never move them. A copy is written to ``upper/<ino>.tmp``, synced, renamed
   into place, and only then does the row say ``upper``: an upper file the table does not name
   is removed when the store is opened (a crash between the two), never the reverse.
+- Owners (``uid``/``gid``, NULL: the mount owner's), modes, the times of nodes without an upper
+  file and their xattrs (table ``xattrs``) are rows too: a chown or utime copies nothing.
+  FIFOs and sockets are rows without an upper file.
+- The schema's version is ``PRAGMA user_version`` (``USER_VERSION``); an older database is
+  upgraded in place when opened (``_migrate``).
 - Created entries get inode numbers from ``FIRST_CREATED`` up (a persisted counter), a range
   no snapshot row uses, so every inode number is stable across restarts.
 - ``parent`` is the directory's inode number; 0 marks a node that was unlinked while the kernel
@@ -68,17 +73,36 @@ CREATE TABLE IF NOT EXISTS nodes (
     lower        INTEGER,              -- the lower row it derives from (NULL: created)
     content      TEXT,                 -- files: 'lower' | 'upper'; NULL otherwise
     target       BLOB,                 -- symlinks
-    mtime_ns     INTEGER,              -- directories and symlinks (files: the upper file's)
+    mtime_ns     INTEGER,              -- all but upper files (theirs: the upper file's)
     ctime_ns     INTEGER,
     materialized INTEGER NOT NULL DEFAULT 0,  -- directories: children are all rows
-    changed      INTEGER NOT NULL DEFAULT 0   -- differs from the lower entry (counted)
+    changed      INTEGER NOT NULL DEFAULT 0,  -- differs from the lower entry (counted)
+    atime_ns     INTEGER,              -- (user_version 2) like mtime_ns; NULL: mtime_ns
+    uid          INTEGER,              -- (user_version 2) NULL: the mount owner's
+    gid          INTEGER               -- (user_version 2) NULL: the mount owner's
 );
 CREATE UNIQUE INDEX IF NOT EXISTS nodes_by_name ON nodes (parent, name) WHERE parent > 0;
 CREATE INDEX IF NOT EXISTS nodes_by_parent ON nodes (parent, ino);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_COLUMNS = "ino, parent, name, kind, mode, lower, content, target, mtime_ns, ctime_ns, materialized"
+USER_VERSION = 2
+"""``PRAGMA user_version`` of the database: 0 is the first schema (no ``atime_ns``, ``uid``,
+``gid`` columns, no ``xattrs`` table), which ``_migrate`` upgrades in place."""
+_ADDED_COLUMNS = ("atime_ns", "uid", "gid")
+XATTRS = """
+CREATE TABLE IF NOT EXISTS xattrs (
+    ino   INTEGER NOT NULL,  -- a node without an upper file (directories, symlinks, FIFOs)
+    name  BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)
+);
+"""
+
+_COLUMNS = (
+    "ino, parent, name, kind, mode, lower, content, target, mtime_ns, ctime_ns, materialized,"
+    " atime_ns, uid, gid"
+)
 
 
 class WorkspaceChanged(Exception):
@@ -122,6 +146,10 @@ class Node:
     materialized: bool
     stored: bool
     """Has a row (else it is an untouched lower entry)."""
+    atime_ns: int | None = None
+    uid: int | None = None
+    """The owner (None: the mount owner, as every lower entry until a chown)."""
+    gid: int | None = None
 
     @property
     def is_directory(self) -> bool:
@@ -158,7 +186,8 @@ def _from_row(row: Row) -> Node:
 
 
 def _from_values(values: tuple[object, ...]) -> Node:
-    ino, parent, name, kind, mode, lower, content, target, mtime, ctime, materialized = values
+    ino, parent, name, kind, mode, lower, content, target, mtime, ctime, materialized = values[:11]
+    atime, uid, gid = values[11:]
     return Node(
         ino=int(ino),  # type: ignore[call-overload]
         parent=int(parent),  # type: ignore[call-overload]
@@ -172,6 +201,9 @@ def _from_values(values: tuple[object, ...]) -> Node:
         ctime_ns=None if ctime is None else int(ctime),  # type: ignore[call-overload]
         materialized=bool(materialized),
         stored=True,
+        atime_ns=None if atime is None else int(atime),  # type: ignore[call-overload]
+        uid=None if uid is None else int(uid),  # type: ignore[call-overload]
+        gid=None if gid is None else int(gid),  # type: ignore[call-overload]
     )
 
 
@@ -217,6 +249,7 @@ class Overlay:
     def _prepare(self) -> None:
         db = self._writer
         db.executescript(SCHEMA)
+        self._migrate()
         journal.ensure(db)
         with self._transaction() as db:
             if self._meta(db, "schema") is None:
@@ -238,7 +271,25 @@ class Overlay:
                 (REMOVED, UNLINKED),
             )
             db.execute("DELETE FROM nodes WHERE parent = ?", (UNLINKED,))
+            db.execute(
+                "DELETE FROM xattrs WHERE ino NOT IN (SELECT ino FROM nodes WHERE parent != ?)",
+                (REMOVED,),
+            )
         self._remove_unnamed_upper_files()
+
+    def _migrate(self) -> None:
+        """Bring an older database to ``USER_VERSION`` in one transaction (a newer one is left
+        as it is: its extra columns are not ours to drop)."""
+        with self._transaction() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version >= USER_VERSION:
+                return
+            present = {str(column[1]) for column in db.execute("PRAGMA table_info(nodes)")}
+            for column in _ADDED_COLUMNS:
+                if column not in present:
+                    db.execute(f"ALTER TABLE nodes ADD COLUMN {column} INTEGER")
+            db.execute(XATTRS.strip().rstrip(";"))
+            db.execute(f"PRAGMA user_version = {USER_VERSION}")
 
     def _remove_unnamed_upper_files(self) -> None:
         named = {
@@ -268,6 +319,7 @@ class Overlay:
         """Forget every change: the table, the upper files, the journal (a new epoch)."""
         with self._transaction() as db:
             db.execute("DELETE FROM nodes")
+            db.execute("DELETE FROM xattrs")
             journal.reset(db)
         for entry in os.scandir(self.upper_dir):
             with contextlib.suppress(FileNotFoundError):
@@ -566,23 +618,82 @@ class Overlay:
         assert found is not None
         return found
 
-    def set_times(self, ino: int, mtime_ns: int | None) -> Node:
-        """A directory's or symlink's modification time (files keep theirs in the upper file);
-        the change time becomes now."""
+    def set_times(self, ino: int, atime_ns: int | None, mtime_ns: int | None) -> Node:
+        """The access and modification times of a node without an upper file (directories,
+        symlinks, FIFOs; files keep theirs in the upper file); None leaves one as it is. The
+        change time becomes now."""
         now = _now_ns()
         with self._transaction() as db:
-            self._stored(db, ino)
-            if mtime_ns is not None:
-                db.execute(
-                    "UPDATE nodes SET mtime_ns = ?, ctime_ns = ?, changed = 1 WHERE ino = ?",
-                    (mtime_ns, now, ino),
-                )
-            else:
-                db.execute("UPDATE nodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
+            node = self._stored(db, ino)
+            db.execute(
+                "UPDATE nodes SET atime_ns = ?, mtime_ns = ?, ctime_ns = ?, changed = 1"
+                " WHERE ino = ?",
+                (
+                    atime_ns if atime_ns is not None else node.atime_ns or node.mtime_ns,
+                    mtime_ns if mtime_ns is not None else node.mtime_ns,
+                    now,
+                    ino,
+                ),
+            )
             journal.record(db, [self.path_of(ino, db)])
         found = self.get(ino, self._writer)
         assert found is not None
         return found
+
+    def set_owner(self, ino: int, uid: int | None, gid: int | None) -> Node:
+        """chown(2): the owner and group (None leaves one as it is) are kept in the node's row;
+        no content is copied. The change time becomes now."""
+        now = _now_ns()
+        with self._transaction() as db:
+            node = self._stored(db, ino)
+            db.execute(
+                "UPDATE nodes SET uid = ?, gid = ?, ctime_ns = ?, changed = 1 WHERE ino = ?",
+                (
+                    uid if uid is not None else node.uid,
+                    gid if gid is not None else node.gid,
+                    now,
+                    ino,
+                ),
+            )
+            journal.record(db, [self.path_of(ino, db)])
+        found = self.get(ino, self._writer)
+        assert found is not None
+        return found
+
+    # -- extended attributes of nodes without an upper file ------------------------------------
+
+    def xattr(self, ino: int, name: bytes) -> bytes | None:
+        found = self._reader.execute(
+            "SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, name)
+        ).fetchone()
+        return None if found is None else bytes(found[0])
+
+    def xattr_names(self, ino: int) -> list[bytes]:
+        found = self._reader.execute("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", (ino,))
+        return [bytes(name) for (name,) in found]
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        """setxattr(2) on a node without an upper file."""
+        now = _now_ns()
+        with self._transaction() as db:
+            self._stored(db, ino)
+            db.execute(
+                "INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)",
+                (ino, name, value),
+            )
+            db.execute("UPDATE nodes SET ctime_ns = ?, changed = 1 WHERE ino = ?", (now, ino))
+            journal.record(db, [self.path_of(ino, db)])
+
+    def remove_xattr(self, ino: int, name: bytes) -> None:
+        """removexattr(2) on a node without an upper file: ENODATA if not set."""
+        now = _now_ns()
+        with self._transaction() as db:
+            found = db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
+            if found.rowcount == 0:
+                raise Refused(errno.ENODATA)
+            self._stored(db, ino)
+            db.execute("UPDATE nodes SET ctime_ns = ?, changed = 1 WHERE ino = ?", (now, ino))
+            journal.record(db, [self.path_of(ino, db)])
 
     def modified(self, ino: int) -> None:
         """An upper file's bytes changed (recorded for the journal)."""
@@ -715,6 +826,7 @@ class Overlay:
             self._drop(db, node)
 
     def _drop(self, db: sqlite3.Connection, node: Node) -> None:
+        db.execute("DELETE FROM xattrs WHERE ino = ?", (node.ino,))
         if node.lower is not None:  # its inode must never show the lower row again
             db.execute(
                 "UPDATE nodes SET parent = ?, content = NULL WHERE ino = ?", (REMOVED, node.ino)

@@ -29,6 +29,10 @@ class Kind(enum.IntEnum):
     SYMLINK = 4
     SUBMODULE = 5
     """A gitlink: shown as an empty directory."""
+    FIFO = 6
+    """Never in a snapshot: a workspace's named pipe (a table node, no content)."""
+    SOCKET = 7
+    """Never in a snapshot: a workspace's socket (a table node, no content)."""
 
     @property
     def is_directory(self) -> bool:
@@ -49,6 +53,8 @@ _ST_MODES = {
     Kind.FILE: stat.S_IFREG | 0o644,
     Kind.EXECUTABLE: stat.S_IFREG | 0o755,
     Kind.SYMLINK: stat.S_IFLNK | 0o777,
+    Kind.FIFO: stat.S_IFIFO | 0o644,
+    Kind.SOCKET: stat.S_IFSOCK | 0o755,
 }
 
 
