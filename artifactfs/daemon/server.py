@@ -33,6 +33,7 @@ from ..mount.mountpoints import FS_TYPE, check_directory, is_stale, mount_table,
 from ..mount.options import check_allow_other
 from ..snapshot.index import snapshot_path
 from ..sources import check_commit_id, check_ref, parse_source
+from ..sources.spec import check_depth
 from ..sources.credentials import CredentialProvider
 from ..sources.registry import kind_of
 from .names import check_name
@@ -166,6 +167,7 @@ class Daemon:
             )
         ref = check_ref(request.get("ref"))
         require_commit = check_commit_id(_text_or_none(request.get("require_commit")))
+        depth = check_depth(request.get("depth", 1))
         spec.with_ref(ref)  # a Hub source may name its revision once, not twice
         token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
         writable = request.get("writable")
@@ -189,6 +191,7 @@ class Daemon:
                 offline=bool(request.get("offline")),
                 require_commit=require_commit,
                 writable=bool(writable),
+                depth=depth,
             )
         except Conflict:
             await self._drop_new_mountpoint(name, mountpoint)
