@@ -33,9 +33,9 @@ from ..mount.mountpoints import FS_TYPE, check_directory, is_stale, mount_table,
 from ..mount.options import check_allow_other
 from ..snapshot.index import snapshot_path
 from ..sources import check_commit_id, check_ref, parse_source
-from ..sources.spec import check_depth
 from ..sources.credentials import CredentialProvider
 from ..sources.registry import kind_of
+from ..sources.spec import check_depth
 from .names import check_name
 from .registry import Conflict, Registry, Repo
 from .spares import SpareWorkers

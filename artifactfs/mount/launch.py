@@ -36,9 +36,9 @@ from ..home import ArtifactHome, default_home
 from ..logs import configure
 from ..sources import SourceSettings, check_commit_id, check_ref, parse_source
 from ..sources.counters import FetchCounters
-from ..sources.spec import check_depth
 from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
 from ..sources.registry import kind_of
+from ..sources.spec import check_depth
 from .mountpoints import check_fuse_device, check_mountpoint
 from .options import check_allow_other
 from .profile import check_profile_path

@@ -113,7 +113,5 @@ def check_depth(value: object) -> int:
         raise UserError(f"--depth must be a whole number from 1 to {MAX_DEPTH}")
     text = str(value).strip()
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_DEPTH:
-        raise UserError(
-            f"--depth must be a whole number from 1 to {MAX_DEPTH}, not {text[:40]!r}"
-        )
+        raise UserError(f"--depth must be a whole number from 1 to {MAX_DEPTH}, not {text[:40]!r}")
     return int(text)
