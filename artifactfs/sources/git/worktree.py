@@ -14,6 +14,12 @@ What ``attach`` makes under ``directory`` (the workspace's ``git/``):
   across file systems): no round trip in the common case. A snapshot from before packs were
   kept, or a kept pack lost, costs one depth-1 ``blob:none`` fetch of the commit;
 - ``shallow`` listing the commit (depth 1: ``git log`` stops there instead of fetching history);
+- with ``--depth N`` > 1, the commits and trees of the last N commits: one ``blob:none`` fetch
+  with that depth, installed as another promisor pack as the tip's is, and ``shallow`` computed
+  from that pack's commits (those whose parents are not all in it), never from the server's
+  word. History that cannot be fetched (offline, the origin down) leaves depth 1 with a
+  warning rather than failing the mount: the files and the tip are what a workspace needs, and
+  the next attach online fetches it;
 - ``HEAD`` on a local branch named like the origin's (``--ref`` a branch: that branch; no
   ``--ref``: the branch the origin's ``HEAD`` points to, from prepare's ``ls-refs``), with
   ``refs/remotes/origin/<branch>`` at the commit and the branch tracking it. ``--ref`` a tag or
@@ -27,7 +33,8 @@ What ``attach`` makes under ``directory`` (the workspace's ``git/``):
   those it lacks fetched from the origin into the CAS (``cas_remote.py``), so ``git commit``
   (which fetches every blob of the index it lacks first) works after a ``grep -r`` with the
   origin down, and nothing is fetched twice;
-- ``artifactfs-base``: the commit (and branch) it was made for.
+- ``artifactfs-base``: the commit (and branch) it was made for, and the depth made (when not
+  1): an attach on the same commit with a larger ``--depth`` deepens it, nothing else changes.
 
 Stat checking. The index holds exactly what ``getattr`` shows of an unchanged entry: inode,
 nanosecond mtime, size, uid, gid, mode. So git's full stat check (``core.checkStat`` left at
