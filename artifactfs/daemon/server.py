@@ -167,7 +167,7 @@ class Daemon:
             )
         ref = check_ref(request.get("ref"))
         require_commit = check_commit_id(_text_or_none(request.get("require_commit")))
-        depth = check_depth(request.get("depth", 1))
+        depth = 1 if request.get("depth") is None else check_depth(request.get("depth"))
         spec.with_ref(ref)  # a Hub source may name its revision once, not twice
         token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
         writable = request.get("writable")
