@@ -150,3 +150,28 @@ def test_the_cas_remote_comes_first_and_only_for_the_user(tmp_path: Path) -> Non
         "protocol.ext.allow user",
         "remote.origin.promisor true",
     ]
+
+
+def test_the_shallow_boundary_comes_from_the_commits_themselves() -> None:
+    from artifactfs.sources.git.git_objects import complete_commits, shallow_boundary
+
+    a, b, c, d, m, x = ("a" * 40, "b" * 40, "c" * 40, "d" * 40, "e" * 40, "f" * 40)
+    # d <- c <- b, and a merge m of b and x, x's parent missing: a root commit is complete
+    commits = {m: [b, x], b: [c], c: [d], x: ["9" * 40], d: []}
+    assert shallow_boundary(commits) == [x]
+    assert complete_commits(commits) == {m, b, c, d}
+    assert shallow_boundary({b: [c], a: [d]}) == [a, b]  # sorted
+    assert shallow_boundary({}) == []
+
+
+def test_the_depth_a_base_records(tmp_path: Path) -> None:
+    from artifactfs.sources.git.git_dir import BASE_FILE, Base, read_base, write_base
+
+    write_base(tmp_path, Base("a" * 40, "main"))
+    assert (tmp_path / BASE_FILE).read_text() == f'{{"commit": "{"a" * 40}", "branch": "main"}}\n'
+    assert read_base(tmp_path) == Base("a" * 40, "main", 1)
+    write_base(tmp_path, Base("a" * 40, None, 5))
+    assert read_base(tmp_path) == Base("a" * 40, None, 5)
+    for odd in ("0", "-3", '"7"', "true", "null"):
+        (tmp_path / BASE_FILE).write_text(f'{{"commit": "{"b" * 40}", "depth": {odd}}}')
+        assert read_base(tmp_path) == Base("b" * 40, None, 1)

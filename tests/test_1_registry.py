@@ -39,9 +39,13 @@ def test_a_registry_from_before_allow_other_is_migrated(tmp_path: Path) -> None:
         assert old is not None
         assert (old.allow_other, old.state, old.commit, old.files) == (False, "ready", "abc", 3)
         assert old.public()["allow_other"] is False
-        registry.add("new", "git://example.com/new.git", None, "/mnt/new", None, allow_other=True)
+        assert (old.depth, old.public()["depth"]) == (1, 1)
+        registry.add(
+            "new", "git://example.com/new.git", None, "/mnt/new", None, allow_other=True, depth=7
+        )
         new = registry.get("new")
         assert new is not None and new.allow_other and new.public()["allow_other"] is True
+        assert (new.depth, new.public()["depth"]) == (7, 7)
     finally:
         registry.close()
     assert _version(path) == SCHEMA_VERSION
@@ -72,3 +76,18 @@ def test_a_dead_worker_is_started_again_after_half_a_second_doubling_to_thirty()
     from artifactfs.daemon.supervisor import restart_delay
 
     assert [restart_delay(n) for n in range(9)] == [0.5, 0.5, 1, 2, 4, 8, 16, 30, 30]
+
+
+@pytest.mark.parametrize("given", [1, 3, "12", " 5 ", 1_000_000])
+def test_a_depth_is_a_whole_number_of_commits(given: object) -> None:
+    from artifactfs.sources.spec import check_depth
+
+    assert check_depth(given) == int(str(given))
+
+
+@pytest.mark.parametrize("given", [0, -1, "0", "abc", "", "2.5", 1_000_001, True, None, 2.0, "٣"])
+def test_a_bad_depth_is_refused(given: object) -> None:
+    from artifactfs.sources.spec import check_depth
+
+    with pytest.raises(UserError, match=r"^--depth must be a whole number from 1 to 1000000"):
+        check_depth(given)

@@ -32,6 +32,7 @@ CASES = [
         require_commit="a" * 40,
         cache_max_size="10G",
         record_profile="/tmp/profile.txt",
+        depth=3,
     ),
     WorkerOptions("git://127.0.0.1/x.git", "/tmp/mnt", writable=False),
 ]

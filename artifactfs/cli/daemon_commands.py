@@ -93,6 +93,12 @@ def add_parsers(commands: Any) -> None:
         help="read-only (the default for hf:// sources)",
     )
     add.add_argument(
+        "--depth",
+        metavar="N",
+        help="a writable mount's git directory holds the last N commits of history (default"
+        " 1); kept across remounts and restarts",
+    )
+    add.add_argument(
         "--require-commit",
         metavar="SHA",
         help="become ready only if the ref resolves to this full commit id; kept, so a refresh"
@@ -249,9 +255,11 @@ def _detach(home: Any, args: argparse.Namespace) -> int:
 def add_repo(args: argparse.Namespace) -> int:
     from ..daemon.names import check_name
     from ..sources import check_commit_id, check_ref, parse_source
+    from ..sources.spec import check_depth
 
     check_name(args.name)  # the daemon checks again; this spares it the obvious
     spec = parse_source(args.source).with_ref(check_ref(args.ref))
+    depth = check_depth(args.depth) if args.depth is not None else None
     if args.profile is not None:
         prefetch_command.profile_paths(args.profile)  # a bad profile before anything changes
     message: dict[str, Any] = {
@@ -273,6 +281,8 @@ def add_repo(args: argparse.Namespace) -> int:
         message["writable"] = args.writable
     if args.require_commit is not None:
         message["require_commit"] = check_commit_id(args.require_commit)
+    if depth is not None:
+        message["depth"] = depth
     token = os.environ.get(spec.token_variable, "").strip()
     if token:  # kept in the daemon's memory only, handed to the worker on its stdin
         message["token"] = token

@@ -77,6 +77,13 @@ def add_parsers(commands: Any) -> None:
         help="refuse every change with EROFS (the default for hf:// sources)",
     )
     mount.add_argument(
+        "--depth",
+        metavar="N",
+        default="1",
+        help="a writable mount's git directory holds the last N commits of history (their "
+        "commits and trees; file contents fetched when git needs them); default 1",
+    )
+    mount.add_argument(
         "--require-commit",
         metavar="SHA",
         help="become ready only if the ref resolves to this full commit id (else fail, saying"
@@ -107,7 +114,9 @@ def add_parsers(commands: Any) -> None:
 
 def mount_foreground(args: argparse.Namespace) -> int:
     from ..mount.launch import WorkerOptions, launch
+    from ..sources.spec import check_depth
 
+    depth = check_depth(args.depth)
     options = WorkerOptions(
         source=args.source,
         mountpoint=args.mountpoint,
@@ -125,6 +134,7 @@ def mount_foreground(args: argparse.Namespace) -> int:
         require_commit=args.require_commit,
         cache_max_size=args.cache_max_size,
         record_profile=args.record_profile,
+        depth=depth,
     )
     return launch(options)
 

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS repos (
     offline       INTEGER NOT NULL DEFAULT 0,  -- 1: added with --offline (nothing is sent)
     require_commit TEXT,              -- --require-commit: the only commit it may show
     writable      INTEGER NOT NULL DEFAULT 0,  -- 1: a writable workspace (repos/NAME/)
+    depth         INTEGER NOT NULL DEFAULT 1,  -- --depth: commits of history in its git dir
     token_from    TEXT,               -- the variable add-repo took a token from (never the
                                       -- token: that lives in the daemon's memory only)
     wanted        INTEGER NOT NULL,   -- 1: keep it mounted (restart its worker if it dies);
@@ -55,6 +56,7 @@ MIGRATIONS: dict[int, str | tuple[str, ...]] = {
         "ALTER TABLE repos ADD COLUMN offline INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE repos ADD COLUMN require_commit TEXT",
         "ALTER TABLE repos ADD COLUMN writable INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE repos ADD COLUMN depth INTEGER NOT NULL DEFAULT 1",
     ),
 }
 """Version N's change, applied to a registry at version N - 1 (version 0: before versions)."""
@@ -89,6 +91,8 @@ class Repo:
     token_from: str | None = None
     """The environment variable ``add-repo`` took a token from: a restarted daemon no longer
     has that token, and says so (never the token itself)."""
+    depth: int = 1
+    """``--depth``: the commits of history its git directory holds (writable git mounts)."""
 
     def public(self) -> dict[str, Any]:
         """What ``status --json`` shows (no token file path: that is configuration)."""
@@ -106,12 +110,13 @@ class Repo:
             "offline": self.offline,
             "require_commit": self.require_commit,
             "writable": self.writable,
+            "depth": self.depth,
         }
 
 
 _COLUMNS = (
     "name, source, ref, mountpoint, token_file, wanted, state, error, commit_id, files,"
-    " bytes_fetched, allow_other, offline, require_commit, writable, token_from"
+    " bytes_fetched, allow_other, offline, require_commit, writable, token_from, depth"
 )
 
 
@@ -119,7 +124,7 @@ def _repo(row: Any) -> Repo:
     """A row of ``_COLUMNS`` (SQLite keeps booleans as integers)."""
     name, source, ref, mountpoint, token_file, wanted = row[:6]
     state, error, commit, files, fetched, allow_other, offline, required, writable = row[6:15]
-    token_from = row[15]
+    token_from, depth = row[15:17]
     return Repo(
         name,
         source,
@@ -137,6 +142,7 @@ def _repo(row: Any) -> Repo:
         required,
         bool(writable),
         token_from,
+        int(depth),
     )
 
 
@@ -208,14 +214,16 @@ class Registry:
         offline: bool = False,
         require_commit: str | None = None,
         writable: bool = False,
+        depth: int = 1,
     ) -> Repo:
         """Register a repository; raise ``Conflict`` if its name or mount point is taken."""
         now = time.time()
         try:
             self._db.execute(
                 "INSERT INTO repos (name, source, ref, mountpoint, token_file, allow_other,"
-                " token_from, offline, require_commit, writable, wanted, state, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
+                " token_from, offline, require_commit, writable, depth, wanted, state,"
+                " created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'preparing', ?, ?)",
                 (
                     name,
                     source,
@@ -227,6 +235,7 @@ class Registry:
                     int(offline),
                     require_commit,
                     int(writable),
+                    int(depth),
                     now,
                     now,
                 ),

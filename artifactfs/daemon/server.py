@@ -35,6 +35,7 @@ from ..snapshot.index import snapshot_path
 from ..sources import check_commit_id, check_ref, parse_source
 from ..sources.credentials import CredentialProvider
 from ..sources.registry import kind_of
+from ..sources.spec import check_depth
 from .names import check_name
 from .registry import Conflict, Registry, Repo
 from .spares import SpareWorkers
@@ -166,6 +167,7 @@ class Daemon:
             )
         ref = check_ref(request.get("ref"))
         require_commit = check_commit_id(_text_or_none(request.get("require_commit")))
+        depth = 1 if request.get("depth") is None else check_depth(request.get("depth"))
         spec.with_ref(ref)  # a Hub source may name its revision once, not twice
         token_file = await trio.to_thread.run_sync(_check_token_file, request.get("token_file"))
         writable = request.get("writable")
@@ -189,6 +191,7 @@ class Daemon:
                 offline=bool(request.get("offline")),
                 require_commit=require_commit,
                 writable=bool(writable),
+                depth=depth,
             )
         except Conflict:
             await self._drop_new_mountpoint(name, mountpoint)

@@ -280,6 +280,7 @@ class Supervisor:
             offline=repo.offline,
             require_commit=repo.require_commit,
             writable=repo.writable,
+            depth=repo.depth,
             name=repo.name,
             control_socket=self.socket_path,
         )

@@ -38,6 +38,7 @@ from ..sources import SourceSettings, check_commit_id, check_ref, parse_source
 from ..sources.counters import FetchCounters
 from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
 from ..sources.registry import kind_of
+from ..sources.spec import check_depth
 from .mountpoints import check_fuse_device, check_mountpoint
 from .options import check_allow_other
 from .profile import check_profile_path
@@ -79,6 +80,8 @@ class WorkerOptions:
     of the home's file system; cas/eviction.py)."""
     record_profile: str | None = None
     """``--record-profile FILE``: write the paths opened, in order (mount/profile.py)."""
+    depth: int = 1
+    """``--depth N``: the commits of history a writable git mount's git directory holds."""
 
     def command_line(self) -> list[str]:
         """The ``artifactfs`` arguments that ask for this worker (what ``ps`` shows)."""
@@ -108,6 +111,8 @@ class WorkerOptions:
             arguments += ["--record-profile", self.record_profile]
         if self.writable is not None:
             arguments.append("--writable" if self.writable else "--read-only")
+        if self.depth != 1:
+            arguments += ["--depth", str(self.depth)]
         arguments += ["-v"] * self.verbose
         return arguments
 
@@ -128,6 +133,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
     require_commit = check_commit_id(options.require_commit)
     if not 0 < options.io_timeout <= MAX_IO_TIMEOUT:  # also refuses nan and inf
         raise UserError(f"--io-timeout must be between 0 and {MAX_IO_TIMEOUT:.0f} seconds")
+    depth = check_depth(options.depth)
     if options.allow_other:
         check_allow_other()
     check_fuse_device()
@@ -164,6 +170,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         offline=options.offline or _truthy(os.environ.get(OFFLINE_ENV)),
         require_commit=require_commit,
         usage=UsageRecorder(home.cas_dir),
+        depth=depth,
     )
     from .head_start import HeadStart
 

@@ -97,6 +97,8 @@ class SourceSettings:
     """Where this process records what it publishes and opens, for the store's size cap
     (cas/usage.py); None in processes that keep no such records (fetch children: their
     parent records what they publish)."""
+    depth: int = 1
+    """``--depth``: the commits of history a writable mount's git directory holds."""
 
 
 class BlobReader(Protocol):

@@ -101,3 +101,17 @@ def check_commit_id(commit: str | None) -> str | None:
             f"--require-commit needs a full commit id (40 or 64 hex digits): {commit[:80]!r}"
         )
     return lowered
+
+
+MAX_DEPTH = 1_000_000
+"""The most history ``--depth`` asks for (more is surely a typo)."""
+
+
+def check_depth(value: object) -> int:
+    """``--depth``: a whole number of commits, 1 to ``MAX_DEPTH``; raises ``UserError``."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise UserError(f"--depth must be a whole number from 1 to {MAX_DEPTH}")
+    text = str(value).strip()
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_DEPTH:
+        raise UserError(f"--depth must be a whole number from 1 to {MAX_DEPTH}, not {text[:40]!r}")
+    return int(text)

@@ -62,6 +62,8 @@ class Base:
     commit: str
     branch: str | None
     """The local branch we made for it; None: HEAD detached at the commit."""
+    depth: int = 1
+    """The commits of history fetched for it (``--depth``; 1 in a base written before)."""
 
 
 def read_base(git_dir: Path) -> Base | None:
@@ -70,15 +72,21 @@ def read_base(git_dir: Path) -> Base | None:
         data = json.loads((git_dir / BASE_FILE).read_text("utf-8"))
         commit = data["commit"]
         branch = data.get("branch")
-    except (OSError, ValueError, KeyError, TypeError):
+        depth = data.get("depth", 1)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if not isinstance(commit, str) or not (branch is None or isinstance(branch, str)):
         return None
-    return Base(commit, branch)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        depth = 1
+    return Base(commit, branch, depth)
 
 
 def write_base(git_dir: Path, base: Base) -> None:
-    text = json.dumps({"commit": base.commit, "branch": base.branch}) + "\n"
+    fields: dict[str, object] = {"commit": base.commit, "branch": base.branch}
+    if base.depth != 1:
+        fields["depth"] = base.depth
+    text = json.dumps(fields) + "\n"
     write_atomic(git_dir / BASE_FILE, text.encode())
 
 
@@ -244,6 +252,21 @@ def shallow_lines(git_dir: Path, commit: str) -> bytes:
     if commit not in known:
         known.append(commit)
     return "".join(f"{line}\n" for line in known).encode("ascii")
+
+
+def read_shallow(git_dir: Path) -> list[str]:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return (git_dir / "shallow").read_text("ascii").split()
+    return []
+
+
+def write_shallow(git_dir: Path, commits: list[str]) -> None:
+    """``shallow`` listing ``commits``; none: no ``shallow`` (the whole history is here)."""
+    if commits:
+        write_atomic(git_dir / "shallow", "".join(f"{c}\n" for c in commits).encode("ascii"))
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            (git_dir / "shallow").unlink()
 
 
 def ext_url(argv: list[str]) -> str:

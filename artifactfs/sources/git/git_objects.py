@@ -7,6 +7,8 @@
   by dulwich from the pack's contents (every object hashed, deltas resolved), so each id in it
   is the hash of the object it names; the pack's own checksum is verified first, and the pack
   must hold the commit.
+- ``pack_commits``: the commits of a pack and their parents, read from the objects themselves
+  (every id hashed): what ``shallow`` is computed from for ``--depth`` (``shallow_boundary``).
 - ``write_loose_blob``: a blob's bytes (a verified CAS file) as a loose object, hashed while
   written and renamed into place only if the hash is the id asked for.
 """
@@ -22,10 +24,11 @@ import zlib
 from pathlib import Path
 
 from dulwich.object_format import get_object_format
-from dulwich.objects import ObjectID
+from dulwich.objects import Commit, ObjectID
 from dulwich.pack import PackData, load_pack_index
 
 from ...errors import SourceError
+from .packs import iter_objects, object_id
 
 _CHUNK = 1 << 20
 
@@ -68,6 +71,29 @@ def install_promisor_pack(kept: Path, pack_dir: Path, object_format: str, commit
     finally:
         data.close()
     return name
+
+
+def pack_commits(path: Path, object_format: str) -> dict[str, list[str]]:
+    """Every commit in the pack at ``path`` (its id hashed from its bytes) with its parents.
+    Raises SourceError on a malformed pack."""
+    commits: dict[str, list[str]] = {}
+    with open(path, "rb") as pack:
+        for obj in iter_objects(pack, object_format):
+            if isinstance(obj, Commit):
+                parents = [parent.decode("ascii") for parent in obj.parents]
+                commits[object_id(obj, object_format)] = parents
+    return commits
+
+
+def shallow_boundary(commits: dict[str, list[str]]) -> list[str]:
+    """The commits whose parents are not all among ``commits`` (sorted): what ``shallow``
+    lists, so that git stops there instead of asking for what is not here."""
+    return sorted(c for c, parents in commits.items() if any(p not in commits for p in parents))
+
+
+def complete_commits(commits: dict[str, list[str]]) -> set[str]:
+    """The commits whose parents are all among ``commits`` (a root commit too)."""
+    return {c for c, parents in commits.items() if all(p in commits for p in parents)}
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

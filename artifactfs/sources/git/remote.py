@@ -278,6 +278,31 @@ class GitRemote:
             raise SourceError(f"cannot keep the pack of {commit_id}: {exc}") from exc
         return kept
 
+    def history_pack(self, commit_id: str, depth: int, target: Path) -> None:
+        """Write to ``target`` a pack of the commits and trees of ``commit_id``'s last
+        ``depth`` commits (one ``blob:none`` fetch with that depth). Blocking; raises
+        SourceError (offline, the origin unreachable, the disk)."""
+        if self.settings.offline:
+            raise SourceError("offline: nothing is fetched")
+        try:
+            client, path = self._client()
+            with received_pack(
+                client,
+                path,
+                lambda refs: [commit_id.encode("ascii")],
+                self.temp_dir,
+                self.counters.add_bytes,
+                max_bytes=MAX_TREE_PACK_BYTES * 4,
+                depth=depth,
+                filter_spec=b"blob:none",
+                ref_prefix=[b"HEAD"],
+            ) as pack:
+                keep_pack(pack.file, target)
+        except REMOTE_FAILURES as exc:
+            raise self._failure(exc) from exc
+        except OSError as exc:
+            raise SourceError(f"cannot keep the history of {commit_id}: {exc}") from exc
+
     def _keep_sent_blobs(
         self, pack: IO[bytes], trees: CommitTrees, cas: ContentStore
     ) -> dict[str, int]:

@@ -14,6 +14,12 @@ What ``attach`` makes under ``directory`` (the workspace's ``git/``):
   across file systems): no round trip in the common case. A snapshot from before packs were
   kept, or a kept pack lost, costs one depth-1 ``blob:none`` fetch of the commit;
 - ``shallow`` listing the commit (depth 1: ``git log`` stops there instead of fetching history);
+- with ``--depth N`` > 1, the commits and trees of the last N commits: one ``blob:none`` fetch
+  with that depth, installed as another promisor pack as the tip's is, and ``shallow`` computed
+  from that pack's commits (those whose parents are not all in it), never from the server's
+  word. History that cannot be fetched (offline, the origin down) leaves depth 1 with a
+  warning rather than failing the mount: the files and the tip are what a workspace needs, and
+  the next attach online fetches it;
 - ``HEAD`` on a local branch named like the origin's (``--ref`` a branch: that branch; no
   ``--ref``: the branch the origin's ``HEAD`` points to, from prepare's ``ls-refs``), with
   ``refs/remotes/origin/<branch>`` at the commit and the branch tracking it. ``--ref`` a tag or
@@ -27,7 +33,8 @@ What ``attach`` makes under ``directory`` (the workspace's ``git/``):
   those it lacks fetched from the origin into the CAS (``cas_remote.py``), so ``git commit``
   (which fetches every blob of the index it lacks first) works after a ``grep -r`` with the
   origin down, and nothing is fetched twice;
-- ``artifactfs-base``: the commit (and branch) it was made for.
+- ``artifactfs-base``: the commit (and branch) it was made for, and the depth made (when not
+  1): an attach on the same commit with a larger ``--depth`` deepens it, nothing else changes.
 
 Stat checking. The index holds exactly what ``getattr`` shows of an unchanged entry: inode,
 nanosecond mtime, size, uid, gid, mode. So git's full stat check (``core.checkStat`` left at
@@ -77,7 +84,14 @@ from . import git_dir
 from .cas_remote import SETTINGS_FILE as CAS_REMOTE_SETTINGS
 from .git_dir import Base, ConfigValues
 from .git_index import fsmonitor_token, index_entries, write_git_index
-from .git_objects import MissingCommit, install_promisor_pack, write_loose_blob
+from .git_objects import (
+    MissingCommit,
+    complete_commits,
+    install_promisor_pack,
+    pack_commits,
+    shallow_boundary,
+    write_loose_blob,
+)
 from .remote import GitRemote
 
 log = logging.getLogger(__name__)
@@ -148,7 +162,10 @@ class GitWorktree:
         if base is not None and base.commit == commit:
             self._git_dir = directory
             self._write_scripts(directory, directory, journal, commit)
-            log.info("git directory %s kept as it was (commit %s)", directory, commit)
+            if self._depth() > base.depth:
+                self._deepen(directory, base)
+            else:
+                log.info("git directory %s kept as it was (commit %s)", directory, commit)
             return
         kept = self.remote.tip_pack(commit)
         if base is None:
@@ -197,12 +214,16 @@ class GitWorktree:
             git_dir.write_atomic(building / "config", git_dir.config_text(config))
             self._write_scripts(building, directory, journal, commit)
             git_dir.write_atomic(building / "description", b"artifactfs workspace\n")
-            git_dir.write_atomic(building / "shallow", f"{commit}\n".encode())
+            depth, history = self._history(building, commit, self._depth())
+            if history is None:
+                git_dir.write_shallow(building, [commit])
+            else:
+                git_dir.write_shallow(building, shallow_boundary(history))
             message = f"clone: from {self.remote.display}"
             self._point(building, commit, branch, tracked, None, message)
             self._write_index(snapshot, building, stat_of, journal)
             self._write_head(building, commit, branch, None, message)
-            git_dir.write_base(building, Base(commit, branch))
+            git_dir.write_base(building, Base(commit, branch, depth))
             if directory.exists() or directory.is_symlink():
                 _put_aside(directory)
             os.rename(building, directory)
@@ -226,15 +247,62 @@ class GitWorktree:
         if branch is None and base.branch is not None and self.remote.head_branch is None:
             branch = base.branch  # asked offline: keep the branch we made before
         self._install_pack(kept, directory / "objects/pack", commit)
-        git_dir.write_atomic(directory / "shallow", git_dir.shallow_lines(directory, commit))
+        depth, history = self._history(directory, commit, self._depth())
+        if history is None:
+            git_dir.write_atomic(directory / "shallow", git_dir.shallow_lines(directory, commit))
+        else:
+            _merge_shallow(directory, history)
         self._write_scripts(directory, directory, journal, commit)
         message = f"artifactfs: refreshed from {base.commit[:12]} to {commit[:12]}"
         head = git_dir.read_ref(directory, "HEAD")
         self._point(directory, commit, branch, tracked, base, message)
         self._write_index(snapshot, directory, stat_of, journal)
         self._write_head(directory, commit, branch, head, message)
-        git_dir.write_base(directory, Base(commit, branch))
+        git_dir.write_base(directory, Base(commit, branch, depth))
         log.info("moved git directory %s from %s to %s", directory, base.commit, commit)
+
+    def _depth(self) -> int:
+        return max(1, self.remote.settings.depth)
+
+    def _deepen(self, directory: Path, base: Base) -> None:
+        """A git directory made with less history than ``--depth`` now asks: fetch the rest
+        (nothing else changes: the user's branches, index and stash stay)."""
+        depth, history = self._history(directory, base.commit, self._depth())
+        if history is None:
+            return  # logged; the next attach tries again
+        _merge_shallow(directory, history)
+        git_dir.write_base(directory, Base(base.commit, base.branch, depth))
+        log.info("git directory %s deepened to %d commits", directory, depth)
+
+    def _history(
+        self, root: Path, commit: str, depth: int
+    ) -> tuple[int, dict[str, list[str]] | None]:
+        """With ``depth`` > 1: fetch the commits and trees of ``commit``'s last ``depth``
+        commits (one ``blob:none`` fetch) into ``root`` as another promisor pack; the depth
+        made and the pack's commits with their parents (what ``shallow`` is computed from).
+        History that cannot be fetched (offline, the origin down) is no failure: a warning
+        is logged and the depth made is 1 (a later attach fetches it)."""
+        if depth <= 1:
+            return 1, None
+        pack_dir = root / "objects/pack"
+        temp = pack_dir / f"tmp_history_{secrets.token_hex(6)}"
+        try:
+            self.remote.history_pack(commit, depth, temp)
+            install_promisor_pack(temp, pack_dir, self._object_format, commit)
+            history = pack_commits(temp, self._object_format)
+        except (SourceError, *_DAMAGED_PACK) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            log.warning(
+                "the git directory of %s keeps depth 1: cannot fetch %d commits of history (%s)",
+                commit,
+                depth,
+                reason,
+            )
+            return 1, None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+        return depth, history
 
     def _install_pack(self, kept: Path, pack_dir: Path, commit: str) -> None:
         """The kept pack as the git directory's promisor pack; a kept pack found damaged is
@@ -357,6 +425,14 @@ def _put_aside(directory: Path) -> None:
         log.warning("%s had no record of its commit: moved it to %s", directory, aside)
     else:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def _merge_shallow(root: Path, history: dict[str, list[str]]) -> None:
+    """``shallow`` after a history pack was installed: the commits it listed whose parents
+    the pack now holds are no boundary any more; the pack's own boundary is added."""
+    complete = complete_commits(history)
+    known = [c for c in git_dir.read_shallow(root) if c not in complete]
+    git_dir.write_shallow(root, known + [c for c in shallow_boundary(history) if c not in known])
 
 
 def _resolved(root: Path, name: str) -> str | None:
