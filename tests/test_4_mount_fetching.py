@@ -158,7 +158,9 @@ def test_listing_a_tree_fetches_nothing(
 ) -> None:
     with fresh_mount(daemon, repos, mnt, home, "tree.git", TREE):
         listed = subprocess.run(["find", str(mnt)], capture_output=True, check=True, timeout=60)
-        assert len(listed.stdout.splitlines()) == 1 + 15 + len(TREE)
+        # the root, 15 directories, the files, and the workspace's .git (a git mount is a
+        # writable workspace by default: making its git directory fetches nothing either)
+        assert len(listed.stdout.splitlines()) == 1 + 15 + len(TREE) + 1
         assert daemon.fetch_commands() == 0
 
 

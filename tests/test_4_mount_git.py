@@ -35,8 +35,11 @@ def tree_listing(repo: Repo, commit: str | None = None) -> dict[str, tuple[str, 
     return listing
 
 
-def test_every_entry_matches_git(daemon: GitDaemon, sample: Repo, mnt: Path, home: Path) -> None:
-    with mounted(daemon.url("sample.git"), mnt, home):
+@pytest.mark.parametrize("writable", [True, False], ids=["workspace", "read-only"])
+def test_every_entry_matches_git(
+    writable: bool, daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
+) -> None:
+    with mounted(daemon.url("sample.git"), mnt, home, *([] if writable else ["--read-only"])):
         found = subprocess.run(
             ["find", str(mnt), "-mindepth", "1", "-printf", "%P\\0"],
             capture_output=True,
@@ -44,7 +47,7 @@ def test_every_entry_matches_git(daemon: GitDaemon, sample: Repo, mnt: Path, hom
         ).stdout
         listed = sorted(p.decode() for p in found.split(b"\0") if p)
         expected = tree_listing(sample)
-        assert listed == sorted(expected)
+        assert listed == sorted([*expected, *([".git"] if writable else [])])
 
         for path, (mode, _oid) in expected.items():
             st = os.lstat(mnt / path)

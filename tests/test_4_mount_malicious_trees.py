@@ -75,11 +75,12 @@ def test_hostile_entries_are_refused_and_logged(
         expect_log(f"^{re.escape(refusal)}", level="WARNING", required=True)
     _repo, blobs = build_hostile_repo(repos)
     with mounted(daemon.url("hostile.git"), mnt, home) as mount:
-        assert sorted(os.listdir(mnt)) == ["dup", "ok.txt", "sub"]
+        assert sorted(os.listdir(mnt)) == [".git", "dup", "ok.txt", "sub"]  # .git: ours
         assert sorted(os.listdir(mnt / "sub")) == ["fine.txt"]
         assert (mnt / "dup").read_bytes() == b"fine\n"
         assert (mnt / "sub" / "fine.txt").read_bytes() == b"fine\n"
-        assert not os.path.lexists(mnt / ".git")
+        # the tree's .git directory was refused; the .git shown is the workspace's gitfile
+        assert (mnt / ".git").read_bytes().startswith(b"gitdir: " + os.fsencode(home) + b"/")
         log = mount.log()
         for expected in REFUSALS:
             assert expected in log, expected
