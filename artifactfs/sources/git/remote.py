@@ -258,32 +258,12 @@ class GitRemote:
                 f"offline, and the commit and trees of {commit_id} are not on disk (mount it"
                 " once online)"
             )
-        try:
-            client, path = self._client()
-            with received_pack(
-                client,
-                path,
-                lambda refs: [commit_id.encode("ascii")],
-                self.temp_dir,
-                self.counters.add_bytes,
-                max_bytes=MAX_TREE_PACK_BYTES,
-                depth=1,
-                filter_spec=b"blob:none",
-                ref_prefix=[b"HEAD"],
-            ) as pack:
-                keep_pack(pack.file, kept)
-        except REMOTE_FAILURES as exc:
-            raise self._failure(exc) from exc
-        except OSError as exc:
-            raise SourceError(f"cannot keep the pack of {commit_id}: {exc}") from exc
+        self._fetch_trees(commit_id, 1, kept, MAX_TREE_PACK_BYTES)
         return kept
 
-    def history_pack(self, commit_id: str, depth: int, target: Path) -> None:
-        """Write to ``target`` a pack of the commits and trees of ``commit_id``'s last
-        ``depth`` commits (one ``blob:none`` fetch with that depth). Blocking; raises
-        SourceError (offline, the origin unreachable, the disk)."""
-        if self.settings.offline:
-            raise SourceError("offline: nothing is fetched")
+    def _fetch_trees(self, commit_id: str, depth: int, target: Path, max_bytes: int) -> None:
+        """One ``blob:none`` fetch of ``commit_id`` at ``depth`` (its commits and their trees,
+        no contents), kept at ``target``. Blocking; raises SourceError."""
         try:
             client, path = self._client()
             with received_pack(
@@ -292,7 +272,7 @@ class GitRemote:
                 lambda refs: [commit_id.encode("ascii")],
                 self.temp_dir,
                 self.counters.add_bytes,
-                max_bytes=MAX_TREE_PACK_BYTES * 4,
+                max_bytes=max_bytes,
                 depth=depth,
                 filter_spec=b"blob:none",
                 ref_prefix=[b"HEAD"],
@@ -301,7 +281,15 @@ class GitRemote:
         except REMOTE_FAILURES as exc:
             raise self._failure(exc) from exc
         except OSError as exc:
-            raise SourceError(f"cannot keep the history of {commit_id}: {exc}") from exc
+            raise SourceError(f"cannot keep the pack of {commit_id}: {exc}") from exc
+
+    def history_pack(self, commit_id: str, depth: int, target: Path) -> None:
+        """Write to ``target`` a pack of the commits and trees of ``commit_id``'s last
+        ``depth`` commits (one ``blob:none`` fetch with that depth). Blocking; raises
+        SourceError (offline, the origin unreachable, the disk)."""
+        if self.settings.offline:
+            raise SourceError("offline: nothing is fetched")
+        self._fetch_trees(commit_id, depth, target, MAX_TREE_PACK_BYTES * 4)
 
     def _keep_sent_blobs(
         self, pack: IO[bytes], trees: CommitTrees, cas: ContentStore
