@@ -493,6 +493,12 @@ class RangedBlobs:
                 if state.published or partial is None or not partial.complete:
                     return
                 path = await trio.to_thread.run_sync(partial.detach_file, limiter=self._io)
+                # in use, never evicted while open: the readers' descriptors are of the data
+                # file the CAS renames into place (the same inode), so they are marked before
+                # it is published; marked after, an eviction could slip in between
+                for cursor in list(state.readers.values()):
+                    if cursor.fd >= 0 and cursor.fd_epoch == state.epoch and not cursor.held:
+                        cursor.held = _hold_fd(cursor.fd)
             try:
                 await trio.to_thread.run_sync(self._cas.adopt, state.blob.digest, path)
             except DigestMismatch as exc:
@@ -501,9 +507,6 @@ class RangedBlobs:
             state.partial = None
             state.published = True
             state.error = None
-            for cursor in list(state.readers.values()):  # in use: never evicted while open
-                if cursor.fd >= 0 and cursor.fd_epoch == state.epoch and not cursor.held:
-                    cursor.held = _hold_fd(cursor.fd)
             state.readers.clear()
             log.info("verified and kept %s (%d bytes)", state.blob.digest, state.blob.size)
 
