@@ -18,6 +18,7 @@ import xattr
 
 from artifactfs.overlay import journal
 from tests.conftest import hub_env
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.gitrepos import Repo
 from tests.helpers.hub import HubServer
 from tests.helpers.mounts import errno_of, force_unmount, mounted, run_cli
@@ -331,11 +332,29 @@ def test_a_hub_mount_is_read_only_unless_writable(
         assert errno_of(lambda: os.open(mnt / "config.json", os.O_RDWR)) == errno.EROFS
     with mounted("hf://org/small", mnt, home, "--writable", env=env) as mount:
         assert mount.xattr("writable") == "1"
-        with open(mnt / "config.json", "r+b") as f:  # copied up through the Hub reader
+        with open(mnt / "config.json", "r+b") as f:  # copied up from the verified file
             f.seek(6)
             f.write(b"2")
         assert (mnt / "config.json").read_bytes() == b'{"a": 2}\n'
         assert mount.xattr("changed") == "1"
+
+
+def test_a_hub_copy_up_never_keeps_bytes_that_fail_their_digest(
+    hub: HubServer, mnt: Path, home: Path, tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    """The first copy of an LFS file the Hub serves corrupt is refused by its sha256 and
+    fetched again: the workspace starts from the right bytes, never from the served ones."""
+    expect_log(r"does not match|did not match", level="ERROR")
+    weights = bytes(range(256)) * 8192  # 2 MiB: stored as LFS
+    hub.create_repo("org/w", {"w.bin": weights})
+    hub.fault_corrupt(path="w.bin", times=1)
+    with mounted("hf://org/w", mnt, home, "--writable", env=hub_env(hub, tmp_path)):
+        with open(mnt / "w.bin", "ab") as f:  # the copy-up
+            f.write(b"+")
+        upper = next((home / "workspaces").iterdir()) / "upper"
+        (copied,) = list(upper.iterdir())
+        assert copied.read_bytes() == weights + b"+"
+        assert (mnt / "w.bin").read_bytes() == weights + b"+"
 
 
 def test_an_unlinked_open_file_lives_until_closed_then_its_upper_file_goes(

@@ -66,7 +66,6 @@ ROOT_FILES_FIRST = (1 << 63) - 64
 """Inode numbers of the root's read-only files."""
 CHANGED_TIMEOUT = 1.0
 NEGATIVE_TIMEOUT = 1.0
-COPY_CHUNK = 1 << 20
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
 _ARTIFACTFS_PREFIX = xattrs.PREFIX
 _MKNOD_KINDS = {stat.S_IFREG: Kind.FILE, stat.S_IFIFO: Kind.FIFO, stat.S_IFSOCK: Kind.SOCKET}
@@ -696,14 +695,11 @@ class WorkspaceOperations(pyfuse3.Operations):
             staging = self.overlay.staging_path(node.ino)
             mtime = index.meta.commit_time * 1_000_000_000
             local = await self.content.local_path(index, row)
-            if local is not None:
-                how = await self._upper_io(copyup.copy_file, local, staging, mtime)
-                log.debug("copied up %d (%s)", node.ino, how)
-            else:
-                await self._copy_through_reader(index, row, staging, mtime)
+            how = await self._upper_io(copyup.copy_file, local, staging, mtime)
+            log.debug("copied up %d (%s)", node.ino, how)
             copied = await self._change(self.overlay.copied_up, node.ino)
             self._copies.done.add(node.ino)
-            if local is not None and self.on_copy_up is not None:
+            if self.on_copy_up is not None:
                 # in the background: keeping a large blob (hash, deflate, fsync) must not hold
                 # up the write that caused the copy-up (git finds it in the CAS meanwhile)
                 trio.lowlevel.spawn_system_task(self._keep_copied, row, local)
@@ -717,26 +713,6 @@ class WorkspaceOperations(pyfuse3.Operations):
             await trio.to_thread.run_sync(on_copy_up, row, local, limiter=self._keeping)
         except Exception:  # never raises by contract; a system task must not take trio down
             log.exception("keeping a copied-up blob failed")
-
-    async def _copy_through_reader(
-        self, index: SnapshotIndex, row: Row, staging: Path, mtime: int
-    ) -> None:
-        reader = self.content.reader(index, row)
-        fd: int | None = await self._upper_io(copyup.open_staging, staging)
-        try:
-            offset = 0
-            while True:  # piece by piece: a Hub file may be far larger than memory
-                chunk = await reader.read(offset, COPY_CHUNK)
-                if not chunk:
-                    break
-                await self._upper_io(copyup.write_at, fd, chunk, offset)
-                offset += len(chunk)
-            closing, fd = fd, None
-            await self._upper_io(copyup.finish, closing, mtime)
-        finally:
-            reader.close()
-            if fd is not None:
-                os.close(fd)
 
     # -- extended attributes ---------------------------------------------------------------------
 

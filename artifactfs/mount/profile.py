@@ -85,7 +85,7 @@ class RecordingContent:
     async def with_size(self, snapshot: SnapshotIndex, row: Row) -> Row:
         return await self._inner.with_size(snapshot, row)
 
-    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path:
         """A copy-up reads the file: recorded as an open, as it is one."""
         with contextlib.suppress(Exception):  # a profile must never cost a read
             self._recorder.opened(snapshot.path_of(row.inode))

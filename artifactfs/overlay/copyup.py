@@ -29,29 +29,6 @@ def copy_file(source: Path, staging: Path, mtime_ns: int) -> str:
     return how
 
 
-def open_staging(staging: Path) -> int:
-    """A new, empty ``staging`` file to write a copy into piece by piece (a content that
-    cannot hand out a whole file): ``write_at``, then ``finish``."""
-    return os.open(staging, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-
-
-def write_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
-
-
-def finish(fd: int, mtime_ns: int) -> None:
-    """Give the copy its modification time, sync it and close it."""
-    try:
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _clone_or_copy(src: int, dst: int, size: int) -> str:
     try:
         fcntl.ioctl(dst, FICLONE, src)

@@ -136,10 +136,10 @@ class Content(Protocol):
         ``ReadError`` if it cannot be learned)."""
         ...
 
-    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path:
         """A whole, verified local file holding ``row``'s bytes (fetched first if absent):
-        what a workspace's copy-up clones. None if this content cannot hand one out at once
-        (the copy then reads through ``reader``). Raises a ``ReadError`` kind."""
+        what a workspace's copy-up clones, so a workspace never starts from a byte the digest
+        did not vouch for. Raises a ``ReadError`` kind."""
         ...
 
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:

@@ -304,7 +304,7 @@ class MemoryContent:
     async def with_size(self, snapshot: SnapshotIndex, row: Row) -> Row:
         return row  # a memory origin announces every size
 
-    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path:
         fd = await self.open_fd(snapshot, row)
         os.close(fd)
         return self._cas.path_of(snapshot.digest_of(row))

@@ -156,7 +156,7 @@ class GitContent:
             wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
         return wanted
 
-    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path:
         """The blob's CAS file, fetched and checked as an open for reading does."""
         fd, _ = await self.open_fd(snapshot, row)
         os.close(fd)

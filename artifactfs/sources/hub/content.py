@@ -107,10 +107,9 @@ class HubContent:
                     nursery.start_soon(one, row)
         return failed
 
-    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path | None:
-        """None: a Hub file is copied up through its reader (by range, as it is read); a
-        whole verified file exists only once every block arrived and was hashed."""
-        return None
+    async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path:
+        """The whole file, fetched by range if it is not kept yet, verified, kept."""
+        return await self._blobs.kept_file(self._blob(snapshot, row))
 
     def listed(self, snapshot: SnapshotIndex, directory: Row) -> None:
         pass  # the read-ahead of a Hub file follows its own reader (window.py)

@@ -241,6 +241,14 @@ class RangedBlobs:
         state = await self._state(blob)
         await self._whole(state)
 
+    async def kept_file(self, blob: HubBlob) -> Path:
+        """All of ``blob``, fetched if need be, verified and kept: its CAS file (what a
+        workspace's copy-up clones, so no byte its digest did not vouch for reaches one)."""
+        if blob.size == 0:  # no block to fetch: the empty content, checked like any other
+            return await trio.to_thread.run_sync(self._cas.put_bytes, blob.digest, b"")
+        await self.fetch_whole(blob)
+        return self._cas.path_of(blob.digest)
+
     async def cached_bytes(self, blob: HubBlob) -> int:
         state = self._states.get(blob.digest)
         if state is not None and state.partial is not None:
