@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -137,13 +138,15 @@ class GitProxy:
     ) -> None:
         self.upstream_port = upstream_port
         self.hide_capability = hide_capability
-        self.port = port or free_port()
         self.accepted = 0
+        self.upstream_failures: list[str] = []
         self._released = threading.Event()
         if not held:
             self._released.set()
         self._closing = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", self.port))
+        # port 0 unless asked: the kernel's choice, with no window for another socket to take it
+        self._listener = socket.create_server(("127.0.0.1", port or 0))
+        self.port: int = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
@@ -161,6 +164,9 @@ class GitProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._closing.is_set():
+                client.close()
+                return
             self.accepted += 1
             self._sockets.append(client)
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
@@ -169,14 +175,29 @@ class GitProxy:
         self._released.wait()
         if self._closing.is_set():
             return
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-        except OSError:
+        upstream = self._connect_upstream()
+        if upstream is None:
             client.close()
             return
         self._sockets.append(upstream)
         threading.Thread(target=self._downstream, args=(upstream, client), daemon=True).start()
         _pump(client, upstream)
+
+    def _connect_upstream(self) -> socket.socket | None:
+        """A connection to the daemon, tried for a few seconds (a busy host can refuse one for
+        a moment; the proxy must not turn that into a reset the test did not ask for). What
+        failed is kept in ``upstream_failures`` for the test's report."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+                upstream.settimeout(None)
+                return upstream
+            except OSError as exc:
+                self.upstream_failures.append(repr(exc))
+                if self._closing.is_set() or time.monotonic() > deadline:
+                    return None
+                self._closing.wait(0.1)
 
     def _downstream(self, upstream: socket.socket, client: socket.socket) -> None:
         if self.hide_capability is not None:
