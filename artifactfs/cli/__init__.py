@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import UserError
 from . import (
     cache_command,
+    clone_command,
     daemon_commands,
     mount_commands,
     prefetch_command,
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     verify_command.add_parser(commands)
     cache_command.add_parsers(commands)
     prefetch_command.add_parser(commands)
+    clone_command.add_parser(commands)
     return parser
 
 

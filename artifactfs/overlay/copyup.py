@@ -23,13 +23,13 @@ def copy_file(source: Path, staging: Path, mtime_ns: int) -> str:
     modification time; return how (``reflink``, ``copy_file_range`` or ``read``)."""
     with open(source, "rb") as src, open(staging, "wb") as dst:
         os.fchmod(dst.fileno(), 0o600)
-        how = _clone_or_copy(src.fileno(), dst.fileno(), os.fstat(src.fileno()).st_size)
+        how = clone_or_copy(src.fileno(), dst.fileno(), os.fstat(src.fileno()).st_size)
         os.utime(dst.fileno(), ns=(mtime_ns, mtime_ns))
         os.fsync(dst.fileno())
     return how
 
 
-def _clone_or_copy(src: int, dst: int, size: int) -> str:
+def clone_or_copy(src: int, dst: int, size: int) -> str:
     try:
         fcntl.ioctl(dst, FICLONE, src)
         return "reflink"

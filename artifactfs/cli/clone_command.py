@@ -1,0 +1,499 @@
+"""``artifactfs clone SOURCE|NAME DEST [--path P]…``: a snapshot (or some of its paths) as a
+real, writable directory.
+
+SOURCE is what ``mount`` takes (a git URL or path, ``hf://…``); it is prepared in this process
+with the same source a worker would open, with no mount: its snapshot is written (or found)
+in the state home, and its contents are fetched through the source's ``Content`` in chunks
+(``Content.fetch``: git in packs of up to 4,096 blobs, the Hub by parallel ranges). Each
+chunk is materialised as soon as it is fetched (overlay/materialise.py: reflink, else
+``copy_file_range``, else a copy; each file checked against its digest), so the store holds
+what is fetched only briefly, and its size cap keeps working. NAME (an argument with no ``/``
+or ``:``) is a repository registered with the daemon: its current commit, with a writable
+repository's changes.
+
+Safety (overlay/materialise.py): a temporary sibling of DEST with a sentinel; an interrupted
+clone resumes from it; one rename publishes; a non-empty DEST is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cas.eviction import format_size
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHUNK_FILES = 1000
+CHUNK_BYTES = 256 << 20
+"""A chunk of files is fetched, then materialised, then recorded as done (one sync)."""
+DEFAULT_IO_TIMEOUT = 60.0
+EXIT_FAILED = 1
+PLACE_TRIES = 3
+
+
+def add_parser(commands: Any) -> None:
+    clone = commands.add_parser(
+        "clone",
+        help="materialise a repository (or some paths) into a real, writable directory",
+        description="Copy SOURCE (a git URL or path, or hf://org/name[@rev]) or NAME (a "
+        "repository registered with the daemon, with its workspace's changes) into DEST, a "
+        "new or empty directory: every file by reflink from the cache where the file system "
+        "allows it (XFS, btrfs), else by copy_file_range or a copy; missing contents are "
+        "fetched first, in batches; every file is checked against its digest. Work happens in "
+        "a hidden sibling of DEST that an interrupted clone resumes from; DEST appears at "
+        "once, whole.",
+    )
+    clone.add_argument("source", metavar="SOURCE|NAME")
+    clone.add_argument("dest", metavar="DEST")
+    clone.add_argument(
+        "--path",
+        dest="paths",
+        metavar="P",
+        action="append",
+        default=[],
+        help="clone only this file or directory (with the directories above it); repeatable",
+    )
+    clone.add_argument("--ref", help="branch, tag or commit (SOURCE only; default: HEAD/main)")
+    clone.add_argument("--token-file", help="a file holding the origin's access token")
+    clone.add_argument("--offline", action="store_true", help="send nothing to the origin")
+    clone.add_argument(
+        "--io-timeout", type=float, default=DEFAULT_IO_TIMEOUT, metavar="SECONDS",
+        help="give up on an origin silent this long (default 60)",
+    )  # fmt: skip
+    clone.add_argument("-v", "--verbose", action="count", default=0)
+    clone.add_argument(  # a tuning knob (and how the tests interrupt a clone between chunks)
+        "--chunk-files", type=int, default=CHUNK_FILES, help=argparse.SUPPRESS
+    )
+    clone.set_defaults(run=clone_command)
+
+
+def is_name(text: str) -> bool:
+    """NAME, not SOURCE: no ``/`` and no ``:`` (a local repository in the current directory
+    is ``./repo``)."""
+    return "/" not in text and ":" not in text
+
+
+def clone_command(args: argparse.Namespace) -> int:
+    from ..overlay.materialise import check_dest
+    from ..sources import check_ref, parse_source
+
+    if not 0 < args.io_timeout <= 86400:
+        raise UserError("--io-timeout must be between 0 and 86400 seconds")
+    for path in args.paths:
+        if not path.strip("/") or any(p in (".", "..") for p in path.strip("/").split("/")):
+            raise UserError(f"not a path in a repository: {path!r}")
+    ref = check_ref(args.ref)
+    workspace: Path | None = None
+    if is_name(args.source):
+        if ref is not None:
+            raise UserError("--ref is for a SOURCE; NAME clones its repository's current commit")
+        spec, commit, workspace = _registered(args.source)
+        ref = commit
+        spec = spec.with_ref(commit)
+    else:
+        spec = parse_source(args.source).with_ref(ref)
+    dest = check_dest(args.dest)
+    job = _Job(spec, ref, dest, sorted({p.strip("/") for p in args.paths}), args, workspace)
+    return job.run()
+
+
+def _registered(name: str) -> tuple[Any, str, Path | None]:
+    """NAME's source, current commit, and workspace directory if it is writable."""
+    from ..daemon.client import call
+    from ..daemon.names import check_name
+    from ..home import ArtifactHome, default_home
+    from ..sources import parse_source
+
+    check_name(name)
+    home = ArtifactHome(default_home())
+    (repo,) = call(home, {"cmd": "status", "name": name})["repos"]
+    commit = repo.get("commit")
+    if not commit:
+        raise UserError(f"{name} has no prepared commit yet ({repo.get('state')})")
+    spec = parse_source(str(repo["source"]))
+    workspace = home.workspace_dir(name) if repo.get("writable") else None
+    return spec, str(commit), workspace
+
+
+@dataclass
+class _Counts:
+    files: int = 0
+    bytes: int = 0
+    kept: int = 0
+    """Files a resumed clone had made already."""
+    how: dict[str, int] = field(default_factory=dict)
+    hashed: int = 0
+    """Bytes read to check digests."""
+    fetched_blobs: int = 0
+
+
+class _Job:
+    def __init__(
+        self,
+        spec: Any,
+        ref: str | None,
+        dest: Path,
+        paths: list[str],
+        args: argparse.Namespace,
+        workspace: Path | None,
+    ) -> None:
+        self.spec = spec
+        self.ref = ref
+        self.dest = dest
+        self.paths = paths
+        self.args = args
+        self.workspace = workspace
+        self.counts = _Counts()
+        self.progress = _Progress() if sys.stderr.isatty() else None
+
+    def run(self) -> int:
+        from ..cas.usage import UsageRecorder
+        from ..errors import ReadError, SourceError
+        from ..home import ArtifactHome, default_home
+        from ..logs import configure
+        from ..overlay.materialise import CloneDir, workspace_token
+        from ..snapshot import SnapshotIndex
+        from ..sources import SourceSettings, open_source
+        from ..sources.counters import FetchCounters
+        from ..sources.credentials import CredentialProvider
+
+        home = ArtifactHome(default_home())
+        try:
+            home.ensure()
+            temp_dir = home.root / "tmp"
+            temp_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+        credentials = CredentialProvider(token_file=self.args.token_file)
+        credentials.check()
+        configure(home.logs_dir / "clone.log", self.args.verbose)
+        socket.setdefaulttimeout(self.args.io_timeout)
+        self.counters = FetchCounters()
+        self.usage = UsageRecorder(home.cas_dir)
+        settings = SourceSettings(
+            ref=self.ref,
+            cas_dir=home.cas_dir,
+            snapshots_dir=home.snapshots_dir,
+            temp_dir=temp_dir,
+            credentials=credentials,
+            counters=self.counters,
+            io_timeout=self.args.io_timeout,
+            offline=self.args.offline or _truthy(os.environ.get("ARTIFACTFS_OFFLINE")),
+            usage=self.usage,
+        )
+        started = time.monotonic()
+        try:
+            source = open_source(self.spec, settings)
+            prepared = source.prepare()
+        except SourceError as exc:
+            print(f"artifactfs: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        snapshot = SnapshotIndex(prepared.path)
+        try:
+            entries, overlay_note = self._plan(snapshot)
+            identity = {
+                "source": self.spec.display,
+                "commit": prepared.commit,
+                "paths": self.paths,
+                "workspace": workspace_token(self.workspace) if self.workspace else None,
+            }
+            clone_dir = CloneDir(self.dest, identity)
+            clone_dir.open()
+            try:
+                self._materialise(source, snapshot, entries, clone_dir, home)
+            except (SourceError, ReadError) as exc:
+                clone_dir.close()
+                print(
+                    f"artifactfs: clone of {self.spec.display} failed: {exc} (what was done is"
+                    f" kept in {clone_dir.path}: the same command takes it up)",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
+            except BaseException:
+                clone_dir.close()
+                raise
+            clone_dir.publish()
+        finally:
+            snapshot.close()
+        self._summary(prepared.commit, time.monotonic() - started, clone_dir, overlay_note)
+        return 0
+
+    def _plan(self, snapshot: Any) -> tuple[list[Any], str]:
+        from ..overlay.materialise import plan, plan_workspace
+
+        if self.workspace is None:
+            return plan(snapshot, self.paths), ""
+        return plan_workspace(self.workspace, snapshot, self.paths)
+
+    def _materialise(
+        self, source: Any, snapshot: Any, entries: list[Any], clone_dir: Any, home: Any
+    ) -> None:
+        import trio
+
+        from ..cas.eviction import CachePolicy
+        from ..cas.upkeep import keep_store
+
+        policy = CachePolicy.resolve(None, home.root)
+
+        async def main() -> None:
+            content = source.open_content(_NoKernel())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(content.run)
+                nursery.start_soon(keep_store, home.cas_dir, policy, self.usage)
+                try:
+                    await _Materialiser(self, content, snapshot, entries, clone_dir, home).run()
+                finally:
+                    content.close("the clone is over")
+                    nursery.cancel_scope.cancel()
+
+        trio.run(main)
+
+    def _summary(self, commit: str, took: float, clone_dir: Any, note: str) -> None:
+        counts = self.counts
+        if self.progress is not None:
+            self.progress.done()
+        how = ", ".join(f"{n} by {k}" for k, n in sorted(counts.how.items())) or "no file copied"
+        resumed = f"; {counts.kept} already made by an interrupted clone" if counts.kept else ""
+        print(
+            f"cloned {counts.files} file(s) ({format_size(counts.bytes)}) of "
+            f"{self.spec.display} at {commit[:12]} into {self.dest} in {took:.1f} s: {how}; "
+            f"fetched {format_size(self.counters.bytes_received)}; "
+            f"hashed {format_size(counts.hashed)} to check digests{resumed}{note}"
+        )
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "on", "yes", "true")
+
+
+class _NoKernel:
+    """The content's host without a mount: no kernel cache to tell anything."""
+
+    async def forget_cached(self, snapshot: Any, row: Any) -> None:
+        return None
+
+
+class _Materialiser:
+    """Fetch a chunk, place it, record it; until every entry is made."""
+
+    def __init__(
+        self, job: _Job, content: Any, snapshot: Any, entries: list[Any], clone_dir: Any, home: Any
+    ) -> None:
+        from ..cas import ContentStore
+
+        self.job = job
+        self.content = content
+        self.snapshot = snapshot
+        self.entries = entries
+        self.clone_dir = clone_dir
+        self.store = ContentStore(home.cas_dir)
+        self.mtime_ns = snapshot.meta.commit_time * 1_000_000_000
+
+    async def run(self) -> None:
+        import trio
+
+        from ..overlay.materialise import TreeWriter
+        from ..snapshot import Kind
+
+        counts = self.job.counts
+        writer = TreeWriter(self.clone_dir.tree)
+        try:
+            files = []
+            others = []
+            for entry in self.entries:
+                if entry.kind in (Kind.FILE, Kind.EXECUTABLE):
+                    if self.clone_dir.is_done(entry.key):
+                        counts.kept += 1
+                        counts.files += 1
+                        counts.bytes += entry.size or 0
+                    else:
+                        files.append(entry)
+                else:
+                    others.append(entry)
+            await trio.to_thread.run_sync(self._make_others, writer, others)
+            total = sum(entry.size or 0 for entry in files)
+            if self.job.progress is not None:
+                self.job.progress.start(len(files) + counts.files, total + counts.bytes, counts)
+            for chunk in _chunks(files, max(1, self.job.args.chunk_files)):
+                await self._chunk(writer, chunk)
+        finally:
+            writer.close()
+
+    def _make_others(self, writer: Any, entries: list[Any]) -> None:
+        from ..snapshot import Kind
+
+        for entry in entries:
+            if entry.kind.is_directory:
+                writer.directory(entry)
+            elif entry.kind is Kind.SYMLINK:
+                writer.symlink(entry)
+            elif entry.kind is Kind.FIFO:
+                writer.fifo(entry)
+
+    async def _chunk(self, writer: Any, chunk: list[Any]) -> None:
+        import trio
+
+        from ..errors import BlobUnavailable
+
+        rows = [entry.row for entry in chunk if entry.row is not None and entry.size != 0]
+        present = await trio.to_thread.run_sync(self._present, chunk)
+        failed = await self.content.fetch(self.snapshot, rows) if rows else []
+        if failed:
+            first = self.snapshot.path_of(failed[0].inode).decode("utf-8", "backslashreplace")
+            raise BlobUnavailable(f"{len(failed)} file(s) could not be fetched, {first!r} first")
+        fresh = {entry.digest for entry in chunk if entry.digest is not None} - present
+        self.job.counts.fetched_blobs += len(fresh)
+        pending = chunk
+        for _ in range(PLACE_TRIES):
+            sources: dict[str, Path] = {}
+            for entry in pending:
+                if entry.row is not None and entry.size != 0:
+                    sources[entry.key] = await self.content.local_path(self.snapshot, entry.row)
+            pending = await trio.to_thread.run_sync(self._place, writer, pending, sources, fresh)
+            if not pending:
+                break
+        else:
+            raise BlobUnavailable(
+                f"{len(pending)} file(s) went missing from the store as they were copied"
+                " (is the cache's size cap far too small?)"
+            )
+        await trio.to_thread.run_sync(
+            self.clone_dir.mark_done, [e.key for e in chunk if not e.always_redo]
+        )
+
+    def _present(self, chunk: list[Any]) -> set[Any]:
+        return {
+            entry.digest
+            for entry in chunk
+            if entry.digest is not None and self.store.contains(entry.digest)
+        }
+
+    def _place(
+        self, writer: Any, chunk: list[Any], sources: dict[str, Path], fresh: set[Any]
+    ) -> list[Any]:
+        """Make each file of ``chunk``; return those whose CAS file went away first (evicted,
+        or quarantined here as damaged): they are fetched again."""
+        from ..cas import reads
+        from ..errors import IntegrityError
+
+        counts = self.job.counts
+        again = []
+        for entry in chunk:
+            size = entry.size or 0
+            if entry.local is not None:  # a workspace's changed file: no digest vouches for it
+                with open(entry.local, "rb") as upper:
+                    size = os.fstat(upper.fileno()).st_size
+                    how, fd = writer.file(entry, upper.fileno(), size, None)
+                    os.close(fd)
+            elif size == 0:
+                writer.empty_file(entry, self.mtime_ns)
+                how = "empty"
+                if entry.digest is not None and not _empty_digest_matches(entry.digest):
+                    raise IntegrityError(f"an empty file has the digest {entry.digest}")
+            else:
+                path = sources[entry.key]
+                try:
+                    source_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    again.append(entry)
+                    continue
+                try:
+                    if not reads.hold(source_fd, path):  # being evicted
+                        again.append(entry)
+                        continue
+                    how, fd = writer.file(entry, source_fd, size, self.mtime_ns)
+                    try:
+                        if how == "reflink":
+                            checked = entry.digest in fresh or self._hashed(source_fd, entry, size)
+                        else:
+                            checked = self._hashed(fd, entry, size)
+                    finally:
+                        os.close(fd)
+                finally:
+                    os.close(source_fd)
+                if not checked:
+                    where = self.store.quarantine(entry.digest)
+                    log.error(
+                        "blob %s in the store is damaged (found by clone): moved to %s, fetching"
+                        " it again", entry.digest, where,
+                    )  # fmt: skip
+                    fresh.discard(entry.digest)
+                    again.append(entry)
+                    continue
+            counts.files += 1
+            counts.bytes += size
+            counts.how[how] = counts.how.get(how, 0) + 1
+            if self.job.progress is not None:
+                self.job.progress.show(counts)
+        return again
+
+    def _hashed(self, fd: int, entry: Any, size: int) -> bool:
+        from ..overlay.materialise import hashes_to
+
+        self.job.counts.hashed += size
+        return hashes_to(fd, entry.digest, size)
+
+
+def _empty_digest_matches(digest: Any) -> bool:
+    hasher = digest.algorithm.new_hasher(0)
+    return bool(hasher.hexdigest() == digest.hex)
+
+
+def _chunks(files: list[Any], most: int) -> list[list[Any]]:
+    chunks: list[list[Any]] = []
+    current: list[Any] = []
+    size = 0
+    for entry in files:
+        if current and (len(current) >= most or size + (entry.size or 0) > CHUNK_BYTES):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += entry.size or 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class _Progress:
+    """One updating line on a terminal (at most 10 times a second)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._shown = 0.0
+        self._files = 0
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def start(self, files: int, total: int, counts: _Counts) -> None:
+        self._files = files
+        self._bytes = total
+        self.show(counts, force=True)
+
+    def show(self, counts: _Counts, force: bool = False) -> None:
+        with self._lock:
+            now = self._clock()
+            if not force and now - self._shown < 0.1 and counts.files < self._files:
+                return
+            self._shown = now
+            with contextlib.suppress(OSError):
+                sys.stderr.write(
+                    f"\rcloning: {counts.files}/{self._files} files, "
+                    f"{format_size(counts.bytes)} of {format_size(self._bytes)} "
+                )
+                sys.stderr.flush()
+
+    def done(self) -> None:
+        with contextlib.suppress(OSError):
+            sys.stderr.write("\n")
