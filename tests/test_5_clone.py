@@ -1,0 +1,376 @@
+"""``artifactfs clone``: a snapshot as a real directory, through real servers on loopback.
+
+Identical trees (bytes, modes, symlinks) for git and Hub sources and for a daemon's writable
+repository with its changes; blocks really shared with the store on a loop-mounted XFS
+(``filefrag`` says ``shared``); a clone killed with ``kill -9`` resumes without fetching again
+what it had; bad input (a non-empty DEST, a file, a bad URL, an unknown path) is refused with
+one line and nothing on disk touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLE_FILES, hub_env
+from tests.helpers.daemons import running_daemon
+from tests.helpers.gitrepos import Executable, Repo, Submodule, Symlink, make_repo
+from tests.helpers.hub import HubServer
+from tests.helpers.mounts import run_cli
+from tests.helpers.servers import GitDaemon
+from tests.helpers.waiting import wait_for
+
+SIBLING = ".{}.artifactfs-clone"
+
+
+def tree_of(root: Path) -> dict[str, tuple[str, object, int]]:
+    """Every entry below ``root``: (kind, bytes or target, permission bits)."""
+    found: dict[str, tuple[str, object, int]] = {}
+    for directory, names, files in os.walk(root):
+        for name in names + files:
+            path = Path(directory) / name
+            info = path.lstat()
+            relative = str(path.relative_to(root))
+            bits = stat.S_IMODE(info.st_mode)
+            if stat.S_ISLNK(info.st_mode):
+                found[relative] = ("link", os.readlink(path).encode(), 0)
+            elif stat.S_ISDIR(info.st_mode):
+                found[relative] = ("dir", None, bits)
+            else:
+                found[relative] = ("file", path.read_bytes(), bits)
+    return found
+
+
+def expected_tree(files: Mapping[str, object]) -> dict[str, tuple[str, object, int]]:
+    """What a checkout of ``files`` (tests/helpers/gitrepos.py kinds) looks like, umask 022."""
+    found: dict[str, tuple[str, object, int]] = {}
+    for path, content in files.items():
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            found["/".join(parts[:depth])] = ("dir", None, 0o755)
+        if isinstance(content, Symlink):
+            found[path] = ("link", content.target, 0)
+        elif isinstance(content, Executable):
+            found[path] = ("file", content.content, 0o755)
+        elif isinstance(content, Submodule):
+            found[path] = ("dir", None, 0o755)
+        else:
+            assert isinstance(content, bytes)
+            found[path] = ("file", content, 0o644)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _umask() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_git_clone_is_the_tree(daemon: GitDaemon, sample: Repo, home: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    result = run_cli("clone", daemon.url("sample.git"), str(dest), home=home)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith("cloned 8 file(s) (1.5 MiB) of git://")
+    assert tree_of(dest) == expected_tree(SAMPLE_FILES)
+    assert not (tmp_path / SIBLING.format("out")).exists()
+    # every file's digest was checked: the copies (no reflink on this file system) whole
+    assert "hashed 1.5 MiB" in result.stdout or "by reflink" in result.stdout
+
+    again = run_cli("clone", daemon.url("sample.git"), str(tmp_path / "again"), home=home)
+    assert again.returncode == 0, again.stderr
+    assert "fetched 0 B" in again.stdout  # all from the store
+    assert tree_of(tmp_path / "again") == expected_tree(SAMPLE_FILES)
+
+
+def test_git_clone_of_some_paths(
+    daemon: GitDaemon, sample: Repo, home: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "some"
+    dest.mkdir()  # an empty directory is taken
+    result = run_cli(
+        "clone", daemon.url("sample.git"), str(dest), "--path", "deep/a/b",
+        "--path", "bin/tool.sh", "--path", "links/to-readme", home=home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    wanted = {
+        p: c for p, c in SAMPLE_FILES.items() if p.startswith(("deep/", "bin/", "links/to-r"))
+    }
+    assert tree_of(dest) == expected_tree(wanted)
+    assert "fetched" in result.stdout and "cloned 2 file(s)" in result.stdout
+
+
+def hub_files() -> dict[str, bytes]:
+    return {
+        "README.md": b"# a model\n",
+        "config.json": b'{"hidden": 8}\n',
+        "empty.txt": b"",
+        "weights/a.bin": os.urandom(3 << 20),
+        "weights/b.bin": os.urandom(2 << 20),
+        "weights/c.bin": os.urandom(1 << 20),
+        "tokenizer/vocab.txt": b"a\nb\nc\n" * 1000,
+    }
+
+
+def test_hub_clone_is_the_tree(hub: HubServer, home: Path, tmp_path: Path) -> None:
+    files = hub_files()
+    hub.create_repo("org/model", files)
+    env = hub_env(hub, tmp_path)
+    dest = tmp_path / "model"
+    result = run_cli("clone", "hf://org/model", str(dest), home=home, env=env)
+    assert result.returncode == 0, result.stderr
+    assert tree_of(dest) == expected_tree(files)
+    for path, content in files.items():  # each fetched once
+        assert hub.bytes_served("org/model", path) == len(content), path
+
+    some = tmp_path / "some"
+    result = run_cli("clone", "hf://org/model", str(some), "--path", "weights/b.bin", home=home,
+                     env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert tree_of(some) == expected_tree({"weights/b.bin": files["weights/b.bin"]})
+    assert hub.bytes_served("org/model", "weights/b.bin") == len(files["weights/b.bin"])
+
+
+def test_bad_input_touches_nothing(
+    daemon: GitDaemon, sample: Repo, home: Path, tmp_path: Path
+) -> None:
+    url = daemon.url("sample.git")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine.txt").write_bytes(b"keep me\n")
+    before = (full.stat().st_mtime_ns, (full / "mine.txt").stat().st_mtime_ns)
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"x")
+
+    cases = [
+        (("clone", url, str(full)), f"{full} exists and is not empty: refusing to clone into it"),
+        (("clone", url, str(a_file)), f"{a_file} exists and is not a directory"),
+        (("clone", url, str(tmp_path / "no" / "dest")), f"{tmp_path / 'no'} is not a directory"),
+        (("clone", "ftp://example.com/x", str(tmp_path / "d1")), "unsupported source scheme"),
+        (("clone", url, str(tmp_path / "d2"), "--path", "no/such"), "has no path 'no/such'"),
+        (("clone", url, str(tmp_path / "d3"), "--path", "../up"), "not a path in a repository"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, home=home)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert (full / "mine.txt").read_bytes() == b"keep me\n"
+    assert os.listdir(full) == ["mine.txt"]
+    assert before == (full.stat().st_mtime_ns, (full / "mine.txt").stat().st_mtime_ns)
+    assert a_file.read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert not any((tmp_path / name).exists() for name in ("d1", "d2", "d3", "no"))
+
+
+def test_kill_9_then_clone_again_resumes(hub: HubServer, home: Path, tmp_path: Path) -> None:
+    """One file per chunk; the origin holds every request for the second big file: the first
+    is in the clone (its done log says so) when the clone is killed. Run again, nothing it had
+    is fetched again, and the result is the whole tree."""
+    files = hub_files()
+    hub.create_repo("org/model", files)
+    env = hub_env(hub, tmp_path)
+    dest = tmp_path / "model"
+    sibling = tmp_path / SIBLING.format("model")
+    hub.fault_stall(path="weights/b.bin")
+    with open(tmp_path / "clone-killed.stderr", "w") as stderr:  # read by the log check
+        child = subprocess.Popen(
+            [sys.executable, "-m", "artifactfs", "clone", "hf://org/model", str(dest),
+             "--chunk-files", "1"],
+            env={**os.environ, "ARTIFACTFS_HOME": str(home), **env},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: hub.stalled > 0, what="the clone to ask for weights/b.bin")
+            done = wait_for(lambda: _done_lines(sibling), what="the clone's done log")
+            assert (sibling / "tree" / "weights" / "a.bin").read_bytes() == files["weights/a.bin"]
+            os.kill(child.pid, signal.SIGKILL)
+            assert child.wait(10) == -signal.SIGKILL
+            done = _done_lines(sibling)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            child.wait(10)
+    assert not dest.exists()
+    assert (sibling / "artifactfs-clone.json").is_file()
+    hub.release()
+    wait_for(lambda: hub.stalled == 0, what="the held requests to end")
+    served_before = {p: hub.bytes_served("org/model", p) for p in files}
+    assert served_before["weights/a.bin"] == len(files["weights/a.bin"])
+    assert served_before["weights/c.bin"] == 0
+
+    result = run_cli("clone", "hf://org/model", str(dest), home=home, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(done)} already made by an interrupted clone" in result.stdout
+    assert tree_of(dest) == expected_tree(files)
+    assert not sibling.exists()
+    served = {p: hub.bytes_served("org/model", p) - served_before[p] for p in files}
+    for path in ("README.md", "config.json", "empty.txt", "weights/a.bin"):
+        assert served[path] == 0, path  # had before the kill: not fetched again
+    assert served["weights/b.bin"] == len(files["weights/b.bin"])
+    assert served["weights/c.bin"] == len(files["weights/c.bin"])
+
+
+def _done_lines(sibling: Path) -> list[str]:
+    with contextlib.suppress(FileNotFoundError):
+        lines = (sibling / "done").read_text().split("\n")[:-1]
+        if any(line for line in lines):
+            return lines
+    return []
+
+
+def test_another_clone_into_the_same_dest_waits_its_turn(
+    hub: HubServer, home: Path, tmp_path: Path
+) -> None:
+    """A second clone while one runs is refused (the sentinel is locked), and the sibling of
+    something else that is not ours is never removed."""
+    hub.create_repo("org/model", hub_files())
+    env = hub_env(hub, tmp_path)
+    dest = tmp_path / "model"
+    hub.fault_stall(path="weights/b.bin")
+    with open(tmp_path / "clone-held.stderr", "w") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "artifactfs", "clone", "hf://org/model", str(dest)],
+            env={**os.environ, "ARTIFACTFS_HOME": str(home), **env},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: hub.stalled > 0, what="the clone to be held")
+            second = run_cli("clone", "hf://org/model", str(dest), home=home, env=env)
+            assert second.returncode == 2
+            assert "another artifactfs clone is working in" in second.stderr
+        finally:
+            hub.release()
+            assert child.wait(60) == 0
+    assert (dest / "weights" / "b.bin").stat().st_size == 2 << 20
+
+    other = tmp_path / "other"
+    foreign = tmp_path / SIBLING.format("other")
+    foreign.mkdir()
+    (foreign / "theirs").write_bytes(b"not ours")
+    refused = run_cli("clone", "hf://org/model", str(other), home=home, env=env)
+    assert refused.returncode == 2
+    assert "is not an unfinished artifactfs clone" in refused.stderr
+    assert (foreign / "theirs").read_bytes() == b"not ours"
+    assert not other.exists()
+
+
+# -- block sharing on a reflink file system ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def xfs_image(tmp_path: Path) -> Iterator[Path]:
+    """A loop-mounted XFS file system with reflinks, or a skip saying why there is none."""
+    if os.geteuid() != 0:
+        pytest.skip("a loop mount needs root")
+    if shutil.which("mkfs.xfs") is None:
+        pytest.skip("mkfs.xfs is not installed (scripts/install --tests installs xfsprogs)")
+    image = tmp_path / "xfs.img"
+    with open(image, "wb") as out:
+        out.truncate(300 << 20)
+    made = subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"mkfs.xfs -m reflink=1 failed: {made.stderr.strip()}")
+    attached = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True,
+                              text=True, check=False)  # fmt: skip
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    mountpoint = tmp_path / "xfs"
+    mountpoint.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "xfs", device, str(mountpoint)],
+                                 capture_output=True, text=True, check=False)  # fmt: skip
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount XFS: {mounted.stderr.strip()}")
+        try:
+            yield mountpoint
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+def shared_extents(path: Path) -> tuple[int, int]:
+    """(extents, extents flagged shared) of a file, from ``filefrag -v`` (FIEMAP)."""
+    report = subprocess.run(["filefrag", "-v", str(path)], capture_output=True, text=True,
+                            check=True).stdout  # fmt: skip
+    extents = [line for line in report.splitlines() if line.strip()[:1].isdigit()]
+    return len(extents), sum("shared" in line for line in extents)
+
+
+def test_reflinks_share_blocks_on_xfs(
+    daemon: GitDaemon, repos: Path, hub: HubServer, tmp_path: Path
+) -> None:
+    make_repo(repos, "weights.git", {
+        "big.bin": os.urandom(4 << 20),
+        "small.txt": b"small\n",
+        "run.sh": Executable(b"#!/bin/sh\n"),
+    })  # fmt: skip
+    files = hub_files()
+    hub.create_repo("org/model", files)
+    with xfs_image(tmp_path) as xfs:
+        home = xfs / "home"
+        git_dest = xfs / "git"
+        result = run_cli("clone", daemon.url("weights.git"), str(git_dest), home=home)
+        assert result.returncode == 0, result.stderr
+        assert "3 by reflink" in result.stdout
+        total, shared = shared_extents(git_dest / "big.bin")
+        assert total >= 1 and shared == total
+        hub_dest = xfs / "hub"
+        result = run_cli("clone", "hf://org/model", str(hub_dest), home=home,
+                         env=hub_env(hub, tmp_path))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "6 by reflink" in result.stdout  # and the empty file
+        assert tree_of(hub_dest) == expected_tree(files)
+        for name in ("a.bin", "b.bin", "c.bin"):
+            total, shared = shared_extents(hub_dest / "weights" / name)
+            assert total >= 1 and shared == total, name
+        # the clone is a real, writable file of its own: the store's copy stays as it was
+        with open(hub_dest / "weights" / "a.bin", "r+b") as clone:
+            clone.write(b"changed")
+        again = xfs / "again"
+        result = run_cli("clone", "hf://org/model", str(again), home=home,
+                         env=hub_env(hub, tmp_path))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert (again / "weights" / "a.bin").read_bytes() == files["weights/a.bin"]
+
+
+# -- a daemon's repository ---------------------------------------------------------------------
+
+
+def test_clone_of_a_workspace_has_its_changes(daemon: GitDaemon, sample: Repo, home: Path,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    with running_daemon(home) as artifactfs:
+        artifactfs.ok("add-repo", "work", daemon.url("sample.git"), "--writable")
+        mnt = home / "mnt" / "work"
+        (mnt / "README.md").write_bytes(b"# edited\n")
+        (mnt / "notes.txt").write_bytes(b"mine\n")
+        os.chmod(mnt / "data" / "binary.dat", 0o755)
+        os.rename(mnt / "deep" / "a", mnt / "moved")
+        os.unlink(mnt / "empty.txt")
+        os.symlink("notes.txt", mnt / "links" / "to-notes")
+        dest = tmp_path / "work"
+        result = artifactfs.cli("clone", "work", str(dest))
+        assert result.returncode == 0, result.stderr
+        assert "with the workspace's" in result.stdout
+        shown = tree_of(mnt)
+        del shown[".git"]  # the gitfile of the mount's git directory
+        assert tree_of(dest) == shown
+        assert shown["README.md"] == ("file", b"# edited\n", 0o644)
+        assert shown["data/binary.dat"][2] == 0o755 and "moved/b/c/d/leaf.txt" in shown
+        unknown = artifactfs.cli("clone", "nosuch", str(tmp_path / "x"))
+        assert unknown.returncode == 2 and not (tmp_path / "x").exists()
