@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SAMPLE_FILES, hub_env
+from tests.helpers.checklogs import ExpectLog
 from tests.helpers.daemons import running_daemon
 from tests.helpers.gitrepos import Executable, Repo, Submodule, Symlink, make_repo
 from tests.helpers.hub import HubServer
@@ -374,3 +375,47 @@ def test_clone_of_a_workspace_has_its_changes(daemon: GitDaemon, sample: Repo, h
         assert shown["data/binary.dat"][2] == 0o755 and "moved/b/c/d/leaf.txt" in shown
         unknown = artifactfs.cli("clone", "nosuch", str(tmp_path / "x"))
         assert unknown.returncode == 2 and not (tmp_path / "x").exists()
+
+
+def test_a_file_larger_than_the_cache_cap(
+    hub: HubServer, home: Path, tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    """The chunk being cloned is pinned: a file over the store's cap is fetched once and
+    cloned, not evicted as soon as it lands; the pins are gone after."""
+    expect_log(r"^the store holds .* over its cap", level="WARNING", required=False)
+    files = hub_files()
+    hub.create_repo("org/model", files)
+    env = {**hub_env(hub, tmp_path), "ARTIFACTFS_CACHE_MAX_SIZE": "1M"}
+    dest = tmp_path / "model"
+    result = run_cli("clone", "hf://org/model", str(dest), home=home, env=env)
+    assert result.returncode == 0, result.stderr
+    assert tree_of(dest) == expected_tree(files)
+    for path, content in files.items():
+        assert hub.bytes_served("org/model", path) == len(content), path
+    pins = run_cli("cache", "du", "--json", home=home)
+    assert pins.returncode == 0, pins.stderr
+    assert "clone:" not in pins.stdout
+
+
+def test_a_failed_clone_is_kept_and_finished_later(
+    daemon: GitDaemon, sample: Repo, home: Path, tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    """Offline, with blobs the store lacks: one line, exit 1, what was made kept in the
+    sibling; online, the same command finishes it."""
+    expect_log(r"offline: not in the store|prefetch", level="ERROR", required=False)
+    url = daemon.url("sample.git")
+    first = run_cli("clone", url, str(tmp_path / "readme"), "--path", "README.md", home=home)
+    assert first.returncode == 0, first.stderr
+    dest = tmp_path / "out"
+    failed = run_cli("clone", url, str(dest), "--offline", home=home)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith(f"artifactfs: clone of {url} failed: ")
+    assert "the same command takes it up" in failed.stderr and "Traceback" not in failed.stderr
+    assert not dest.exists()
+    sibling = tmp_path / SIBLING.format("out")
+    assert (sibling / "tree" / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+    finished = run_cli("clone", url, str(dest), home=home)
+    assert finished.returncode == 0, finished.stderr
+    assert "already made by an interrupted clone" in finished.stdout
+    assert tree_of(dest) == expected_tree(SAMPLE_FILES)
+    assert not sibling.exists()

@@ -96,16 +96,20 @@ def clone_command(args: argparse.Namespace) -> int:
             raise UserError(f"not a path in a repository: {path!r}")
     ref = check_ref(args.ref)
     workspace: Path | None = None
+    require: str | None = None
     if is_name(args.source):
         if ref is not None:
             raise UserError("--ref is for a SOURCE; NAME clones its repository's current commit")
         spec, commit, workspace = _registered(args.source)
-        ref = commit
-        spec = spec.with_ref(commit)
+        try:
+            spec, ref = spec.with_ref(commit), commit
+        except UserError:  # the SOURCE names a revision of its own: it must still be `commit`
+            require = commit
     else:
         spec = parse_source(args.source).with_ref(ref)
     dest = check_dest(args.dest)
-    job = _Job(spec, ref, dest, sorted({p.strip("/") for p in args.paths}), args, workspace)
+    paths = sorted({p.strip("/") for p in args.paths})
+    job = _Job(spec, ref, require, dest, paths, args, workspace)
     return job.run()
 
 
@@ -144,6 +148,7 @@ class _Job:
         self,
         spec: Any,
         ref: str | None,
+        require: str | None,
         dest: Path,
         paths: list[str],
         args: argparse.Namespace,
@@ -151,6 +156,7 @@ class _Job:
     ) -> None:
         self.spec = spec
         self.ref = ref
+        self.require = require
         self.dest = dest
         self.paths = paths
         self.args = args
@@ -192,6 +198,7 @@ class _Job:
             io_timeout=self.args.io_timeout,
             offline=self.args.offline or _truthy(os.environ.get("ARTIFACTFS_OFFLINE")),
             usage=self.usage,
+            require_commit=self.require,
         )
         started = time.monotonic()
         try:
@@ -213,18 +220,20 @@ class _Job:
             clone_dir.open()
             try:
                 self._materialise(source, snapshot, entries, clone_dir, home)
-            except (SourceError, ReadError) as exc:
+                clone_dir.publish()
+            except (SourceError, ReadError, OSError) as exc:
                 clone_dir.close()
+                log.debug("clone failed", exc_info=True)
+                reason = _one_line(exc)
                 print(
-                    f"artifactfs: clone of {self.spec.display} failed: {exc} (what was done is"
-                    f" kept in {clone_dir.path}: the same command takes it up)",
+                    f"artifactfs: clone of {self.spec.display} failed: {reason} (what was done"
+                    f" is kept in {clone_dir.path}: the same command takes it up)",
                     file=sys.stderr,
                 )
                 return EXIT_FAILED
             except BaseException:
                 clone_dir.close()
                 raise
-            clone_dir.publish()
         finally:
             snapshot.close()
         self._summary(prepared.commit, time.monotonic() - started, clone_dir, overlay_note)
@@ -244,21 +253,33 @@ class _Job:
 
         from ..cas.eviction import CachePolicy
         from ..cas.upkeep import keep_store
+        from ..errors import ReadError, SourceError
 
         policy = CachePolicy.resolve(None, home.root)
 
+        failure: list[BaseException] = []
+
         async def main() -> None:
             content = source.open_content(_NoKernel())
+            materialiser = _Materialiser(self, content, snapshot, entries, clone_dir, home)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(content.run)
                 nursery.start_soon(keep_store, home.cas_dir, policy, self.usage)
                 try:
-                    await _Materialiser(self, content, snapshot, entries, clone_dir, home).run()
+                    await materialiser.run()
+                except (SourceError, ReadError, OSError) as exc:  # not wrapped in a group
+                    failure.append(exc)
                 finally:
                     content.close("the clone is over")
                     nursery.cancel_scope.cancel()
 
-        trio.run(main)
+        self.pins = _Pins(home.cas_dir, self.dest)
+        try:
+            trio.run(main)
+        finally:
+            self.pins.close()
+        if failure:
+            raise failure[0]
 
     def _summary(self, commit: str, took: float, clone_dir: Any, note: str) -> None:
         counts = self.counts
@@ -274,8 +295,58 @@ class _Job:
         )
 
 
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "on", "yes", "true")
+
+
+class _Pins:
+    """The blobs of the chunk being cloned are pinned (cas/usage.py) from before they are
+    fetched until the clone's files hold their bytes: eviction, this process's or another's,
+    never takes them in between, even when one file is larger than the store's cap. Pins of
+    clones that died (their pid is gone) are dropped when the next clone starts."""
+
+    PREFIX = "clone:"
+
+    def __init__(self, cas_dir: Path, dest: Path) -> None:
+        from ..cas.usage import UsageDB
+
+        self._db = UsageDB(cas_dir)
+        self._dest = str(dest)
+        self._owner = f"{self.PREFIX}{os.getpid()}:{dest}"
+        for owner in self._db.pin_paths():
+            pid = owner[len(self.PREFIX) :].partition(":")[0]
+            if owner.startswith(self.PREFIX) and pid.isdigit() and not _alive(int(pid)):
+                self._db.unpin(owner)
+
+    def hold(self, digests: list[Any]) -> None:
+        if digests:
+            self._db.set_pins(self._owner, [self._dest], digests)
+
+    def release(self) -> None:
+        self._db.unpin(self._owner)
+
+    def close(self) -> None:
+        try:
+            self.release()
+        finally:
+            self._db.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _NoKernel:
@@ -299,6 +370,7 @@ class _Materialiser:
         self.entries = entries
         self.clone_dir = clone_dir
         self.store = ContentStore(home.cas_dir)
+        self.pins = job.pins
         self.mtime_ns = snapshot.meta.commit_time * 1_000_000_000
 
     async def run(self) -> None:
@@ -348,11 +420,12 @@ class _Materialiser:
         from ..errors import BlobUnavailable
 
         rows = [entry.row for entry in chunk if entry.row is not None and entry.size != 0]
+        digests = [entry.digest for entry in chunk if entry.digest is not None]
+        await trio.to_thread.run_sync(self.pins.hold, digests)
         present = await trio.to_thread.run_sync(self._present, chunk)
         failed = await self.content.fetch(self.snapshot, rows) if rows else []
-        if failed:
-            first = self.snapshot.path_of(failed[0].inode).decode("utf-8", "backslashreplace")
-            raise BlobUnavailable(f"{len(failed)} file(s) could not be fetched, {first!r} first")
+        lost = {row.inode for row in failed}
+        chunk = [e for e in chunk if e.row is None or e.row.inode not in lost]
         fresh = {entry.digest for entry in chunk if entry.digest is not None} - present
         self.job.counts.fetched_blobs += len(fresh)
         pending = chunk
@@ -372,6 +445,10 @@ class _Materialiser:
         await trio.to_thread.run_sync(
             self.clone_dir.mark_done, [e.key for e in chunk if not e.always_redo]
         )
+        await trio.to_thread.run_sync(self.pins.release)  # the clone's files have the bytes
+        if failed:  # what could be had is made and kept: a later run fetches only the rest
+            first = self.snapshot.path_of(failed[0].inode).decode("utf-8", "backslashreplace")
+            raise BlobUnavailable(f"{len(failed)} file(s) could not be fetched, {first!r} first")
 
     def _present(self, chunk: list[Any]) -> set[Any]:
         return {
