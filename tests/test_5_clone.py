@@ -348,6 +348,14 @@ def test_reflinks_share_blocks_on_xfs(
                          env=hub_env(hub, tmp_path))  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert (again / "weights" / "a.bin").read_bytes() == files["weights/a.bin"]
+        # from a warm store, each reflinked file's store copy is hashed once (6 MiB and the
+        # small files), unless the store is trusted (its files were verified when stored)
+        assert "fetched 0 B; hashed 6.0 MiB" in result.stdout
+        trusted = run_cli("clone", "hf://org/model", str(xfs / "trusted"), "--trust-cache",
+                          home=home, env=hub_env(hub, tmp_path))  # fmt: skip
+        assert trusted.returncode == 0, trusted.stderr
+        assert "6 by reflink" in trusted.stdout and "hashed 0 B" in trusted.stdout
+        assert tree_of(xfs / "trusted") == expected_tree(files)
 
 
 # -- a daemon's repository ---------------------------------------------------------------------
