@@ -27,7 +27,7 @@ from tests.helpers.daemons import running_daemon
 from tests.helpers.gitrepos import Executable, Repo, Submodule, Symlink, make_repo
 from tests.helpers.hub import HubServer
 from tests.helpers.mounts import run_cli
-from tests.helpers.servers import GitDaemon
+from tests.helpers.servers import GitDaemon, GitProxy
 from tests.helpers.waiting import wait_for
 
 SIBLING = ".{}.artifactfs-clone"
@@ -427,3 +427,19 @@ def test_a_failed_clone_is_kept_and_finished_later(
     assert "already made by an interrupted clone" in finished.stdout
     assert tree_of(dest) == expected_tree(SAMPLE_FILES)
     assert not sibling.exists()
+
+
+def test_a_server_that_tells_no_sizes(daemon: GitDaemon, sample: Repo, home: Path,
+                                      tmp_path: Path) -> None:  # fmt: skip
+    """Without ``object-info`` the snapshot has no sizes: each is learned from the blob (whose
+    digest vouches for it)."""
+    proxy = GitProxy(daemon.port, hide_capability=b"object-info")
+    try:
+        url = daemon.url("sample.git", proxy.port)
+        dest = tmp_path / "out"
+        result = run_cli("clone", url, str(dest), home=home)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("cloned 8 file(s) (1.5 MiB)")
+        assert tree_of(dest) == expected_tree(SAMPLE_FILES)
+    finally:
+        proxy.stop()

@@ -473,7 +473,7 @@ class _Materialiser:
         counts = self.job.counts
         again = []
         for entry in chunk:
-            size = entry.size or 0
+            size = entry.size  # None: a server that never told (learned from the blob)
             if entry.local is not None:  # a workspace's changed file: no digest vouches for it
                 with open(entry.local, "rb") as upper:
                     size = os.fstat(upper.fileno()).st_size
@@ -495,12 +495,14 @@ class _Materialiser:
                     if not reads.hold(source_fd, path):  # being evicted
                         again.append(entry)
                         continue
+                    if size is None:  # the digest check below vouches for it
+                        size = _size_of(source_fd)
                     how, fd = writer.file(entry, source_fd, size, self.mtime_ns)
                     try:
-                        if how == "reflink":
-                            checked = (
+                        if how == "reflink":  # the whole file is shared: its size first
+                            checked = _size_of(source_fd) == size and (
                                 entry.digest in fresh
-                                or (self.job.args.trust_cache and _size_of(source_fd) == size)
+                                or self.job.args.trust_cache
                                 or self._hashed(source_fd, entry, size)
                             )
                         else:
