@@ -91,7 +91,7 @@ def is_name(text: str) -> bool:
 
 
 def clone_command(args: argparse.Namespace) -> int:
-    from ..overlay.materialise import check_dest
+    from ..overlay.materialise import check_dest, sweep_published
     from ..sources import check_ref, parse_source
 
     if not 0 < args.io_timeout <= 86400:
@@ -112,6 +112,8 @@ def clone_command(args: argparse.Namespace) -> int:
             require = commit
     else:
         spec = parse_source(args.source).with_ref(ref)
+    with contextlib.suppress(OSError):  # a clone killed right after publishing left it
+        sweep_published(Path(os.path.abspath(args.dest)))
     dest = check_dest(args.dest)
     paths = sorted({p.strip("/") for p in args.paths})
     job = _Job(spec, ref, require, dest, paths, args, workspace)
@@ -236,6 +238,14 @@ class _Job:
                     file=sys.stderr,
                 )
                 return EXIT_FAILED
+            except KeyboardInterrupt:
+                clone_dir.close()
+                print(
+                    f"artifactfs: clone interrupted: what was done is kept in {clone_dir.path}"
+                    " (the same command takes it up)",
+                    file=sys.stderr,
+                )
+                raise
             except BaseException:
                 clone_dir.close()
                 raise

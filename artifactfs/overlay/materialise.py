@@ -182,6 +182,25 @@ def temporary_of(dest: Path) -> Path:
     return dest.parent / f".{dest.name}{SUFFIX}"
 
 
+def sweep_published(dest: Path) -> bool:
+    """Remove the sibling a clone left when it was killed between publishing DEST and removing
+    the sibling: ours (the sentinel), idle (unlocked), and without a tree. True if it went."""
+    sibling = temporary_of(dest)
+    if not os.path.isdir(sibling) or os.path.islink(sibling) or os.path.lexists(sibling / TREE):
+        return False
+    try:
+        lock = _lock_sentinel(sibling)
+    except UserError:
+        return False  # a clone is working there
+    if lock is None:
+        return False
+    try:
+        shutil.rmtree(sibling)
+    finally:
+        os.close(lock[0])
+    return True
+
+
 class CloneDir:
     """The temporary sibling of one clone, held (locked) while the clone runs."""
 
