@@ -381,6 +381,14 @@ def test_clone_of_a_workspace_has_its_changes(daemon: GitDaemon, sample: Repo, h
         assert tree_of(dest) == shown
         assert shown["README.md"] == ("file", b"# edited\n", 0o644)
         assert shown["data/binary.dat"][2] == 0o755 and "moved/b/c/d/leaf.txt" in shown
+        part = tmp_path / "part"
+        result = artifactfs.cli(
+            "clone", "work", str(part), "--path", "moved", "--path", "notes.txt"
+        )
+        assert result.returncode == 0, result.stderr
+        assert tree_of(part) == {k: v for k, v in shown.items() if k.startswith(("moved", "notes"))}
+        gone = artifactfs.cli("clone", "work", str(tmp_path / "gone"), "--path", "deep/a")
+        assert gone.returncode == 2 and "the workspace has no path 'deep/a'" in gone.stderr
         unknown = artifactfs.cli("clone", "nosuch", str(tmp_path / "x"))
         assert unknown.returncode == 2 and not (tmp_path / "x").exists()
 

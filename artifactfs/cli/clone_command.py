@@ -280,6 +280,8 @@ class _Job:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(content.run)
                 nursery.start_soon(keep_store, home.cas_dir, policy, self.usage)
+                if self.progress is not None:
+                    nursery.start_soon(self._show_fetching, self.progress)
                 try:
                     await materialiser.run()
                 except (SourceError, ReadError, OSError) as exc:  # not wrapped in a group
@@ -295,6 +297,15 @@ class _Job:
             self.pins.close()
         if failure:
             raise failure[0]
+
+    async def _show_fetching(self, progress: _Progress) -> None:
+        """While a chunk is being fetched, the bar shows the bytes arriving."""
+        import trio
+
+        while True:
+            await trio.sleep(0.2)
+            progress.fetched = self.counters.bytes_received
+            progress.show(self.counts)
 
     def _summary(self, commit: str, took: float, clone_dir: Any, note: str) -> None:
         counts = self.counts
@@ -577,6 +588,8 @@ class _Progress:
         self._files = 0
         self._bytes = 0
         self._lock = threading.Lock()
+        self.fetched = 0
+        """Bytes received from the origin so far."""
 
     def start(self, files: int, total: int, counts: _Counts) -> None:
         self._files = files
@@ -590,9 +603,10 @@ class _Progress:
                 return
             self._shown = now
             with contextlib.suppress(OSError):
+                fetched = f"; fetched {format_size(self.fetched)}" if self.fetched else ""
                 sys.stderr.write(
                     f"\rcloning: {counts.files}/{self._files} files, "
-                    f"{format_size(counts.bytes)} of {format_size(self._bytes)} "
+                    f"{format_size(counts.bytes)} of {format_size(self._bytes)}{fetched} "
                 )
                 sys.stderr.flush()
 
