@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.cas.usage import UsageDB
 from tests.conftest import SAMPLE_FILES, hub_env
 from tests.helpers.checklogs import ExpectLog
 from tests.helpers.daemons import running_daemon
@@ -224,6 +225,14 @@ def test_kill_9_then_clone_again_resumes(hub: HubServer, home: Path, tmp_path: P
     assert served["weights/c.bin"] == len(files["weights/c.bin"])
 
 
+def pin_owners(home: Path) -> list[str]:
+    db = UsageDB(home / "cas")
+    try:
+        return list(db.pin_paths())
+    finally:
+        db.close()
+
+
 def _done_lines(sibling: Path) -> list[str]:
     with contextlib.suppress(FileNotFoundError):
         lines = (sibling / "done").read_text().split("\n")[:-1]
@@ -252,10 +261,16 @@ def test_another_clone_into_the_same_dest_waits_its_turn(
             second = run_cli("clone", "hf://org/model", str(dest), home=home, env=env)
             assert second.returncode == 2
             assert "another artifactfs clone is working in" in second.stderr
+            # the held chunk is pinned, and a `cache gc` meanwhile keeps the running clone's pins
+            assert [o for o in pin_owners(home) if o.startswith(f"clone:{child.pid}:")]
+            gc = run_cli("cache", "gc", home=home)
+            assert gc.returncode == 0, gc.stderr
+            assert [o for o in pin_owners(home) if o.startswith(f"clone:{child.pid}:")]
         finally:
             hub.release()
             assert child.wait(60) == 0
     assert (dest / "weights" / "b.bin").stat().st_size == 2 << 20
+    assert pin_owners(home) == []  # dropped once the files held their bytes
 
     other = tmp_path / "other"
     foreign = tmp_path / SIBLING.format("other")

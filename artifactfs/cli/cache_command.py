@@ -25,6 +25,7 @@ from ..cas.digests import Digest
 from ..cas.eviction import MAX_SIZE_ENV, CachePolicy, format_size, parse_size
 from ..errors import UserError
 from ..home import ArtifactHome
+from .clone_command import live_clone_pins
 from .repositories import home as _home
 from .repositories import known as _known
 from .repositories import registered as _repositories
@@ -222,7 +223,8 @@ def cache_gc(args: argparse.Namespace) -> int:
     try:
         registered = {repo.name for repo in repos}
         dropped = [] if args.dry_run else [
-            owner for owner in db.pin_paths() if owner not in registered
+            owner for owner in db.pin_paths()
+            if owner not in registered and not live_clone_pins(owner)
         ]  # fmt: skip
         for owner in dropped:  # pins of repositories removed since
             db.unpin(owner)

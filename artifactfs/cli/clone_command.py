@@ -347,8 +347,7 @@ class _Pins:
         self._dest = str(dest)
         self._owner = f"{self.PREFIX}{os.getpid()}:{dest}"
         for owner in self._db.pin_paths():
-            pid = owner[len(self.PREFIX) :].partition(":")[0]
-            if owner.startswith(self.PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            if owner.startswith(self.PREFIX) and not live_clone_pins(owner):
                 self._db.unpin(owner)
 
     def hold(self, digests: list[Any]) -> None:
@@ -363,6 +362,14 @@ class _Pins:
             self.release()
         finally:
             self._db.close()
+
+
+def live_clone_pins(owner: str) -> bool:
+    """Whether ``owner`` is the pins of a clone still running (``cache gc`` keeps them)."""
+    if not owner.startswith(_Pins.PREFIX):
+        return False
+    pid = owner[len(_Pins.PREFIX) :].partition(":")[0]
+    return pid.isdigit() and _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:
