@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from tests.conftest import SAMPLE_FILES, hub_env
 from tests.helpers.checklogs import ExpectLog
 from tests.helpers.daemons import running_daemon
 from tests.helpers.gitrepos import Executable, Repo, Submodule, Symlink, make_repo
-from tests.helpers.hub import HubServer
+from tests.helpers.hub import HubServer, git_blob_id
 from tests.helpers.mounts import run_cli
 from tests.helpers.servers import GitDaemon, GitProxy
 from tests.helpers.waiting import wait_for
@@ -466,3 +467,63 @@ def test_a_server_that_tells_no_sizes(daemon: GitDaemon, sample: Repo, home: Pat
         assert tree_of(dest) == expected_tree(SAMPLE_FILES)
     finally:
         proxy.stop()
+
+
+def test_kill_9_of_a_git_clone_then_clone_again(
+    daemon: GitDaemon, repos: Path, home: Path, tmp_path: Path
+) -> None:
+    """One file per chunk through a proxy that is made to hold new connections once the
+    clone has finished a few files: killed there, run again (through the same address), the
+    second run never asks the server for a blob the first one had."""
+    files = {f"dir{i % 4}/f{i:02d}.txt": os.urandom(4096) for i in range(40)}
+    make_repo(repos, "many.git", files)
+    proxy = GitProxy(daemon.port)
+    url = daemon.url("many.git", proxy.port)
+    dest = tmp_path / "many"
+    sibling = tmp_path / SIBLING.format("many")
+    with open(tmp_path / "clone-killed.stderr", "w") as stderr:  # read by the log check
+        child = subprocess.Popen(
+            [sys.executable, "-m", "artifactfs", "clone", url, str(dest), "--chunk-files", "1"],
+            env={**os.environ, "ARTIFACTFS_HOME": str(home)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: len(_done_lines(sibling)) >= 3, what="a few files cloned")
+            proxy.hold()
+            accepted = proxy.accepted
+            wait_for(lambda: proxy.accepted > accepted, what="the clone's next fetch to be held")
+            os.kill(child.pid, signal.SIGKILL)
+            assert child.wait(10) == -signal.SIGKILL
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            child.wait(10)
+    proxy.stop()  # the held connection goes without reaching the server
+    done = _done_lines(sibling)
+    assert 3 <= len(done) < len(files)
+    before = daemon.trace_mark()
+    first_run = set(daemon.wanted())
+    again = wait_for(lambda: _proxy_at(daemon.port, proxy.port), what="the address to be free")
+    try:
+        result = run_cli("clone", url, str(dest), home=home)
+    finally:
+        again.stop()
+    assert result.returncode == 0, result.stderr
+    assert f"{len(done)} already made by an interrupted clone" in result.stdout
+    assert tree_of(dest) == expected_tree(files)
+    second_run = set(daemon.wanted(before))
+    blobs = {git_blob_id(content) for content in files.values()}
+    assert second_run and second_run <= blobs  # it fetched blobs, and only those
+    assert not second_run & first_run  # none twice
+    assert first_run & blobs | second_run == blobs
+
+
+def _proxy_at(upstream: int, port: int) -> GitProxy | None:
+    """A proxy on ``port`` once the stopped one let it go (its accept, blocked in a thread,
+    holds the listening socket until a connection wakes it)."""
+    with contextlib.suppress(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    try:
+        return GitProxy(upstream, port=port)
+    except OSError:
+        return None
