@@ -5,10 +5,11 @@ SOURCE is what ``mount`` takes (a git URL or path, ``hf://…``); it is prepared
 with the same source a worker would open, with no mount: its snapshot is written (or found)
 in the state home, and its contents are fetched through the source's ``Content`` in chunks
 (``Content.fetch``: git in packs of up to 4,096 blobs, the Hub by parallel ranges). Each
-chunk is materialised as soon as it is fetched (overlay/materialise.py: reflink, else
-``copy_file_range``, else a copy; each file checked against its digest), so the store holds
-what is fetched only briefly, and its size cap keeps working. NAME (an argument with no ``/``
-or ``:``) is a repository registered with the daemon: its current commit, with a writable
+chunk is materialised as soon as it is fetched, while the next one is being fetched
+(overlay/materialise.py: reflink, else ``copy_file_range``, else a copy; each file checked
+against its digest); the chunk's blobs are pinned meanwhile, so the store's size cap keeps
+working and never takes them from under the clone. NAME (an argument with no ``/`` or ``:``)
+is a repository registered with the daemon: its current commit, with a writable
 repository's changes.
 
 Safety (overlay/materialise.py): a temporary sibling of DEST with a sentinel; an interrupted
@@ -332,6 +333,47 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "on", "yes", "true")
 
 
+@dataclass
+class _Fetched:
+    number: int
+    chunk: list[Any]
+    """Its entries but those that could not be fetched."""
+    failed: list[Any]
+    fresh: set[Any]
+    """Digests this clone fetched (verified as they were stored)."""
+    took: float
+
+
+class _Ahead:
+    """A chunk's fetch running in the background; ``result`` waits for it (and raises what
+    it raised)."""
+
+    def __init__(self, nursery: Any, fetch: Callable[..., Any], chunk: list[Any], number: int):
+        import trio
+
+        self._done = trio.Event()
+        self._value: _Fetched | None = None
+        self._error: BaseException | None = None
+        nursery.start_soon(self._run, fetch, chunk, number)
+
+    async def _run(self, fetch: Callable[..., Any], chunk: list[Any], number: int) -> None:
+        from ..errors import ReadError, SourceError
+
+        try:
+            self._value = await fetch(chunk, number)
+        except (SourceError, ReadError, OSError) as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def result(self) -> _Fetched:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
 class _Pins:
     """The blobs of the chunk being cloned are pinned (cas/usage.py) from before they are
     fetched until the clone's files hold their bytes: eviction, this process's or another's,
@@ -345,21 +387,28 @@ class _Pins:
 
         self._db = UsageDB(cas_dir)
         self._dest = str(dest)
-        self._owner = f"{self.PREFIX}{os.getpid()}:{dest}"
+        self._held: set[int] = set()
         for owner in self._db.pin_paths():
             if owner.startswith(self.PREFIX) and not live_clone_pins(owner):
                 self._db.unpin(owner)
 
-    def hold(self, digests: list[Any]) -> None:
+    def hold(self, digests: list[Any], chunk: int) -> None:
         if digests:
-            self._db.set_pins(self._owner, [self._dest], digests)
+            self._held.add(chunk)
+            self._db.set_pins(self._owner(chunk), [self._dest], digests)
 
-    def release(self) -> None:
-        self._db.unpin(self._owner)
+    def release(self, chunk: int) -> None:
+        if chunk in self._held:
+            self._held.discard(chunk)
+            self._db.unpin(self._owner(chunk))
+
+    def _owner(self, chunk: int) -> str:
+        return f"{self.PREFIX}{os.getpid()}:{chunk}:{self._dest}"
 
     def close(self) -> None:
         try:
-            self.release()
+            for chunk in list(self._held):
+                self.release(chunk)
         finally:
             self._db.close()
 
@@ -431,10 +480,31 @@ class _Materialiser:
             total = sum(entry.size or 0 for entry in files)
             if self.job.progress is not None:
                 self.job.progress.start(len(files) + counts.files, total + counts.bytes, counts)
-            for chunk in _chunks(files, max(1, self.job.args.chunk_files)):
-                await self._chunk(writer, chunk)
+            await self._pipeline(writer, _chunks(files, max(1, self.job.args.chunk_files)))
         finally:
             writer.close()
+
+    async def _pipeline(self, writer: Any, chunks: list[list[Any]]) -> None:
+        """Fetch chunk N+1 while chunk N is made: the origin and the disk work at once."""
+        import trio
+
+        from ..errors import ReadError, SourceError
+
+        failure: list[BaseException] = []
+        async with trio.open_nursery() as nursery:
+            try:
+                ahead = _Ahead(nursery, self._fetch, chunks[0], 0) if chunks else None
+                for number in range(len(chunks)):
+                    assert ahead is not None
+                    fetched = await ahead.result()
+                    if number + 1 < len(chunks):
+                        ahead = _Ahead(nursery, self._fetch, chunks[number + 1], number + 1)
+                    await self._make(writer, fetched)
+            except (SourceError, ReadError, OSError) as exc:  # raised below, not in a group
+                failure.append(exc)
+                nursery.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
 
     def _make_others(self, writer: Any, entries: list[Any]) -> None:
         from ..snapshot import Kind
@@ -447,30 +517,45 @@ class _Materialiser:
             elif entry.kind is Kind.FIFO:
                 writer.fifo(entry)
 
-    async def _chunk(self, writer: Any, chunk: list[Any]) -> None:
+    async def _fetch(self, chunk: list[Any], number: int) -> _Fetched:
+        """Pin a chunk's blobs, then fetch what the store lacks."""
         import trio
-
-        from ..errors import BlobUnavailable
 
         rows = [entry.row for entry in chunk if entry.row is not None and entry.size != 0]
         digests = [entry.digest for entry in chunk if entry.digest is not None]
-        await trio.to_thread.run_sync(self.pins.hold, digests)
+        await trio.to_thread.run_sync(self.pins.hold, digests, number)
         present = await trio.to_thread.run_sync(self._present, chunk)
+        started = time.monotonic()
         failed = await self.content.fetch(self.snapshot, rows) if rows else []
         lost = {row.inode for row in failed}
         chunk = [e for e in chunk if e.row is None or e.row.inode not in lost]
         fresh = {entry.digest for entry in chunk if entry.digest is not None} - present
+        return _Fetched(number, chunk, failed, fresh, time.monotonic() - started)
+
+    async def _make(self, writer: Any, fetched: _Fetched) -> None:
+        """Make a fetched chunk's files, record them, let their pins go."""
+        import trio
+
+        from ..errors import BlobUnavailable
+
+        started = time.monotonic()
+        chunk, fresh = fetched.chunk, fetched.fresh
         self.job.counts.fetched_blobs += len(fresh)
-        pending = chunk
+        # first straight from the store (just fetched, and pinned); what is not there after
+        # all (a blob evicted before the pins, a damaged one set aside) through the content,
+        # which fetches it again
+        sources: dict[str, Path] = {
+            e.key: self.store.path_of(e.digest) for e in chunk if e.digest is not None
+        }
+        pending = await trio.to_thread.run_sync(self._place, writer, chunk, sources, fresh)
         for _ in range(PLACE_TRIES):
-            sources: dict[str, Path] = {}
+            if not pending:
+                break
             for entry in pending:
                 if entry.row is not None and entry.size != 0:
                     sources[entry.key] = await self.content.local_path(self.snapshot, entry.row)
             pending = await trio.to_thread.run_sync(self._place, writer, pending, sources, fresh)
-            if not pending:
-                break
-        else:
+        if pending:
             raise BlobUnavailable(
                 f"{len(pending)} file(s) went missing from the store as they were copied"
                 " (is the cache's size cap far too small?)"
@@ -478,8 +563,14 @@ class _Materialiser:
         await trio.to_thread.run_sync(
             self.clone_dir.mark_done, [e.key for e in chunk if not e.always_redo]
         )
-        await trio.to_thread.run_sync(self.pins.release)  # the clone's files have the bytes
-        if failed:  # what could be had is made and kept: a later run fetches only the rest
+        # the clone's files have the bytes now
+        await trio.to_thread.run_sync(self.pins.release, fetched.number)
+        log.debug(
+            "chunk %d, %d file(s): %d fetched in %.2f s, made and recorded in %.2f s",
+            fetched.number, len(chunk), len(fresh), fetched.took, time.monotonic() - started,
+        )  # fmt: skip
+        if fetched.failed:  # what could be had is made and kept: a later run gets the rest
+            failed = fetched.failed
             first = self.snapshot.path_of(failed[0].inode).decode("utf-8", "backslashreplace")
             raise BlobUnavailable(f"{len(failed)} file(s) could not be fetched, {first!r} first")
 

@@ -101,9 +101,13 @@ def plan(snapshot: SnapshotIndex, paths: Iterable[str] = ()) -> list[Planned]:
             ancestors.append(parent)
             parent = snapshot.get(parent.parent)
         for ancestor in reversed(ancestors):
-            found.setdefault(ancestor.inode, _planned(snapshot, ancestor))
-        for below in _walk(snapshot, row):
-            found.setdefault(below.inode, _planned(snapshot, below))
+            if ancestor.inode not in found:
+                found[ancestor.inode] = _planned(
+                    snapshot, ancestor, snapshot.path_of(ancestor.inode)
+                )
+        for below, path in _walk(snapshot, row, os.fsencode(text)):
+            if below.inode not in found:
+                found[below.inode] = _planned(snapshot, below, path)
     return [found[inode] for inode in sorted(found)]  # breadth-first: parents first
 
 
@@ -124,24 +128,25 @@ def _lookup(snapshot: SnapshotIndex, text: str) -> Row:
     return row
 
 
-def _walk(snapshot: SnapshotIndex, top: Row) -> Iterator[Row]:
+def _walk(snapshot: SnapshotIndex, top: Row, top_path: bytes) -> Iterator[tuple[Row, bytes]]:
+    """``top`` (unless the root) and everything below it, with their paths."""
     if top.inode != ROOT_INODE:
-        yield top
-    pending = [top]
+        yield top, top_path
+    pending = [(top, top_path)]
     while pending:
-        directory = pending.pop()
+        directory, at = pending.pop()
         if directory.kind is not Kind.DIRECTORY:
             continue
         after = 0
         while children := snapshot.children(directory, after_inode=after):
             for child in children:
-                yield child
-                pending.append(child)
+                path = at + b"/" + child.name if at else child.name
+                yield child, path
+                pending.append((child, path))
             after = children[-1].inode
 
 
-def _planned(snapshot: SnapshotIndex, row: Row) -> Planned:
-    path = snapshot.path_of(row.inode)
+def _planned(snapshot: SnapshotIndex, row: Row, path: bytes) -> Planned:
     mode = row.kind.st_mode & 0o777
     digest = snapshot.digest_of(row) if row.kind in (Kind.FILE, Kind.EXECUTABLE) else None
     return Planned(f"r{row.inode}", path, row.kind, mode, row.size, row.target, row, digest)
