@@ -529,3 +529,23 @@ def _proxy_at(upstream: int, port: int) -> GitProxy | None:
         return GitProxy(upstream, port=port)
     except OSError:
         return None
+
+
+def test_a_full_disk_is_one_line(
+    daemon: GitDaemon, sample: Repo, home: Path, tmp_path: Path
+) -> None:
+    """DEST's file system fills up: exit 1, one line naming ENOSPC, no DEST, the sibling kept."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)], check=True)
+    try:
+        result = run_cli("clone", daemon.url("sample.git"), str(small / "out"), home=home)
+        assert result.returncode == 1
+        assert "No space left on device" in result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert not (small / "out").exists()
+        assert (small / SIBLING.format("out") / "artifactfs-clone.json").is_file()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -324,8 +324,10 @@ class _Job:
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
-        where = f": {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror}{where}"
+        name = exc.filename
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "backslashreplace")
+        return f"{exc.strerror}: {name}" if name else exc.strerror
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
@@ -588,6 +590,7 @@ class _Materialiser:
         or quarantined here as damaged): they are fetched again."""
         from ..cas import reads
         from ..errors import IntegrityError
+        from ..overlay.materialise import hashes_to
 
         counts = self.job.counts
         again = []
@@ -626,6 +629,11 @@ class _Materialiser:
                             )
                         else:
                             checked = self._hashed(fd, entry, size)
+                            if not checked and hashes_to(source_fd, entry.digest, size):
+                                raise IntegrityError(  # the store is right: the copy is not
+                                    f"the copy of {_shown(entry.path)} does not hash to"
+                                    f" {entry.digest} though the store's file does"
+                                )
                     finally:
                         os.close(fd)
                 finally:
@@ -651,6 +659,10 @@ class _Materialiser:
 
         self.job.counts.hashed += size
         return hashes_to(fd, entry.digest, size)
+
+
+def _shown(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")[:300]
 
 
 def _size_of(fd: int) -> int:
