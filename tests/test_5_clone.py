@@ -549,3 +549,25 @@ def test_a_full_disk_is_one_line(
         assert (small / SIBLING.format("out") / "artifactfs-clone.json").is_file()
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_damaged_blob_in_the_store_is_fetched_again(
+    daemon: GitDaemon, sample: Repo, home: Path, tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    """A byte flipped in the store after it was published: the clone's check finds it, the
+    blob is quarantined and fetched again, and the clone has the true bytes."""
+    expect_log(r"in the store is damaged \(found by clone\)", level="ERROR")
+    url = daemon.url("sample.git")
+    assert run_cli("clone", url, str(tmp_path / "first"), home=home).returncode == 0
+    blob = home / "cas" / "git-sha1" / sample.blob_id("data/big.bin")[:2]
+    blob = blob / sample.blob_id("data/big.bin")
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as damaged:
+        damaged.seek(1000)
+        byte = damaged.read(1)
+        damaged.seek(1000)
+        damaged.write(bytes([byte[0] ^ 0xFF]))
+    result = run_cli("clone", url, str(tmp_path / "second"), home=home)
+    assert result.returncode == 0, result.stderr
+    assert tree_of(tmp_path / "second") == expected_tree(SAMPLE_FILES)
+    assert list((home / "cas" / "quarantine" / "git-sha1").iterdir())
