@@ -571,3 +571,23 @@ def test_a_damaged_blob_in_the_store_is_fetched_again(
     assert result.returncode == 0, result.stderr
     assert tree_of(tmp_path / "second") == expected_tree(SAMPLE_FILES)
     assert list((home / "cas" / "quarantine" / "git-sha1").iterdir())
+
+
+def test_clone_of_a_daemon_hub_repository(hub: HubServer, home: Path, tmp_path: Path) -> None:
+    """NAME of a read-only Hub repository, registered with a revision of its own: the commit
+    it shows, from the store where the mount read it (nothing fetched twice)."""
+    files = hub_files()
+    hub.create_repo("org/model", files)
+    env = hub_env(hub, tmp_path)
+    with running_daemon(home, env=env) as artifactfs:
+        artifactfs.ok("add-repo", "model", "hf://org/model@main")
+        mnt = home / "mnt" / "model"
+        assert (mnt / "weights" / "a.bin").read_bytes() == files["weights/a.bin"]
+        shown = artifactfs.status("model")["commit"]
+        hub.commit("org/model", {"README.md": b"# moved on\n"})  # main moves; NAME does not
+        dest = tmp_path / "model"
+        result = artifactfs.cli("clone", "model", str(dest), env=env)
+        assert result.returncode == 0, result.stderr
+        assert f"at {shown[:12]} into" in result.stdout
+        assert tree_of(dest) == expected_tree(files)
+        assert hub.bytes_served("org/model", "weights/a.bin") == len(files["weights/a.bin"])

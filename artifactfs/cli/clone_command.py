@@ -102,22 +102,18 @@ def clone_command(args: argparse.Namespace) -> int:
             raise UserError(f"not a path in a repository: {path!r}")
     ref = check_ref(args.ref)
     workspace: Path | None = None
-    require: str | None = None
     if is_name(args.source):
         if ref is not None:
             raise UserError("--ref is for a SOURCE; NAME clones its repository's current commit")
         spec, commit, workspace = _registered(args.source)
-        try:
-            spec, ref = spec.with_ref(commit), commit
-        except UserError:  # the SOURCE names a revision of its own: it must still be `commit`
-            require = commit
+        spec, ref = spec.at_commit(commit), commit
     else:
         spec = parse_source(args.source).with_ref(ref)
     with contextlib.suppress(OSError):  # a clone killed right after publishing left it
         sweep_published(Path(os.path.abspath(args.dest)))
     dest = check_dest(args.dest)
     paths = sorted({p.strip("/") for p in args.paths})
-    job = _Job(spec, ref, require, dest, paths, args, workspace)
+    job = _Job(spec, ref, dest, paths, args, workspace)
     return job.run()
 
 
@@ -156,7 +152,6 @@ class _Job:
         self,
         spec: Any,
         ref: str | None,
-        require: str | None,
         dest: Path,
         paths: list[str],
         args: argparse.Namespace,
@@ -164,7 +159,6 @@ class _Job:
     ) -> None:
         self.spec = spec
         self.ref = ref
-        self.require = require
         self.dest = dest
         self.paths = paths
         self.args = args
@@ -206,7 +200,6 @@ class _Job:
             io_timeout=self.args.io_timeout,
             offline=self.args.offline or _truthy(os.environ.get("ARTIFACTFS_OFFLINE")),
             usage=self.usage,
-            require_commit=self.require,
         )
         started = time.monotonic()
         try:

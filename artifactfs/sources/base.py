@@ -53,6 +53,12 @@ class SourceSpec(Protocol):
         """Apply ``--ref`` (a source whose SOURCE names a revision takes it only once)."""
         ...
 
+    def at_commit(self, commit: str) -> SourceSpec:
+        """The same origin pinned to ``commit`` (a full commit id), whatever revision the
+        SOURCE names: what ``clone NAME`` shows of a registered repository. The ref a source
+        is opened with (``SourceSettings.ref``) is then ``commit`` too."""
+        ...
+
     @property
     def token_variable(self) -> str:
         """The environment variable a token for this kind of origin is given in: the CLI

@@ -78,6 +78,9 @@ class MemorySpec:
     def with_ref(self, ref: str | None) -> MemorySpec:
         return replace(self, ref=ref)
 
+    def at_commit(self, commit: str) -> MemorySpec:
+        return replace(self, ref=commit)
+
 
 def parse_memory_source(text: str) -> MemorySpec | None:
     if not text.startswith(SCHEME):

@@ -46,6 +46,9 @@ class GitSourceSpec:
     def with_ref(self, ref: str | None) -> GitSourceSpec:
         return self  # a git SOURCE names no ref: --ref travels beside it
 
+    def at_commit(self, commit: str) -> GitSourceSpec:
+        return self  # the commit travels beside it, as --ref
+
     def shown_ref(self, ref: str | None) -> str:
         return ref or "HEAD"
 

@@ -63,6 +63,9 @@ class HubSourceSpec:
             raise UserError(f"{self.url} already names a revision; drop --ref {ref}")
         return HubSourceSpec(self.repo_type, self.repo_id, ref)
 
+    def at_commit(self, commit: str) -> HubSourceSpec:
+        return HubSourceSpec(self.repo_type, self.repo_id, commit)
+
 
 def parse_hub_source(text: str) -> HubSourceSpec | None:
     """A Hub source, or None unless ``text`` starts with ``hf://``; ``UserError`` if
