@@ -22,12 +22,17 @@ Entries are created beneath directory descriptors opened with ``O_NOFOLLOW``, ne
 path that could cross a symlink; files with ``O_CREAT | O_EXCL | O_NOFOLLOW``; symlinks as
 symlinks. Names come from a snapshot (validated when it was written: no ``..``, ``/``, NUL).
 
+What is made: ``plan`` lists a snapshot's entries (or some paths' and the directories above
+them); ``plan_workspace`` a workspace's, its changes included (the overlay's table read in one
+transaction; a changed file's bytes are its upper file's).
+
 File contents come from verified CAS files by ``copyup``'s reflink, else
-``copy_file_range``, else read/write. Each file is checked against its digest before the
-clone is published: a copy by hashing the copy; a reflink by hashing the CAS file through the
-very descriptor it was cloned from (the clone shares those extents, and a CAS file is never
-written in place), unless the blob was fetched by this clone (and so hashed as it was
-published, moments ago).
+``copy_file_range``, else read/write (``TreeWriter.file``). The clone (cli/clone_command.py)
+checks each file against its digest before publishing: a copy by hashing the copy; a reflink
+by hashing the CAS file through the very descriptor it was cloned from (the clone shares
+those extents, and a CAS file is never written in place), unless the blob was fetched by this
+clone (and so hashed as it was published, moments ago) or the cache is trusted
+(``--trust-cache``).
 """
 
 from __future__ import annotations
