@@ -28,7 +28,7 @@ from tests.helpers.checklogs import ExpectLog
 from tests.helpers.daemons import running_daemon
 from tests.helpers.gitrepos import Executable, Repo, Submodule, Symlink, make_repo
 from tests.helpers.hub import HubServer, git_blob_id
-from tests.helpers.mounts import run_cli
+from tests.helpers.mounts import mounted, run_cli
 from tests.helpers.servers import GitDaemon, GitProxy
 from tests.helpers.waiting import wait_for
 
@@ -399,6 +399,9 @@ def test_clone_of_a_workspace_has_its_changes(daemon: GitDaemon, sample: Repo, h
         assert tree_of(dest) == shown
         assert shown["README.md"] == ("file", b"# edited\n", 0o644)
         assert shown["data/binary.dat"][2] == 0o755 and "moved/b/c/d/leaf.txt" in shown
+        by_path = artifactfs.cli("clone", str(mnt), str(tmp_path / "by-path"))
+        assert by_path.returncode == 0, by_path.stderr
+        assert tree_of(tmp_path / "by-path") == shown  # its mount point names it too
         part = tmp_path / "part"
         result = artifactfs.cli(
             "clone", "work", str(part), "--path", "moved", "--path", "notes.txt"
@@ -591,3 +594,26 @@ def test_clone_of_a_daemon_hub_repository(hub: HubServer, home: Path, tmp_path: 
         assert f"at {shown[:12]} into" in result.stdout
         assert tree_of(dest) == expected_tree(files)
         assert hub.bytes_served("org/model", "weights/a.bin") == len(files["weights/a.bin"])
+
+
+def test_clone_of_a_mount_point_has_its_changes(
+    daemon: GitDaemon, sample: Repo, home: Path, tmp_path: Path, mnt: Path
+) -> None:
+    """A foreground mount (a container's entrypoint) named by its mount point: the commit it
+    shows with its workspace's changes."""
+    with mounted(daemon.url("sample.git"), mnt, home):
+        (mnt / "README.md").write_bytes(b"# edited in the mount\n")
+        os.mkdir(mnt / "new")
+        (mnt / "new" / "file.txt").write_bytes(b"new\n")
+        os.unlink(mnt / "data" / "big.bin")
+        dest = tmp_path / "copy"
+        result = run_cli("clone", str(mnt), str(dest), home=home)
+        assert result.returncode == 0, result.stderr
+        assert "with the workspace's 4 changed path(s)" in result.stdout
+        shown = tree_of(mnt)
+        del shown[".git"]
+        assert tree_of(dest) == shown
+        assert shown["README.md"] == ("file", b"# edited in the mount\n", 0o644)
+        assert "data/big.bin" not in shown and shown["new/file.txt"][1] == b"new\n"
+        refused = run_cli("clone", str(mnt), str(tmp_path / "x"), "--ref", "main", home=home)
+        assert refused.returncode == 2 and "--ref is for a SOURCE" in refused.stderr

@@ -10,7 +10,7 @@ chunk is materialised as soon as it is fetched, while the next one is being fetc
 against its digest); the chunk's blobs are pinned meanwhile, so the store's size cap keeps
 working and never takes them from under the clone. NAME (an argument with no ``/`` or ``:``)
 is a repository registered with the daemon: its current commit, with a writable
-repository's changes.
+repository's changes; so is an artifactfs mount point (a foreground mount's workspace too).
 
 Safety (overlay/materialise.py): a temporary sibling of DEST with a sentinel; an interrupted
 clone resumes from it; one rename publishes; a non-empty DEST is never touched.
@@ -56,8 +56,12 @@ def add_parser(commands: Any) -> None:
         "a hidden sibling of DEST that an interrupted clone resumes from; DEST appears at "
         "once, whole.",
     )
-    clone.add_argument("source", metavar="SOURCE|NAME")
-    clone.add_argument("dest", metavar="DEST")
+    clone.add_argument(
+        "source", metavar="SOURCE|NAME|MOUNTPOINT",
+        help="what mount takes; a daemon repository's NAME (no '/' or ':'); or an artifactfs "
+        "mount point (its commit, with its workspace's changes)",
+    )  # fmt: skip
+    clone.add_argument("dest", metavar="DEST", help="absent (its parent must exist), or empty")
     clone.add_argument(
         "--path",
         dest="paths",
@@ -102,10 +106,11 @@ def clone_command(args: argparse.Namespace) -> int:
             raise UserError(f"not a path in a repository: {path!r}")
     ref = check_ref(args.ref)
     workspace: Path | None = None
-    if is_name(args.source):
+    mounted = None if is_name(args.source) else _mounted_at(args.source)
+    if is_name(args.source) or mounted is not None:
         if ref is not None:
-            raise UserError("--ref is for a SOURCE; NAME clones its repository's current commit")
-        spec, commit, workspace = _registered(args.source)
+            raise UserError("--ref is for a SOURCE; NAME or a mount clones the commit it shows")
+        spec, commit, workspace = mounted or _registered(args.source)
         spec, ref = spec.at_commit(commit), commit
     else:
         spec = parse_source(args.source).with_ref(ref)
@@ -133,6 +138,50 @@ def _registered(name: str) -> tuple[Any, str, Path | None]:
     spec = parse_source(str(repo["source"]))
     workspace = home.workspace_dir(name) if repo.get("writable") else None
     return spec, str(commit), workspace
+
+
+def _mounted_at(text: str) -> tuple[Any, str, Path | None] | None:
+    """An artifactfs mount point's source, commit and workspace (a foreground mount's, or the
+    daemon repository's mounted there); None if ``text`` names no such mount point."""
+    from ..home import ArtifactHome, default_home
+    from ..mount.mountpoints import FS_TYPE, mount_at
+    from ..sources import parse_source
+    from .mount_status import read_status
+
+    path = Path(os.path.realpath(text))
+    entry = mount_at(path)
+    if entry is None or entry.fs_type != FS_TYPE:
+        return None
+    status = read_status(path)
+    if status.get("state") != "ready" or not status.get("commit"):
+        raise UserError(f"the mount at {path} is {status.get('state')}: nothing to clone yet")
+    spec = parse_source(str(status["source"]))
+    home = ArtifactHome(default_home())
+    workspace = None
+    if status.get("writable") == 1:
+        workspace = _daemon_workspace(home, path) or home.workspace_for(path)
+        if not workspace.is_dir():
+            raise UserError(
+                f"the workspace of the mount at {path} is not in {home.root} (set"
+                " ARTIFACTFS_HOME to the mount's state home)"
+            )
+    return spec, str(status["commit"]), workspace
+
+
+def _daemon_workspace(home: Any, mountpoint: Path) -> Path | None:
+    """The workspace of the daemon's repository mounted at ``mountpoint``, if one is."""
+    from ..daemon.client import call
+
+    if not home.daemon_socket.exists():
+        return None
+    try:
+        repos = call(home, {"cmd": "status"})["repos"]
+    except UserError:
+        return None
+    for repo in repos:
+        if repo.get("mount") == str(mountpoint):
+            return Path(home.workspace_dir(str(repo["name"])))
+    return None
 
 
 @dataclass
