@@ -12,6 +12,8 @@ the SOURCE a user typed, and use only what is declared here:
   with its background work (``Content.run``) and its end (``Content.close``).
 - ``Source.read_ahead_kib``: the kernel read-ahead the mount should have (it decides the size
   of FUSE read requests; see ``mount/kernel_read_ahead.py``), or None for the kernel's default.
+  ``Source.complete_read_ahead_kib``: a larger one for each open of a file whose bytes are all
+  local already (``BlobReader.complete``), or None for the mount's everywhere.
 
 A new origin (an S3 prefix, an OCI artifact) is a new folder under ``sources/`` with a
 ``SourceKind`` listed in the registry. Sources raise domain errors (``errors.SourceError`` for
@@ -106,6 +108,11 @@ class BlobReader(Protocol):
 
     async def read(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset``; raises a ``ReadError`` kind."""
+        ...
+
+    async def complete(self) -> bool:
+        """Whether all of its bytes are local already, so no read of it fetches anything
+        (what decides the kernel read-ahead of the open). A quick look, never a fetch."""
         ...
 
     def close(self) -> None: ...
@@ -219,6 +226,9 @@ class Source(Protocol):
 
     @property
     def read_ahead_kib(self) -> int | None: ...
+
+    @property
+    def complete_read_ahead_kib(self) -> int | None: ...
 
     def prepare(self) -> PreparedSnapshot:
         """Resolve the ref and make sure its snapshot is on disk (blocking; raises

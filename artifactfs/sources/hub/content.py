@@ -133,5 +133,8 @@ class _RangedReader:
     async def read(self, offset: int, size: int) -> bytes:
         return await self._blobs.read(self._blob, offset, size, self._cursor)
 
+    async def complete(self) -> bool:
+        return await self._blobs.complete(self._blob)
+
     def close(self) -> None:
         self._cursor.close()

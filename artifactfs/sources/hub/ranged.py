@@ -249,6 +249,17 @@ class RangedBlobs:
         await self.fetch_whole(blob)
         return self._cas.path_of(blob.digest)
 
+    async def complete(self, blob: HubBlob) -> bool:
+        """Whether the store holds all of ``blob`` (published, or of the right size: a damaged
+        copy is found and set aside by the first read, as ever)."""
+        state = self._states.get(blob.digest)
+        if state is not None and (state.published or state.partial is not None):
+            return state.published
+        if blob.size == 0:
+            return True
+        size = await trio.to_thread.run_sync(self._cas.size_of, blob.digest, limiter=self._io)
+        return size == blob.size
+
     async def cached_bytes(self, blob: HubBlob) -> int:
         state = self._states.get(blob.digest)
         if state is not None and state.partial is not None:
