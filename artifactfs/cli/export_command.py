@@ -83,6 +83,9 @@ def export_command(args: argparse.Namespace) -> int:
         report = export(spec, CacheExport(repo.snapshot, home.cas_dir, target))
     except PermissionError as exc:
         raise UserError(f"cannot write the huggingface_hub cache: {exc}") from None
+    except OSError as exc:
+        print(f"artifactfs: cannot write the huggingface_hub cache: {exc}", file=sys.stderr)
+        return EXIT_SOME_FAILED
     how = ", ".join(f"{count} by {way}" for way, count in sorted(report.how.items()))
     print(
         f"exported {report.files - len(report.missing) - len(report.failed)} file(s) of "
