@@ -14,11 +14,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from huggingface_hub import hf_hub_download
+from huggingface_hub import hf_hub_download, snapshot_download
 
 from tests.conftest import hub_env
 from tests.helpers.checklogs import ExpectLog
 from tests.helpers.daemons import running_daemon
+from tests.helpers.gitrepos import Repo
 from tests.helpers.hub import HubServer
 from tests.helpers.models import model_repo, with_big_file
 from tests.helpers.mounts import mounted, run_cli
@@ -194,6 +195,11 @@ def test_export_hf_cache_then_hf_hub_download_offline_finds_every_file(
                     local_files_only=True,
                 )
                 assert Path(found).read_bytes() == data, (root, path)
+    for root in (cache, other):
+        folder = Path(snapshot_download(REPO, cache_dir=root, local_files_only=True))
+        assert folder.name == commit
+        for path, data in model.items():
+            assert (folder / path).read_bytes() == data, (root, path)
     assert hub.requests == []
     folder = cache / f"models--{REPO.replace('/', '--')}"
     blobs = sorted(p.name for p in (folder / "blobs").iterdir())
@@ -204,12 +210,16 @@ def test_export_hf_cache_then_hf_hub_download_offline_finds_every_file(
 
 
 def test_export_hf_cache_bad_input_is_one_line_and_exit_2(
-    hub: HubServer, model: dict[str, bytes], tmp_path: Path, home: Path
+    hub: HubServer, model: dict[str, bytes], sample: Repo, tmp_path: Path, home: Path
 ) -> None:
     with running_daemon(home, env=hub_env(hub, tmp_path)) as artifactfs:
         unknown = run_cli("export-hf-cache", "nope", home=home)
         assert unknown.returncode == 2, unknown
         assert unknown.stderr == "artifactfs: no repository named 'nope' is registered\n"
+        artifactfs.ok("add-repo", "g", str(sample.path))
+        git = run_cli("export-hf-cache", "g", home=home)
+        assert git.returncode == 2, git
+        assert git.stderr.count("\n") == 1 and "not a Hugging Face repository" in git.stderr
         artifactfs.ok("add-repo", "m", f"hf://{REPO}")
         blocker = tmp_path / "a-file"
         blocker.write_text("not a directory\n")
@@ -217,3 +227,31 @@ def test_export_hf_cache_bad_input_is_one_line_and_exit_2(
         assert result.returncode == 2, result
         assert result.stderr.count("\n") == 1 and "not a directory" in result.stderr, result
         assert blocker.read_text() == "not a directory\n"
+
+
+def test_only_regular_files_of_the_right_content_are_taken(tmp_path: Path) -> None:
+    """In process, no mount: a FIFO where a blob should be is passed by at once (never
+    waited on); a blob that is a link (huggingface_hub's shared Xet store makes them) is
+    followed and its content taken; nothing in the cache changes."""
+    from artifactfs.cas import ContentStore, Digest
+    from artifactfs.cas.digests import SHA256
+    from artifactfs.sources.hub.hf_cache import HubCache
+    from artifactfs.sources.hub.spec import HubSourceSpec
+
+    data = b"weights" * 1000
+    digest = Digest(SHA256, hashlib.sha256(data).hexdigest())
+    cache = tmp_path / "hf"
+    own = cache / "models--org--m" / "blobs"
+    own.mkdir(parents=True)
+    os.mkfifo(own / digest.hex)
+    shared = cache / "blobs" / digest.hex[:2] / digest.hex
+    shared.parent.mkdir(parents=True)
+    shared.write_bytes(data)
+    linked = cache / "models--org--other" / "blobs" / digest.hex
+    linked.parent.mkdir(parents=True)
+    linked.symlink_to(os.path.relpath(shared, linked.parent))
+    before = tree_state(cache)
+    store = ContentStore(tmp_path / "cas")
+    assert HubCache(HubSourceSpec("model", "org/m", None), cache).take(store, digest, len(data))
+    assert store.path_of(digest).read_bytes() == data
+    assert tree_state(cache) == before
