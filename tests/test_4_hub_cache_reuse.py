@@ -182,6 +182,9 @@ def test_export_hf_cache_then_hf_hub_download_offline_finds_every_file(
         hub.clear_counters()
         elsewhere = artifactfs.ok("export-hf-cache", "m", "--cache-dir", str(other))
         assert f"{len(model)} written" in elsewhere and hub.requests == [], elsewhere
+        artifactfs.ok("unmount", "m")  # everything is stored: no worker is needed
+        third = artifactfs.ok("export-hf-cache", "m", "--cache-dir", str(tmp_path / "third"))
+        assert f"{len(model)} written" in third and hub.requests == [], third
     hub.clear_counters()
     for root in (cache, other):
         for path, data in model.items():

@@ -42,6 +42,7 @@ def add_parser(commands: Any) -> None:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    from ..cas.digests import digest_of
     from ..cas.store import ContentStore
     from ..sources import parse_source
     from ..sources.base import CacheExport
@@ -67,7 +68,11 @@ def export_command(args: argparse.Namespace) -> int:
         raise UserError(f"--cache-dir {args.cache_dir}: not a directory")
     files = dict(_files_under(repo.snapshot, [""], args.name))
     store = ContentStore(home.cas_dir)
-    missing = [path for path, digest in files.items() if not store.contains(digest)]
+    missing = [  # (empty files are in no store: their content is known)
+        path
+        for path, digest in files.items()
+        if digest != digest_of(digest.algorithm, b"") and not store.contains(digest)
+    ]
     progress = sys.stderr.isatty()
     if missing:
         mountpoint = Path(repo.mountpoint)
