@@ -40,6 +40,7 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,7 @@ _OFF = frozenset({"off", "0", "no", "false", "none"})
 _REPO_FOLDER = re.compile(r"(?:models|datasets|spaces)--.+")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 CHUNK = 1 << 20
+FOLDERS_SECONDS = 5.0
 
 
 def folder_name(spec: HubSourceSpec) -> str:
@@ -85,6 +87,7 @@ class HubCache:
         self._spec = spec
         self._root = root
         self._folder: str | None = None
+        self._folders: tuple[float, list[str]] | None = None
         self._refused: set[tuple[int, int, int, int]] = set()
         """(device, inode, size, mtime) of files found damaged: not hashed, nor logged, again."""
 
@@ -108,13 +111,21 @@ class HubCache:
         if self._folder is None:
             self._folder = folder_name(self._spec)
         yield self.root / self._folder / "blobs" / digest.hex
-        try:
-            folders = sorted(entry.name for entry in os.scandir(self.root))
-        except OSError:
-            return
-        for folder in folders:
-            if folder != self._folder and _REPO_FOLDER.fullmatch(folder):
-                yield self.root / folder / "blobs" / digest.hex
+        for folder in self._other_folders():
+            yield self.root / folder / "blobs" / digest.hex
+
+    def _other_folders(self) -> list[str]:
+        """The other repositories' folders, listed at most every ``FOLDERS_SECONDS`` (a
+        repository of thousands of small files would otherwise list the cache per file)."""
+        now = time.monotonic()
+        if self._folders is None or now - self._folders[0] > FOLDERS_SECONDS:
+            try:
+                names = sorted(entry.name for entry in os.scandir(self.root))
+            except OSError:
+                names = []
+            found = [n for n in names if n != self._folder and _REPO_FOLDER.fullmatch(n)]
+            self._folders = (now, found)
+        return self._folders[1]
 
     def take(self, cas: ContentStore, digest: Digest, size: int) -> bool:
         """Publish ``digest`` into ``cas`` from this cache, if a copy of the right content is
