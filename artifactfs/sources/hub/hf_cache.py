@@ -270,7 +270,8 @@ def _export_file(
             report.missing.append(path)
             return
         report.written += 1
-        report.how[how] = report.how.get(how, 0) + 1
+        if how != "empty":
+            report.how[how] = report.how.get(how, 0) + 1
     link = snapshot_dir / path
     link.parent.mkdir(parents=True, exist_ok=True)
     target = os.path.relpath(blob, link.parent)
