@@ -16,6 +16,7 @@ from ..errors import UserError
 from . import (
     cache_command,
     daemon_commands,
+    export_command,
     mount_commands,
     prefetch_command,
     verify_command,
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     verify_command.add_parser(commands)
     cache_command.add_parsers(commands)
     prefetch_command.add_parser(commands)
+    export_command.add_parser(commands)
     return parser
 
 

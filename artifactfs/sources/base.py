@@ -23,7 +23,7 @@ a failed prepare, ``errors.ReadError`` kinds for reads); only ``fs/`` turns them
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -249,6 +249,37 @@ class Source(Protocol):
 
 
 @dataclass(frozen=True)
+class CacheExport:
+    """What ``artifactfs export-hf-cache`` asks of a kind: write one snapshot's files, from the
+    CAS, where the origin's own client looks for them (the Hub's: huggingface_hub's cache)."""
+
+    snapshot: Path
+    cas_dir: Path
+    target: Path | None = None
+    """The client's cache directory; None: where the client looks by default."""
+
+
+@dataclass
+class CacheExportReport:
+    folder: Path
+    """Where the repository's files went (the Hub's: ``<cache>/models--org--name``)."""
+    commit: str
+    files: int = 0
+    bytes: int = 0
+    written: int = 0
+    present: int = 0
+    """Files whose blob was there already (and was left as it is)."""
+    how: dict[str, int] = field(default_factory=dict)
+    """Blobs written, by how they were copied (``reflink``, ``copy_file_range``, ...)."""
+    ref: str | None = None
+    """The revision recorded as naming ``commit`` (None: a commit was asked for)."""
+    missing: list[str] = field(default_factory=list)
+    """Paths whose content the CAS did not hold."""
+    failed: list[str] = field(default_factory=list)
+    """One line per file that could not be written."""
+
+
+@dataclass(frozen=True)
 class SourceKind:
     """One kind of origin, as the registry knows it."""
 
@@ -265,3 +296,6 @@ class SourceKind:
     writable_by_default: bool = False
     """Whether a mount of this kind is a writable workspace unless ``--read-only`` (git: a
     working tree) or read-only unless ``--writable`` (the Hub)."""
+    export_cache: Callable[[SourceSpec, CacheExport], CacheExportReport] | None = None
+    """Write a snapshot into the origin's own client's cache (blocking); None: no such
+    cache."""

@@ -20,6 +20,7 @@ from ...snapshot.refs import recall, remember
 from ..base import Content, ContentHost, PreparedSnapshot, SourceSettings
 from .api import HubApi, HubFile
 from .content import HubContent, HubRepository
+from .hf_cache import HubCache
 from .spec import HubSourceSpec
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ class HubSource:
         return self.spec.display
 
     def open_content(self, host: ContentHost) -> Content:
-        repository = HubRepository(self.spec, self.endpoint, self.token, self.offline)
+        repository = HubRepository(
+            self.spec, self.endpoint, self.token, self.offline, HubCache.from_environment(self.spec)
+        )
         return HubContent(repository, self.settings, host)
 
     def worktree(self) -> None:
