@@ -3,6 +3,8 @@ remote.branch_for, spec.strip_credentials)."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import struct
 import subprocess
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 from dulwich.index import SerializedIndexEntry
 from dulwich.objects import ObjectID
 
+from artifactfs.overlay import journal
 from artifactfs.sources.git.git_dir import (
     Base,
     ConfigValues,
@@ -88,16 +91,47 @@ def test_config_is_what_git_reads(tmp_path: Path) -> None:
     assert get("extensions.objectformat") == "sha256"
 
 
-def test_the_hook_runs_isolated(tmp_path: Path) -> None:
-    script = hook_script(tmp_path / "j'ournal.db", python="/usr/bin/python3").decode()
-    assert script.startswith("#!/bin/sh\n")
-    assert "exec /usr/bin/python3 -I -S -c " in script
+def run_hook(script: Path, *argv: str) -> tuple[int, bytes, bytes]:
+    result = subprocess.run([str(script), *argv], capture_output=True, check=False)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_the_shell_hook_answers_what_the_journal_says(tmp_path: Path) -> None:
+    """The hook (POSIX shell) against ``journal.changed_since``: the same token, and the same
+    paths for every token, over several segments and paths no shell should mangle."""
+    database = tmp_path / "work's $dir" / "overlay.sqlite"
+    database.parent.mkdir()
     hook = tmp_path / "hook"
-    hook.write_text(script)
+    hook.write_bytes(hook_script(database))
     hook.chmod(0o755)
-    # no journal there: the hook fails (exit 1), quietly, and git falls back to a full scan
-    result = subprocess.run([str(hook), "2", "artifactfs:x:0"], capture_output=True)
-    assert result.returncode == 1 and result.stderr == b""
+    assert run_hook(hook, "2", "artifactfs:x:0") == (1, b"", b"")  # no journal yet: quietly
+
+    connection = sqlite3.connect(database)
+    with connection:
+        journal.ensure(connection)
+    files = journal.HookFiles(journal.hook_files_of(database))
+    files.rebuild(connection)
+    odd = [b"a b", b"it's", b"*", b"-n", b"new\nline", b"\xff\xfe", b"d/", b"$HOME"]
+    tokens = ["none", "artifactfs:other:0", "artifactfs:x", files.token()]
+    for round_ in range(3):
+        for index in range(journal.SEGMENT_RECORDS + 5):  # past a segment's size
+            with connection:
+                paths = [odd[index % len(odd)], f"r{round_}/f{index}".encode()]
+                files.append(journal.record(connection, paths), paths)
+        tokens.append(files.token())
+    files.close()
+    connection.close()
+    directory = journal.hook_files_of(database)
+    assert len([e for e in os.scandir(directory) if e.name.isdigit()]) >= 6
+    for token in tokens:
+        code, out, err = run_hook(hook, "2", token)
+        assert (code, err) == (0, b""), err
+        now, *paths = out.split(b"\0")
+        assert paths[-1] == b""  # every path NUL-terminated
+        expected_now, expected = journal.changed_since(directory, token)
+        assert now.decode() == expected_now
+        assert sorted(set(paths[:-1])) == expected, token
+    assert run_hook(hook, "1", tokens[-1])[0] == 1  # only protocol 2 is spoken
 
 
 def test_fsmonitor_extension_bytes() -> None:

@@ -303,7 +303,7 @@ def test_every_change_is_in_the_journal(
     daemon: GitDaemon, sample: Repo, mnt: Path, home: Path
 ) -> None:
     with mounted(daemon.url("sample.git"), mnt, home):
-        database = next((home / "workspaces").iterdir()) / "overlay.sqlite"
+        database = journal.hook_files_of(next((home / "workspaces").iterdir()) / "overlay.sqlite")
         token, _ = journal.changed_since(database, "none")
         (mnt / "new.txt").write_bytes(b"x")
         with open(mnt / "README.md", "ab") as f:

@@ -98,6 +98,8 @@ def _in_memory_file(fd: int) -> bool:
 
 async def pread(fd: int, size: int, offset: int, limiter: trio.CapacityLimiter) -> bytes:
     """``os.pread(fd, size, offset)``, from the page cache at once when it is all there."""
+    if _in_memory_file(fd):  # tmpfs: no RWF_NOWAIT, and no disk to wait for
+        return os.pread(fd, size, offset)
     if _NOWAIT is not None and size > 0:
         buffer = bytearray(size)
         try:
@@ -107,8 +109,6 @@ async def pread(fd: int, size: int, offset: int, limiter: trio.CapacityLimiter) 
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
-            if _in_memory_file(fd):  # tmpfs: no RWF_NOWAIT, and no disk to wait for
-                return os.pread(fd, size, offset)
             got = -1  # not offered by this file system: a thread it is
         if got == size:
             return buffer  # type: ignore[return-value]  # a FUSE reply takes any buffer

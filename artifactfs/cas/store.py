@@ -176,6 +176,14 @@ class ContentStore:
         """A ``Publisher`` into this store; use it as a context manager."""
         return Publisher(self, group_blobs, group_bytes)
 
+    def staging_path(self, digest: Digest) -> Path:
+        """A new, unique temporary name beside where ``digest`` is published (its directory
+        made), for content to be written there and then ``adopt``ed. Left behind by a crash,
+        it is swept like any temporary."""
+        final = self.path_of(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return final.parent / f"{_TEMP_PREFIX}{digest.hex}-{os.getpid()}-{secrets.token_hex(4)}"
+
     def adopt(self, digest: Digest, path: Path) -> Path:
         """Move a complete file into the store if it hashes to ``digest``.
 

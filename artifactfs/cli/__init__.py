@@ -17,6 +17,7 @@ from . import (
     cache_command,
     clone_command,
     daemon_commands,
+    export_command,
     mount_commands,
     prefetch_command,
     verify_command,
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     verify_command.add_parser(commands)
     cache_command.add_parsers(commands)
     prefetch_command.add_parser(commands)
+    export_command.add_parser(commands)
     clone_command.add_parser(commands)
     return parser
 

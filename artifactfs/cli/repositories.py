@@ -19,6 +19,8 @@ class Repository:
     state: str
     snapshot: Path | None
     """Its current commit's snapshot (None: not prepared yet, or not on disk)."""
+    source: str = ""
+    ref: str | None = None
 
 
 def home() -> ArtifactHome:
@@ -47,7 +49,9 @@ def registered(home: ArtifactHome) -> list[Repository]:
             if snapshot is None:
                 print(f"artifactfs: the snapshot of {repo.name} is not on disk ({path}): its "
                       "blobs count as unreferenced", file=sys.stderr)  # fmt: skip
-        found.append(Repository(repo.name, repo.mountpoint, repo.state, snapshot))
+        found.append(
+            Repository(repo.name, repo.mountpoint, repo.state, snapshot, repo.source, repo.ref)
+        )
     return found
 
 

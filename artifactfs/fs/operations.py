@@ -33,6 +33,7 @@ from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from ..sources.base import BlobReader, Content
 from . import attributes, xattrs
 from .generations import Generation, Generations
+from .read_ahead import choose_for_open
 from .state import MountState
 
 log = logging.getLogger(__name__)
@@ -262,15 +263,21 @@ class SnapshotOperations(pyfuse3.Operations):
         reader = self.content.reader(generation.index, row)
         self._files[fh] = _OpenFile(generation, reader)
         self._generations.opened(generation)
+        await choose_for_open(self._state.read_ahead, fh, reader)  # the last await: see there
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        self._state.read_sizes[size] += 1
+        if self._state.read_ahead is not None:
+            self._state.read_ahead.settled(fh)
         return await handle.reader.read(off, size)
 
     async def release(self, fh: int) -> None:
+        if self._state.read_ahead is not None:
+            self._state.read_ahead.settled(fh)
         handle = self._files.pop(fh, None)
         if handle is None:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ import trio
 from ..snapshot import SnapshotIndex
 from ..sources.counters import FetchCounters
 from .gate import ReadyGate
+from .read_ahead import OpenReadAhead
 
 
 class ChangeSignal:
@@ -49,6 +51,10 @@ class MountState:
     """A workspace (writable) rather than a read-only mount."""
     changed_paths: Callable[[], int] | None = None
     """How many paths a workspace has changed (set once its overlay is open)."""
+    read_ahead: OpenReadAhead | None = None
+    """Chooses each open's kernel read-ahead (fs/read_ahead.py), where the source wants it."""
+    read_sizes: Counter[int] = field(default_factory=Counter)
+    """Read requests the kernel sent, by size (``user.artifactfs.read_sizes``)."""
 
     def __post_init__(self) -> None:
         self.gate.on_change = self.changes.notify

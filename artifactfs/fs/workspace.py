@@ -56,6 +56,7 @@ from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from ..sources.base import BlobReader, Content, LowerStat, RootFile
 from . import attributes, xattrs
 from .operations import FuseKernelCache, KernelCache
+from .read_ahead import choose_for_open
 from .state import MountState
 
 log = logging.getLogger(__name__)
@@ -589,7 +590,9 @@ class WorkspaceOperations(pyfuse3.Operations):
         row = self.overlay.lower_row(node)
         if row is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        fh = self._new_handle(_Handle(inode, reader=self.content.reader(index, row)))
+        reader = self.content.reader(index, row)
+        fh = self._new_handle(_Handle(inode, reader=reader))
+        await choose_for_open(self._state.read_ahead, fh, reader)  # the last await: see there
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def _open_upper(self, node: Node, flags: int) -> pyfuse3.FileInfo:
@@ -606,6 +609,8 @@ class WorkspaceOperations(pyfuse3.Operations):
                 raise
             await self._change(self.overlay.modified, node.ino)
         fh = self._new_handle(handle)
+        if self._state.read_ahead is not None:  # a local file: large reads cost nothing
+            await self._state.read_ahead.opening(fh, True)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False)
 
     def _handle(self, fh: int) -> _Handle:
@@ -616,6 +621,9 @@ class WorkspaceOperations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._handle(fh)
+        self._state.read_sizes[size] += 1
+        if self._state.read_ahead is not None:
+            self._state.read_ahead.settled(fh)
         if handle.root_file is not None:
             return handle.root_file[off : off + size]
         if handle.reader is not None and handle.ino in self._copies.done:
@@ -657,6 +665,8 @@ class WorkspaceOperations(pyfuse3.Operations):
         await self._change(self.overlay.sync)
 
     async def release(self, fh: int) -> None:
+        if self._state.read_ahead is not None:
+            self._state.read_ahead.settled(fh)
         handle = self._handles.pop(fh, None)
         if handle is None:
             return

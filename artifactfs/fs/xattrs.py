@@ -3,7 +3,10 @@
 On the root: ``user.artifactfs.state`` (``preparing|ready|failed``), ``.error`` when failed,
 ``.source`` (credentials redacted), ``.ref``, ``.commit`` and ``.files`` once ready, and
 ``.bytes_fetched`` (bytes received from the origin by this mount), ``.writable`` (``1`` for a
-workspace, else ``0``) and, in a workspace once ready, ``.changed`` (paths changed). On
+workspace, else ``0``), ``.read_sizes`` (the kernel's read requests so far by size, as
+``SIZE:COUNT`` lines: how large its reads are, fs/read_ahead.py), ``.read_ahead`` where it is
+chosen open by open (``SMALL LARGE`` in KiB: for files being fetched, for complete ones) and,
+in a workspace once ready, ``.changed`` (paths changed). On
 entries with an object:
 ``user.artifactfs.oid`` (the git object id); ``user.artifactfs.sha256`` where the origin vouches
 for one (Hub LFS files); on files ``user.artifactfs.cached`` (bytes present locally).
@@ -30,6 +33,8 @@ SHA256 = PREFIX + b"sha256"
 CACHED = PREFIX + b"cached"
 WRITABLE = PREFIX + b"writable"
 CHANGED = PREFIX + b"changed"
+READ_SIZES = PREFIX + b"read_sizes"
+READ_AHEAD = PREFIX + b"read_ahead"
 
 
 def root_values(state: MountState) -> dict[bytes, bytes]:
@@ -39,7 +44,12 @@ def root_values(state: MountState) -> dict[bytes, bytes]:
         REF: state.shown_ref.encode(),
         BYTES_FETCHED: str(state.counters.bytes_received).encode(),
         WRITABLE: b"1" if state.writable else b"0",
+        READ_SIZES: "".join(
+            f"{size}:{n}\n" for size, n in sorted(state.read_sizes.items())
+        ).encode(),
     }
+    if state.read_ahead is not None and state.read_ahead.attached:
+        values[READ_AHEAD] = f"{state.read_ahead.small_kib} {state.read_ahead.large_kib}".encode()
     if state.gate.state is GateState.FAILED:
         values[ERROR] = (state.gate.error or "unknown error").encode()
     if state.gate.state is GateState.READY and state.snapshot is not None:

@@ -47,7 +47,7 @@ from ..snapshot.index import sweep_snapshot_temporaries
 from ..sources import Content, PreparedSnapshot, Source, SourceSpec
 from .control import serve_control
 from .head_start import HeadStart
-from .kernel_read_ahead import keep_read_ahead
+from .kernel_read_ahead import PerOpenReadAhead, keep_read_ahead
 from .mountpoints import FS_TYPE, mount_at
 from .options import mount_options
 from .profile import ProfileRecorder, RecordingContent, find_files
@@ -157,8 +157,12 @@ class _Worker:
         self.snapshots.read_through(self._content)
         self._content_ready.set()
         if source.read_ahead_kib is not None:
+            per_open = None
+            large = source.complete_read_ahead_kib
+            if large is not None and large != source.read_ahead_kib:
+                per_open = self.state.read_ahead = PerOpenReadAhead(source.read_ahead_kib, large)
             self._nursery.start_soon(
-                keep_read_ahead, self.request.mountpoint, source.read_ahead_kib
+                keep_read_ahead, self.request.mountpoint, source.read_ahead_kib, per_open
             )
         await self._content.run()
 

@@ -6,6 +6,5 @@ path a change touched, in order, so that git's fsmonitor hook can answer "what c
 then" without walking the tree.
 
 This package sits between ``snapshot`` and ``sources``: it knows lower entries only by their
-row inode numbers, and nothing here imports FUSE. Keep this ``__init__`` free of imports: git
-runs the fsmonitor hook (``journal.hook_main``) in a bare interpreter for every ``git status``.
+row inode numbers, and nothing here imports FUSE.
 """

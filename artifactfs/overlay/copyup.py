@@ -23,13 +23,13 @@ def copy_file(source: Path, staging: Path, mtime_ns: int) -> str:
     modification time; return how (``reflink``, ``copy_file_range`` or ``read``)."""
     with open(source, "rb") as src, open(staging, "wb") as dst:
         os.fchmod(dst.fileno(), 0o600)
-        how = clone_or_copy(src.fileno(), dst.fileno(), os.fstat(src.fileno()).st_size)
+        how = _clone_or_copy(src.fileno(), dst.fileno(), os.fstat(src.fileno()).st_size)
         os.utime(dst.fileno(), ns=(mtime_ns, mtime_ns))
         os.fsync(dst.fileno())
     return how
 
 
-def clone_or_copy(src: int, dst: int, size: int) -> str:
+def _clone_or_copy(src: int, dst: int, size: int) -> str:
     try:
         fcntl.ioctl(dst, FICLONE, src)
         return "reflink"
@@ -66,3 +66,10 @@ def clone_or_copy(src: int, dst: int, size: int) -> str:
                 written += os.pwrite(dst, view[written:], copied + written)
         copied += len(chunk)
     return "read"
+
+
+def clone_or_copy(src: int, dst: int, size: int) -> str:
+    """Copy ``size`` bytes of the open file ``src`` into the empty file ``dst`` the cheapest
+    way the file systems allow (reflink, ``copy_file_range``, read/write); return which. Not
+    synced. Also used to take blobs from the huggingface_hub cache and to export to it."""
+    return _clone_or_copy(src, dst, size)

@@ -620,7 +620,8 @@ def workspace_token(directory: Path) -> str | None:
         return None
     reader = sqlite3.connect(directory / DATABASE, timeout=10)
     try:
-        return journal.current_token(reader)
+        last = reader.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+        return f"{journal.epoch_of(reader)}:{last}"  # every change appends to the journal
     finally:
         reader.close()
 

@@ -221,6 +221,7 @@ class Overlay:
         self.lower = lower
         self._writer = self._connect()
         self._reader = self._connect()
+        self._hook_files = journal.HookFiles(journal.hook_files_of(self.database))
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -276,6 +277,7 @@ class Overlay:
                 (REMOVED,),
             )
         self._remove_unnamed_upper_files()
+        self._hook_files.rebuild(self._writer)
 
     def _migrate(self) -> None:
         """Bring an older database to ``USER_VERSION`` in one transaction (a newer one is left
@@ -320,12 +322,13 @@ class Overlay:
         with self._transaction() as db:
             db.execute("DELETE FROM nodes")
             db.execute("DELETE FROM xattrs")
-            journal.reset(db)
+            self._hook_files.reset(journal.reset(db))
         for entry in os.scandir(self.upper_dir):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
 
     def close(self) -> None:
+        self._hook_files.close()
         self._writer.close()
         self._reader.close()
 
@@ -343,7 +346,12 @@ class Overlay:
         return int(found[0])
 
     def current_token(self) -> str:
-        return journal.current_token(self._reader)
+        """The fsmonitor token naming now (what the hook would answer)."""
+        return self._hook_files.token()
+
+    def _record(self, db: sqlite3.Connection, paths: list[bytes]) -> None:
+        """Journal ``paths`` in ``db``'s transaction, and mirror them for the hook first."""
+        self._hook_files.append(journal.record(db, paths), paths)
 
     # -- reading (the reader connection: short indexed queries, on the caller's thread) --------
 
@@ -498,7 +506,7 @@ class Overlay:
                 ),
             )
             self._touch(db, parent.ino, now)
-            journal.record(db, [self._join(db, parent.ino, name)])
+            self._record(db, [self._join(db, parent.ino, name)])
         node = self.get(ino, db)
         assert node is not None
         return node
@@ -525,7 +533,7 @@ class Overlay:
             self._materialize(db, parent)
             self._unlink(db, node.ino, known(node.ino))
             self._touch(db, parent.ino, now)
-            journal.record(db, [path, path + b"/"] if directory else [path])
+            self._record(db, [path, path + b"/"] if directory else [path])
         self._remove_upper_if_dropped(node.ino)
         return node
 
@@ -590,7 +598,7 @@ class Overlay:
             paths = [old_path, new_path]
             if source.is_directory or (exchange and target is not None and target.is_directory):
                 paths += [old_path + b"/", new_path + b"/"]
-            journal.record(db, paths)
+            self._record(db, paths)
         if target is not None and not exchange:
             self._remove_upper_if_dropped(target.ino)
             return target
@@ -613,7 +621,7 @@ class Overlay:
                 "UPDATE nodes SET mode = ?, changed = 1, ctime_ns = ? WHERE ino = ?",
                 (mode & PERMISSIONS, now, ino),
             )
-            journal.record(db, [self.path_of(ino, db)])
+            self._record(db, [self.path_of(ino, db)])
         found = self.get(node.ino, self._writer)
         assert found is not None
         return found
@@ -635,7 +643,7 @@ class Overlay:
                     ino,
                 ),
             )
-            journal.record(db, [self.path_of(ino, db)])
+            self._record(db, [self.path_of(ino, db)])
         found = self.get(ino, self._writer)
         assert found is not None
         return found
@@ -655,7 +663,7 @@ class Overlay:
                     ino,
                 ),
             )
-            journal.record(db, [self.path_of(ino, db)])
+            self._record(db, [self.path_of(ino, db)])
         found = self.get(ino, self._writer)
         assert found is not None
         return found
@@ -682,7 +690,7 @@ class Overlay:
                 (ino, name, value),
             )
             db.execute("UPDATE nodes SET ctime_ns = ?, changed = 1 WHERE ino = ?", (now, ino))
-            journal.record(db, [self.path_of(ino, db)])
+            self._record(db, [self.path_of(ino, db)])
 
     def remove_xattr(self, ino: int, name: bytes) -> None:
         """removexattr(2) on a node without an upper file: ENODATA if not set."""
@@ -693,13 +701,13 @@ class Overlay:
                 raise Refused(errno.ENODATA)
             self._stored(db, ino)
             db.execute("UPDATE nodes SET ctime_ns = ?, changed = 1 WHERE ino = ?", (now, ino))
-            journal.record(db, [self.path_of(ino, db)])
+            self._record(db, [self.path_of(ino, db)])
 
     def modified(self, ino: int) -> None:
         """An upper file's bytes changed (recorded for the journal)."""
         with self._transaction() as db:
             db.execute("UPDATE nodes SET changed = 1 WHERE ino = ?", (ino,))
-            journal.record(db, [self.path_of(ino, db)])
+            self._record(db, [self.path_of(ino, db)])
 
     def staging_path(self, ino: int) -> Path:
         """Where a copy-up writes before ``copied_up``."""
@@ -714,7 +722,7 @@ class Overlay:
         with self._transaction() as db:
             self._stored(db, ino)
             db.execute("UPDATE nodes SET content = 'upper', changed = 1 WHERE ino = ?", (ino,))
-            journal.record(db, [self.path_of(ino, db)])
+            self._record(db, [self.path_of(ino, db)])
         node = self.get(ino, self._writer)
         assert node is not None
         return node

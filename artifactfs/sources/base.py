@@ -12,6 +12,8 @@ the SOURCE a user typed, and use only what is declared here:
   with its background work (``Content.run``) and its end (``Content.close``).
 - ``Source.read_ahead_kib``: the kernel read-ahead the mount should have (it decides the size
   of FUSE read requests; see ``mount/kernel_read_ahead.py``), or None for the kernel's default.
+  ``Source.complete_read_ahead_kib``: a larger one for each open of a file whose bytes are all
+  local already (``BlobReader.complete``), or None for the mount's everywhere.
 
 A new origin (an S3 prefix, an OCI artifact) is a new folder under ``sources/`` with a
 ``SourceKind`` listed in the registry. Sources raise domain errors (``errors.SourceError`` for
@@ -21,7 +23,7 @@ a failed prepare, ``errors.ReadError`` kinds for reads); only ``fs/`` turns them
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -112,6 +114,11 @@ class BlobReader(Protocol):
 
     async def read(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset``; raises a ``ReadError`` kind."""
+        ...
+
+    async def complete(self) -> bool:
+        """Whether all of its bytes are local already, so no read of it fetches anything
+        (what decides the kernel read-ahead of the open). A quick look, never a fetch."""
         ...
 
     def close(self) -> None: ...
@@ -226,6 +233,9 @@ class Source(Protocol):
     @property
     def read_ahead_kib(self) -> int | None: ...
 
+    @property
+    def complete_read_ahead_kib(self) -> int | None: ...
+
     def prepare(self) -> PreparedSnapshot:
         """Resolve the ref and make sure its snapshot is on disk (blocking; raises
         ``SourceError``)."""
@@ -245,6 +255,37 @@ class Source(Protocol):
 
 
 @dataclass(frozen=True)
+class CacheExport:
+    """What ``artifactfs export-hf-cache`` asks of a kind: write one snapshot's files, from the
+    CAS, where the origin's own client looks for them (the Hub's: huggingface_hub's cache)."""
+
+    snapshot: Path
+    cas_dir: Path
+    target: Path | None = None
+    """The client's cache directory; None: where the client looks by default."""
+
+
+@dataclass
+class CacheExportReport:
+    folder: Path
+    """Where the repository's files went (the Hub's: ``<cache>/models--org--name``)."""
+    commit: str
+    files: int = 0
+    bytes: int = 0
+    written: int = 0
+    present: int = 0
+    """Files whose blob was there already (and was left as it is)."""
+    how: dict[str, int] = field(default_factory=dict)
+    """Blobs written, by how they were copied (``reflink``, ``copy_file_range``, ...)."""
+    ref: str | None = None
+    """The revision recorded as naming ``commit`` (None: a commit was asked for)."""
+    missing: list[str] = field(default_factory=list)
+    """Paths whose content the CAS did not hold."""
+    failed: list[str] = field(default_factory=list)
+    """One line per file that could not be written."""
+
+
+@dataclass(frozen=True)
 class SourceKind:
     """One kind of origin, as the registry knows it."""
 
@@ -261,3 +302,6 @@ class SourceKind:
     writable_by_default: bool = False
     """Whether a mount of this kind is a writable workspace unless ``--read-only`` (git: a
     working tree) or read-only unless ``--writable`` (the Hub)."""
+    export_cache: Callable[[SourceSpec, CacheExport], CacheExportReport] | None = None
+    """Write a snapshot into the origin's own client's cache (blocking); None: no such
+    cache."""

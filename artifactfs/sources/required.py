@@ -27,6 +27,10 @@ class RequiredCommit:
     def read_ahead_kib(self) -> int | None:
         return self.inner.read_ahead_kib
 
+    @property
+    def complete_read_ahead_kib(self) -> int | None:
+        return self.inner.complete_read_ahead_kib
+
     def _checked(self, prepared: PreparedSnapshot) -> PreparedSnapshot:
         if prepared.commit != self.commit:
             raise SourceError(

@@ -5,7 +5,8 @@ fixing the benchmarks in this one file."""
 from __future__ import annotations
 
 from artifactfs.cas import ContentStore, Digest
-from artifactfs.cas.digests import GIT_SHA1
+from artifactfs.cas.digests import GIT_SHA1, SHA256
+from artifactfs.mount.kernel_read_ahead import set_read_ahead
 from artifactfs.sources import parse_source
 from artifactfs.sources.git import object_info
 from artifactfs.sources.git.packs import iter_objects, received_pack
@@ -14,6 +15,7 @@ from artifactfs.sources.git.transport import open_client
 
 __all__ = [
     "GIT_SHA1",
+    "SHA256",
     "ContentStore",
     "Digest",
     "GitSourceSpec",
@@ -22,4 +24,5 @@ __all__ = [
     "open_client",
     "parse_source",
     "received_pack",
+    "set_read_ahead",
 ]

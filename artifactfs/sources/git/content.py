@@ -377,6 +377,11 @@ class _WholeBlob:
             return self._verified[offset : offset + size]
         return await self._content.pread(self._fd, size, offset)
 
+    async def complete(self) -> bool:
+        if self._fd is not None or not self._row.size:
+            return True
+        return await self._content.cached_bytes(self._snapshot, self._row) == self._row.size
+
     def close(self) -> None:
         self._verified = None
         if self._fd is not None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import UserError
+from ...overlay.journal import hook_files_of
+from ...overlay.journal import hook_script as journal_hook_script
 from ..spec import check_ref
 
 BASE_FILE = "artifactfs-base"
@@ -172,24 +174,10 @@ def package_parent() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
-def hook_script(journal: Path, python: str | None = None) -> bytes:
-    """git's fsmonitor hook: our interpreter, isolated (``-I``: no environment variables, no
-    user site, nothing from the working directory, which is the mount and holds anybody's
-    ``sqlite3.py``) and without ``site`` (``-S``: a fast start), answering from ``journal``."""
-    code = (
-        f"import sys; sys.path.insert(0, {str(package_parent())!r}); "
-        "from artifactfs.overlay.journal import hook_main; "
-        f"sys.exit(hook_main(sys.argv[1:], {str(journal.absolute())!r}))"
-    )
-    interpreter = python or sys.executable
-    database = shlex.quote(str(journal.absolute()))
-    return (
-        "#!/bin/sh\n"
-        "# written by artifactfs: git's fsmonitor hook (protocol 2), answered from the\n"
-        "# workspace's change journal; no journal yet: fail quietly (git checks everything)\n"
-        f"[ -e {database} ] || exit 1\n"
-        f'exec {shlex.quote(interpreter)} -I -S -c {shlex.quote(code)} "$@"\n'
-    ).encode()
+def hook_script(journal: Path) -> bytes:
+    """git's fsmonitor hook for the overlay whose database is ``journal``: a shell script
+    reading the journal's mirror (``overlay/journal.py`` says why not Python)."""
+    return journal_hook_script(hook_files_of(journal))
 
 
 def cas_remote_script(settings: Path, python: str | None = None) -> bytes:

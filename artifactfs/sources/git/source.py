@@ -16,6 +16,7 @@ the kernel send 1 MiB FUSE reads (its largest) instead of 128 KiB ones."""
 
 class GitSource:
     read_ahead_kib = GIT_READ_AHEAD_KIB
+    complete_read_ahead_kib = None  # blobs are fetched whole: every open may read far ahead
 
     def __init__(self, spec: GitSourceSpec, settings: SourceSettings) -> None:
         self.remote = GitRemote(spec, settings)

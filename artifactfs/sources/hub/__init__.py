@@ -5,7 +5,7 @@ Only the spec is imported here; the source itself (and huggingface_hub) when a m
 
 from __future__ import annotations
 
-from ..base import Source, SourceKind, SourceSettings, SourceSpec
+from ..base import CacheExport, CacheExportReport, Source, SourceKind, SourceSettings, SourceSpec
 from .spec import HubSourceSpec, parse_hub_source
 
 
@@ -14,6 +14,13 @@ def _open(spec: SourceSpec, settings: SourceSettings) -> Source:
 
     assert isinstance(spec, HubSourceSpec)
     return HubSource(spec, settings)
+
+
+def _export_cache(spec: SourceSpec, request: CacheExport) -> CacheExportReport:
+    from .hf_cache import export
+
+    assert isinstance(spec, HubSourceSpec)
+    return export(spec, request)
 
 
 def _preload() -> None:
@@ -29,6 +36,7 @@ KIND = SourceKind(
     _preload,
     "hf://org/name[@revision]",
     writable_by_default=False,  # models and data sets are read; --writable makes a workspace
+    export_cache=_export_cache,  # artifactfs export-hf-cache
 )
 
 __all__ = ["KIND", "HubSourceSpec"]

@@ -20,6 +20,7 @@ from ...errors import ReadError
 from ...snapshot import Row, SnapshotIndex
 from ..base import BlobReader, ContentHost, SourceSettings
 from .client import HubClient, file_url
+from .hf_cache import HubCache
 from .ranged import Cursor, HubBlob, RangedBlobs
 from .spec import HubSourceSpec
 
@@ -38,6 +39,8 @@ class HubRepository:
     token: str | None
     offline: bool = False
     """Fetch nothing: bytes that are not stored fail at once."""
+    hf_cache: HubCache | None = None
+    """The user's huggingface_hub cache, taken from before fetching (None: not looked at)."""
 
 
 class HubContent:
@@ -47,12 +50,19 @@ class HubContent:
         self._repository = repository
         self._settings = settings
         self._client: HubClient | None = None
+        cas = ContentStore(settings.cas_dir, settings.usage)
+        hf_cache = repository.hf_cache
         self._blobs = RangedBlobs(
-            ContentStore(settings.cas_dir, settings.usage),
+            cas,
             self._http,
             settings.io_timeout,
             host.forget_cached,
             offline=repository.offline,
+            take_local=(
+                None
+                if hf_cache is None
+                else lambda blob: hf_cache.take(cas, blob.digest, blob.size)
+            ),
         )
 
     def _http(self) -> HubClient:
@@ -132,6 +142,9 @@ class _RangedReader:
 
     async def read(self, offset: int, size: int) -> bytes:
         return await self._blobs.read(self._blob, offset, size, self._cursor)
+
+    async def complete(self) -> bool:
+        return await self._blobs.complete(self._blob)
 
     def close(self) -> None:
         self._cursor.close()

@@ -130,8 +130,12 @@ class RangedBlobs:
         io_timeout: float,
         forget_cached: ForgetCached,
         offline: bool = False,
+        take_local: Callable[[HubBlob], bool] | None = None,
     ) -> None:
         self._cas = cas
+        self._take_local = take_local
+        """Blocking: publish a blob into the CAS from a copy found on this machine (the user's
+        huggingface_hub cache, hf_cache.py), verified; False if there is none."""
         self._client = client
         self._client_made = False
         self._closed: str | None = None
@@ -249,6 +253,17 @@ class RangedBlobs:
         await self.fetch_whole(blob)
         return self._cas.path_of(blob.digest)
 
+    async def complete(self, blob: HubBlob) -> bool:
+        """Whether the store holds all of ``blob`` (published, or of the right size: a damaged
+        copy is found and set aside by the first read, as ever)."""
+        state = self._states.get(blob.digest)
+        if state is not None and (state.published or state.partial is not None):
+            return state.published
+        if blob.size == 0:
+            return True
+        size = await trio.to_thread.run_sync(self._cas.size_of, blob.digest, limiter=self._io)
+        return size == blob.size
+
     async def cached_bytes(self, blob: HubBlob) -> int:
         state = self._states.get(blob.digest)
         if state is not None and state.partial is not None:
@@ -275,6 +290,8 @@ class RangedBlobs:
             if await trio.to_thread.run_sync(self._intact, blob, limiter=self._io):
                 state.published = True
         async with state.lock:
+            if state.partial is None and not state.published and await self._taken(blob):
+                state.published = True
             if state.partial is None and not state.published:
                 state.partial = await trio.to_thread.run_sync(
                     PartialBlob.open, self._cas.root, blob.digest, blob.size
@@ -303,6 +320,12 @@ class RangedBlobs:
             where,
         )
         return False
+
+    async def _taken(self, blob: HubBlob) -> bool:
+        """Whether ``blob`` was just published from a copy on this machine (not fetched)."""
+        if self._take_local is None:
+            return False
+        return await trio.to_thread.run_sync(self._take_local, blob, limiter=self._io)
 
     async def _ensure_descriptor(self, state: _State, cursor: Cursor) -> None:
         if cursor.fd >= 0 and cursor.fd_epoch == state.epoch:
@@ -347,6 +370,8 @@ class RangedBlobs:
                 return  # another reader did it
             if await trio.to_thread.run_sync(self._intact, state.blob, limiter=self._io):
                 return  # still there (the evictor looked at it, and let it be): open it again
+            if await self._taken(state.blob):
+                return  # a copy was found on this machine again
             log.info("%s was evicted from the store: fetching it again", state.blob.digest)
             state.published = False
             state.layout_known = False

@@ -20,12 +20,15 @@ from ...snapshot.refs import recall, remember
 from ..base import Content, ContentHost, PreparedSnapshot, SourceSettings
 from .api import HubApi, HubFile
 from .content import HubContent, HubRepository
+from .hf_cache import HubCache
 from .spec import HubSourceSpec
 
 log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 5_000_000
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+KERNEL_DEFAULT_READ_AHEAD_KIB = 128
+COMPLETE_READ_AHEAD_KIB = 4096
 
 
 def hub_endpoint() -> str:
@@ -50,10 +53,13 @@ class HubSource:
     """A Hub repository opened for one mount (``base.Source``). ``prepare`` blocks: run it in
     a worker thread."""
 
-    read_ahead_kib = None
-    """The kernel's default (128 KiB): it also reads that far around every page a program
-    maps (``safetensors`` maps its files), and a larger window fetched megabytes past the one
+    read_ahead_kib = KERNEL_DEFAULT_READ_AHEAD_KIB
+    """The kernel's default: it also reads that far around every page a program maps
+    (``safetensors`` maps its files), and a larger window fetched megabytes past the one
     tensor a reader wanted (docs/benchmarks.md)."""
+    complete_read_ahead_kib = COMPLETE_READ_AHEAD_KIB
+    """A file already complete in the store costs nothing to read ahead of: its opens get
+    large reads (1 MiB requests instead of 128 KiB ones; mount/kernel_read_ahead.py)."""
 
     def __init__(self, spec: HubSourceSpec, settings: SourceSettings) -> None:
         """The token: one given on purpose (``--token-file``, or the daemon's), else what
@@ -69,7 +75,9 @@ class HubSource:
         return self.spec.display
 
     def open_content(self, host: ContentHost) -> Content:
-        repository = HubRepository(self.spec, self.endpoint, self.token, self.offline)
+        repository = HubRepository(
+            self.spec, self.endpoint, self.token, self.offline, HubCache.from_environment(self.spec)
+        )
         return HubContent(repository, self.settings, host)
 
     def worktree(self) -> None:
