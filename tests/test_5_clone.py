@@ -537,7 +537,8 @@ def _proxy_at(upstream: int, port: int) -> GitProxy | None:
 def test_a_full_disk_is_one_line(
     daemon: GitDaemon, sample: Repo, home: Path, tmp_path: Path
 ) -> None:
-    """DEST's file system fills up: exit 1, one line naming ENOSPC, no DEST, the sibling kept."""
+    """DEST's file system fills up: exit 1, one line naming ENOSPC, no DEST, the sibling kept.
+    A read-only one: exit 2, one line."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     small = tmp_path / "small"
@@ -550,6 +551,14 @@ def test_a_full_disk_is_one_line(
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
         assert not (small / "out").exists()
         assert (small / SIBLING.format("out") / "artifactfs-clone.json").is_file()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(small)], check=True)
+    try:
+        result = run_cli("clone", daemon.url("sample.git"), str(small / "out"), home=home)
+        assert result.returncode == 2
+        assert result.stderr.startswith("artifactfs: cannot work beside ")
+        assert "Read-only file system" in result.stderr and result.stderr.count("\n") == 1
     finally:
         subprocess.run(["umount", str(small)], check=True)
 

@@ -267,7 +267,10 @@ class _Job:
                 "workspace": workspace_token(self.workspace) if self.workspace else None,
             }
             clone_dir = CloneDir(self.dest, identity)
-            clone_dir.open()
+            try:
+                clone_dir.open()
+            except OSError as exc:
+                raise UserError(f"cannot work beside {self.dest}: {_one_line(exc)}") from None
             try:
                 self._materialise(source, snapshot, entries, clone_dir, home)
                 clone_dir.publish()
