@@ -247,7 +247,7 @@ class WorkspaceOperations(pyfuse3.Operations):
     async def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         index = self._require_index()
         if not node.stored:
-            row = index.get(node.ino)
+            row = node.row or index.get(node.ino)
             if row is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             if row.size_unknown:

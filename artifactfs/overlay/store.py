@@ -48,7 +48,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
@@ -150,6 +150,8 @@ class Node:
     uid: int | None = None
     """The owner (None: the mount owner, as every lower entry until a chown)."""
     gid: int | None = None
+    row: Row | None = field(default=None, compare=False, repr=False)
+    """The snapshot row an untouched lower entry was made from (spares looking it up again)."""
 
     @property
     def is_directory(self) -> bool:
@@ -182,6 +184,7 @@ def _from_row(row: Row) -> Node:
         ctime_ns=None,
         materialized=False,
         stored=False,
+        row=row,
     )
 
 
