@@ -48,8 +48,8 @@ FROM python:3.11-slim-bookworm
 RUN apt-get update \
     && apt-get install -y --no-install-recommends fuse3 git ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 artifactfs \
-    && useradd --system --uid 10001 --gid artifactfs --no-create-home \
+    && groupadd --gid 10001 artifactfs \
+    && useradd --uid 10001 --gid artifactfs --no-create-home --no-log-init \
         --home-dir /var/lib/artifactfs --shell /usr/sbin/nologin artifactfs \
     && install -d -o artifactfs -g artifactfs -m 0711 /var/lib/artifactfs \
     && echo user_allow_other >> /etc/fuse.conf

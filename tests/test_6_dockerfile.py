@@ -449,6 +449,9 @@ def _release_problems(stages: list[Stage], final: Stage, root: Path) -> list[str
     )
     if not builds_pins:
         found.append(f"no build stage runs `pip wheel --requirement {PINS}`")
+    for stage in stages[:-1]:
+        if not stage.env().get("PIP_CONSTRAINT", "").endswith(f"/{BUILD_PINS}"):
+            found.append(f"stage {stage.name}: PIP_CONSTRAINT is not its copy of {BUILD_PINS}")
     if not pins_file.exists():
         return [*found, f"{PINS} does not exist"]
     pins = read_pins(pins_file.read_text())
@@ -753,6 +756,11 @@ BROKEN_DOCKERFILES: list[tuple[str, Callable[[str], str], str]] = [
         "dependencies not from the pins",
         lambda t: _replace_last(t, "--requirement container/requirements.txt", "."),
         "no build stage runs `pip wheel --requirement container/requirements.txt`",
+    ),
+    (
+        "build tools not pinned",
+        lambda t: _replace_first(t, "PIP_CONSTRAINT=/src/container/build-constraints.txt", ""),
+        "PIP_CONSTRAINT is not its copy of container/build-constraints.txt",
     ),
     (
         "venv not on PATH",

@@ -46,7 +46,10 @@ from tests.helpers.mounts import is_mounted
 from tests.helpers.servers import GitDaemon, GitProxy
 from tests.helpers.waiting import wait_for
 
-pytestmark = pytest.mark.container
+# The first test also pays for the session's set-up: minutes when the cache is cold (the base
+# and the build), more than the default timeout on a loaded machine. Every podman command has
+# a timeout of its own, so a hang still ends.
+pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
 
 HOME = "/var/lib/artifactfs"
 SHARED = "/mnt/artifacts"
