@@ -54,8 +54,7 @@ RUN apt-get update \
     && install -d -o artifactfs -g artifactfs -m 0711 /var/lib/artifactfs \
     && echo user_allow_other >> /etc/fuse.conf
 COPY --from=build /opt/artifactfs /opt/artifactfs
-ENV PATH=/opt/artifactfs/bin:$PATH \
-    PYTHONUNBUFFERED=1
+ENV PATH=/opt/artifactfs/bin:$PATH
 # The registry, blob cache, snapshots, workspaces, sockets and logs: a volume, so the cache
 # outlives the container and a new container on the same commits fetches nothing again.
 ENV ARTIFACTFS_HOME=/var/lib/artifactfs
