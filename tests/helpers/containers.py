@@ -15,8 +15,9 @@ second run of the tests costs seconds:
   it: HTTPS leaves this network through an intercepting proxy, and pip must trust it. Like
   Debian's slim images it has no manuals or documentation and apt keeps no downloaded
   packages. Kept while its recipe (the package list, the certificates) is unchanged.
-- the image: tagged by a digest of everything the build reads (Dockerfile, .dockerignore,
-  container/, pyproject.toml, README.md, artifactfs/), built only when that changes.
+- the image: tagged by a digest of everything the build reads (the base, Dockerfile,
+  .dockerignore, container/, pyproject.toml, README.md, artifactfs/), built only when that
+  changes.
 
 Concurrent test sessions share the cache under a file lock.
 """
@@ -53,7 +54,7 @@ BASE_PACKAGES = (
     "python-is-python3",
     "ca-certificates",
 )
-BASE_RECIPE_VERSION = "3"
+BASE_RECIPE_VERSION = "4"
 SLIM_DPKG_OPTIONS = (  # what Debian's slim images leave out
     "path-exclude=/usr/share/man/*",
     "path-exclude=/usr/share/doc/*",
@@ -219,7 +220,8 @@ def make_base(podman: Podman) -> float:
         'for c in /usr/local/share/ca-certificates/*.crt; do [ -e "$c" ] || continue; '
         'cp "$c" "$1/usr/local/share/ca-certificates/"; done; '
         'chroot "$1" update-ca-certificates >/dev/null; '
-        f"printf '%s' '{APT_NO_CACHE}' > \"$1/etc/apt/apt.conf.d/docker-no-cache\""
+        f"printf '%s' '{APT_NO_CACHE}' > \"$1/etc/apt/apt.conf.d/docker-no-cache\"; "
+        'rm -f "$1"/var/cache/apt/*.bin'
     )
     result = subprocess.run(
         [
@@ -250,9 +252,12 @@ def make_base(podman: Podman) -> float:
     return time.monotonic() - start
 
 
-def build_image(podman: Podman) -> tuple[str, float]:
-    """The project's image from this checkout, unless the cache holds it: (name, seconds)."""
-    name = f"{IMAGE_REPOSITORY}:{_digest(build_inputs())[:16]}"
+def build_image(podman: Podman, new_base: bool = False) -> tuple[str, float]:
+    """The project's image from this checkout, unless the cache holds it: (name, seconds).
+    Images left by earlier builds are removed: all of them after a new base (they were built
+    on the old one), else those older than a week."""
+    base_id = podman.inspect_image(BASE_NAME)["Id"]
+    name = f"{IMAGE_REPOSITORY}:{_digest(build_inputs(), base_id)[:16]}"
     if podman.image_exists(name):
         return name, 0.0
     start = time.monotonic()
@@ -263,7 +268,8 @@ def build_image(podman: Podman) -> tuple[str, float]:
     for old in listed.stdout.split():
         if old != name:
             podman.run("rmi", old, check=False)
-    podman.run("image", "prune", "--force", "--filter", "until=168h", check=False, timeout=300)
+    age = [] if new_base else ["--filter", "until=168h"]
+    podman.run("image", "prune", "--force", *age, check=False, timeout=300)
     return name, seconds
 
 
@@ -271,7 +277,7 @@ def set_up(podman: Podman) -> SetUp:
     start = time.monotonic()
     with podman.locked():
         base_seconds = make_base(podman)
-        image, build_seconds = build_image(podman)
+        image, build_seconds = build_image(podman, new_base=base_seconds > 0)
     return SetUp(image, base_seconds, build_seconds, time.monotonic() - start)
 
 
