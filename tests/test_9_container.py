@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import tomllib
 from collections.abc import Iterator
@@ -109,8 +110,10 @@ def record_figures(**figures: Any) -> None:
 
 
 def name_of(tmp_path: Path, suffix: str = "") -> str:
-    """A container name unique to this test (and run)."""
-    return f"artifactfs-test-{tmp_path.name}{suffix}".replace("_", "-").lower()
+    """A container name unique to this test in this process (test sessions may run side by
+    side on the same podman storage)."""
+    name = f"artifactfs-test-{os.getpid()}-{tmp_path.name}{suffix}"
+    return re.sub(r"[^a-z0-9.-]", "-", name.lower())
 
 
 def volumes(state: Path, shared: Path | None = None) -> list[str]:
@@ -228,7 +231,9 @@ def test_the_daemon_in_a_container_mounts_for_the_host(
     app = shared / "app"
     try:
         started = time.monotonic()
-        with daemon_container(podman, image, name_of(tmp_path), volumes(state, shared)) as c:
+        with daemon_container(
+            podman, image, name_of(tmp_path), volumes(state, shared), log_dir=tmp_path
+        ) as c:
             c.wait_answers()
             answering = time.monotonic() - started
             c.exec("mkdir", "-p", f"{SHARED}/app", f"{SHARED}/private")
@@ -282,7 +287,7 @@ def test_the_daemon_in_a_container_mounts_for_the_host(
         # a new container on the same state: every repository back, nothing fetched again
         mark = daemon.trace_mark()
         with daemon_container(
-            podman, image, name_of(tmp_path, "-again"), volumes(state, shared)
+            podman, image, name_of(tmp_path, "-again"), volumes(state, shared), log_dir=tmp_path
         ) as again:
             again.wait_answers()
             for name in ("app", "private"):
@@ -323,7 +328,9 @@ def test_the_daemon_runs_as_the_images_own_user(
 ) -> None:
     os.chown(state, USER_ID, USER_ID)  # what a fresh named volume gets from the image
     name = name_of(tmp_path)
-    with daemon_container(podman, image, name, volumes(state), ["--user=artifactfs"]) as c:
+    with daemon_container(
+        podman, image, name, volumes(state), ["--user=artifactfs"], log_dir=tmp_path
+    ) as c:
         # This host's /dev/fuse is 0600 root (no udev) and the container's copy keeps that;
         # where udev made it 0666, as on a normal install, nothing needs doing.
         c.exec("chmod", "0666", "/dev/fuse", user="0")

@@ -370,6 +370,13 @@ class Container:
     def remove(self) -> None:
         self.podman.run("rm", "--force", "--time", "0", self.name, check=False, timeout=120)
 
+    def save_logs(self, path: Path) -> None:
+        """The container's output (the daemon's stderr) to ``path``: name it ``*.stderr``
+        under the test's directory and the log check reads it (tests/helpers/checklogs.py)."""
+        result = self.podman.run("logs", self.name, check=False)
+        if result.returncode == 0:
+            path.write_text(result.stdout + result.stderr)
+
 
 @contextlib.contextmanager
 def daemon_container(
@@ -379,9 +386,11 @@ def daemon_container(
     volumes: Sequence[str],
     options: Sequence[str] = (),
     args: Sequence[str] = (),
+    log_dir: Path | None = None,
 ) -> Iterator[Container]:
     """``podman run -d`` of the image (its entrypoint: the daemon) with /dev/fuse, SYS_ADMIN and
-    the host's network; removed (killed if need be) however the block ends."""
+    the host's network; removed (killed if need be) however the block ends, its output kept
+    first in ``log_dir/NAME.stderr``."""
     container = Container(podman, name)
     container.remove()  # one left by a run that was killed
     volume_options = [f"--volume={v}" for v in volumes]
@@ -400,4 +409,6 @@ def daemon_container(
         )
         yield container
     finally:
+        if log_dir is not None:
+            container.save_logs(log_dir / f"{name}.stderr")
         container.remove()
