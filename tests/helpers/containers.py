@@ -237,7 +237,7 @@ def make_base(podman: Podman) -> float:
         ],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=400,
         check=False,
     )
     if result.returncode != 0:
@@ -261,7 +261,7 @@ def build_image(podman: Podman, new_base: bool = False) -> tuple[str, float]:
     if podman.image_exists(name):
         return name, 0.0
     start = time.monotonic()
-    podman.run("build", "--pull=never", "--format", "docker", "--tag", name, str(ROOT), timeout=900)
+    podman.run("build", "--pull=never", "--format", "docker", "--tag", name, str(ROOT), timeout=450)
     seconds = time.monotonic() - start
     # older images of the tests (other checkouts, earlier sources) and their stale build cache
     listed = podman.run("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPOSITORY)
