@@ -54,6 +54,7 @@ from tests.helpers.waiting import wait_for
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
 
 HOME = "/var/lib/artifactfs"
+CONTAINER_PREFIX = "artifactfs-test"
 SHARED = "/mnt/artifacts"
 USER_ID = 10001
 README = SAMPLE_FILES["README.md"]
@@ -67,7 +68,9 @@ def podman() -> Podman:
     reason = unavailable()
     if reason is not None:
         pytest.skip(reason)
-    return Podman()
+    podman = Podman()
+    podman.remove_orphans(CONTAINER_PREFIX)
+    return podman
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +122,7 @@ def host_read(path: Path) -> bytes:
 def name_of(tmp_path: Path, suffix: str = "") -> str:
     """A container name unique to this test in this process (test sessions may run side by
     side on the same podman storage)."""
-    name = f"artifactfs-test-{os.getpid()}-{tmp_path.name}{suffix}"
+    name = f"{CONTAINER_PREFIX}-{os.getpid()}-{tmp_path.name}{suffix}"
     return re.sub(r"[^a-z0-9.-]", "-", name.lower())
 
 

@@ -178,6 +178,18 @@ class Podman:
         (found,) = json.loads(self.run("image", "inspect", name).stdout)
         return dict(found)
 
+    def remove_orphans(self, prefix: str) -> list[str]:
+        """Remove containers named ``PREFIX-PID-...`` whose test process PID is gone (a session
+        killed before its clean-up ran); those of live sessions are left alone."""
+        listed = self.run("ps", "--all", "--format={{.Names}}", f"--filter=name=^{prefix}-")
+        removed = []
+        for name in listed.stdout.split():
+            pid = name[len(prefix) + 1 :].split("-", 1)[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                self.run("rm", "--force", "--time", "0", name, check=False, timeout=120)
+                removed.append(name)
+        return removed
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         with open(self.cache / "setup.lock", "w") as lock:
