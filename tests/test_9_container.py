@@ -11,8 +11,9 @@ signal, volume, labels, user), what it holds (no compiler, the pinned versions),
 its entrypoint mounting for the host (an ``--async`` placeholder at once, reads inside and on
 the host, readers that are not root through ``--allow-other``, a workspace edit, ``git``),
 ``podman stop`` well within 10 s with no mount left, a new container on the same state with
-every repository back and nothing fetched again, the daemon as the image's own user, and the
-health check's exit codes. Figures (set-up, start to mounted, stop) go to ``figures.json`` in
+every repository back and nothing fetched again, the daemon as the image's own user, the
+health check's exit codes, and one repository mounted without the daemon (``artifactfs mount``
+as the main process). Figures (set-up, start to mounted, stop) go to ``figures.json`` in
 the cache for docs/sandbox.md.
 """
 
@@ -375,3 +376,41 @@ def test_the_health_check_exit_codes(
         c.exec("sh", "-c", f"kill -TERM {int(started[started.index('daemon') + 1])}")
         wait_for(lambda: not c.answers(), 20, "the daemon to stop")
         assert podman.run("healthcheck", "run", name, check=False).returncode == 1
+
+
+def test_one_repository_without_the_daemon(
+    podman: Podman,
+    image: str,
+    tmp_path: Path,
+    state: Path,
+    shared: Path,
+    sample: Repo,
+    daemon: GitDaemon,
+    expect_log: Any,
+) -> None:
+    """docs/sandbox.md's `artifactfs mount` as the container's main process: mounted for the
+    host, stopped by `podman stop`; a repository that cannot be prepared ends the container
+    with status 1 and one line."""
+    url = daemon.url("sample.git")
+    script = f"mkdir -p {SHARED}/repo && exec artifactfs mount {url} {SHARED}/repo"
+    name = name_of(tmp_path)
+    entrypoint = ["--entrypoint=sh"]
+    with daemon_container(
+        podman, image, name, volumes(state, shared), entrypoint, ["-c", script], tmp_path
+    ) as c:
+        wait_for(lambda: is_mounted(shared / "repo"), 30, "the mount on the host",
+                 while_alive=c.check_running)  # fmt: skip
+        assert host_read(shared / "repo" / "README.md") == README
+        assert stop(c) < STOP_BOUND
+        assert fuse_mounts_under(shared) == []
+
+    expect_log(r"cannot prepare .*sample\.git-missing", level="ERROR", required=True)
+    missing = f"mkdir -p /mnt/missing && exec artifactfs mount {url}-missing /mnt/missing"
+    with daemon_container(
+        podman, image, name_of(tmp_path, "-missing"), volumes(state), entrypoint,
+        ["-c", missing], tmp_path,
+    ) as failed:  # fmt: skip
+        wait_for(lambda: not failed.running(), 60, "the mount to give up")
+        assert failed.state()["ExitCode"] == 1
+        output = failed.logs().strip().splitlines()
+        assert len(output) == 1 and output[0].startswith("artifactfs: cannot prepare"), output
