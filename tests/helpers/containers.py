@@ -17,7 +17,8 @@ second run of the tests costs seconds:
   packages. Kept while its recipe (the package list, the certificates) is unchanged.
 - the image: tagged by a digest of everything the build reads (the base, Dockerfile,
   .dockerignore, container/, pyproject.toml, README.md, artifactfs/), built only when that
-  changes.
+  changes. Only the last image and its build stage are kept (the build stage holds the
+  dependencies' wheels, so a change to artifactfs's code rebuilds in seconds).
 
 Concurrent test sessions share the cache under a file lock.
 """
@@ -73,6 +74,7 @@ EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 IMAGE_REPOSITORY = "localhost/artifactfs-test"
+BUILD_STAGE = "localhost/artifactfs-test-build:last"
 BUILD_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md")
 BUILD_TREES = ("container", "artifactfs")
 
@@ -264,24 +266,33 @@ def make_base(podman: Podman) -> float:
     return time.monotonic() - start
 
 
+def remove_old_images(podman: Podman, keep: Sequence[str]) -> None:
+    """The tests' images but ``keep`` (other checkouts, earlier sources, an older base), then
+    every image no tag needs any more. The build stage of the last build is kept under a tag
+    of its own: it is what makes the next build quick (only artifactfs's wheel is rebuilt)."""
+    for repository in (IMAGE_REPOSITORY, BUILD_STAGE.rsplit(":", 1)[0]):
+        listed = podman.run("images", "--format", "{{.Repository}}:{{.Tag}}", repository)
+        for old in listed.stdout.split():
+            if old not in keep:
+                podman.run("rmi", old, check=False)
+    podman.run("image", "prune", "--force", check=False, timeout=300)
+
+
 def build_image(podman: Podman, new_base: bool = False) -> tuple[str, float]:
     """The project's image from this checkout, unless the cache holds it: (name, seconds).
-    Images left by earlier builds are removed: all of them after a new base (they were built
-    on the old one), else those older than a week."""
+    After a new base, everything built on the old one goes first."""
     base_id = podman.inspect_image(BASE_NAME)["Id"]
     name = f"{IMAGE_REPOSITORY}:{_digest(build_inputs(), base_id)[:16]}"
     if podman.image_exists(name):
         return name, 0.0
+    if new_base:
+        remove_old_images(podman, keep=())
     start = time.monotonic()
-    podman.run("build", "--pull=never", "--format", "docker", "--tag", name, str(ROOT), timeout=450)
+    build = ["build", "--pull=never", "--format", "docker"]
+    podman.run(*build, "--tag", name, str(ROOT), timeout=450)
     seconds = time.monotonic() - start
-    # older images of the tests (other checkouts, earlier sources) and their stale build cache
-    listed = podman.run("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPOSITORY)
-    for old in listed.stdout.split():
-        if old != name:
-            podman.run("rmi", old, check=False)
-    age = [] if new_base else ["--filter", "until=168h"]
-    podman.run("image", "prune", "--force", *age, check=False, timeout=300)
+    podman.run(*build, "--target", "build", "--tag", BUILD_STAGE, str(ROOT), timeout=120)
+    remove_old_images(podman, keep=(name, BUILD_STAGE))
     return name, seconds
 
 
