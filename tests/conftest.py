@@ -6,7 +6,9 @@ disk, ``test_3_*`` the sources against real servers and the read path in-process
 operations, content and sources with no kernel: test_3_inprocess_reads.py), ``test_4_*`` real
 mounts through the kernel, ``test_5_*`` the daemon, ``test_6_*`` the whole program in its
 settings (shutdown, sandboxes, other users, Docker), ``test_7_*`` faults done to a real mount
-(a damaged store, a full disk, bad bytes from the Hub).
+(a damaged store, a full disk, bad bytes from the Hub), ``test_8_*`` other people's test
+suites on a mount, ``test_9_*`` the container image built and run with podman (marker
+``container``).
 
 Every test ends with two checks: no mount is left under its ``tmp_path``, and the logs of the
 artifactfs processes it ran (``run/logs/*.log`` of each state home, and the ``*.stderr`` files

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.helpers.daemons import running_daemon
 
@@ -31,6 +33,8 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 HOME_DIR = "/var/lib/artifactfs"
 ENTRYPOINT = ["artifactfs", "daemon"]
 FINAL_PACKAGES = {"fuse3", "git", "ca-certificates"}
+PINS = "container/requirements.txt"
+BUILD_PINS = "container/build-constraints.txt"
 SLIM_PYTHON = re.compile(r"^python:3\.(\d+)(?:\.\d+)?-slim-(bookworm|trixie)$")
 DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
 
@@ -322,6 +326,7 @@ def problems(dockerfile: str, dockerignore: str, root: Path = ROOT) -> list[str]
 
     found += _copy_problems(stages, names, rules, root)
     found += _path_problems(final, names)
+    found += _release_problems(stages, final, root)
 
     for needed in (".venv", ".venv/bin/python", ".git", ".git/HEAD"):
         if not is_excluded(needed, rules):
@@ -395,6 +400,72 @@ def _copy_problems(
         (root / readme_file).resolve().is_relative_to(c.resolve()) for c in copied
     ):
         found.append(f"pyproject.toml's readme {readme_file} is not copied into the build")
+    return found
+
+
+def read_pins(text: str) -> dict[str, str]:
+    """``name==version`` lines of a requirements file, by normalized name."""
+    pins: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            if not sep or not version.strip():
+                raise ParseError(f"{line!r} is not pinned to one version with ==")
+            pins[canonicalize_name(name.strip())] = version.strip()
+    return pins
+
+
+def _release_problems(stages: list[Stage], final: Stage, root: Path) -> list[str]:
+    """Stop signal, labels, and the pinned dependencies the build stage installs."""
+    found = []
+    stop = final.last("STOPSIGNAL")
+    if stop is None or stop.args not in ("SIGTERM", "15"):
+        found.append("the final stage has no STOPSIGNAL SIGTERM (what the daemon stops on)")
+    labels: dict[str, str] = {}
+    for instruction in final.all("LABEL"):
+        labels.update(parse_env(instruction.args, {}))
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    license_ = project.get("license", {})
+    expected = {
+        "title": project["name"],
+        "description": project["description"],
+        "version": project["version"],
+        "licenses": license_.get("text") if isinstance(license_, dict) else license_,
+    }
+    for key, value in expected.items():
+        label = f"org.opencontainers.image.{key}"
+        if labels.get(label) != value:
+            found.append(f"LABEL {label} is {labels.get(label)!r}, not {value!r} (pyproject.toml)")
+
+    pins_file = root / PINS
+    builds_pins = any(
+        words[:2] == ["pip", "wheel"]
+        and any(w in ("-r", "--requirement") for w in words)
+        and PINS in words
+        for stage in stages[:-1]
+        for run in stage.all("RUN")
+        for words in shell_commands(run)
+    )
+    if not builds_pins:
+        found.append(f"no build stage runs `pip wheel --requirement {PINS}`")
+    for stage in stages[:-1]:
+        if not stage.env().get("PIP_CONSTRAINT", "").endswith(f"/{BUILD_PINS}"):
+            found.append(f"stage {stage.name}: PIP_CONSTRAINT is not its copy of {BUILD_PINS}")
+    if not pins_file.exists():
+        return [*found, f"{PINS} does not exist"]
+    pins = read_pins(pins_file.read_text())
+    for dependency in project.get("dependencies", []):
+        requirement = Requirement(dependency)
+        if requirement.marker is not None and not requirement.marker.evaluate(
+            {"python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux"}
+        ):
+            continue
+        pinned = pins.get(canonicalize_name(requirement.name))
+        if pinned is None:
+            found.append(f"{requirement.name} (pyproject.toml) is not pinned in {PINS}")
+        elif not requirement.specifier.contains(pinned, prereleases=True):
+            found.append(f"{PINS} pins {requirement.name}=={pinned}, not {requirement}")
     return found
 
 
@@ -662,6 +733,36 @@ BROKEN_DOCKERFILES: list[tuple[str, Callable[[str], str], str]] = [
         "names no earlier stage",
     ),
     (
+        "no stop signal",
+        lambda t: _replace_last(t, "STOPSIGNAL SIGTERM\n", ""),
+        "no STOPSIGNAL SIGTERM",
+    ),
+    (
+        "another stop signal",
+        lambda t: _replace_last(t, "STOPSIGNAL SIGTERM", "STOPSIGNAL SIGINT"),
+        "no STOPSIGNAL SIGTERM",
+    ),
+    (
+        "a version label that is not the project's",
+        lambda t: _replace_last(t, 'image.version="0.1.0"', 'image.version="0.0.9"'),
+        "LABEL org.opencontainers.image.version is '0.0.9'",
+    ),
+    (
+        "no title label",
+        lambda t: _replace_last(t, 'org.opencontainers.image.title="artifactfs" ', ""),
+        "LABEL org.opencontainers.image.title is None",
+    ),
+    (
+        "dependencies not from the pins",
+        lambda t: _replace_last(t, "--requirement container/requirements.txt", "."),
+        "no build stage runs `pip wheel --requirement container/requirements.txt`",
+    ),
+    (
+        "build tools not pinned",
+        lambda t: _replace_first(t, "PIP_CONSTRAINT=/src/container/build-constraints.txt", ""),
+        "PIP_CONSTRAINT is not its copy of container/build-constraints.txt",
+    ),
+    (
         "venv not on PATH",
         lambda t: _replace_last(t, "ENV PATH=/opt/artifactfs/bin:$PATH", "ENV PATH=$PATH"),
         "no virtualenv from a build stage",
@@ -747,3 +848,53 @@ def test_healthcheck_passes_while_the_daemon_answers(tmp_path: Path) -> None:
         result = _run_healthcheck(home)
     assert result.returncode == 0, result
     assert result.stdout.strip() == "no repositories"
+
+
+# -- the pinned dependencies against pyproject.toml ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change_project", "change_pins", "expected"),
+    [
+        pytest.param(
+            lambda t: t.replace('"trio>=0.27"', '"trio>=99"'),
+            lambda t: t,
+            "pins trio==0.35.0, not trio>=99",
+            id="pin too old",
+        ),
+        pytest.param(
+            lambda t: t.replace('"trio>=0.27",', '"trio>=0.27",\n    "brand-new>=1",'),
+            lambda t: t,
+            "brand-new (pyproject.toml) is not pinned",
+            id="dependency not pinned",
+        ),
+        pytest.param(
+            lambda t: t,
+            lambda t: re.sub(r"(?m)^pyfuse3==.*\n", "", t),
+            "pyfuse3 (pyproject.toml) is not pinned",
+            id="pin removed",
+        ),
+    ],
+)
+def test_each_pin_rule_can_fail(
+    tmp_path: Path,
+    change_project: Callable[[str], str],
+    change_pins: Callable[[str], str],
+    expected: str,
+) -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pins = (ROOT / PINS).read_text()
+    assert change_project(pyproject) != pyproject or change_pins(pins) != pins
+    (tmp_path / "container").mkdir()
+    (tmp_path / "pyproject.toml").write_text(change_project(pyproject))
+    (tmp_path / PINS).write_text(change_pins(pins))
+    stages = parse_dockerfile(DOCKERFILE.read_text())
+    found = _release_problems(stages, stages[-1], tmp_path)
+    assert any(expected in problem for problem in found), found
+
+
+def test_pins_are_exact() -> None:
+    assert read_pins("# c\nA_b==1.0  # why\n\nc==2\n") == {"a-b": "1.0", "c": "2"}
+    with pytest.raises(ParseError, match="not pinned"):
+        read_pins("trio>=0.27\n")
+    assert all(read_pins((ROOT / name).read_text()) for name in (PINS, BUILD_PINS))
