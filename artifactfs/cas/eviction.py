@@ -40,16 +40,16 @@ import errno
 import fcntl
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..settings import parse_size as parse_size  # where it was first
 from .digests import Digest
 from .usage import Entry, UsageDB
 
 log = logging.getLogger(__name__)
 
-MAX_SIZE_ENV = "ARTIFACTFS_CACHE_MAX_SIZE"
+MAX_SIZE_ENV = "ARTIFACTFS_CACHE_MAX_SIZE"  # the setting cache.max_size (settings.py)
 GiB = 1 << 30
 DEFAULT_SHARE = 0.10
 DEFAULT_MIN = 1 * GiB
@@ -58,24 +58,6 @@ MARGIN = 0.10
 """Low-water mark: the cap less this share; hard limit: the cap plus this share."""
 PAGE = 512
 EVICT_LOCK = ".evict.lock"
-
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``10G``, ``500M``, ``64k``, ``1.5GiB``, ``12345`` (bytes) -> bytes. Units are binary
-    (K = 1024). Raises ValueError with a line fit for the user."""
-    match = _SIZE.fullmatch(text)
-    if match is None:
-        raise ValueError(f"not a size: {text[:40]!r} (say e.g. 10G, 500M or a number of bytes)")
-    number, unit, suffix = match.groups()
-    if suffix and suffix.upper() == "IB" and not unit:
-        raise ValueError(f"not a size: {text[:40]!r} (say e.g. 10G, 500M or a number of bytes)")
-    value = int(float(number) * _UNITS[unit.upper()])
-    if value > 1 << 60:
-        raise ValueError(f"size too large: {text[:40]!r}")
-    return value
 
 
 def format_size(size: int) -> str:
@@ -112,6 +94,11 @@ class CachePolicy:
 
     def over(self, total: int) -> bool:
         return total > self.max_size
+
+    @classmethod
+    def of(cls, max_size: int | None, home: Path) -> CachePolicy:
+        """The setting ``cache.max_size`` (None: its default, worked out for ``home``)."""
+        return cls(max_size if max_size is not None else default_max_size(home))
 
     @classmethod
     def resolve(

@@ -16,6 +16,7 @@ from ..errors import UserError
 from . import (
     cache_command,
     clone_command,
+    config_command,
     daemon_commands,
     export_command,
     mount_commands,
@@ -43,12 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     prefetch_command.add_parser(commands)
     export_command.add_parser(commands)
     clone_command.add_parser(commands)
+    config_command.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        args.settings = config_command.effective(args)  # a bad setting: one line, before all
         result: int = args.run(args)
         return result
     except UserError as exc:

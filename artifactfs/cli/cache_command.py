@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..cas.digests import Digest
-from ..cas.eviction import MAX_SIZE_ENV, CachePolicy, format_size, parse_size
+from ..cas.eviction import CachePolicy, format_size, parse_size
 from ..errors import UserError
 from ..home import ArtifactHome
+from ..settings import Settings
 from .clone_command import live_clone_pins
 from .repositories import home as _home
 from .repositories import known as _known
@@ -89,15 +90,11 @@ def add_parsers(commands: Any) -> None:
 # -- the daemon's and a mount's cap -------------------------------------------------------------
 
 
-def daemon_cache_policy(flag: str | None, home: ArtifactHome) -> CachePolicy:
-    """The daemon's cap; its workers inherit it through ``ARTIFACTFS_CACHE_MAX_SIZE`` (so a
-    restarted worker, or a spare started before a request, has the same)."""
-    try:
-        policy = CachePolicy.resolve(flag, home.root)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    os.environ[MAX_SIZE_ENV] = str(policy.max_size)
-    return policy
+def daemon_cache_policy(settings: Settings, home: ArtifactHome) -> CachePolicy:
+    """The daemon's cap (the setting ``cache.max_size``); its workers inherit it through
+    ``ARTIFACTFS_CACHE_MAX_SIZE`` (``Settings.export``: so a restarted worker, or a spare
+    started before a request, has the same)."""
+    return CachePolicy.of(settings["cache.max_size"], home.root)
 
 
 async def serve_with_store_upkeep(serve: Any, home: ArtifactHome, policy: CachePolicy) -> None:

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 CHUNK_FILES = 1000
 CHUNK_BYTES = 256 << 20
 """A chunk of files is fetched, then materialised, then recorded as done (one sync)."""
-DEFAULT_IO_TIMEOUT = 60.0
 EXIT_FAILED = 1
 PLACE_TRIES = 3
 
@@ -74,8 +73,8 @@ def add_parser(commands: Any) -> None:
     clone.add_argument("--token-file", help="a file holding the origin's access token")
     clone.add_argument("--offline", action="store_true", help="send nothing to the origin")
     clone.add_argument(
-        "--io-timeout", type=float, default=DEFAULT_IO_TIMEOUT, metavar="SECONDS",
-        help="give up on an origin silent this long (default 60)",
+        "--io-timeout", type=float, metavar="SECONDS",
+        help="give up on an origin silent this long (also ARTIFACTFS_IO_TIMEOUT; default 60)",
     )  # fmt: skip
     clone.add_argument(
         "--trust-cache", action="store_true",
@@ -99,8 +98,6 @@ def clone_command(args: argparse.Namespace) -> int:
     from ..overlay.materialise import check_dest, sweep_published
     from ..sources import check_ref, parse_source
 
-    if not 0 < args.io_timeout <= 86400:
-        raise UserError("--io-timeout must be between 0 and 86400 seconds")
     for path in args.paths:
         if not path.strip("/") or any(p in (".", "..") for p in path.strip("/").split("/")):
             raise UserError(f"not a path in a repository: {path!r}")
@@ -221,6 +218,7 @@ class _Job:
         from ..home import ArtifactHome, default_home
         from ..logs import configure
         from ..overlay.materialise import CloneDir, workspace_token
+        from ..settings import verbosity
         from ..snapshot import SnapshotIndex
         from ..sources import SourceSettings, open_source
         from ..sources.counters import FetchCounters
@@ -235,8 +233,10 @@ class _Job:
             raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
         credentials = CredentialProvider(token_file=self.args.token_file)
         credentials.check()
-        configure(home.logs_dir / "clone.log", self.args.verbose)
-        socket.setdefaulttimeout(self.args.io_timeout)
+        given = self.args.settings
+        given.export(os.environ)  # hf.cache, for the source
+        configure(home.logs_dir / "clone.log", verbosity(given["log.level"]))
+        socket.setdefaulttimeout(given["fetch.io_timeout"])
         self.counters = FetchCounters()
         self.usage = UsageRecorder(home.cas_dir)
         settings = SourceSettings(
@@ -246,8 +246,8 @@ class _Job:
             temp_dir=temp_dir,
             credentials=credentials,
             counters=self.counters,
-            io_timeout=self.args.io_timeout,
-            offline=self.args.offline or _truthy(os.environ.get("ARTIFACTFS_OFFLINE")),
+            io_timeout=given["fetch.io_timeout"],
+            offline=given["fetch.offline"],
             usage=self.usage,
         )
         started = time.monotonic()
@@ -374,10 +374,6 @@ def _one_line(exc: BaseException) -> str:
             name = name.decode("utf-8", "backslashreplace")
         return f"{exc.strerror}: {name}" if name else exc.strerror
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "on", "yes", "true")
 
 
 @dataclass

@@ -38,8 +38,16 @@ def add_parsers(commands: Any) -> None:
         "--cache-max-size",
         metavar="SIZE",
         help="the blob cache's size cap, e.g. 10G, 500M, or bytes; least recently used blobs "
-        "are evicted past it (also ARTIFACTFS_CACHE_MAX_SIZE; default 10%% of the state "
+        "are evicted past it (also ARTIFACTFS_CACHE_MAX_SIZE, cache.max_size in config.toml; "
+        "default 10%% of the state "
         "home's file system, at least 1 GiB, at most 10 GiB)",
+    )
+    daemon.add_argument(
+        "--io-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="its workers give up on a silent server after this long (also "
+        "ARTIFACTFS_IO_TIMEOUT, fetch.io_timeout in config.toml; default 60)",
     )
     daemon.add_argument(
         "--detach",
@@ -184,6 +192,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
     from ..daemon.server import Daemon, acquire_lock
     from ..logs import configure
+    from ..settings import verbosity
 
     if not 0 <= args.spare_workers <= MAX_SPARE_WORKERS:
         raise UserError(f"--spare-workers must be between 0 and {MAX_SPARE_WORKERS}")
@@ -194,11 +203,13 @@ def run_daemon(args: argparse.Namespace) -> int:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
     from .cache_command import daemon_cache_policy, serve_with_store_upkeep
 
-    policy = daemon_cache_policy(args.cache_max_size, home)  # its workers inherit the cap
+    policy = daemon_cache_policy(args.settings, home)
+    # every worker it starts keeps to the daemon's settings, whatever config.toml says later
+    args.settings.export(os.environ, {"cache.max_size": policy.max_size})
     if args.detach:
         return _detach(home, args)
     lock = acquire_lock(home)
-    configure(home.daemon_log, max(args.verbose, 1))
+    configure(home.daemon_log, max(verbosity(args.settings["log.level"]), 1))
     try:
         trio.run(serve_with_store_upkeep, Daemon(home, args.spare_workers).run, home, policy)
     finally:
@@ -224,6 +235,8 @@ def _detach(home: Any, args: argparse.Namespace) -> int:
     command += ["--spare-workers", str(args.spare_workers)] + ["-v"] * args.verbose
     if args.cache_max_size is not None:
         command += ["--cache-max-size", args.cache_max_size]
+    if args.io_timeout is not None:
+        command += ["--io-timeout", repr(args.io_timeout)]
     stderr_path = home.logs_dir / "daemon.stderr"
     with open(stderr_path, "ab") as stderr:
         child = subprocess.Popen(

@@ -42,9 +42,9 @@ def add_parsers(commands: Any) -> None:
     mount.add_argument(
         "--io-timeout",
         type=float,
-        default=60.0,  # mount/launch.py: DEFAULT_IO_TIMEOUT
         metavar="SECONDS",
-        help="give up on a silent server after this long; reads then fail with EIO (default 60)",
+        help="give up on a silent server after this long; reads then fail with EIO (also "
+        "ARTIFACTFS_IO_TIMEOUT, fetch.io_timeout in config.toml; default 60)",
     )
     mount.add_argument(
         "--allow-other",
@@ -93,7 +93,8 @@ def add_parsers(commands: Any) -> None:
         "--cache-max-size",
         metavar="SIZE",
         help="the blob cache's size cap, e.g. 10G, 500M, or bytes; least recently used blobs "
-        "are evicted past it (also ARTIFACTFS_CACHE_MAX_SIZE; default 10%% of the state "
+        "are evicted past it (also ARTIFACTFS_CACHE_MAX_SIZE, cache.max_size in config.toml; "
+        "default 10%% of the state "
         "home's file system, at least 1 GiB, at most 10 GiB)",
     )
     mount.add_argument(
@@ -103,7 +104,11 @@ def add_parsers(commands: Any) -> None:
         "opened (an access profile for prefetch --profile and add-repo --profile)",
     )
     mount.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more output (twice: debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more output (twice: debug; also ARTIFACTFS_LOG_LEVEL, log.level in config.toml)",
     )
     # for the daemon's workers only
     mount.add_argument("--name", help=argparse.SUPPRESS)

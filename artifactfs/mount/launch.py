@@ -34,6 +34,7 @@ from ..cas.usage import UsageRecorder
 from ..errors import UserError
 from ..home import ArtifactHome, default_home
 from ..logs import configure
+from ..settings import LOG_LEVELS, resolve, verbosity
 from ..sources import SourceSettings, check_commit_id, check_ref, parse_source
 from ..sources.counters import FetchCounters
 from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
@@ -42,10 +43,6 @@ from ..sources.spec import check_depth
 from .mountpoints import check_fuse_device, check_mountpoint
 from .options import check_allow_other
 from .profile import check_profile_path
-
-MAX_IO_TIMEOUT = 86400.0
-OFFLINE_ENV = "ARTIFACTFS_OFFLINE"
-DEFAULT_IO_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,8 @@ class WorkerOptions:
     token_stdin: bool = False
     """Read a token from stdin (the daemon hands one over this way, never in argv)."""
     keep_failed: bool = False
-    io_timeout: float = DEFAULT_IO_TIMEOUT
+    io_timeout: float | None = None
+    """``--io-timeout``; None: the setting ``fetch.io_timeout`` (settings.py)."""
     allow_other: bool = False
     verbose: int = 0
     name: str | None = None
@@ -76,8 +74,8 @@ class WorkerOptions:
     require_commit: str | None = None
     """Become ready only if the ref resolves to this commit (sources/required.py)."""
     cache_max_size: str | None = None
-    """``--cache-max-size``: the store's cap (else ``ARTIFACTFS_CACHE_MAX_SIZE``, else a share
-    of the home's file system; cas/eviction.py)."""
+    """``--cache-max-size``: the store's cap (else the setting ``cache.max_size``, else a
+    share of the home's file system; cas/eviction.py)."""
     record_profile: str | None = None
     """``--record-profile FILE``: write the paths opened, in order (mount/profile.py)."""
     depth: int = 1
@@ -97,7 +95,7 @@ class WorkerOptions:
         ):
             if value is not None:
                 arguments += [flag, value]
-        if self.io_timeout != DEFAULT_IO_TIMEOUT:
+        if self.io_timeout is not None:
             arguments += ["--io-timeout", repr(self.io_timeout)]
         if self.token_stdin:
             arguments.append("--token-stdin")
@@ -131,14 +129,17 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
     ref = check_ref(options.ref)
     spec = parse_source(options.source).with_ref(ref)
     require_commit = check_commit_id(options.require_commit)
-    if not 0 < options.io_timeout <= MAX_IO_TIMEOUT:  # also refuses nan and inf
-        raise UserError(f"--io-timeout must be between 0 and {MAX_IO_TIMEOUT:.0f} seconds")
+    home = ArtifactHome(default_home())
+    try:  # flag > variable > config.toml > default; a daemon's worker has its variables
+        given = resolve(home.root, _flags(options))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    io_timeout: float = given["fetch.io_timeout"]
     depth = check_depth(options.depth)
     if options.allow_other:
         check_allow_other()
     check_fuse_device()
     mountpoint = check_mountpoint(options.mountpoint)
-    home = ArtifactHome(default_home())
     try:
         home.ensure()
         temp_dir = home.root / "tmp"
@@ -146,7 +147,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
     except OSError as exc:
         raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
     try:
-        cache_policy = CachePolicy.resolve(options.cache_max_size, home.root)
+        cache_policy = CachePolicy.of(given["cache.max_size"], home.root)
         profile = check_profile_path(options.record_profile) if options.record_profile else None
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -155,10 +156,11 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         writable = kind_of(spec).writable_by_default
     workspace = home.workspace_dir(options.name) if options.name else home.workspace_for(mountpoint)
     credentials = _credentials(options, stdin or sys.stdin)
-    configure(home.log_file_for(mountpoint), options.verbose)
+    given.export(os.environ, {"cache.max_size": cache_policy.max_size})  # for the layers below
+    configure(home.log_file_for(mountpoint), verbosity(given["log.level"]))
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-    socket.setdefaulttimeout(options.io_timeout)
+    socket.setdefaulttimeout(io_timeout)
     settings = SourceSettings(
         ref=ref,
         cas_dir=home.cas_dir,
@@ -166,8 +168,8 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         temp_dir=temp_dir,
         credentials=credentials,
         counters=FetchCounters(),
-        io_timeout=options.io_timeout,
-        offline=options.offline or _truthy(os.environ.get(OFFLINE_ENV)),
+        io_timeout=io_timeout,
+        offline=given["fetch.offline"],
         require_commit=require_commit,
         usage=UsageRecorder(home.cas_dir),
         depth=depth,
@@ -194,8 +196,18 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
     return run(request, head_start)
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "on", "yes", "true")
+def _flags(options: WorkerOptions) -> dict[str, tuple[str, object]]:
+    """The settings ``options`` give as flags (what ``artifactfs mount`` was given)."""
+    flags: dict[str, tuple[str, object]] = {}
+    if options.cache_max_size is not None:
+        flags["cache.max_size"] = ("--cache-max-size", options.cache_max_size)
+    if options.io_timeout is not None:
+        flags["fetch.io_timeout"] = ("--io-timeout", options.io_timeout)
+    if options.offline:
+        flags["fetch.offline"] = ("--offline", True)
+    if options.verbose:
+        flags["log.level"] = ("-v", LOG_LEVELS[min(options.verbose, len(LOG_LEVELS) - 1)])
+    return flags
 
 
 def _credentials(options: WorkerOptions, stdin: IO[str]) -> CredentialProvider:

@@ -56,9 +56,10 @@ from .spec import HubSourceSpec
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "ARTIFACTFS_HF_CACHE"
-"""``off`` (or ``0``, ``no``, ``false``): never look in a huggingface_hub cache; a directory:
-look there; unset or empty: where huggingface_hub itself looks (``HF_HUB_CACHE``, else
-``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``)."""
+"""The setting ``hf.cache`` (settings.py checks it): ``off`` (or ``0``, ``no``, ``false``):
+never look in a huggingface_hub cache; a directory: look there; unset, empty or ``auto``: where
+huggingface_hub itself looks (``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+``~/.cache/huggingface/hub``)."""
 _OFF = frozenset({"off", "0", "no", "false", "none"})
 _REPO_FOLDER = re.compile(r"(?:models|datasets|spaces)--.+")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -97,7 +98,8 @@ class HubCache:
         value = os.environ.get(CACHE_ENV, "").strip()
         if value.lower() in _OFF:
             return None
-        return cls(spec, Path(value).expanduser() if value else None)
+        auto = not value or value.lower() == "auto"
+        return cls(spec, None if auto else Path(value).expanduser())
 
     @property
     def root(self) -> Path:
