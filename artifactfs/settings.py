@@ -81,6 +81,8 @@ def _size(value: object, text: bool) -> int:
         raise _WrongType(wanted, value)
     if size <= 0:
         raise ValueError("the cache needs more than 0 bytes")
+    if size > 1 << 60:
+        raise ValueError(f"size too large: {size}")
     return size
 
 
@@ -295,6 +297,14 @@ class Settings(Mapping[str, Any]):
             value = entry.value if entry.value is not None else (worked_out or {}).get(key)
             if value is not None:
                 environ[entry.setting.variable] = entry.setting.text(value)
+
+    def summary(self, worked_out: Mapping[str, Any] | None = None) -> str:
+        """One line for a log: ``key=value (source), …``."""
+        parts = []
+        for key, entry in self.entries.items():
+            value = entry.value if entry.value is not None else (worked_out or {}).get(key)
+            parts.append(f"{key}={entry.setting.text(value)} ({entry.source})")
+        return ", ".join(parts)
 
 
 def file_path(home: Path) -> Path:

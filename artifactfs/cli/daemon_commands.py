@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -210,6 +211,9 @@ def run_daemon(args: argparse.Namespace) -> int:
         return _detach(home, args)
     lock = acquire_lock(home)
     configure(home.daemon_log, max(verbosity(args.settings["log.level"]), 1))
+    logging.getLogger("artifactfs.daemon").info(
+        "settings: %s", args.settings.summary({"cache.max_size": policy.max_size})
+    )
     try:
         trio.run(serve_with_store_upkeep, Daemon(home, args.spare_workers).run, home, policy)
     finally:

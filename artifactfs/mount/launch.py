@@ -20,6 +20,7 @@ daemon (daemon/spare_child.py) both describe the worker as ``WorkerOptions`` and
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -158,6 +159,9 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
     credentials = _credentials(options, stdin or sys.stdin)
     given.export(os.environ, {"cache.max_size": cache_policy.max_size})  # for the layers below
     configure(home.log_file_for(mountpoint), verbosity(given["log.level"]))
+    logging.getLogger(__name__).info(
+        "settings: %s", given.summary({"cache.max_size": cache_policy.max_size})
+    )
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     socket.setdefaulttimeout(io_timeout)
