@@ -205,10 +205,10 @@ def run_daemon(args: argparse.Namespace) -> int:
     from .cache_command import daemon_cache_policy, serve_with_store_upkeep
 
     policy = daemon_cache_policy(args.settings, home)
+    if args.detach:  # the daemon started reads the file (and takes the flags) itself
+        return _detach(home, args)
     # every worker it starts keeps to the daemon's settings, whatever config.toml says later
     args.settings.export(os.environ, {"cache.max_size": policy.max_size})
-    if args.detach:
-        return _detach(home, args)
     lock = acquire_lock(home)
     configure(home.daemon_log, max(verbosity(args.settings["log.level"]), 1))
     logging.getLogger("artifactfs.daemon").info(
