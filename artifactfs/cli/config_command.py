@@ -47,6 +47,7 @@ def config_command(args: argparse.Namespace) -> int:
             "variable": HOME_ENV,
             "flag": None,
             "note": f"where the settings file is: {NOT_IN_THE_FILE} cannot come from it",
+            "help": "the state home",
         }
     ]
     for setting in SETTINGS:
@@ -65,6 +66,7 @@ def config_command(args: argparse.Namespace) -> int:
                 "variable": setting.variable,
                 "flag": setting.flag.name if setting.flag else None,
                 "note": note,
+                "help": setting.help,
             }
         )
     if args.json:

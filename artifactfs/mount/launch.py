@@ -35,7 +35,7 @@ from ..cas.usage import UsageRecorder
 from ..errors import UserError
 from ..home import ArtifactHome, default_home
 from ..logs import configure
-from ..settings import LOG_LEVELS, resolve, verbosity
+from ..settings import flags_of, resolve, verbosity
 from ..sources import SourceSettings, check_commit_id, check_ref, parse_source
 from ..sources.counters import FetchCounters
 from ..sources.credentials import TOKEN_ENV, TOKEN_FILE_ENV, CredentialProvider
@@ -132,7 +132,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
     require_commit = check_commit_id(options.require_commit)
     home = ArtifactHome(default_home())
     try:  # flag > variable > config.toml > default; a daemon's worker has its variables
-        given = resolve(home.root, _flags(options))
+        given = resolve(home.root, flags_of("mount", options))  # same names as its flags
     except ValueError as exc:
         raise UserError(str(exc)) from None
     io_timeout: float = given["fetch.io_timeout"]
@@ -198,20 +198,6 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         workspace=workspace if writable else None,
     )
     return run(request, head_start)
-
-
-def _flags(options: WorkerOptions) -> dict[str, tuple[str, object]]:
-    """The settings ``options`` give as flags (what ``artifactfs mount`` was given)."""
-    flags: dict[str, tuple[str, object]] = {}
-    if options.cache_max_size is not None:
-        flags["cache.max_size"] = ("--cache-max-size", options.cache_max_size)
-    if options.io_timeout is not None:
-        flags["fetch.io_timeout"] = ("--io-timeout", options.io_timeout)
-    if options.offline:
-        flags["fetch.offline"] = ("--offline", True)
-    if options.verbose:
-        flags["log.level"] = ("-v", LOG_LEVELS[min(options.verbose, len(LOG_LEVELS) - 1)])
-    return flags
 
 
 def _credentials(options: WorkerOptions, stdin: IO[str]) -> CredentialProvider:
