@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from artifactfs.cas.eviction import CachePolicy
+from artifactfs.daemon.client import daemon_lock_held
 from tests.helpers.checklogs import ExpectLog
-from tests.helpers.daemons import running_daemon, worker_pids
+from tests.helpers.daemons import clean_up, running_daemon, worker_pids
 from tests.helpers.gitrepos import make_repo
 from tests.helpers.mounts import mounted, run_cli
 from tests.helpers.servers import GitDaemon
@@ -209,3 +210,24 @@ def test_the_daemon_hands_its_settings_to_its_workers(
     # the commands run with the file as it is now
     result = run_cli("config", home=home)
     assert re.search(rf"^fetch\.io_timeout +9 +file {re.escape(str(path))}$", result.stdout, re.M)
+
+
+def test_a_detached_daemon_reads_the_file_and_takes_the_flags(home: Path) -> None:
+    path = write_config(home, '[fetch]\nio_timeout = 7\n[log]\nlevel = "debug"\n')
+    started = run_cli("daemon", "--detach", "--spare-workers", "0", "--io-timeout", "5", home=home)
+    try:
+        assert started.returncode == 0, started.stderr
+        wait_for(
+            lambda: "settings:" in (home / "run" / "logs" / "daemon.log").read_text(),
+            10,
+            "the daemon to log its settings",
+        )
+        logged = (home / "run" / "logs" / "daemon.log").read_text()
+        assert "fetch.io_timeout=5 (flag --io-timeout)" in logged
+        assert f"log.level=debug (file {path})" in logged
+    finally:
+        if (home / "run" / "daemon.lock").exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int((home / "run" / "daemon.lock").read_text()), signal.SIGTERM)
+        clean_up(home)
+    wait_for(lambda: not daemon_lock_held(home / "run" / "daemon.lock"), 20, "the daemon to end")
