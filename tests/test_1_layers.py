@@ -3,7 +3,7 @@ no import cycle, and nothing above ``sources/`` names a kind of source.
 
 The layers, lowest first (docs/architecture.md draws them):
 
-    leaves (errors, redact, home, logs, ipc)  <  cas  <  snapshot  <  overlay  <  sources
+    leaves (errors, redact, home, logs, ipc, durable)  <  cas  <  snapshot  <  overlay  <  sources
     <  fs  <  mount  <  daemon  <  cli
 
 Imports inside functions count too (they are how heavy modules are put off, not a way around
@@ -24,6 +24,7 @@ LAYERS = {
     "home": 0,
     "logs": 0,
     "ipc": 0,
+    "durable": 0,
     "__init__": 0,
     "__main__": 9,
     "cas": 1,

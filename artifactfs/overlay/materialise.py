@@ -38,7 +38,6 @@ clone (and so hashed as it was published, moments ago) or the cache is trusted
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import json
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cas import Digest
+from ..durable import fsync_directory, syncfs
 from ..errors import UserError
 from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from ..snapshot.entries import check_name
@@ -63,7 +63,6 @@ SENTINEL = "artifactfs-clone.json"
 DONE = "done"
 TREE = "tree"
 HASH_CHUNK = 1 << 20
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -324,7 +323,7 @@ class CloneDir:
                     f" kept in {self.path})"
                 ) from None
             raise
-        _fsync_directory(self.dest.parent)
+        fsync_directory(self.dest.parent)
         self.remove()
 
     def remove(self) -> None:
@@ -546,24 +545,6 @@ def hashes_to(fd: int, digest: Digest, size: int) -> bool:
         hasher.update(chunk)
         offset += len(chunk)
     return hasher.hexdigest() == digest.hex
-
-
-def syncfs(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _libc.syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"syncfs of {path} failed: {os.strerror(code)}")
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _current_umask() -> int:

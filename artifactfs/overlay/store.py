@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..durable import fsync_directory
 from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from . import journal
 
@@ -721,7 +722,7 @@ class Overlay:
         the node's upper file, then (only then) say so in the table."""
         staging = self.staging_path(ino)
         os.rename(staging, self.upper_path(ino))
-        _fsync_directory(self.upper_dir)
+        fsync_directory(self.upper_dir)
         with self._transaction() as db:
             self._stored(db, ino)
             db.execute("UPDATE nodes SET content = 'upper', changed = 1 WHERE ino = ?", (ino,))
@@ -740,7 +741,7 @@ class Overlay:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        _fsync_directory(self.upper_dir)
+        fsync_directory(self.upper_dir)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -854,11 +855,3 @@ class Overlay:
         if found is None or found[0] == REMOVED:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.upper_path(ino))
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -48,6 +48,7 @@ from ...cas import ContentStore, Digest, DigestMismatch
 from ...cas import reads as cas_reads
 from ...cas.digests import digest_of
 from ...cas.eviction import remove_unused
+from ...durable import fsync_directory
 from ...overlay.copyup import clone_or_copy
 from ...snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from ..base import CacheExport, CacheExportReport
@@ -321,7 +322,7 @@ def _write_blob(cas: ContentStore, blob: Path, digest: Digest, size: int) -> str
         finally:
             os.close(target)
         os.rename(temp, blob)
-        _fsync_directory(blob.parent)
+        fsync_directory(blob.parent)
     finally:
         if source >= 0:
             os.close(source)
@@ -354,12 +355,4 @@ def _write_ref(path: Path, commit: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
