@@ -227,12 +227,8 @@ class _Job:
         from ..sources.credentials import CredentialProvider
 
         home = ArtifactHome(default_home())
-        try:
-            home.ensure()
-            temp_dir = home.root / "tmp"
-            temp_dir.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+        home.ensure_usable()
+        temp_dir = home.temp_dir
         credentials = CredentialProvider(token_file=self.args.token_file)
         credentials.check()
         configure(home.logs_dir / "clone.log", self.args.verbose)

@@ -139,12 +139,8 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
     check_fuse_device()
     mountpoint = check_mountpoint(options.mountpoint)
     home = ArtifactHome(default_home())
-    try:
-        home.ensure()
-        temp_dir = home.root / "tmp"
-        temp_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    home.ensure_usable()
+    temp_dir = home.temp_dir
     try:
         cache_policy = CachePolicy.resolve(options.cache_max_size, home.root)
         profile = check_profile_path(options.record_profile) if options.record_profile else None
