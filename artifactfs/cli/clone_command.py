@@ -255,12 +255,15 @@ class _Job:
             return EXIT_FAILED
         snapshot = SnapshotIndex(prepared.path)
         try:
+            # the journal's position before the plan: a change made meanwhile makes a resumed
+            # clone start over rather than keep files the plan no longer has
+            token = workspace_token(self.workspace) if self.workspace else None
             entries, overlay_note = self._plan(snapshot)
             identity = {
                 "source": self.spec.display,
                 "commit": prepared.commit,
                 "paths": self.paths,
-                "workspace": workspace_token(self.workspace) if self.workspace else None,
+                "workspace": token,
             }
             clone_dir = CloneDir(self.dest, identity)
             try:

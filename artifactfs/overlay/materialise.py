@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import json
 import os
 import secrets
@@ -395,7 +396,7 @@ def _lock_sentinel(directory: Path) -> tuple[int, dict[str, Any] | None] | None:
 def _remove_abandoned_new(path: Path) -> None:
     """Remove half-made siblings (``.new-*``) that a killed clone left, if they are ours and
     nobody holds them."""
-    for candidate in path.parent.glob(f"{path.name}.new-*"):
+    for candidate in path.parent.glob(f"{glob.escape(path.name)}.new-*"):
         try:
             lock = _lock_sentinel(candidate)
         except UserError:

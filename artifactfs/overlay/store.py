@@ -324,9 +324,14 @@ class Overlay:
     def discard(self) -> None:
         """Forget every change: the table, the upper files, the journal (a new epoch)."""
         with self._transaction() as db:
+            # what is reverted is changed too, for whoever holds a token of this epoch; the
+            # hook sees the new epoch only once the discard is committed
+            reverted = [bytes(row[0]) for row in db.execute("SELECT DISTINCT path FROM journal")]
+            self._record(db, reverted)
             db.execute("DELETE FROM nodes")
             db.execute("DELETE FROM xattrs")
-            self._hook_files.reset(journal.reset(db))
+            epoch = journal.reset(db)
+        self._hook_files.reset(epoch)
         for entry in os.scandir(self.upper_dir):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)

@@ -219,9 +219,10 @@ def export(spec: HubSourceSpec, request: CacheExport) -> CacheExportReport:
             except OSError as exc:
                 report.failed.append(f"{path}: {exc.strerror or exc}")
         revision = spec.revision or "main"
-        if not report.failed and not _COMMIT.fullmatch(revision):
-            _write_ref(folder / "refs" / revision, commit)
-            report.ref = revision
+        if not report.failed and not report.missing and not _COMMIT.fullmatch(revision):
+            # a ref the user's cache has already may name a newer commit: never moved back
+            report.ref_kept = _write_ref(folder / "refs" / revision, commit)
+            report.ref = None if report.ref_kept else revision
     finally:
         index.close()
     return report
@@ -340,11 +341,13 @@ def _hash_of(fd: int, digest: Digest, size: int) -> str:
     return hasher.hexdigest()
 
 
-def _write_ref(path: Path, commit: str) -> None:
+def _write_ref(path: Path, commit: str) -> str | None:
+    """Record that the ref at ``path`` names ``commit``, unless it exists already: then the
+    commit it names (left as it is; None when it was ``commit`` or is new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        if path.read_text() == commit:
-            return
+    with contextlib.suppress(FileNotFoundError):
+        existing = path.read_text().strip()
+        return None if existing == commit else existing
     temp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temp, "w") as out:
@@ -356,3 +359,4 @@ def _write_ref(path: Path, commit: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
     fsync_directory(path.parent)
+    return None
