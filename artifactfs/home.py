@@ -79,6 +79,11 @@ class ArtifactHome:
         return self.run_dir / "logs"
 
     @property
+    def temp_dir(self) -> Path:
+        """Scratch space of sources (packs being received), on the store's file system."""
+        return self.root / "tmp"
+
+    @property
     def registry_path(self) -> Path:
         return self.root / "registry.sqlite"
 
@@ -138,3 +143,11 @@ class ArtifactHome:
         ):
             directory.mkdir(mode=0o700, exist_ok=True)
         self.run_dir.chmod(0o700)  # also when an older artifactfs made it
+        self.temp_dir.mkdir(exist_ok=True)
+
+    def ensure_usable(self) -> None:
+        """``ensure``, or one line saying why the home cannot be used (``UserError``)."""
+        try:
+            self.ensure()
+        except OSError as exc:
+            raise UserError(f"cannot use state directory {self.root}: {exc.strerror}") from None

@@ -3,8 +3,8 @@ no import cycle, and nothing above ``sources/`` names a kind of source.
 
 The layers, lowest first (docs/architecture.md draws them):
 
-    leaves (errors, redact, home, logs, ipc, settings)  <  cas  <  snapshot  <  overlay  <  sources
-    <  fs  <  mount  <  daemon  <  cli
+    leaves (errors, redact, home, logs, ipc, durable, settings)  <  cas  <  snapshot  <  overlay
+    <  sources  <  fs  <  mount  <  daemon  <  cli
 
 Imports inside functions count too (they are how heavy modules are put off, not a way around
 the layering); imports under ``if TYPE_CHECKING`` count as well.
@@ -24,6 +24,7 @@ LAYERS = {
     "home": 0,
     "logs": 0,
     "ipc": 0,
+    "durable": 0,
     "settings": 0,
     "__init__": 0,
     "__main__": 9,

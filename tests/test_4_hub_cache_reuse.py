@@ -185,6 +185,15 @@ def test_export_hf_cache_then_hf_hub_download_offline_finds_every_file(
         artifactfs.ok("unmount", "m")  # everything is stored: no worker is needed
         third = artifactfs.ok("export-hf-cache", "m", "--cache-dir", str(tmp_path / "third"))
         assert f"{len(model)} written" in third and hub.requests == [], third
+        # a ref the cache has already (perhaps a newer commit) is never moved
+        newer = tmp_path / "newer"
+        ref = newer / f"models--{REPO.replace('/', '--')}" / "refs" / "main"
+        ref.parent.mkdir(parents=True)
+        ref.write_text("f" * 40)
+        kept = artifactfs.cli("export-hf-cache", "m", "--cache-dir", str(newer))
+        assert kept.returncode == 0 and " as main" not in kept.stdout, kept.stdout
+        assert f"already names {'f' * 40}: left as it is" in kept.stderr, kept.stderr
+        assert ref.read_text() == "f" * 40
     hub.clear_counters()
     for root in (cache, other):
         for path, data in model.items():

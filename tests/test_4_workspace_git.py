@@ -145,3 +145,26 @@ def test_git_status_looks_only_at_what_changed(
     assert touched == {"src/app.py", "pkg3/mod11.py"}, sorted(set(ours))
     assert len(ours) <= 20, ours
     print(f"git status: {len(ours)} calls on the mount's paths, {len(theirs)} in a clone")
+
+
+def test_writes_through_a_file_kept_open_reach_git_status(
+    daemon: GitDaemon, project: Repo, mnt: Path, home: Path
+) -> None:
+    """An editor keeps its file open across ``git add``: what it writes after is still seen
+    (the journal hears of a handle's writes again once fsmonitor tokens moved past them)."""
+    with mounted(daemon.url("project.git"), mnt, home):
+        assert porcelain(mnt) == ""
+        fd = os.open(mnt / "README.md", os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"first\n")
+            past = os.stat(mnt / "README.md").st_mtime - 10  # not "racily clean" to git
+            os.utime(mnt / "README.md", (past, past))
+            for index in range(70):  # past one segment of the journal's mirror
+                (mnt / f"scratch{index}.txt").write_bytes(b"x")
+            git(mnt, "add", "README.md")
+            assert git(mnt, "status", "--porcelain", "README.md") == "M  README.md\n"
+            os.write(fd, b"second\n")
+            assert git(mnt, "status", "--porcelain", "README.md") == "MM README.md\n"
+        finally:
+            os.close(fd)
+        assert (mnt / "README.md").read_bytes() == b"# project\nfirst\nsecond\n"

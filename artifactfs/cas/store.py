@@ -32,7 +32,6 @@ reader's blob should not wait for whatever else the file system has to write.)
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import secrets
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..durable import fsync_directory, syncfs
 from .digests import Algorithm, Digest, digest_of
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ flipped on disk is never served: a walker's files are this small, and hashing on
 costs microseconds. Larger ones are checked by size on every open, and whole by ``artifactfs
 verify`` (cas/scrub.py)."""
 _temp_serials = itertools.count()
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class DigestMismatch(Exception):
@@ -145,7 +144,7 @@ class ContentStore:
                 os.fsync(out.fileno())
             os.rename(temp, final)
             published = True
-            _fsync_directory(final.parent)
+            fsync_directory(final.parent)
             self._published(digest, written)
             return final
         finally:
@@ -203,7 +202,7 @@ class ContentStore:
         os.chmod(path, 0o444)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, final)
-        _fsync_directory(final.parent)
+        fsync_directory(final.parent)
         if self.usage is not None:
             self.usage.partial_gone(digest)
         self._published(digest, size)
@@ -323,7 +322,7 @@ class Publisher:
             _discard(group)
             raise
         if alone:  # the new names, too
-            _fsync_directory(group[0].final.parent)
+            fsync_directory(group[0].final.parent)
         else:
             self._sync()
         for blob in group:
@@ -331,13 +330,7 @@ class Publisher:
         return [blob.digest for blob in group]
 
     def _sync(self) -> None:
-        fd = os.open(self._store.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            if _libc.syncfs(fd) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, f"syncfs of the CAS failed: {os.strerror(code)}")
-        finally:
-            os.close(fd)
+        syncfs(self._store.root)
 
 
 @dataclass
@@ -358,11 +351,3 @@ def _discard(blobs: list[_Pending]) -> None:
             blob.fd = -1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(blob.temp)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -225,12 +225,8 @@ class _Job:
         from ..sources.credentials import CredentialProvider
 
         home = ArtifactHome(default_home())
-        try:
-            home.ensure()
-            temp_dir = home.root / "tmp"
-            temp_dir.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+        home.ensure_usable()
+        temp_dir = home.temp_dir
         credentials = CredentialProvider(token_file=self.args.token_file)
         credentials.check()
         given = self.args.settings
@@ -259,12 +255,15 @@ class _Job:
             return EXIT_FAILED
         snapshot = SnapshotIndex(prepared.path)
         try:
+            # the journal's position before the plan: a change made meanwhile makes a resumed
+            # clone start over rather than keep files the plan no longer has
+            token = workspace_token(self.workspace) if self.workspace else None
             entries, overlay_note = self._plan(snapshot)
             identity = {
                 "source": self.spec.display,
                 "commit": prepared.commit,
                 "paths": self.paths,
-                "workspace": workspace_token(self.workspace) if self.workspace else None,
+                "workspace": token,
             }
             clone_dir = CloneDir(self.dest, identity)
             try:

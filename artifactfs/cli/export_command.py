@@ -99,6 +99,12 @@ def export_command(args: argparse.Namespace) -> int:
         + f": {report.written} written" + (f" ({how})" if how else "")
         + f", {report.present} there already"
     )  # fmt: skip
+    if report.ref_kept:
+        print(
+            f"artifactfs: {report.folder.name}'s ref already names {report.ref_kept}: left as it"
+            f" is (load this export with revision={report.commit!r})",
+            file=sys.stderr,
+        )
     for path in report.missing:
         print(f"artifactfs: {path}: not stored (the mount's log says why)", file=sys.stderr)
     for line in report.failed:

@@ -84,6 +84,9 @@ class _Handle:
     writable: bool = False
     written: bool = False
     """Written since the journal last heard of it."""
+    journal_token: str = ""
+    """The journal's token when it last heard of this handle's writes: once the journal has
+    moved past it (a newer segment, fsmonitor tokens naming it), a write is recorded again."""
 
 
 @dataclass
@@ -646,9 +649,10 @@ class WorkspaceOperations(pyfuse3.Operations):
         if handle.fd is None or not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         written = await self._upper_io(os.pwrite, handle.fd, buf, off)
-        if not handle.written:
+        if not handle.written or handle.journal_token != self.overlay.current_token():
             handle.written = True
             await self._change(self.overlay.modified, handle.ino)
+            handle.journal_token = self.overlay.current_token()
         return written
 
     async def flush(self, fh: int) -> None:

@@ -141,12 +141,8 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         check_allow_other()
     check_fuse_device()
     mountpoint = check_mountpoint(options.mountpoint)
-    try:
-        home.ensure()
-        temp_dir = home.root / "tmp"
-        temp_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot use state directory {home.root}: {exc.strerror}") from None
+    home.ensure_usable()
+    temp_dir = home.temp_dir
     try:
         cache_policy = CachePolicy.of(given["cache.max_size"], home.root)
         profile = check_profile_path(options.record_profile) if options.record_profile else None

@@ -38,9 +38,9 @@ clone (and so hashed as it was published, moments ago) or the cache is trusted
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
+import glob
 import json
 import os
 import secrets
@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cas import Digest
+from ..durable import fsync_directory, syncfs
 from ..errors import UserError
 from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from ..snapshot.entries import check_name
@@ -63,7 +64,6 @@ SENTINEL = "artifactfs-clone.json"
 DONE = "done"
 TREE = "tree"
 HASH_CHUNK = 1 << 20
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ class CloneDir:
                     f" kept in {self.path})"
                 ) from None
             raise
-        _fsync_directory(self.dest.parent)
+        fsync_directory(self.dest.parent)
         self.remove()
 
     def remove(self) -> None:
@@ -396,7 +396,7 @@ def _lock_sentinel(directory: Path) -> tuple[int, dict[str, Any] | None] | None:
 def _remove_abandoned_new(path: Path) -> None:
     """Remove half-made siblings (``.new-*``) that a killed clone left, if they are ours and
     nobody holds them."""
-    for candidate in path.parent.glob(f"{path.name}.new-*"):
+    for candidate in path.parent.glob(f"{glob.escape(path.name)}.new-*"):
         try:
             lock = _lock_sentinel(candidate)
         except UserError:
@@ -546,24 +546,6 @@ def hashes_to(fd: int, digest: Digest, size: int) -> bool:
         hasher.update(chunk)
         offset += len(chunk)
     return hasher.hexdigest() == digest.hex
-
-
-def syncfs(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _libc.syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"syncfs of {path} failed: {os.strerror(code)}")
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _current_umask() -> int:

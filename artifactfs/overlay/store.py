@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..durable import fsync_directory
 from ..snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from . import journal
 
@@ -323,9 +324,14 @@ class Overlay:
     def discard(self) -> None:
         """Forget every change: the table, the upper files, the journal (a new epoch)."""
         with self._transaction() as db:
+            # what is reverted is changed too, for whoever holds a token of this epoch; the
+            # hook sees the new epoch only once the discard is committed
+            reverted = [bytes(row[0]) for row in db.execute("SELECT DISTINCT path FROM journal")]
+            self._record(db, reverted)
             db.execute("DELETE FROM nodes")
             db.execute("DELETE FROM xattrs")
-            self._hook_files.reset(journal.reset(db))
+            epoch = journal.reset(db)
+        self._hook_files.reset(epoch)
         for entry in os.scandir(self.upper_dir):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
@@ -721,7 +727,7 @@ class Overlay:
         the node's upper file, then (only then) say so in the table."""
         staging = self.staging_path(ino)
         os.rename(staging, self.upper_path(ino))
-        _fsync_directory(self.upper_dir)
+        fsync_directory(self.upper_dir)
         with self._transaction() as db:
             self._stored(db, ino)
             db.execute("UPDATE nodes SET content = 'upper', changed = 1 WHERE ino = ?", (ino,))
@@ -740,7 +746,7 @@ class Overlay:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        _fsync_directory(self.upper_dir)
+        fsync_directory(self.upper_dir)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -854,11 +860,3 @@ class Overlay:
         if found is None or found[0] == REMOVED:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.upper_path(ino))
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

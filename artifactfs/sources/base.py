@@ -279,6 +279,8 @@ class CacheExportReport:
     """Blobs written, by how they were copied (``reflink``, ``copy_file_range``, ...)."""
     ref: str | None = None
     """The revision recorded as naming ``commit`` (None: a commit was asked for)."""
+    ref_kept: str | None = None
+    """The commit the cache's ref already named, left as it was (not ours to move back)."""
     missing: list[str] = field(default_factory=list)
     """Paths whose content the CAS did not hold."""
     failed: list[str] = field(default_factory=list)

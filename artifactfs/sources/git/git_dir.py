@@ -49,14 +49,6 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             temp.unlink()
 
 
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class Base:
     """What ``artifactfs-base`` records."""

@@ -76,6 +76,7 @@ from pathlib import Path
 
 from dulwich.errors import ApplyDeltaError, ChecksumMismatch, FileFormatException
 
+from ...durable import fsync_directory
 from ...errors import SourceError
 from ...snapshot import Row, SnapshotIndex
 from ..base import LowerStat, RootFile
@@ -227,7 +228,7 @@ class GitWorktree:
             if directory.exists() or directory.is_symlink():
                 _put_aside(directory)
             os.rename(building, directory)
-            git_dir.fsync_directory(parent)
+            fsync_directory(parent)
         finally:
             shutil.rmtree(building, ignore_errors=True)
         log.info("made git directory %s for %s (%s)", directory, commit, branch or "detached")

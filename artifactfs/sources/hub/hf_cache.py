@@ -48,6 +48,7 @@ from ...cas import ContentStore, Digest, DigestMismatch
 from ...cas import reads as cas_reads
 from ...cas.digests import digest_of
 from ...cas.eviction import remove_unused
+from ...durable import fsync_directory
 from ...overlay.copyup import clone_or_copy
 from ...snapshot import ROOT_INODE, Kind, Row, SnapshotIndex
 from ..base import CacheExport, CacheExportReport
@@ -220,9 +221,10 @@ def export(spec: HubSourceSpec, request: CacheExport) -> CacheExportReport:
             except OSError as exc:
                 report.failed.append(f"{path}: {exc.strerror or exc}")
         revision = spec.revision or "main"
-        if not report.failed and not _COMMIT.fullmatch(revision):
-            _write_ref(folder / "refs" / revision, commit)
-            report.ref = revision
+        if not report.failed and not report.missing and not _COMMIT.fullmatch(revision):
+            # a ref the user's cache has already may name a newer commit: never moved back
+            report.ref_kept = _write_ref(folder / "refs" / revision, commit)
+            report.ref = None if report.ref_kept else revision
     finally:
         index.close()
     return report
@@ -323,7 +325,7 @@ def _write_blob(cas: ContentStore, blob: Path, digest: Digest, size: int) -> str
         finally:
             os.close(target)
         os.rename(temp, blob)
-        _fsync_directory(blob.parent)
+        fsync_directory(blob.parent)
     finally:
         if source >= 0:
             os.close(source)
@@ -341,11 +343,13 @@ def _hash_of(fd: int, digest: Digest, size: int) -> str:
     return hasher.hexdigest()
 
 
-def _write_ref(path: Path, commit: str) -> None:
+def _write_ref(path: Path, commit: str) -> str | None:
+    """Record that the ref at ``path`` names ``commit``, unless it exists already: then the
+    commit it names (left as it is; None when it was ``commit`` or is new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        if path.read_text() == commit:
-            return
+    with contextlib.suppress(FileNotFoundError):
+        existing = path.read_text().strip()
+        return None if existing == commit else existing
     temp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temp, "w") as out:
@@ -356,12 +360,5 @@ def _write_ref(path: Path, commit: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
+    return None
