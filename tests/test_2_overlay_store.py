@@ -332,3 +332,31 @@ def test_a_first_schema_database_is_migrated_in_place(tmp_path: Path, lower: Sna
         assert store._writer.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         store.close()
+
+
+def test_a_discard_is_journalled_before_the_hook_sees_a_new_epoch(overlay: Overlay) -> None:
+    """Until the hook's files show the new epoch, a token of the old one must be told of every
+    path the discard reverts: a ``git status`` in between then sees the tree as it now is."""
+    f = at(overlay, "f.txt")
+    assert f is not None
+    big = at(overlay, "big")
+    assert big is not None
+    overlay.create(ROOT_INODE, b"mine", Kind.FILE, 0o644)
+    overlay.set_times(f.ino, 1, 2)
+    for second in range(journal.SEGMENT_RECORDS + 1):  # a newer segment: the two are older
+        overlay.set_times(big.ino, second, second)
+    token = overlay.current_token()  # a status ran here: it knows of both changes
+    hook_files = journal.hook_files_of(overlay.database)
+    seen: list[tuple[str, list[bytes]]] = []
+    reset = overlay._hook_files.reset
+
+    def reset_after_looking(epoch: str) -> None:
+        seen.append(journal.changed_since(hook_files, token))  # what the hook answers now
+        reset(epoch)
+
+    overlay._hook_files.reset = reset_after_looking  # type: ignore[method-assign]
+    overlay.discard()
+    ((now, paths),) = seen
+    assert now.split(":")[1] == token.split(":")[1]  # still the old epoch, and yet:
+    assert {b"mine", b"f.txt"} <= set(paths)
+    assert journal.changed_since(hook_files, token)[1] == [journal.EVERYTHING]  # after it
