@@ -5,7 +5,6 @@ hard limit, cap + 10 %: cas/eviction.py) after every read, a file held open keep
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
@@ -19,41 +18,21 @@ from tests.helpers.gitrepos import make_repo
 from tests.helpers.hub import HubServer
 from tests.helpers.mounts import mounted, run_cli
 from tests.helpers.servers import GitDaemon
+from tests.helpers.stores import store_bytes, uncapped_files
 from tests.helpers.waiting import wait_for
 
 CAP = 4 << 20
 KiB = 1 << 10
 
 
-def make_files(count: int) -> dict[str, bytes]:
-    """Files over 256 KiB, two per directory: nothing is fetched ahead of need (walks.py only
-    guesses smaller files), so what is fetched is what the test reads."""
-    rng = random.Random(15)
-    return {
-        f"d{i // 2:02}/f{i:02}.bin": rng.randbytes(rng.randrange(300 * KiB, 600 * KiB))
-        for i in range(count)
-    }
-
-
 def blob_path(home: Path, oid: str) -> Path:
     return home / "cas" / "git-sha1" / oid[:2] / oid
-
-
-def store_bytes(home: Path) -> int:
-    """What the store's published blobs occupy now (temporaries excluded: none is in flight
-    once a read has returned)."""
-    total = 0
-    for path in (home / "cas" / "git-sha1").glob("*/*"):
-        if not path.name.startswith("."):
-            with contextlib.suppress(FileNotFoundError):  # evicted in the background meanwhile
-                total += path.stat().st_size
-    return total
 
 
 def test_a_small_cap_holds_while_reading_far_more(
     daemon: GitDaemon, repos: Path, mnt: Path, home: Path
 ) -> None:
-    files = make_files(40)
+    files = uncapped_files(40)
     total = sum(len(content) for content in files.values())
     assert total > 4 * CAP
     repo = make_repo(repos, "big.git", files)

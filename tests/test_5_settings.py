@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
 import signal
 from pathlib import Path
@@ -22,9 +21,9 @@ from tests.helpers.daemons import clean_up, running_daemon, worker_pids
 from tests.helpers.gitrepos import make_repo
 from tests.helpers.mounts import mounted, run_cli
 from tests.helpers.servers import GitDaemon
+from tests.helpers.stores import store_bytes, uncapped_files
 from tests.helpers.waiting import wait_for
 
-KiB = 1 << 10
 SECRETS = {
     "ARTIFACTFS_GIT_TOKEN": "ghp_sekrit0123456789",
     "HF_TOKEN": "hf_sekrit0123456789",
@@ -143,27 +142,10 @@ def test_a_bad_variable_or_flag_is_one_line_and_exit_2(home: Path, mnt: Path) ->
     assert not home.exists()
 
 
-def make_files(count: int) -> dict[str, bytes]:
-    rng = random.Random(16)
-    return {
-        f"d{i // 2:02}/f{i:02}.bin": rng.randbytes(rng.randrange(300 * KiB, 600 * KiB))
-        for i in range(count)
-    }
-
-
-def store_bytes(home: Path) -> int:
-    total = 0
-    for path in (home / "cas" / "git-sha1").glob("*/*"):
-        if not path.name.startswith("."):
-            with contextlib.suppress(FileNotFoundError):  # evicted in the background meanwhile
-                total += path.stat().st_size
-    return total
-
-
 def test_a_cap_from_the_file_holds_in_a_foreground_mount(
     daemon: GitDaemon, repos: Path, mnt: Path, home: Path
 ) -> None:
-    files = make_files(24)
+    files = uncapped_files(24, seed=16)
     assert sum(len(content) for content in files.values()) > 2 * (4 << 20)
     make_repo(repos, "big.git", files)
     path = write_config(home, '[cache]\nmax_size = "4M"\n')

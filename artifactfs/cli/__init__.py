@@ -30,7 +30,8 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="artifactfs",
-        description="Mount a remote git repository at once; fetch only the bytes that are read.",
+        description="Mount a remote git or Hugging Face repository at once; fetch only the bytes"
+        " that are read.",
         epilog="State (blob cache, snapshots, registry, logs) lives in $ARTIFACTFS_HOME "
         "(default: ~/.local/share/artifactfs). Commands that take NAME talk to the daemon; "
         "given a path (anything with a '/'), unmount and status act on that mount point.",
