@@ -477,15 +477,15 @@ def test_a_server_that_tells_no_sizes(daemon: GitDaemon, sample: Repo, home: Pat
 def test_kill_9_of_a_git_clone_then_clone_again(
     daemon: GitDaemon, repos: Path, home: Path, tmp_path: Path
 ) -> None:
-    """One file per chunk through a proxy that is made to hold new connections once the
+    """One file per chunk through a proxy that holds every connection accepted once the
     clone has finished a few files: killed there, run again (through the same address), the
     second run never asks the server for a blob the first one had."""
     files = {f"dir{i % 4}/f{i:02d}.txt": os.urandom(4096) for i in range(40)}
     make_repo(repos, "many.git", files)
-    proxy = GitProxy(daemon.port)
-    url = daemon.url("many.git", proxy.port)
     dest = tmp_path / "many"
     sibling = tmp_path / SIBLING.format("many")
+    proxy = GitProxy(daemon.port, hold_when=lambda: len(_done_lines(sibling)) >= 3)
+    url = daemon.url("many.git", proxy.port)
     with open(tmp_path / "clone-killed.stderr", "w") as stderr:  # read by the log check
         child = subprocess.Popen(
             [sys.executable, "-m", "artifactfs", "clone", url, str(dest), "--chunk-files", "1"],
@@ -493,10 +493,7 @@ def test_kill_9_of_a_git_clone_then_clone_again(
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
         )  # fmt: skip
         try:
-            wait_for(lambda: len(_done_lines(sibling)) >= 3, what="a few files cloned")
-            proxy.hold()
-            accepted = proxy.accepted
-            wait_for(lambda: proxy.accepted > accepted, what="the clone's next fetch to be held")
+            wait_for(lambda: proxy.held_from, what="a fetch held after a few files were cloned")
             os.kill(child.pid, signal.SIGKILL)
             assert child.wait(10) == -signal.SIGKILL
         finally:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -126,7 +126,9 @@ class GitProxy:
     While ``held``, accepted connections wait: a server that accepts a connection and then
     answers nothing, until released. ``hide_capability`` removes one capability from the
     protocol v2 advertisement: a server that does not offer it (git 2.39 cannot be configured
-    to stop advertising ``object-info``).
+    to stop advertising ``object-info``). ``hold_when`` is asked at every accept: once it says
+    yes, that connection and every later one are held, with no window for a fast client to
+    race past a test that would call ``hold`` itself.
     """
 
     def __init__(
@@ -135,8 +137,11 @@ class GitProxy:
         held: bool = False,
         hide_capability: bytes | None = None,
         port: int | None = None,
+        hold_when: Callable[[], bool] | None = None,
     ) -> None:
         self.upstream_port = upstream_port
+        self.hold_when = hold_when
+        self.held_from: int | None = None  # the number of the first connection held by hold_when
         self.hide_capability = hide_capability
         self.accepted = 0
         self.upstream_failures: list[str] = []
@@ -168,6 +173,9 @@ class GitProxy:
                 client.close()
                 return
             self.accepted += 1
+            if self.held_from is None and self.hold_when is not None and self.hold_when():
+                self.held_from = self.accepted
+                self.hold()
             self._sockets.append(client)
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
