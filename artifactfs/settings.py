@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 FILE_NAME = "config.toml"
 
@@ -139,6 +140,100 @@ def _hf_cache(value: object, text: bool) -> str:
     return os.path.normpath(path)
 
 
+NONE = "none"
+"""An empty text setting as a variable holds it (an empty variable counts as unset)."""
+
+
+def _text(check: Callable[[str], str], wanted: str) -> Callable[[object, bool], str]:
+    """A string setting checked by ``check`` (which raises ValueError with the reason)."""
+
+    def parse(value: object, text: bool) -> str:
+        if not isinstance(value, str):
+            raise _WrongType(wanted, value)
+        if value.strip().lower() == NONE:
+            return ""
+        return check(value)
+
+    return parse
+
+
+# -- the shared tier's address (tier/location.py uses it) --
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
+
+
+def check_url(text: str) -> str:
+    """``tier.url`` checked: ``s3://bucket/prefix``, ``file:///path`` or empty (no tier).
+    Raises ValueError with a line for the user."""
+    text = text.strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme == "s3":
+        if parts.username or parts.password or "@" in parts.netloc:
+            raise ValueError("an s3:// tier url holds no credentials (use AWS_* variables)")
+        if not _BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
+            raise ValueError(f"not an S3 bucket name: {parts.netloc[:64]!r}")
+        prefix = parts.path.strip("/")
+        if not _PREFIX.fullmatch(prefix) or "//" in prefix or parts.query or parts.fragment:
+            raise ValueError(f"not an S3 key prefix: {parts.path[:80]!r}")
+        return f"s3://{parts.netloc}/{prefix}".rstrip("/")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError(f"a file:// tier url needs an absolute path: {text[:80]!r}")
+        return f"file://{os.path.normpath(parts.path)}"
+    raise ValueError(f"a tier url is s3://BUCKET/PREFIX or file:///PATH, not {text[:80]!r}")
+
+
+def check_endpoint(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"an S3 endpoint is http(s)://HOST[:PORT], not {text[:80]!r}")
+    if parts.username or parts.password:
+        raise ValueError("an S3 endpoint holds no credentials (use AWS_* variables)")
+    return text.rstrip("/")
+
+
+def _absolute_path(value: str) -> str:
+    path = os.path.expanduser(value.strip())
+    if path and not os.path.isabs(path):
+        raise ValueError(f"not an absolute path: {value[:80]!r}")
+    return os.path.normpath(path) if path else ""
+
+
+_REGION = re.compile(r"[a-z0-9-]{0,40}")
+
+
+def _region(value: str) -> str:
+    word = value.strip()
+    if not _REGION.fullmatch(word):
+        raise ValueError(f"not a region name: {value[:40]!r}")
+    return word
+
+
+MAX_TIER_TIMEOUT = 600.0
+
+
+def _tier_timeout(value: object, text: bool) -> float:
+    seconds = _seconds(value, text)
+    if seconds > MAX_TIER_TIMEOUT:
+        raise ValueError(f"must be more than 0 and at most {MAX_TIER_TIMEOUT:.0f} seconds")
+    return seconds
+
+
+def _interval(value: object, text: bool) -> float:
+    """Seconds between periodic checkpoints; 0 for none."""
+    if (isinstance(value, str) and value.strip() in ("0", "off")) or (
+        isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+    ):
+        return 0.0
+    return _seconds(value, text)
+
+
 LOG_LEVELS = ("warning", "info", "debug")
 
 
@@ -186,6 +281,8 @@ class Setting:
             return "1" if value else "0"
         if isinstance(value, float) and value.is_integer():
             return str(int(value))
+        if value == "":
+            return NONE
         return str(value)
 
 
@@ -222,6 +319,50 @@ SETTINGS: tuple[Setting, ...] = (
         HF_CACHE_AUTO,
         "the huggingface_hub cache to take Hub files from: auto (huggingface_hub's own), off,"
         " or a directory",
+    ),
+    Setting(
+        "tier.url",
+        "ARTIFACTFS_TIER_URL",
+        _text(check_url, '"s3://BUCKET/PREFIX" or "file:///PATH"'),
+        "",
+        "the shared tier behind the blob cache: s3://BUCKET/PREFIX or file:///PATH (empty: none)",
+    ),
+    Setting(
+        "tier.endpoint",
+        "ARTIFACTFS_TIER_ENDPOINT",
+        _text(check_endpoint, '"http(s)://HOST[:PORT]"'),
+        "",
+        "an S3-compatible endpoint (MinIO, R2, Ceph); empty: AWS_ENDPOINT_URL or AWS itself",
+    ),
+    Setting(
+        "tier.region",
+        "ARTIFACTFS_TIER_REGION",
+        _text(_region, "a region name"),
+        "",
+        "the S3 region; empty: AWS_REGION, AWS_DEFAULT_REGION or us-east-1",
+    ),
+    Setting(
+        "tier.timeout",
+        "ARTIFACTFS_TIER_TIMEOUT",
+        _tier_timeout,
+        5.0,
+        "seconds a tier request may take before a read goes to the origin instead",
+    ),
+    Setting(
+        "tier.credentials_file",
+        "ARTIFACTFS_TIER_CREDENTIALS_FILE",
+        _text(_absolute_path, "an absolute path"),
+        "",
+        "an AWS shared credentials file (profile AWS_PROFILE or default); empty: the AWS_*"
+        " variables, else AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials",
+    ),
+    Setting(
+        "checkpoint.interval",
+        "ARTIFACTFS_CHECKPOINT_INTERVAL",
+        _interval,
+        0.0,
+        "seconds between automatic checkpoints of a writable workspace to the tier (0: none;"
+        " a clean stop checkpoints too when it is set)",
     ),
     Setting(
         "log.level",

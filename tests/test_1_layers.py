@@ -3,7 +3,8 @@ no import cycle, and nothing above ``sources/`` names a kind of source.
 
 The layers, lowest first (docs/architecture.md draws them):
 
-    leaves (errors, redact, home, logs, ipc, durable, settings)  <  cas  <  snapshot  <  overlay
+    leaves (errors, redact, home, logs, ipc, durable, settings)  <  cas  <  tier, snapshot
+    <  overlay
     <  sources  <  fs  <  mount  <  daemon  <  cli
 
 Imports inside functions count too (they are how heavy modules are put off, not a way around
@@ -29,6 +30,7 @@ LAYERS = {
     "__init__": 0,
     "__main__": 9,
     "cas": 1,
+    "tier": 2,
     "snapshot": 2,
     "overlay": 3,
     "sources": 4,

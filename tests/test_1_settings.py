@@ -48,6 +48,36 @@ SOURCES: dict[str, dict[str, tuple[str, Any]]] = {
         "variable": ("INFO", "info"),
         "flag": ("warning", "warning"),
     },
+    "tier.url": {
+        "file": ('"s3://fleet-store/models/"', "s3://fleet-store/models"),
+        "variable": ("file:///srv/tier", "file:///srv/tier"),
+        "flag": ("", ""),
+    },
+    "tier.endpoint": {
+        "file": ('"http://127.0.0.1:9000/"', "http://127.0.0.1:9000"),
+        "variable": ("https://s3.example.com", "https://s3.example.com"),
+        "flag": ("", ""),
+    },
+    "tier.region": {
+        "file": ('"eu-west-1"', "eu-west-1"),
+        "variable": ("auto", "auto"),
+        "flag": ("", ""),
+    },
+    "tier.timeout": {
+        "file": ("2", 2.0),
+        "variable": ("0.5", 0.5),
+        "flag": ("", ""),
+    },
+    "tier.credentials_file": {
+        "file": ('"/etc/artifactfs/aws"', "/etc/artifactfs/aws"),
+        "variable": ("/run/secrets/aws", "/run/secrets/aws"),
+        "flag": ("", ""),
+    },
+    "checkpoint.interval": {
+        "file": ("300", 300.0),
+        "variable": ("0", 0.0),
+        "flag": ("", ""),
+    },
 }
 
 
@@ -83,6 +113,12 @@ def test_defaults_with_no_file_and_no_variable(tmp_path: Path) -> None:
         "fetch.io_timeout": 60.0,
         "fetch.offline": False,
         "hf.cache": "auto",
+        "tier.url": "",
+        "tier.endpoint": "",
+        "tier.region": "",
+        "tier.timeout": 5.0,
+        "tier.credentials_file": "",
+        "checkpoint.interval": 0.0,
         "log.level": "warning",
     }
     assert {settings.source(key) for key in settings} == {"default"}
@@ -196,6 +232,19 @@ BAD_IN_FILE = [
     ("log.level", '"loud"', "not a log level"),
     ("log.level", "2", "not an integer"),
     ("log.level", "{ x = 1 }", "not a table"),
+    ("tier.url", '"http://bucket/x"', "a tier url is s3://BUCKET/PREFIX"),
+    ("tier.url", '"s3://Bad_Bucket/x"', "not an S3 bucket name"),
+    ("tier.url", '"s3://key:secret@bucket/x"', "holds no credentials"),
+    ("tier.url", '"file://relative"', "needs an absolute path"),
+    ("tier.url", "1", "not an integer"),
+    ("tier.endpoint", '"127.0.0.1:9000"', "an S3 endpoint is http(s)://HOST[:PORT]"),
+    ("tier.endpoint", '"http://user:pw@host"', "holds no credentials"),
+    ("tier.region", '"Not A Region"', "not a region name"),
+    ("tier.timeout", "0", "more than 0"),
+    ("tier.timeout", "601", "at most 600"),
+    ("tier.credentials_file", '"aws/credentials"', "not an absolute path"),
+    ("checkpoint.interval", "-5", "more than 0"),
+    ("checkpoint.interval", '"hourly"', "not a string"),
 ]
 
 
@@ -222,7 +271,7 @@ def test_every_key_has_a_bad_value_tested() -> None:
     ("text", "says"),
     [
         ('[cache]\nmax_sise = "1G"\n', "unknown setting 'cache.max_sise' in "),
-        ('[tier]\nurl = "s3://bucket/x"\n', "unknown setting 'tier' in "),
+        ('[tiers]\nurl = "s3://bucket/x"\n', "unknown setting 'tiers' in "),
         ("io_timeout = 5\n", "unknown setting 'io_timeout' in "),
         ("cache = 5\n", "cache in {path}: must be a table ([cache]), not an integer"),
         ('cache = "10G"\n', "cache in {path}: must be a table ([cache]), not a string"),
@@ -337,6 +386,12 @@ def test_exported_values_come_back_the_same_without_the_file(tmp_path: Path) -> 
         "ARTIFACTFS_OFFLINE": "1",
         "ARTIFACTFS_HF_CACHE": "/srv/hub",
         "ARTIFACTFS_LOG_LEVEL": "info",
+        "ARTIFACTFS_TIER_URL": "none",  # empty, said so: an empty variable is unset
+        "ARTIFACTFS_TIER_ENDPOINT": "none",
+        "ARTIFACTFS_TIER_REGION": "none",
+        "ARTIFACTFS_TIER_TIMEOUT": "5",
+        "ARTIFACTFS_TIER_CREDENTIALS_FILE": "none",
+        "ARTIFACTFS_CHECKPOINT_INTERVAL": "0",
     }
     write(home, "not toml at all [")
     worker = resolve(home, {}, environ)

@@ -57,6 +57,7 @@ def test_config_shows_each_value_and_where_it_came_from(home: Path) -> None:
     assert rows["fetch.offline"] == ["false", "default"]
     assert rows["hf.cache"] == ["off", "variable ARTIFACTFS_HF_CACHE"]
     assert rows["log.level"] == ["info", f"file {path}"]
+    assert rows["tier.url"] == ["none", "default"]
 
     result = run_cli("config", "--json", home=home, env=env)
     assert result.returncode == 0, result.stderr
@@ -76,6 +77,12 @@ def test_config_shows_each_value_and_where_it_came_from(home: Path) -> None:
         "fetch.io_timeout",
         "fetch.offline",
         "hf.cache",
+        "tier.url",
+        "tier.endpoint",
+        "tier.region",
+        "tier.timeout",
+        "tier.credentials_file",
+        "checkpoint.interval",
         "log.level",
     ]
     for secret in SECRETS.values():  # credentials are no settings: never shown
@@ -89,8 +96,9 @@ def test_config_without_a_file_shows_the_defaults(home: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == f"# settings file: {home}/config.toml (there is none)"
     default = CachePolicy.of(None, home.parent).max_size
-    assert f"cache.max_size    {default} " in result.stdout
-    assert "fetch.io_timeout  60 " in result.stdout
+    assert f"cache.max_size         {default} " in result.stdout
+    assert "fetch.io_timeout       60 " in result.stdout
+    assert "tier.url               none " in result.stdout
     assert not home.exists()  # showing settings creates no state home
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..home import HOME_ENV, default_home
-from ..settings import NOT_IN_THE_FILE, SETTINGS, Settings, file_path, flags_of, resolve
+from ..settings import NONE, NOT_IN_THE_FILE, SETTINGS, Settings, file_path, flags_of, resolve
 
 
 def add_parser(commands: Any) -> None:
@@ -96,4 +96,6 @@ def _shown(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if value == "":
+        return NONE
     return str(value)
