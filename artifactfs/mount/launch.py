@@ -28,7 +28,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..cas.eviction import CachePolicy
 from ..cas.usage import UsageRecorder
@@ -44,6 +44,9 @@ from ..sources.spec import check_depth
 from .mountpoints import check_fuse_device, check_mountpoint
 from .options import check_allow_other
 from .profile import check_profile_path
+
+if TYPE_CHECKING:
+    from ..tier.access import TierAccess
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         require_commit=require_commit,
         usage=UsageRecorder(home.cas_dir),
         depth=depth,
+        tier=_tier(given, home),
     )
     from .head_start import HeadStart
 
@@ -194,6 +198,15 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         workspace=workspace if writable else None,
     )
     return run(request, head_start)
+
+
+def _tier(given: Mapping[str, Any], home: ArtifactHome) -> TierAccess | None:
+    """The shared tier, if ``tier.url`` names one (its modules load only then)."""
+    if not given["tier.url"]:
+        return None
+    from ..tier.access import TierAccess
+
+    return TierAccess.from_settings(given, home.root, home.cas_dir)
 
 
 def _credentials(options: WorkerOptions, stdin: IO[str]) -> CredentialProvider:

@@ -129,6 +129,9 @@ class _Worker:
                 self.request.cache_policy,
                 self.head_start.settings.usage,
             )
+            tier = self.head_start.settings.tier
+            if tier is not None:
+                nursery.start_soon(tier.keep_uploading, ContentStore(self.request.home.cas_dir))
             if self.request.control_socket is not None:
                 await nursery.start(serve_control, str(self.request.control_socket), self)
                 _tell_daemon_mounted()  # mounted, and now reachable for watching

@@ -25,10 +25,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..cas.usage import UsageRecorder
 from ..snapshot import Row, SnapshotIndex
+
+if TYPE_CHECKING:
+    from ..tier.access import TierAccess
 from .counters import FetchCounters
 from .credentials import CredentialProvider
 
@@ -107,6 +110,9 @@ class SourceSettings:
     parent records what they publish)."""
     depth: int = 1
     """``--depth``: the commits of history a writable mount's git directory holds."""
+    tier: TierAccess | None = None
+    """The shared tier (``tier.url``): asked before the origin for what the CAS lacks, and
+    given what came from the origin (tier/). None: no tier."""
 
 
 class BlobReader(Protocol):

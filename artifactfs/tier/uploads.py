@@ -89,9 +89,13 @@ def push(
 
 
 async def upload_backlog(
-    store: ObjectStore, ledger: Ledger, cas: ContentStore, wake: trio.Event | None = None
+    store: ObjectStore,
+    ledger: Ledger,
+    cas: ContentStore,
+    wake: Callable[[], trio.Event] | None = None,
 ) -> None:
-    """Forever: upload what is pending, then wait ``IDLE_SECONDS`` (or until woken)."""
+    """Forever: upload what is pending, then wait ``IDLE_SECONDS`` (or until ``wake()``'s
+    event is set)."""
     report = UploadReport()
     limiter = trio.CapacityLimiter(PARALLEL)
 
@@ -127,6 +131,6 @@ async def upload_backlog(
             continue
         with trio.move_on_after(IDLE_SECONDS):
             if wake is not None:
-                await wake.wait()
+                await wake().wait()
             else:
                 await trio.sleep_forever()
