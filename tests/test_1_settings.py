@@ -399,3 +399,17 @@ def test_exported_values_come_back_the_same_without_the_file(tmp_path: Path) -> 
     assert {worker.source(k) for k in worker} == {f"variable {s.variable}" for s in SETTINGS}
     assert isinstance(worker, Settings)
     assert "fetch.io_timeout=7 (variable ARTIFACTFS_IO_TIMEOUT)" in worker.summary()
+
+
+def test_the_documented_example_file_is_valid_and_every_key_is_documented(
+    tmp_path: Path,
+) -> None:
+    """docs/cli.md's example config.toml is read as it stands, and its table names each key."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    home = tmp_path / "home"
+    values = read_file(write(home, example))
+    assert values["tier.url"] == "s3://fleet-cache/artifactfs"
+    assert values["checkpoint.interval"] == 300.0
+    for key in BY_KEY:
+        assert f"| `{key}` | `{BY_KEY[key].variable}` |" in text, key

@@ -412,6 +412,15 @@ def test_clone_of_a_workspace_has_its_changes(daemon: GitDaemon, sample: Repo, h
         assert gone.returncode == 2 and "the workspace has no path 'deep/a'" in gone.stderr
         unknown = artifactfs.cli("clone", "nosuch", str(tmp_path / "x"))
         assert unknown.returncode == 2 and not (tmp_path / "x").exists()
+        artifactfs.ok("unmount", "work")  # still registered; now its database is damaged
+        for leftover in (home / "repos" / "work").glob("overlay.sqlite*"):
+            leftover.unlink()
+        (home / "repos" / "work" / "overlay.sqlite").write_bytes(b"not a database" * 500)
+        damaged = artifactfs.cli("clone", "work", str(tmp_path / "damaged"))
+        assert damaged.returncode == 2, damaged.stderr
+        assert damaged.stderr.startswith("artifactfs: cannot read the workspace of "), damaged
+        assert damaged.stderr.count("\n") == 1 and "Traceback" not in damaged.stderr
+        assert not (tmp_path / "damaged").exists()
 
 
 def test_a_file_larger_than_the_cache_cap(

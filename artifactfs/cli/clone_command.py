@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -257,8 +258,14 @@ class _Job:
         try:
             # the journal's position before the plan: a change made meanwhile makes a resumed
             # clone start over rather than keep files the plan no longer has
-            token = workspace_token(self.workspace) if self.workspace else None
-            entries, overlay_note = self._plan(snapshot)
+            try:
+                token = workspace_token(self.workspace) if self.workspace else None
+                entries, overlay_note = self._plan(snapshot)
+            except sqlite3.DatabaseError as exc:  # damaged, or not ours: one line, no traceback
+                raise UserError(
+                    f"cannot read the workspace of {self.spec.display} in {self.workspace}:"
+                    f" {_one_line(exc)}"
+                ) from None
             identity = {
                 "source": self.spec.display,
                 "commit": prepared.commit,
