@@ -398,6 +398,7 @@ class _Worker:
             self.request.workspace / "git",
             operations.stat_of,
             operations.overlay.database,
+            self.request.mountpoint,
         )
         operations.show(root_file)
         operations.on_copy_up = worktree.keep_blob

@@ -216,12 +216,14 @@ class Worktree(Protocol):
         directory: Path,
         stat_of: Callable[[Row], LowerStat],
         journal: Path,
+        work_tree: Path | None = None,
     ) -> RootFile:
         """Make the version-control directory under ``directory`` show ``snapshot``'s commit,
         unless it already was made for that commit (a restart: then it is left exactly as the
         user's commands left it); ``stat_of`` gives each unchanged entry's attributes for the
-        index, ``journal`` is the overlay database the change hook reads. Returns the file to
-        show at the mount's root. Raises ``SourceError``."""
+        index, ``journal`` is the overlay database the change hook reads, ``work_tree`` where
+        the mount is (what the index may record about its place). Returns the file to show at
+        the mount's root. Raises ``SourceError``."""
         ...
 
     def keep_blob(self, row: Row, content: Path) -> None:

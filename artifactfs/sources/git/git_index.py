@@ -47,6 +47,7 @@ from ...overlay.journal import TOKEN_PREFIX
 from ...snapshot import ROOT_INODE, Row, SnapshotIndex
 from ...snapshot.entries import Kind
 from ..base import LowerStat
+from .untracked_cache import IGNORE_FILE, CachedDirectory
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +66,45 @@ _PAGE = 2000
 
 
 def index_entries(
-    snapshot: SnapshotIndex, stat_of: Callable[[Row], LowerStat]
+    snapshot: SnapshotIndex,
+    stat_of: Callable[[Row], LowerStat],
+    directories: CachedDirectory | None = None,
 ) -> list[SerializedIndexEntry]:
     """Every tracked entry of ``snapshot`` (files, executables, symlinks, gitlinks), sorted as
     git sorts its index (by path bytes), with ``stat_of``'s stat data (gitlinks: none; git
-    looks at the directory instead)."""
+    looks at the directory instead). ``directories``, the root's, is filled with the tree's
+    directories for the untracked cache (untracked_cache.py)."""
     root = snapshot.get(ROOT_INODE)
     if root is None:
         raise ValueError("the snapshot has no root")
+    if directories is not None:
+        directories.stat = stat_of(root)
     found: list[SerializedIndexEntry] = []
-    queue: deque[tuple[Row, bytes]] = deque([(root, b"")])
+    queue: deque[tuple[Row, bytes, CachedDirectory | None]] = deque([(root, b"", directories)])
     while queue:
-        directory, prefix = queue.popleft()
+        directory, prefix, cached = queue.popleft()
         after = 0
         while rows := snapshot.children(directory, after, _PAGE):
             for row in rows:
                 path = prefix + row.name
                 if row.kind is Kind.DIRECTORY:
-                    queue.append((row, path + b"/"))
-                elif len(path) >= _NAME_MASK:  # dulwich's writer cannot say so (git can)
+                    child = None
+                    if cached is not None:
+                        child = CachedDirectory(row.name, stat_of(row))
+                        cached.children.append(child)
+                    queue.append((row, path + b"/", child))
+                    continue
+                if (
+                    cached is not None
+                    and row.name == IGNORE_FILE
+                    and row.kind in (Kind.FILE, Kind.EXECUTABLE)
+                    and row.oid is not None
+                ):
+                    cached.ignore_file_id = bytes.fromhex(row.oid)
+                if len(path) >= _NAME_MASK:  # dulwich's writer cannot say so (git can)
                     log.warning("left out of the git index: a path of %d bytes", len(path))
+                    if cached is not None:  # so git sees it as untracked, as it is
+                        cached.untracked.append(row.name)
                 else:
                     found.append(_entry(row, path, stat_of))
             after = rows[-1].inode
@@ -176,11 +196,17 @@ def write_git_index(
     entries: list[SerializedIndexEntry],
     object_format: str,
     token: str | None,
+    untracked: IndexExtension | None = None,
 ) -> None:
     """Write ``entries`` as git's index at ``path``, through ``temp`` (created here, exclusive:
     git's own ``index.lock`` keeps a git command out meanwhile), synced, its mtime after every
-    entry's, then renamed into place."""
-    extensions = [fsmonitor_extension(token)] if token is not None else []
+    entry's, then renamed into place. ``untracked``: the untracked cache (untracked_cache.py),
+    written only with the fsmonitor token (git trusts its directories only then)."""
+    extensions = []
+    if token is not None:
+        if untracked is not None:
+            extensions.append(untracked)
+        extensions.append(fsmonitor_extension(token))
     fmt = get_object_format(object_format)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:

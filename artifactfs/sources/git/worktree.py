@@ -94,6 +94,7 @@ from .git_objects import (
     write_loose_blob,
 )
 from .remote import GitRemote
+from .untracked_cache import CachedDirectory, ExcludeFile, untracked_extension
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ class GitWorktree:
         self.remote = remote
         self._git_dir: Path | None = None
         self._object_format = "sha1"
+        self._work_tree: Path | None = None
+        """Where the mount is: the untracked cache is made for that place (git_index.py)."""
 
     # -- attach ----------------------------------------------------------------------------
 
@@ -139,8 +142,10 @@ class GitWorktree:
         directory: Path,
         stat_of: Callable[[Row], LowerStat],
         journal: Path,
+        work_tree: Path | None = None,
     ) -> RootFile:
         directory = directory.absolute()
+        self._work_tree = work_tree
         try:
             self._attach(snapshot, directory, stat_of, journal)
         except SourceError:
@@ -361,15 +366,26 @@ class GitWorktree:
         journal: Path,
     ) -> None:
         own = SnapshotIndex(snapshot.path)  # a connection of this thread's own
+        directories = CachedDirectory(b"", None) if self._work_tree is not None else None
         try:
-            entries = index_entries(own, stat_of)
+            entries = index_entries(own, stat_of, directories)
         finally:
             own.close()
+        untracked = None
+        if directories is not None and self._work_tree is not None:
+            hash_name = "sha256" if self._object_format == "sha256" else "sha1"
+            exclude = ExcludeFile.of(root / "info" / "exclude", hash_name)
+            untracked = untracked_extension(directories, self._work_tree, exclude, hash_name)
         lock = root / "index.lock"
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()  # nobody runs git in a workspace that is not mounted yet
         write_git_index(
-            root / "index", lock, entries, self._object_format, fsmonitor_token(journal)
+            root / "index",
+            lock,
+            entries,
+            self._object_format,
+            fsmonitor_token(journal),
+            untracked,
         )
 
     def _write_scripts(self, root: Path, final: Path, journal: Path, commit: str) -> None:
