@@ -305,6 +305,34 @@ def test_a_walk_of_many_files_fetches_ahead(repos: Path, tmp_path: Path) -> None
     run_mounted(file_url(repo), tmp_path, body)
 
 
+def test_a_copy_up_fetches_its_blob_and_no_walk_ahead(repos: Path, tmp_path: Path) -> None:
+    """An edit's copy-up (``Content.local_path``) after a program listed the tree (``git
+    status`` lists every directory it was told changed) fetches the edited file's blob and
+    gives no hint of a walk: no fetch-ahead starts, so the next ``git status`` does not run
+    beside a background fetch of the directories git listed. A read of the same file does."""
+    repo = make_repo(repos, "walk.git", WALK_FILES)
+
+    async def body(harness: Harness) -> None:
+        for directory in ("", "dir0", "dir0/sub"):
+            await harness.listdir(directory)
+        snapshot = harness.state.snapshot
+        assert snapshot is not None
+        inode = ROOT_INODE
+        for name in (b"dir0", b"sub", b"file00.txt"):
+            row = snapshot.lookup(inode, name)
+            assert row is not None
+            inode = row.inode
+        edited = row
+        local = await harness.content.local_path(snapshot, edited)
+        assert local.read_bytes() == b"file 0/0\n"
+        assert counts(harness)[:2] == (1, 1)
+        assert harness.content._hints_of(snapshot).ahead is None  # type: ignore[attr-defined]
+        assert await harness.read_file("dir0/sub/file01.txt") == b"file 0/1\n"
+        assert harness.content._hints_of(snapshot).ahead is not None  # type: ignore[attr-defined]
+
+    run_mounted(file_url(repo), tmp_path, body)
+
+
 # -- failures: EIO, never wrong bytes -----------------------------------------------------------
 
 

@@ -157,8 +157,11 @@ class GitContent:
         return wanted
 
     async def local_path(self, snapshot: SnapshotIndex, row: Row) -> Path:
-        """The blob's CAS file, fetched and checked as an open for reading does."""
-        fd, _ = await self.open_fd(snapshot, row)
+        """The blob's CAS file, fetched and checked as an open for reading does, but no hint
+        of what comes next: a copy-up is an edit, not a walker's read (an agent's edits after
+        a ``git status`` would otherwise fetch ahead through every directory git listed, beside
+        its next status)."""
+        fd, _ = await self.open_fd(snapshot, row, fetch_ahead=False)
         os.close(fd)
         return self._cas.path_of(snapshot.digest_of(row))
 
@@ -184,19 +187,22 @@ class GitContent:
 
     # -- reading --------------------------------------------------------------------------------
 
-    async def open_fd(self, snapshot: SnapshotIndex, row: Row) -> tuple[int, bytes | None]:
+    async def open_fd(
+        self, snapshot: SnapshotIndex, row: Row, fetch_ahead: bool = True
+    ) -> tuple[int, bytes | None]:
         """A descriptor of ``row``'s blob, checked (see ``_checked``), fetching it first if it
         is missing, and again if the copy in the CAS turns out to be damaged; and the whole
         content when checking it read it on the loop (a small file: reads are served from
-        that, not read again)."""
+        that, not read again). The open is a hint of what comes next unless ``fetch_ahead``
+        is false."""
         digest = snapshot.digest_of(row)
         for attempt in range(2):
             try:
                 fd, size = await self._open(digest)
-                if attempt == 0:
+                if attempt == 0 and fetch_ahead:
                     self._fetch_ahead(snapshot, row, missing=False)
             except FileNotFoundError:
-                if attempt == 0:
+                if attempt == 0 and fetch_ahead:
                     self._fetch_ahead(snapshot, row, missing=True)
                 fd, size = await self._fetch_and_open(row, digest)
             try:
