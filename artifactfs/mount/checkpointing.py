@@ -1,0 +1,110 @@
+"""A writable mount's checkpoints: on request (``artifactfs checkpoint``, over the control
+socket), every ``checkpoint.interval`` seconds, and at a clean stop.
+
+A checkpoint of a live mount is of one instant: the worker holds off every change to the
+workspace (``fs/hold.py``) while it captures (the overlay's table in one read transaction,
+and every upper or git directory file hashed, or copied and hashed if it changed since the
+last capture: the time it holds changes off grows with what changed, not with the
+workspace), then lets changes go on and sends the capture to the tier (``overlay/
+checkpoints``). One checkpoint of a workspace at a time, across processes (an ``flock``).
+The periodic ones and the one at a stop are sent only if the workspace differs from what this
+node last sent there (the manifest's digest).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from ..fs.hold import Busy, WriteHold
+from ..overlay.checkpoints import state as saved
+from ..overlay.checkpoints.capture import Captured, CaptureError, capture
+from ..overlay.checkpoints.publish import Published, StaleCheckpoint, publish
+from ..tier.objects import ObjectStore, TierError
+
+log = logging.getLogger(__name__)
+
+STAGING = "checkpoint-staging"
+STOP_SECONDS = 120.0
+"""A checkpoint at a stop gets this long; the stop goes on without it after."""
+
+
+class CheckpointFailed(Exception):
+    """One line for the user; ``stale`` when another node moved the pointer."""
+
+    def __init__(self, message: str, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale
+
+
+@dataclass
+class Checkpointer:
+    workspace: Path
+    store: Callable[[], ObjectStore]
+    """Opens (once) the tier's store: blocking, called in a thread."""
+    tier_url: str
+    source: str
+    ref: str | None
+    hold: WriteHold | None
+
+    async def take(
+        self, name: str, force: bool = False, only_if_changed: bool = False
+    ) -> Published:
+        lock = await trio.to_thread.run_sync(saved.LockHandle, self.workspace)
+        try:
+            state = await trio.to_thread.run_sync(saved.load, self.workspace, self.tier_url)
+            staging = self.workspace / STAGING
+
+            def read() -> Captured:
+                return capture(self.workspace, staging, state, self.source, self.ref)
+
+            try:
+                if self.hold is not None:
+                    async with self.hold.held():
+                        captured = await trio.to_thread.run_sync(read)
+                else:
+                    captured = await trio.to_thread.run_sync(read)
+            except (CaptureError, Busy) as exc:
+                raise CheckpointFailed(f"cannot checkpoint {self.workspace}: {exc}") from None
+            except OSError as exc:
+                raise CheckpointFailed(f"cannot checkpoint {self.workspace}: {exc}") from None
+
+            def send() -> Published:
+                try:
+                    return publish(self.store(), captured, state, name, force, only_if_changed)
+                finally:
+                    saved.save(self.workspace, state)
+
+            try:
+                return await trio.to_thread.run_sync(send)
+            except StaleCheckpoint as exc:
+                raise CheckpointFailed(str(exc), stale=True) from None
+            except (TierError, CaptureError, OSError) as exc:
+                raise CheckpointFailed(f"checkpoint {name} failed: {exc}") from None
+        finally:
+            lock.close()
+
+
+async def keep_checkpointing(checkpointer: Checkpointer, name: str, interval: float) -> None:
+    """Every ``interval`` seconds, a checkpoint to ``name`` if anything changed."""
+    while True:
+        await trio.sleep(interval)
+        await checkpoint_quietly(checkpointer, name, "periodic")
+
+
+async def checkpoint_quietly(checkpointer: Checkpointer, name: str, why: str) -> None:
+    """A checkpoint whose failure is logged, not raised (the periodic ones, at a stop)."""
+    try:
+        done = await checkpointer.take(name, only_if_changed=True)
+    except CheckpointFailed as exc:
+        log.error("%s checkpoint: %s", why, exc)
+        return
+    if not done.unchanged:
+        log.info(
+            "%s checkpoint %s: manifest %s, %d object(s) sent (%d bytes)",
+            why, name, done.manifest[:12], done.sent, done.sent_bytes,
+        )  # fmt: skip
