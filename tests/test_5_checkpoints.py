@@ -1,0 +1,212 @@
+"""Workspace checkpoints through real daemons, mounts, a git daemon and an S3 server (moto,
+over HTTP): a workspace checkpointed on one home comes back on another exactly (bytes, modes,
+deletions, renames, symlinks, ``git status``); a second checkpoint sends only what changed;
+two homes racing for one checkpoint name: the loser is told and replaces nothing;
+``checkpoint.interval`` checkpoints without a command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.daemons import running_daemon, worker_pids
+from tests.helpers.gitrepos import Repo
+from tests.helpers.s3 import S3Server, running_s3
+from tests.helpers.servers import GitDaemon
+from tests.helpers.waiting import wait_for
+
+BUCKET = "tier"
+PREFIX = "team"
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Iterator[S3Server]:
+    with running_s3(tmp_path / "moto.log") as server:
+        server.make_bucket(BUCKET)
+        yield server
+
+
+def tier_env(s3: S3Server, **more: str) -> dict[str, str]:
+    return {
+        **s3.env(),
+        "ARTIFACTFS_TIER_URL": f"s3://{BUCKET}/{PREFIX}",
+        "ARTIFACTFS_TIER_ENDPOINT": s3.endpoint,
+        **more,
+    }
+
+
+def git_status(tree: Path) -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def tree_of(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Every entry under ``root`` (but the root's ``.git`` gitfile, which names this home):
+    kind, permission bits, and the bytes' digest or the link's target."""
+    found: dict[str, tuple[Any, ...]] = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            if relative == ".git":
+                continue
+            info = os.lstat(path)
+            mode = stat.S_IMODE(info.st_mode)
+            if stat.S_ISLNK(info.st_mode):
+                found[relative] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                found[relative] = ("dir", mode)
+            else:
+                found[relative] = ("file", mode, hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+def blob_key(data: bytes) -> str:
+    return key_of(hashlib.sha256(data).hexdigest())
+
+
+def key_of(digest: str) -> str:
+    return f"{PREFIX}/blobs/sha256/{digest[:2]}/{digest}"
+
+
+def pointer(s3: S3Server, ref: str) -> dict[str, Any]:
+    return dict(json.loads(s3.read(BUCKET, f"{PREFIX}/checkpoints/{ref}")))
+
+
+def kill_everything(artifactfs: Any, home: Path) -> None:
+    artifactfs.kill()
+    for pid in worker_pids(home):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: worker_pids(home) == [], 10, "the workers to die")
+
+
+def test_restore_on_another_home_is_identical(
+    daemon: GitDaemon, sample: Repo, tmp_path: Path, s3: S3Server
+) -> None:
+    env = tier_env(s3)
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    with running_daemon(home_a, env) as artifactfs:
+        artifactfs.ok("add-repo", "work", daemon.url("sample.git"))
+        mnt = home_a / "mnt" / "work"
+        (mnt / "README.md").write_bytes(b"# edited on a\n")
+        (mnt / "notes.txt").write_bytes(b"new notes\n")
+        os.unlink(mnt / "empty.txt")
+        os.rename(mnt / "deep", mnt / "shallow")
+        os.symlink("notes.txt", mnt / "to-notes")
+        os.chmod(mnt / "bin" / "tool.sh", 0o700)
+        (mnt / "new-dir").mkdir()
+        (mnt / "new-dir" / "run.sh").write_bytes(b"#!/bin/sh\n")
+        os.chmod(mnt / "new-dir" / "run.sh", 0o750)
+        subprocess.run(["git", "add", "notes.txt", "README.md"], cwd=mnt, check=True)
+        first = artifactfs.ok("checkpoint", "work", env=env)
+        assert "checkpoint work of work" in first
+        objects = set(s3.objects(BUCKET, f"{PREFIX}/blobs/"))
+        assert blob_key(b"new notes\n") in objects
+        assert blob_key(b"# edited on a\n") in objects
+
+        # incremental: one more file, and only it and the manifest go up
+        (mnt / "more.txt").write_bytes(b"one more\n")
+        second = artifactfs.ok("checkpoint", "work", env=env)
+        assert ", 2 object(s) sent" in second, second
+        added = set(s3.objects(BUCKET, f"{PREFIX}/blobs/")) - objects
+        manifest = pointer(s3, "work")["manifest"].removeprefix("sha256:")
+        assert added == {blob_key(b"one more\n"), key_of(manifest)}
+
+        # nothing changed: nothing but the pointer moves
+        third = artifactfs.ok("checkpoint", "work", env=env)
+        assert ", 0 object(s) sent" in third, third
+
+        before_tree = tree_of(mnt)
+        before_status = git_status(mnt)
+        assert "A  notes.txt" in before_status.splitlines()
+        kill_everything(artifactfs, home_a)
+
+    with running_daemon(home_b, env) as artifactfs:
+        artifactfs.ok("restore", "work", "--from", "work", env=env)
+        mnt_b = home_b / "mnt" / "work"
+        assert tree_of(mnt_b) == before_tree
+        assert git_status(mnt_b) == before_status
+        assert artifactfs.status("work")["state"] == "ready"
+
+        again = artifactfs.cli("restore", "work", "--from", "work", env=env)
+        assert again.returncode == 1
+        assert again.stderr.count("\n") == 1 and "registered here already" in again.stderr
+
+        # the restored node checkpoints on from what it restored
+        (mnt_b / "from-b.txt").write_bytes(b"b was here\n")
+        artifactfs.ok("checkpoint", "work", env=env)
+        assert blob_key(b"b was here\n") in s3.objects(BUCKET, f"{PREFIX}/blobs/")
+
+
+def test_stale_checkpoint_loses_and_replaces_nothing(
+    daemon: GitDaemon, sample: Repo, tmp_path: Path, s3: S3Server
+) -> None:
+    env = tier_env(s3)
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    with running_daemon(home_a, env) as node_a, running_daemon(home_b, env) as node_b:
+        for node, home in ((node_a, home_a), (node_b, home_b)):
+            node.ok("add-repo", "work", daemon.url("sample.git"))
+            (home / "mnt" / "work" / "who.txt").write_bytes(str(home.name).encode())
+        node_a.ok("checkpoint", "work", "--to", "shared", env=env)
+        winner = pointer(s3, "shared")
+
+        lost = node_b.cli("checkpoint", "work", "--to", "shared", env=env)
+        assert lost.returncode == 1
+        assert lost.stderr.count("\n") == 1
+        assert "moved by another node" in lost.stderr and "--force" in lost.stderr
+        assert pointer(s3, "shared") == winner
+
+        node_b.ok("checkpoint", "work", "--to", "shared", "--force", env=env)
+        forced = pointer(s3, "shared")
+        assert forced["manifest"] != winner["manifest"]
+        stale = node_a.cli("checkpoint", "work", "--to", "shared", env=env)
+        assert stale.returncode == 1 and "moved by another node" in stale.stderr
+        assert pointer(s3, "shared") == forced
+
+
+def test_interval_checkpoints_without_a_command(
+    daemon: GitDaemon, sample: Repo, tmp_path: Path, s3: S3Server
+) -> None:
+    env = tier_env(s3, ARTIFACTFS_CHECKPOINT_INTERVAL="1")
+    home = tmp_path / "a"
+    with running_daemon(home, env) as artifactfs:
+        artifactfs.ok("add-repo", "work", daemon.url("sample.git"))
+        (home / "mnt" / "work" / "auto.txt").write_bytes(b"saved by itself\n")
+        wait_for(
+            lambda: (
+                blob_key(b"saved by itself\n") in s3.objects(BUCKET, f"{PREFIX}/blobs/")
+                and f"{PREFIX}/checkpoints/work" in s3.objects(BUCKET, f"{PREFIX}/checkpoints/")
+            ),
+            30,
+            "a periodic checkpoint",
+        )
+
+
+def test_bad_input(tmp_path: Path, s3: S3Server) -> None:
+    env = tier_env(s3)
+    home = tmp_path / "a"
+    with running_daemon(home, env) as artifactfs:
+        missing = artifactfs.cli("restore", "work", "--from", "nothing-here", env=env)
+        assert missing.returncode == 1
+        assert missing.stderr.count("\n") == 1 and "no checkpoint named nothing-here" in (
+            missing.stderr
+        )
+        assert not (home / "repos" / "work").exists()
+        bad = artifactfs.cli("restore", "work", "--from", "../x", env=env)
+        assert bad.returncode == 2 and "not a checkpoint name" in bad.stderr
+        unknown = artifactfs.cli("checkpoint", "nobody", env=env)
+        assert unknown.returncode == 2 and "no repository named" in unknown.stderr
+        s3.write(BUCKET, f"{PREFIX}/checkpoints/broken", b"{not json")
+        broken = artifactfs.cli("restore", "work", "--from", "broken", env=env)
+        assert broken.returncode == 1 and "damaged" in broken.stderr
+        assert "Traceback" not in broken.stderr + missing.stderr
