@@ -210,3 +210,19 @@ def test_bad_input(tmp_path: Path, s3: S3Server) -> None:
         broken = artifactfs.cli("restore", "work", "--from", "broken", env=env)
         assert broken.returncode == 1 and "damaged" in broken.stderr
         assert "Traceback" not in broken.stderr + missing.stderr
+
+
+def test_a_clean_stop_checkpoints(
+    daemon: GitDaemon, sample: Repo, tmp_path: Path, s3: S3Server
+) -> None:
+    """With checkpoint.interval set, what changed since the last periodic checkpoint goes up
+    when the worker stops cleanly (here long before the first periodic one would)."""
+    env = tier_env(s3, ARTIFACTFS_CHECKPOINT_INTERVAL="3600")
+    home = tmp_path / "a"
+    with running_daemon(home, env) as artifactfs:
+        artifactfs.ok("add-repo", "work", daemon.url("sample.git"))
+        (home / "mnt" / "work" / "last.txt").write_bytes(b"kept at the stop\n")
+        assert f"{PREFIX}/checkpoints/work" not in s3.objects(BUCKET, f"{PREFIX}/checkpoints/")
+        artifactfs.ok("remove-repo", "work")
+        assert blob_key(b"kept at the stop\n") in s3.objects(BUCKET, f"{PREFIX}/blobs/")
+        assert pointer(s3, "work")["commit"] == sample.rev_parse("HEAD")

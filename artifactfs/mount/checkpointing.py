@@ -13,7 +13,9 @@ node last sent there (the manifest's digest).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,10 @@ from ..tier.objects import ObjectStore, TierError
 log = logging.getLogger(__name__)
 
 STAGING = "checkpoint-staging"
-STOP_SECONDS = 120.0
-"""A checkpoint at a stop gets this long; the stop goes on without it after."""
+STOP_SECONDS = 3.0
+"""A checkpoint at a stop gets this long; the stop goes on without it after (the daemon
+gives a stopping worker 5 s: daemon/supervisor.py's ``STOP_GRACE``). The periodic
+checkpoints carry the bulk, so the one at a stop has little left to send."""
 
 
 class CheckpointFailed(Exception):
@@ -86,7 +90,16 @@ class Checkpointer:
             except (TierError, CaptureError, OSError) as exc:
                 raise CheckpointFailed(f"checkpoint {name} failed: {exc}") from None
         finally:
+            await trio.to_thread.run_sync(_empty_staging, self.workspace / STAGING)
             lock.close()
+
+
+def _empty_staging(staging: Path) -> None:
+    """The copies were sent (or the checkpoint failed): they are not kept."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(staging):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
 
 async def keep_checkpointing(checkpointer: Checkpointer, name: str, interval: float) -> None:

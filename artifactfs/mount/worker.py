@@ -127,6 +127,7 @@ class _Worker:
         self._retry = trio.Event()
         self._stopping = False
         self._fuse_scope = trio.CancelScope()
+        self._served = False
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -158,10 +159,13 @@ class _Worker:
                 )
             with self._fuse_scope:
                 await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
+            self._served = True
             if self._periodic_checkpoints() and self.state.gate.state is GateState.READY:
                 assert self.checkpointer is not None and self.request.name is not None
-                with trio.move_on_after(STOP_SECONDS):  # the session is over: nothing changes
+                with trio.move_on_after(STOP_SECONDS) as bounded:  # the session is over:
                     await checkpoint_quietly(self.checkpointer, self.request.name, "stop")
+                if bounded.cancelled_caught:  # nothing changes now; the daemon kills at 5 s
+                    log.warning("the checkpoint at the stop took over %.0f s: left", STOP_SECONDS)
             nursery.cancel_scope.cancel()
         self.snapshots.close()
 
@@ -343,6 +347,8 @@ class _Worker:
 
     async def _cancel_stragglers(self) -> None:
         await trio.sleep(STOP_GRACE_SECONDS)
+        if self._served:  # every request was answered (a checkpoint at the stop may run on)
+            return
         log.warning("requests still running after %.0f s: cancelling them", STOP_GRACE_SECONDS)
         self._fuse_scope.cancel()
 
