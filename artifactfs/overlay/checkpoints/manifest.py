@@ -237,6 +237,7 @@ def parse(data: bytes) -> Manifest:
         if len(target) > MAX_TARGET or "\0" in target:
             raise BadManifest("a git link target is too long or has NUL")
         links[check_relative(p)] = target
+    _check_no_path_crosses_a_link(links, [*dirs, *files])
     ref = document.get("ref")
     return Manifest(
         commit=commit,
@@ -254,6 +255,16 @@ def parse(data: bytes) -> Manifest:
         git_files=files,
         git_links=links,
     )
+
+
+def _check_no_path_crosses_a_link(links: dict[str, str], paths: list[str]) -> None:
+    """A restore creates links last; still, no directory or file may lie below a link (it
+    would be written wherever the link points)."""
+    for path, at_too in [*((p, True) for p in paths), *((p, False) for p in links)]:
+        parts = path.split("/")
+        for end in range(1, len(parts) + at_too):
+            if "/".join(parts[:end]) in links:
+                raise BadManifest(f"git path {path[:80]!r} lies at or below a symbolic link")
 
 
 def column_value(columns: list[str], row: list[Any], column: str) -> Any:

@@ -166,13 +166,13 @@ def _git(fetched: Fetched, root: Path, final: Path) -> None:
     root.mkdir(mode=0o755)
     for relative in sorted(manifest.git_dirs):
         (root / relative).mkdir(mode=0o700, parents=True, exist_ok=True)
-    for relative, target in manifest.git_links.items():
-        (root / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.symlink(target, root / relative)
     for relative, entry in manifest.git_files.items():
         path = root / relative
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _file(fetched.blobs[entry.sha256], path, entry)
+    for relative, target in manifest.git_links.items():  # last: nothing is written through one
+        (root / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.symlink(target, root / relative)
     config = root / "config"
     if manifest.git_path and config.is_file() and not config.is_symlink():
         old = os.fsencode(manifest.git_path)
