@@ -6,12 +6,14 @@ two homes racing for one checkpoint name: the loser is told and replaces nothing
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import signal
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,3 +228,64 @@ def test_a_clean_stop_checkpoints(
         artifactfs.ok("remove-repo", "work")
         assert blob_key(b"kept at the stop\n") in s3.objects(BUCKET, f"{PREFIX}/blobs/")
         assert pointer(s3, "work")["commit"] == sample.rev_parse("HEAD")
+
+
+def test_a_checkpoint_of_a_busy_mount_is_of_one_instant(
+    daemon: GitDaemon, sample: Repo, tmp_path: Path, s3: S3Server
+) -> None:
+    """A writer overwrites ``pair-a`` then ``pair-b`` in place with the next number, again and
+    again: at every instant a is b or b + 1. Every checkpoint taken meanwhile shows such an
+    instant: the worker holds changes off while it captures (reading the files one after the
+    other while they change, with a large file read between them, would catch b ahead of a:
+    this test fails without the hold)."""
+    env = tier_env(s3)
+    home = tmp_path / "a"
+    with running_daemon(home, env) as artifactfs:
+        artifactfs.ok("add-repo", "work", daemon.url("sample.git"))
+        mnt = home / "mnt" / "work"
+        (mnt / "pair-a").write_bytes(b"%08d" % 0)
+        (mnt / "ballast").write_bytes(os.urandom(32 << 20))  # read between a and b
+        (mnt / "pair-b").write_bytes(b"%08d" % 0)
+        stop = threading.Event()
+        written = [0]
+
+        def write() -> None:
+            fds = [os.open(mnt / name, os.O_WRONLY) for name in ("pair-a", "pair-b")]
+            try:
+                while not stop.is_set():
+                    written[0] += 1
+                    for fd in fds:
+                        os.pwrite(fd, b"%08d" % written[0], 0)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        seen = []
+        try:
+            for _ in range(8):
+                artifactfs.ok("checkpoint", "work", env=env)
+                seen.append(pair_in_checkpoint(s3, "work"))
+        finally:
+            stop.set()
+            writer.join(30)
+        assert written[0] > 8
+        for a, b in seen:
+            assert a - b in (0, 1), seen
+        assert len(set(seen)) > 1, seen  # the writer went on between checkpoints
+
+
+def pair_in_checkpoint(s3: S3Server, ref: str) -> tuple[int, int]:
+    manifest_digest = pointer(s3, ref)["manifest"].removeprefix("sha256:")
+    manifest = json.loads(s3.read(BUCKET, key_of(manifest_digest)))
+    overlay = manifest["overlay"]
+    columns = overlay["columns"]
+    values = {}
+    for row in overlay["nodes"]:
+        node = dict(zip(columns, row, strict=True))
+        name = base64.b64decode(node["name"]).decode()
+        if node["parent"] == 1 and name in ("pair-a", "pair-b"):
+            upper = overlay["upper"][str(node["ino"])]
+            values[name] = int(s3.read(BUCKET, key_of(upper["sha256"])))
+    return values["pair-a"], values["pair-b"]
