@@ -46,10 +46,18 @@ def tier_env(s3: S3Server, **more: str) -> dict[str, str]:
     }
 
 
-def git_status(tree: Path) -> str:
+IDENTITY = ("-c", "user.name=Agent", "-c", "user.email=agent@example.com")
+
+
+def git(tree: Path, *args: str) -> str:
     return subprocess.run(
-        ["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True, check=True
+        ["git", *args], cwd=tree, capture_output=True, text=True, check=True
     ).stdout
+
+
+def git_status(tree: Path) -> str:
+    """With the branch line: the branch, its upstream and how far ahead it is come back too."""
+    return git(tree, "status", "--porcelain", "--branch")
 
 
 def tree_of(root: Path) -> dict[str, tuple[Any, ...]]:
@@ -109,7 +117,9 @@ def test_restore_on_another_home_is_identical(
         (mnt / "new-dir").mkdir()
         (mnt / "new-dir" / "run.sh").write_bytes(b"#!/bin/sh\n")
         os.chmod(mnt / "new-dir" / "run.sh", 0o750)
-        subprocess.run(["git", "add", "notes.txt", "README.md"], cwd=mnt, check=True)
+        git(mnt, "add", "README.md")
+        git(mnt, *IDENTITY, "commit", "-q", "-m", "edited on a")  # a local commit
+        git(mnt, "add", "notes.txt")  # and something staged
         first = artifactfs.ok("checkpoint", "work", env=env)
         assert "checkpoint work of work" in first
         objects = set(s3.objects(BUCKET, f"{PREFIX}/blobs/"))
@@ -131,6 +141,8 @@ def test_restore_on_another_home_is_identical(
         before_tree = tree_of(mnt)
         before_status = git_status(mnt)
         assert "A  notes.txt" in before_status.splitlines()
+        assert "[ahead 1]" in before_status.splitlines()[0]
+        before_log = git(mnt, "log", "--format=%H %s", "-2")
         kill_everything(artifactfs, home_a)
 
     with running_daemon(home_b, env) as artifactfs:
@@ -138,6 +150,7 @@ def test_restore_on_another_home_is_identical(
         mnt_b = home_b / "mnt" / "work"
         assert tree_of(mnt_b) == before_tree
         assert git_status(mnt_b) == before_status
+        assert git(mnt_b, "log", "--format=%H %s", "-2") == before_log
         assert artifactfs.status("work")["state"] == "ready"
 
         again = artifactfs.cli("restore", "work", "--from", "work", env=env)
