@@ -102,11 +102,20 @@ def _empty_staging(staging: Path) -> None:
                 os.unlink(entry.path)
 
 
-async def keep_checkpointing(checkpointer: Checkpointer, name: str, interval: float) -> None:
-    """Every ``interval`` seconds, a checkpoint to ``name`` if anything changed."""
+async def keep_checkpointing(
+    checkpointer: Checkpointer,
+    name: str,
+    interval: float,
+    ready: Callable[[], bool],
+    exclusive: trio.Lock,
+) -> None:
+    """Every ``interval`` seconds, a checkpoint to ``name`` if anything changed; none while
+    the mount is not ready (nothing to take yet), none during a refresh (``exclusive``)."""
     while True:
         await trio.sleep(interval)
-        await checkpoint_quietly(checkpointer, name, "periodic")
+        if ready():
+            async with exclusive:
+                await checkpoint_quietly(checkpointer, name, "periodic")
 
 
 async def checkpoint_quietly(checkpointer: Checkpointer, name: str, why: str) -> None:

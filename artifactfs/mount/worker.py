@@ -156,6 +156,8 @@ class _Worker:
                     self.checkpointer,
                     self.request.name,
                     self.request.checkpoint_interval,
+                    lambda: self.state.gate.state is GateState.READY,
+                    self._refreshing,
                 )
             with self._fuse_scope:
                 await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
@@ -200,7 +202,8 @@ class _Worker:
         target = name or self.request.name
         if target is None:
             raise CheckpointFailed("name the checkpoint")
-        done = await self.checkpointer.take(target, force)
+        async with self._refreshing:  # a refresh moves the overlay under the hold's feet
+            done = await self.checkpointer.take(target, force)
         return {
             "ref": done.ref,
             "manifest": done.manifest,
