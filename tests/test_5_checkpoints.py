@@ -144,6 +144,10 @@ def test_restore_on_another_home_is_identical(
         assert "[ahead 1]" in before_status.splitlines()[0]
         before_log = git(mnt, "log", "--format=%H %s", "-2")
         kill_everything(artifactfs, home_a)
+        # no worker (its socket left behind): the command takes the checkpoint itself
+        assert (home_a / "run").exists()
+        offline = artifactfs.ok("checkpoint", "work", env=env)  # git status wrote its index
+        assert "checkpoint work of work" in offline, offline
 
     with running_daemon(home_b, env) as artifactfs:
         artifactfs.ok("restore", "work", "--from", "work", env=env)
@@ -302,3 +306,28 @@ def pair_in_checkpoint(s3: S3Server, ref: str) -> tuple[int, int]:
             upper = overlay["upper"][str(node["ino"])]
             values[name] = int(s3.read(BUCKET, key_of(upper["sha256"])))
     return values["pair-a"], values["pair-b"]
+
+
+def test_restore_keeps_a_workspace_with_changes(
+    daemon: GitDaemon, sample: Repo, tmp_path: Path, s3: S3Server
+) -> None:
+    env = tier_env(s3)
+    home = tmp_path / "a"
+    with running_daemon(home, env) as artifactfs:
+        artifactfs.ok("add-repo", "work", daemon.url("sample.git"))
+        (home / "mnt" / "work" / "mine.txt").write_bytes(b"not to be lost\n")
+        artifactfs.ok("checkpoint", "work", "--to", "other", env=env)
+        artifactfs.ok("remove-repo", "work")  # the workspace is kept
+        refused = artifactfs.cli("restore", "work", "--from", "other", env=env)
+        assert refused.returncode == 1
+        assert refused.stderr.count("\n") == 1 and "holds 1 changed path" in refused.stderr
+        upper = home / "repos" / "work" / "upper"
+        assert [p.read_bytes() for p in upper.iterdir()] == [b"not to be lost\n"]
+
+        down = tier_env(
+            s3, ARTIFACTFS_TIER_ENDPOINT="http://127.0.0.1:9", ARTIFACTFS_TIER_TIMEOUT="2"
+        )
+        unreachable = artifactfs.cli("restore", "again", "--from", "other", env=down)
+        assert unreachable.returncode == 1, unreachable.stderr
+        assert unreachable.stderr.count("\n") == 1 and "Traceback" not in unreachable.stderr
+        assert not (home / "repos" / "again").exists()

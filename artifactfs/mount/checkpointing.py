@@ -110,23 +110,35 @@ async def keep_checkpointing(
     exclusive: trio.Lock,
 ) -> None:
     """Every ``interval`` seconds, a checkpoint to ``name`` if anything changed; none while
-    the mount is not ready (nothing to take yet), none during a refresh (``exclusive``)."""
+    the mount is not ready (nothing to take yet), none during a refresh (``exclusive``). A
+    failure is logged once until it changes or a checkpoint succeeds (a tier down for a day
+    is one line, not one per interval)."""
+    told = ""
     while True:
         await trio.sleep(interval)
-        if ready():
-            async with exclusive:
-                await checkpoint_quietly(checkpointer, name, "periodic")
+        if not ready():
+            continue
+        async with exclusive:
+            failure = await checkpoint_quietly(checkpointer, name, "periodic", told)
+        if told and not failure:
+            log.info("periodic checkpoint %s: works again", name)
+        told = failure
 
 
-async def checkpoint_quietly(checkpointer: Checkpointer, name: str, why: str) -> None:
-    """A checkpoint whose failure is logged, not raised (the periodic ones, at a stop)."""
+async def checkpoint_quietly(
+    checkpointer: Checkpointer, name: str, why: str, told: str = ""
+) -> str:
+    """A checkpoint whose failure is logged (unless it is ``told`` already), not raised: the
+    periodic ones, the one at a stop. Returns the failure ("" for none)."""
     try:
         done = await checkpointer.take(name, only_if_changed=True)
     except CheckpointFailed as exc:
-        log.error("%s checkpoint: %s", why, exc)
-        return
+        if str(exc) != told:
+            log.error("%s checkpoint: %s", why, exc)
+        return str(exc)
     if not done.unchanged:
         log.info(
             "%s checkpoint %s: manifest %s, %d object(s) sent (%d bytes)",
             why, name, done.manifest[:12], done.sent, done.sent_bytes,
         )  # fmt: skip
+    return ""
