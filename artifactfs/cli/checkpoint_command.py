@@ -210,8 +210,7 @@ def restore_command(args: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(scratch)
-    print(f"restored checkpoint {ref} of {source} at {manifest.commit[:12]} as {args.name}",
-          file=sys.stderr)  # fmt: skip
+    print(f"restored checkpoint {ref} of {source} at {manifest.commit[:12]} as {args.name}")
     return _register(args, source, manifest.commit)
 
 
