@@ -176,13 +176,18 @@ def restore_command(args: argparse.Namespace) -> int:
     if changed:
         return _fail(f"the kept workspace of {args.name} ({final}) holds {changed} changed "
                      "path(s); restore under another name, or remove it first")  # fmt: skip
-    home.ensure()
+    from ..daemon.client import call
+
+    call(home, {"cmd": "status"})  # no daemon: say so before anything is fetched or written
     scratch = home.temp_dir / f"restore-{args.name}-{secrets.token_hex(4)}"
     try:
         try:
+            home.ensure()
             fetched = fetch(open_store(location), ref, scratch / "blobs")
         except (RestoreError, TierError) as exc:
             return _fail(str(exc))
+        except OSError as exc:
+            return _fail(f"cannot restore {ref}: {exc}")
         manifest = fetched.manifest
         source = args.source or manifest.source
         if not source:
@@ -195,18 +200,23 @@ def restore_command(args: argparse.Namespace) -> int:
         built = scratch / "workspace"
         try:
             build(fetched, built, final)
+            state = saved.CheckpointState(location.url)
+            state.etags[ref] = fetched.etag
+            state.manifests[ref] = fetched.pointer.manifest
+            state.held = manifest.digests() | {fetched.pointer.manifest}
+            saved.save(built, state)
+            syncfs(built)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # a kept workspace without changes: replaced
+                final.rename(scratch / "old")
+            try:
+                built.rename(final)
+            except OSError:
+                if (scratch / "old").exists():
+                    (scratch / "old").rename(final)  # as it was
+                raise
         except (RestoreError, OSError) as exc:
             return _fail(f"cannot restore {ref}: {exc}")
-        state = saved.CheckpointState(location.url)
-        state.etags[ref] = fetched.etag
-        state.manifests[ref] = fetched.pointer.manifest
-        state.held = manifest.digests() | {fetched.pointer.manifest}
-        saved.save(built, state)
-        syncfs(built)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # a kept workspace without changes: replaced
-            final.rename(scratch / "old")
-        built.rename(final)
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(scratch)
