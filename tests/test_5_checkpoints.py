@@ -331,3 +331,10 @@ def test_restore_keeps_a_workspace_with_changes(
         assert unreachable.returncode == 1, unreachable.stderr
         assert unreachable.stderr.count("\n") == 1 and "Traceback" not in unreachable.stderr
         assert not (home / "repos" / "again").exists()
+
+        # the other spelling, under a new name
+        url = daemon.url("sample.git")
+        artifactfs.ok("add-repo", "copy", url, "--restore", "other", env=env)
+        assert (home / "mnt" / "copy" / "mine.txt").read_bytes() == b"not to be lost\n"
+        mixed = artifactfs.cli("add-repo", "x", url, "--restore", "other", "--ref", "main")
+        assert mixed.returncode == 2 and "drop --ref" in mixed.stderr
