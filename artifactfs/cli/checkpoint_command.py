@@ -225,25 +225,32 @@ def restore_command(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace, source: str, commit: str) -> int:
-    from .daemon_commands import add_repo
+    """``add-repo NAME SOURCE --ref COMMIT``, writable, as the daemon takes it."""
+    import os
 
-    namespace = argparse.Namespace(
-        name=args.name,
-        source=source,
-        ref=commit,
-        async_=args.async_,
-        mount=args.mount,
-        token_file=args.token_file,
-        allow_other=False,
-        offline=False,
-        writable=True,
-        require_commit=None,
-        depth=None,
-        profile=None,
-        settings=args.settings,
-    )
-    result: int = add_repo(namespace)
-    return result
+    from ..daemon.client import call
+    from ..sources import parse_source
+    from .repositories import home as state_home
+
+    message: dict[str, Any] = {
+        "cmd": "add",
+        "name": args.name,
+        "source": source,
+        "ref": commit,
+        "async": args.async_,
+        "writable": True,
+    }
+    if args.mount is not None:
+        message["mount"] = os.path.abspath(args.mount)
+    if args.token_file is not None:
+        message["token_file"] = os.path.abspath(args.token_file)
+    token = os.environ.get(parse_source(source).token_variable, "").strip()
+    if token:  # kept in the daemon's memory only, as add-repo does
+        message["token"] = token
+    status = call(state_home(), message).get("status") or {}
+    if not args.async_ and status.get("state") == "failed":
+        return _fail(f"{args.name} failed: {status.get('error')}")
+    return 0
 
 
 def _fail(message: str) -> int:
