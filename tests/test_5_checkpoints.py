@@ -338,3 +338,27 @@ def test_restore_keeps_a_workspace_with_changes(
         assert (home / "mnt" / "copy" / "mine.txt").read_bytes() == b"not to be lost\n"
         mixed = artifactfs.cli("add-repo", "x", url, "--restore", "other", "--ref", "main")
         assert mixed.returncode == 2 and "drop --ref" in mixed.stderr
+
+
+def test_a_shared_directory_tier_works_the_same(
+    daemon: GitDaemon, sample: Repo, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    env = {"ARTIFACTFS_TIER_URL": f"file://{shared}"}
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    with running_daemon(home_a, env) as node_a, running_daemon(home_b, env) as node_b:
+        node_a.ok("add-repo", "work", daemon.url("sample.git"))
+        mnt = home_a / "mnt" / "work"
+        os.unlink(mnt / "README.md")
+        (mnt / "shared.txt").write_bytes(b"through a directory\n")
+        node_a.ok("checkpoint", "work", env=env)
+        node_b.ok("restore", "work", "--from", "work", env=env)
+        assert tree_of(home_b / "mnt" / "work") == tree_of(mnt)
+        (home_b / "mnt" / "work" / "b.txt").write_bytes(b"b\n")
+        node_b.ok("checkpoint", "work", env=env)  # b goes on from what it restored
+        stale = node_a.cli("checkpoint", "work", env=env)  # a did not see b's move
+        assert stale.returncode == 1 and "moved by another node" in stale.stderr
+        pointer = json.loads((shared / "checkpoints" / "work").read_bytes())
+        manifest = (shared / "blobs" / "sha256" / pointer["manifest"][7:9]).iterdir()
+        assert any(p.name == pointer["manifest"][7:] for p in manifest)
