@@ -62,7 +62,8 @@ def git_status(tree: Path) -> str:
 
 def tree_of(root: Path) -> dict[str, tuple[Any, ...]]:
     """Every entry under ``root`` (but the root's ``.git`` gitfile, which names this home):
-    kind, permission bits, and the bytes' digest or the link's target."""
+    kind, permission bits, modification time, ``user.*`` attributes, and the bytes' digest
+    or the link's target."""
     found: dict[str, tuple[Any, ...]] = {}
     for directory, dirs, files in os.walk(root):
         for name in dirs + files:
@@ -73,11 +74,18 @@ def tree_of(root: Path) -> dict[str, tuple[Any, ...]]:
             info = os.lstat(path)
             mode = stat.S_IMODE(info.st_mode)
             if stat.S_ISLNK(info.st_mode):
-                found[relative] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(info.st_mode):
-                found[relative] = ("dir", mode)
+                found[relative] = ("link", os.readlink(path), info.st_mtime_ns)
+                continue
+            xattrs = {  # the user's (ours, user.artifactfs.*, tell the cache's state)
+                n: os.getxattr(path, n)
+                for n in os.listxattr(path)
+                if n.startswith("user.") and not n.startswith("user.artifactfs.")
+            }
+            if stat.S_ISDIR(info.st_mode):
+                found[relative] = ("dir", mode, info.st_mtime_ns, xattrs)
             else:
-                found[relative] = ("file", mode, hashlib.sha256(path.read_bytes()).hexdigest())
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                found[relative] = ("file", mode, digest, info.st_mtime_ns, xattrs)
     return found
 
 
@@ -117,6 +125,9 @@ def test_restore_on_another_home_is_identical(
         (mnt / "new-dir").mkdir()
         (mnt / "new-dir" / "run.sh").write_bytes(b"#!/bin/sh\n")
         os.chmod(mnt / "new-dir" / "run.sh", 0o750)
+        os.setxattr(mnt / "notes.txt", "user.origin", b"home a")
+        os.setxattr(mnt / "shallow", "user.kind", b"renamed dir")
+        os.utime(mnt / "data", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
         git(mnt, "add", "README.md")
         git(mnt, *IDENTITY, "commit", "-q", "-m", "edited on a")  # a local commit
         git(mnt, "add", "notes.txt")  # and something staged
