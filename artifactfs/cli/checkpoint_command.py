@@ -6,7 +6,8 @@ node (docs/architecture.md, *Checkpoints*).
 the mount while it captures, so the checkpoint is of one instant; with no worker running
 nobody changes the workspace, and the command captures it itself. The pointer moves by
 compare-and-swap: a node that did not see the last move of REF gets one line and exit 1, and
-the pointer stays as the other node left it (restore it first, or ``--force``).
+the pointer stays as the other node left it (``--to`` another name keeps this one's,
+``restore`` under a new name shows the other's, ``--force`` replaces it).
 
 ``restore`` downloads and verifies everything before it writes anything, builds the
 workspace beside its place and renames it in, then registers the repository at the

@@ -90,7 +90,8 @@ def publish(
         state.etags.pop(ref, None)
         raise StaleCheckpoint(
             f"checkpoint {ref} was moved by another node since this one last saw it; nothing "
-            f"was replaced (restore it first, or checkpoint again with --force to replace it)"
+            f"was replaced (keep yours under another name: --to NAME; see theirs: restore "
+            f"NEW-NAME --from {ref}; replace theirs: --force)"
         ) from None
     state.manifests[ref] = digest
     state.stats = captured.stats
