@@ -113,6 +113,9 @@ def _gated_except_root(name: str) -> Callable[..., Awaitable[Any]]:
 
 def _passthrough(name: str) -> Callable[..., Awaitable[Any]]:
     async def operation(self: GatedOperations, *args: Any) -> Any:
+        if self.hold is not None and is_change(name, args):  # a flush records the writes
+            async with self.hold.change():
+                return await _guarded(name, getattr(self.inner, name)(*args))
         return await _guarded(name, getattr(self.inner, name)(*args))
 
     operation.__name__ = name
