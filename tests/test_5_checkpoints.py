@@ -350,6 +350,14 @@ def test_restore_keeps_a_workspace_with_changes(
         mixed = artifactfs.cli("add-repo", "x", url, "--restore", "other", "--ref", "main")
         assert mixed.returncode == 2 and "drop --ref" in mixed.stderr
 
+        # a blob damaged in the tier: refused before anything is written
+        s3.write(BUCKET, blob_key(b"not to be lost\n"), b"not to be lost either\n")
+        damaged = artifactfs.cli("restore", "evil", "--from", "other", env=env)
+        assert damaged.returncode == 1
+        assert damaged.stderr.count("\n") == 1 and "does not match its digest" in damaged.stderr
+        assert not (home / "repos" / "evil").exists()
+        assert not [p for p in (home / "tmp").iterdir() if p.name.startswith("restore-")]
+
 
 def test_a_shared_directory_tier_works_the_same(
     daemon: GitDaemon, sample: Repo, tmp_path: Path
