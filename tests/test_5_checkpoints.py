@@ -160,12 +160,16 @@ def test_restore_on_another_home_is_identical(
         offline = artifactfs.ok("checkpoint", "work", env=env)  # git status wrote its index
         assert "checkpoint work of work" in offline, offline
 
+    home_a.rename(tmp_path / "a-gone")  # nothing on b may still lean on a's paths
     with running_daemon(home_b, env) as artifactfs:
         artifactfs.ok("restore", "work", "--from", "work", env=env)
         mnt_b = home_b / "mnt" / "work"
         assert tree_of(mnt_b) == before_tree
         assert git_status(mnt_b) == before_status
         assert git(mnt_b, "log", "--format=%H %s", "-2") == before_log
+        git_dir = home_b / "repos" / "work" / "git"
+        for name in ("config", "artifactfs-fsmonitor", "artifactfs-cas-remote"):
+            assert f"{home_a}/" not in (git_dir / name).read_text(), name
         assert artifactfs.status("work")["state"] == "ready"
 
         again = artifactfs.cli("restore", "work", "--from", "work", env=env)
