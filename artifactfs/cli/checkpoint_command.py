@@ -37,7 +37,10 @@ def add_parsers(commands: Any) -> None:
         description="Checkpoint NAME's workspace (its changes, and its git directory: index, "
         "branches, commits) into the shared tier (tier.url), under REF (default NAME). Only "
         "what the tier lacks is sent. REF moves by compare-and-swap: if another node moved "
-        "it since this one last saw it, nothing is replaced and the exit status is 1.",
+        "it since this one last saw it, nothing is replaced and the exit status is 1. A "
+        "mounted repository's worker takes it (changes wait meanwhile) with the tier its "
+        "daemon has (config.toml or the daemon's environment); with no worker running, this "
+        "command takes it with its own settings.",
     )
     checkpoint.add_argument("name", metavar="NAME")
     checkpoint.add_argument("--to", dest="ref", metavar="REF", help="checkpoint name")
