@@ -224,6 +224,12 @@ def test_interval_checkpoints_without_a_command(
             30,
             "a periodic checkpoint",
         )
+        manifest = pointer(s3, "work")["manifest"].removeprefix("sha256:")
+        wait_for(  # status tells it too
+            lambda: artifactfs.status("work").get("checkpoint", {}).get("manifest") == manifest,
+            30,
+            "status to name the checkpoint",
+        )
 
 
 def test_bad_input(tmp_path: Path, s3: S3Server) -> None:

@@ -14,11 +14,13 @@ node last sent there (the manifest's digest).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -54,10 +56,29 @@ class Checkpointer:
     source: str
     ref: str | None
     hold: WriteHold | None
+    on_done: Callable[[], None] | None = None
+    """Told after every checkpoint, taken or failed (the worker's status changes)."""
+    last: dict[str, Any] = field(default_factory=dict)
+    """The last checkpoint taken (``ref``, ``manifest``, ``at``) or failed (``error`` too),
+    for ``status``."""
 
     async def take(
         self, name: str, force: bool = False, only_if_changed: bool = False
     ) -> Published:
+        try:
+            done = await self._take(name, force, only_if_changed)
+        except CheckpointFailed as exc:
+            self.last = {**self.last, "error": str(exc), "failed_at": _now()}
+            raise
+        else:
+            if not done.unchanged or "error" in self.last:
+                self.last = {"ref": done.ref, "manifest": done.manifest, "at": _now()}
+            return done
+        finally:
+            if self.on_done is not None:
+                self.on_done()
+
+    async def _take(self, name: str, force: bool, only_if_changed: bool) -> Published:
         lock = await trio.to_thread.run_sync(saved.LockHandle, self.workspace)
         try:
             state = await trio.to_thread.run_sync(saved.load, self.workspace, self.tier_url)
@@ -92,6 +113,10 @@ class Checkpointer:
         finally:
             await trio.to_thread.run_sync(_empty_staging, self.workspace / STAGING)
             lock.close()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _empty_staging(staging: Path) -> None:

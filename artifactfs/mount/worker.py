@@ -182,6 +182,7 @@ class _Worker:
             self.request.spec.display,
             self.request.ref,
             self.hold,
+            on_done=self.state.changes.notify,
         )
 
     def _periodic_checkpoints(self) -> bool:
@@ -259,7 +260,9 @@ class _Worker:
             "bytes_fetched": self.state.counters.bytes_received,
             "writable": self.state.writable,
             "changed": self.state.changed_paths() if self.state.changed_paths else None,
-        }
+            **({"checkpoint": self.checkpointer.last} if self.checkpointer is not None
+               and self.checkpointer.last else {}),
+        }  # fmt: skip
 
     async def prepare(self) -> str:
         """Retry a failed prepare (waiters block again from this moment), or refresh."""
