@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import UserError
 from . import (
     cache_command,
+    checkpoint_command,
     clone_command,
     config_command,
     daemon_commands,
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     export_command.add_parser(commands)
     clone_command.add_parser(commands)
     config_command.add_parser(commands)
+    checkpoint_command.add_parsers(commands)
     return parser
 
 

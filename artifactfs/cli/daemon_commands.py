@@ -121,6 +121,12 @@ def add_parsers(commands: Any) -> None:
         "background, reporting to run/logs/prefetch-NAME.log)",
     )
     add.add_argument(
+        "--restore",
+        metavar="REF",
+        help="bring back checkpoint REF from the shared tier as this repository's workspace, "
+        "at the checkpoint's commit (the same as: artifactfs restore NAME SOURCE --from REF)",
+    )
+    add.add_argument(
         "--async", dest="async_", action="store_true", help="return once the mount point is up"
     )
     add.set_defaults(run=add_repo)
@@ -271,6 +277,9 @@ def _detach(home: Any, args: argparse.Namespace) -> int:
 
 def add_repo(args: argparse.Namespace) -> int:
     from ..daemon.names import check_name
+
+    if getattr(args, "restore", None) is not None:
+        return _add_restored(args)
     from ..sources import check_commit_id, check_ref, parse_source
     from ..sources.spec import check_depth
 
@@ -310,6 +319,34 @@ def add_repo(args: argparse.Namespace) -> int:
     if code == 0 and args.profile is not None:  # its files first: with --async, behind our back
         return prefetch_command.prefetch(args.name, [], args.profile, args.async_)
     return code
+
+
+def _add_restored(args: argparse.Namespace) -> int:
+    """``add-repo NAME SOURCE --restore REF``: ``restore`` under another spelling (the commit
+    is the checkpoint's, the workspace writable)."""
+    from .checkpoint_command import restore_command
+
+    for flag, value in (
+        ("--ref", args.ref),
+        ("--require-commit", args.require_commit),
+        ("--read-only", args.writable is False or None),
+        ("--profile", args.profile),
+        ("--depth", args.depth),
+        ("--offline", args.offline or None),
+        ("--allow-other", args.allow_other or None),
+    ):
+        if value is not None:
+            raise UserError(f"--restore takes the checkpoint's commit and options: drop {flag}")
+    restore = argparse.Namespace(
+        name=args.name,
+        source=args.source,
+        ref=args.restore,
+        mount=args.mount,
+        token_file=args.token_file,
+        async_=args.async_,
+        settings=args.settings,
+    )
+    return restore_command(restore)
 
 
 def _follow_command(verb: str) -> Any:

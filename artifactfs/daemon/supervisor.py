@@ -87,6 +87,8 @@ class Supervisor:
         self._stopped = trio.Event()
         self._restart_now = False
         self._changed: int | None = None
+        self._checkpoint: dict[str, Any] | None = None
+        """The worker's last checkpoint (or its failure), as it reported it."""
         """Changed paths of a writable workspace, as its worker last reported."""
         self.mounts = 0
         """Workers of this supervisor that mounted (a restart waits for the next one)."""
@@ -323,6 +325,8 @@ class Supervisor:
         self._pid = status.get("pid", self._pid)
         if "changed" in status:
             self._changed = status["changed"]
+        if isinstance(status.get("checkpoint"), dict):
+            self._checkpoint = status["checkpoint"]
         self.registry.record_status(self.name, status)
         self._refresh_status()
 
@@ -336,6 +340,8 @@ class Supervisor:
             self.status = repo.public()
             if repo.writable:
                 self.status["changed"] = self._changed
+            if self._checkpoint is not None:
+                self.status["checkpoint"] = self._checkpoint
             if repo.token_from and not self.token:
                 self.status["token"] = "missing"
                 if self.status["state"] == "failed":

@@ -6,6 +6,9 @@ releasedir, flush, fsync, statfs) pass straight through, and so do ``getattr``, 
 and ``listxattr`` of the root inode, so that ``stat``/``mountpoint`` never hang and the
 ``user.artifactfs.state``/``.error`` attributes can be read while preparing or failed.
 
+In a writable mount, every operation that changes the workspace also passes through its
+``WriteHold`` (hold.py), so a checkpoint can hold changes off for a moment.
+
 It is also where domain errors become errno, and only here: a ``ReadError`` from a source
 (the bytes could not be had, or were not what the snapshot says) is logged as one line and
 answered with its errno (``ERRNO_OF``); a workspace's ``overlay.store.Refused`` (rename over a
@@ -27,6 +30,7 @@ import pyfuse3
 from ..errors import NoSpace, ReadError
 from ..overlay.store import Refused
 from .gate import ReadyGate
+from .hold import WriteHold, is_change
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,9 @@ def errno_of(error: ReadError) -> int:
 def _gated(name: str) -> Callable[..., Awaitable[Any]]:
     async def operation(self: GatedOperations, *args: Any) -> Any:
         await self.gate.wait()
+        if self.hold is not None and is_change(name, args):
+            async with self.hold.change():
+                return await _guarded(name, getattr(self.inner, name)(*args))
         return await _guarded(name, getattr(self.inner, name)(*args))
 
     operation.__name__ = name
@@ -106,6 +113,9 @@ def _gated_except_root(name: str) -> Callable[..., Awaitable[Any]]:
 
 def _passthrough(name: str) -> Callable[..., Awaitable[Any]]:
     async def operation(self: GatedOperations, *args: Any) -> Any:
+        if self.hold is not None and is_change(name, args):  # a flush records the writes
+            async with self.hold.change():
+                return await _guarded(name, getattr(self.inner, name)(*args))
         return await _guarded(name, getattr(self.inner, name)(*args))
 
     operation.__name__ = name
@@ -115,10 +125,14 @@ def _passthrough(name: str) -> Callable[..., Awaitable[Any]]:
 class GatedOperations(pyfuse3.Operations):
     """Wraps an operations object that never needs to know the gate exists."""
 
-    def __init__(self, inner: pyfuse3.Operations, gate: ReadyGate) -> None:
+    def __init__(
+        self, inner: pyfuse3.Operations, gate: ReadyGate, hold: WriteHold | None = None
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.gate = gate
+        self.hold = hold
+        """A writable mount's: changes wait while a checkpoint holds them off (hold.py)."""
 
     def init(self) -> None:
         self.inner.init()

@@ -8,7 +8,10 @@ socket and takes the worker back, and the mount never goes away.
 Requests (one JSON line each): ``status``; ``watch`` (a status line now and after every
 change, and twice a second while preparing, until the connection closes); ``prepare`` (retry
 a failed prepare, or refresh a ready mount); ``refresh``; ``stop``; ``prefetch`` (``paths``:
-fetch those files, and all below those directories, now; the CLI asks it directly).
+fetch those files, and all below those directories, now; the CLI asks it directly);
+``checkpoint`` (``name``, ``force``: the workspace to the tier, taken while changes are held
+off, mount/checkpointing.py; the CLI asks it directly; a lost compare-and-swap is answered
+with ``stale``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Controllable(Protocol):
     def request_stop(self, why: str) -> None: ...
 
     async def prefetch(self, paths: list[str]) -> dict[str, Any]: ...
+
+    async def checkpoint(self, name: str | None, force: bool = False) -> dict[str, Any]: ...
 
 
 async def serve_control(
@@ -101,11 +106,28 @@ async def _answer(lines: LineStream, request: Message, worker: Controllable) -> 
             await lines.send({"ok": False, "error": str(exc)})
         else:
             await lines.send({"ok": True, **counts})
+    elif command == "checkpoint":
+        await _checkpoint(lines, request, worker)
     elif command == "stop":
         await lines.send({"ok": True})
         worker.request_stop("asked to stop by the daemon")
     else:
         await lines.send({"ok": False, "error": f"unknown command {str(command)[:40]!r}"})
+
+
+async def _checkpoint(lines: LineStream, request: Message, worker: Controllable) -> None:
+    from .checkpointing import CheckpointFailed
+
+    name = request.get("name")
+    if name is not None and not isinstance(name, str):
+        await lines.send({"ok": False, "error": "checkpoint needs a name"})
+        return
+    try:
+        done = await worker.checkpoint(name, bool(request.get("force")))
+    except CheckpointFailed as exc:
+        await lines.send({"ok": False, "error": str(exc), "stale": exc.stale})
+    else:
+        await lines.send({"ok": True, **done})
 
 
 async def _watch(lines: LineStream, worker: Controllable) -> None:

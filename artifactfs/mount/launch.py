@@ -196,6 +196,7 @@ def launch(options: WorkerOptions, stdin: IO[str] | None = None) -> int:
         cache_policy=cache_policy,
         record_profile=profile,
         workspace=workspace if writable else None,
+        checkpoint_interval=float(given["checkpoint.interval"] or 0),
     )
     return run(request, head_start)
 

@@ -37,6 +37,7 @@ from ..cas.upkeep import keep_store
 from ..errors import SourceError, UserError
 from ..fs.gate import GateState
 from ..fs.gated import GatedOperations
+from ..fs.hold import WriteHold
 from ..fs.operations import SnapshotOperations
 from ..fs.state import MountState
 from ..fs.workspace import WorkspaceOperations
@@ -45,6 +46,13 @@ from ..overlay.store import WorkspaceChanged
 from ..snapshot import SnapshotIndex
 from ..snapshot.index import sweep_snapshot_temporaries
 from ..sources import Content, PreparedSnapshot, Source, SourceSpec
+from .checkpointing import (
+    STOP_SECONDS,
+    Checkpointer,
+    CheckpointFailed,
+    checkpoint_quietly,
+    keep_checkpointing,
+)
 from .control import serve_control
 from .head_start import HeadStart
 from .kernel_read_ahead import PerOpenReadAhead, keep_read_ahead
@@ -80,6 +88,9 @@ class MountRequest:
     workspace: Path | None = None
     """A writable mount keeps its workspace (overlay, upper files, version-control
     directory) here; None: a read-only mount."""
+    checkpoint_interval: float = 0.0
+    """``checkpoint.interval``: a writable daemon mount checkpoints its workspace to the tier
+    (to its repository's name) this often when it changed, and at a clean stop (0: never)."""
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -107,13 +118,16 @@ class _Worker:
             self.snapshots = WorkspaceOperations(self.state, request.workspace)
         else:
             self.snapshots = SnapshotOperations(self.state)
-        self.operations = GatedOperations(self.snapshots, self.state.gate)
+        self.hold = WriteHold() if request.workspace is not None else None
+        self.operations = GatedOperations(self.snapshots, self.state.gate, self.hold)
+        self.checkpointer = self._checkpointer()
         self._content: Content | None = None
         self._content_ready = trio.Event()
         self._refreshing = trio.Lock()
         self._retry = trio.Event()
         self._stopping = False
         self._fuse_scope = trio.CancelScope()
+        self._served = False
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -135,10 +149,70 @@ class _Worker:
             if self.request.control_socket is not None:
                 await nursery.start(serve_control, str(self.request.control_socket), self)
                 _tell_daemon_mounted()  # mounted, and now reachable for watching
+            if self._periodic_checkpoints():
+                assert self.checkpointer is not None and self.request.name is not None
+                nursery.start_soon(
+                    keep_checkpointing,
+                    self.checkpointer,
+                    self.request.name,
+                    self.request.checkpoint_interval,
+                    lambda: self.state.gate.state is GateState.READY,
+                    self._refreshing,
+                )
             with self._fuse_scope:
                 await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
+            self._served = True
+            if self._periodic_checkpoints() and self.state.gate.state is GateState.READY:
+                assert self.checkpointer is not None and self.request.name is not None
+                with trio.move_on_after(STOP_SECONDS) as bounded:  # the session is over:
+                    await checkpoint_quietly(self.checkpointer, self.request.name, "stop")
+                if bounded.cancelled_caught:  # nothing changes now; the daemon kills at 5 s
+                    log.warning("the checkpoint at the stop took over %.0f s: left", STOP_SECONDS)
             nursery.cancel_scope.cancel()
         self.snapshots.close()
+
+    def _checkpointer(self) -> Checkpointer | None:
+        tier = self.head_start.settings.tier
+        if self.request.workspace is None or tier is None:
+            return None
+        return Checkpointer(
+            self.request.workspace,
+            lambda: tier.store,
+            tier.location.url,
+            self.request.spec.display,
+            self.request.ref,
+            self.hold,
+            on_done=self.state.changes.notify,
+        )
+
+    def _periodic_checkpoints(self) -> bool:
+        return (
+            self.checkpointer is not None
+            and self.request.name is not None
+            and self.request.checkpoint_interval > 0
+        )
+
+    async def checkpoint(self, name: str | None, force: bool = False) -> dict[str, Any]:
+        """``artifactfs checkpoint``: the workspace to ``checkpoints/<name>`` now (raises
+        ``CheckpointFailed``)."""
+        if self.checkpointer is None:
+            why = "no tier is set (tier.url)" if self.request.workspace else "it is read-only"
+            raise CheckpointFailed(f"this mount cannot checkpoint: {why}")
+        if self.state.gate.state is not GateState.READY:
+            raise CheckpointFailed("the mount is not ready: nothing to checkpoint yet")
+        target = name or self.request.name
+        if target is None:
+            raise CheckpointFailed("name the checkpoint")
+        async with self._refreshing:  # a refresh moves the overlay under the hold's feet
+            done = await self.checkpointer.take(target, force)
+        return {
+            "ref": done.ref,
+            "manifest": done.manifest,
+            "commit": done.commit,
+            "sent": done.sent,
+            "sent_bytes": done.sent_bytes,
+            "files": done.files,
+        }
 
     async def _source(self) -> Source:
         """The source, once the head start has opened it (raises what opening it raised)."""
@@ -186,7 +260,9 @@ class _Worker:
             "bytes_fetched": self.state.counters.bytes_received,
             "writable": self.state.writable,
             "changed": self.state.changed_paths() if self.state.changed_paths else None,
-        }
+            **({"checkpoint": self.checkpointer.last} if self.checkpointer is not None
+               and self.checkpointer.last else {}),
+        }  # fmt: skip
 
     async def prepare(self) -> str:
         """Retry a failed prepare (waiters block again from this moment), or refresh."""
@@ -277,6 +353,8 @@ class _Worker:
 
     async def _cancel_stragglers(self) -> None:
         await trio.sleep(STOP_GRACE_SECONDS)
+        if self._served:  # every request was answered (a checkpoint at the stop may run on)
+            return
         log.warning("requests still running after %.0f s: cancelling them", STOP_GRACE_SECONDS)
         self._fuse_scope.cancel()
 
