@@ -1,0 +1,195 @@
+"""Hub files from the shared tier (issue 16, item 2): two homes on this machine stand for two
+nodes of a fleet sharing one S3 tier (moto's server over HTTP), each mounting the same model
+from the Hub stand-in through FUSE.
+
+Node A reads the model from the Hub; its worker uploads the blobs behind it (write-behind) and
+the block lists of the large ones. Node B, with a cold store, then reads everything, random
+ranges of the large file first, and the Hub serves it no byte of file content. A damaged tier
+object costs node B a detour to the Hub, never a wrong byte; a hung tier costs a bounded wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from artifactfs.cas import Digest
+from artifactfs.tier.keys import blob_key
+from tests.conftest import hub_env
+from tests.helpers.checklogs import ExpectLog
+from tests.helpers.hub import HubServer, git_blob_id
+from tests.helpers.mounts import mounted
+from tests.helpers.s3 import S3Server, running_s3
+from tests.helpers.servers import GitProxy
+from tests.helpers.waiting import wait_for
+
+MiB = 1 << 20
+BUCKET = "fleet"
+REPO = "org/fleet-model"
+BIG = "weights/model.bin"
+BLOCK = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with running_s3(tmp_path_factory.mktemp("s3") / "moto.log") as server:
+        server.make_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def model() -> dict[str, bytes]:
+    rng = random.Random(16)
+    return {
+        BIG: rng.randbytes(64 * MiB),
+        "weights/small.bin": rng.randbytes(3 * MiB),  # LFS, small: whole from the tier
+        "config.json": b'{"model_type": "fleet", "hidden_size": 64}\n',
+        "README.md": b"# a model for a fleet\n" * 50,
+    }
+
+
+def tier_env(s3: S3Server, prefix: str, endpoint: str | None = None) -> dict[str, str]:
+    return {
+        "ARTIFACTFS_TIER_URL": f"s3://{BUCKET}/{prefix}",
+        "ARTIFACTFS_TIER_ENDPOINT": endpoint or s3.endpoint,
+        **s3.env(),
+    }
+
+
+def node_env(hub: HubServer, tmp_path: Path, name: str, tier: dict[str, str]) -> dict[str, str]:
+    """A node's environment: its own huggingface_hub home (nothing shared but the tier)."""
+    return {**hub_env(hub, tmp_path), "HF_HOME": str(tmp_path / f"hf-{name}"), **tier}
+
+
+def tier_keys(model: dict[str, bytes]) -> dict[str, str]:
+    """Where the tier keeps each file: LFS files by sha256, the others by git blob id."""
+    keys = {}
+    for path, data in model.items():
+        if path.endswith(".bin"):
+            digest = Digest.parse("sha256", hashlib.sha256(data).hexdigest())
+        else:
+            digest = Digest.parse("git-sha1", git_blob_id(data))
+        keys[path] = blob_key(digest)
+    return keys
+
+
+def blocks_key_of(data: bytes) -> str:
+    return "blocks/" + blob_key(Digest.parse("sha256", hashlib.sha256(data).hexdigest()))[6:]
+
+
+def read(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def pread(path: Path, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def kept(home: Path, data: bytes) -> Path:
+    hex_digest = hashlib.sha256(data).hexdigest()
+    return home / "cas" / "sha256" / hex_digest[:2] / hex_digest
+
+
+def fill_tier(
+    hub: HubServer, s3: S3Server, model: dict[str, bytes], tmp_path: Path, prefix: str
+) -> None:
+    """Node A reads the whole model from the Hub; returns once the tier holds all of it."""
+    hub.create_repo(REPO, model)
+    env = node_env(hub, tmp_path, "a", tier_env(s3, prefix))
+    with mounted(f"hf://{REPO}", tmp_path / "mnt-a", tmp_path / "home-a", env=env) as node_a:
+        for path, data in model.items():
+            assert read(node_a.path / path) == data, path
+        assert hub.total_bytes_served() == sum(len(data) for data in model.values())
+        wanted = {f"{prefix}/{key}" for key in tier_keys(model).values()}
+        wanted.add(f"{prefix}/{blocks_key_of(model[BIG])}")
+        wait_for(
+            lambda: wanted <= set(s3.objects(BUCKET, prefix)),
+            60,
+            "the tier to hold node A's blobs and the big file's block list",
+            interval=0.2,
+            while_alive=node_a.check_alive,
+        )
+    assert s3.read(BUCKET, f"{prefix}/{tier_keys(model)[BIG]}") == model[BIG]
+    hub.clear_counters()
+
+
+def test_a_second_node_reads_the_model_from_the_tier_and_nothing_from_the_hub(
+    hub: HubServer, s3: S3Server, model: dict[str, bytes], tmp_path: Path
+) -> None:
+    prefix = f"fleet-{os.urandom(4).hex()}"
+    fill_tier(hub, s3, model, tmp_path, prefix)
+
+    env = node_env(hub, tmp_path, "b", tier_env(s3, prefix))
+    home_b = tmp_path / "home-b"
+    with mounted(f"hf://{REPO}", tmp_path / "mnt-b", home_b, env=env) as node_b:
+        big, rng = model[BIG], random.Random(5)
+        for _ in range(24):  # random ranges first: fetched by range, each block checked
+            offset, size = rng.randrange(len(big)), rng.choice((1, 4096, 300_000, 3 * MiB))
+            assert pread(node_b.path / BIG, offset, size) == big[offset : offset + size]
+        assert pread(node_b.path / BIG, len(big) - 10, 100) == big[-10:]
+        for path, data in model.items():
+            assert read(node_b.path / path) == data, path
+        wait_for(lambda: kept(home_b, big).exists(), 30, "the big file verified and kept")
+        assert read(node_b.path / BIG) == big
+    assert hub.total_bytes_served() == 0, "node B fetched file content from the Hub"
+
+
+def test_a_damaged_tier_object_costs_a_detour_to_the_hub_never_a_wrong_byte(
+    hub: HubServer, s3: S3Server, model: dict[str, bytes], tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    prefix = f"damaged-{os.urandom(4).hex()}"
+    fill_tier(hub, s3, model, tmp_path, prefix)
+    big = model[BIG]
+    bad_at = 40 * MiB + 12345
+    damaged = bytearray(big)
+    damaged[bad_at] ^= 0xFF
+    s3.write(BUCKET, f"{prefix}/{tier_keys(model)[BIG]}", bytes(damaged))
+    expect_log(r"the tier's copy of sha256:\w+ is damaged", level="ERROR", required=True)
+
+    env = node_env(hub, tmp_path, "b", tier_env(s3, prefix))
+    home_b = tmp_path / "home-b"
+    with mounted(f"hf://{REPO}", tmp_path / "mnt-b", home_b, env=env) as node_b:
+        assert pread(node_b.path / BIG, 0, 16 * MiB) == big[: 16 * MiB]  # from the tier
+        # then the damaged block: checked, refused, fetched from the Hub (and what follows)
+        assert pread(node_b.path / BIG, bad_at - 10, 20) == big[bad_at - 10 : bad_at + 10]
+        assert read(node_b.path / BIG) == big
+        wait_for(lambda: kept(home_b, big).exists(), 30, "the big file verified and kept")
+    served = hub.bytes_served(REPO, BIG)
+    assert 0 < served <= len(big) - 16 * MiB, served  # what was read first came from the tier
+    assert hub.total_bytes_served() == served  # the small files still from the tier
+
+
+def test_a_hung_tier_costs_a_bounded_wait_and_the_hub_serves(
+    hub: HubServer, s3: S3Server, model: dict[str, bytes], tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    prefix = f"hung-{os.urandom(4).hex()}"
+    fill_tier(hub, s3, model, tmp_path, prefix)
+    expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
+    expect_log(r"upload of .* to the tier failed", level="WARNING")
+
+    proxy = GitProxy(s3.port, held=True)  # accepts, then answers nothing
+    try:
+        env = node_env(hub, tmp_path, "b", tier_env(s3, prefix, f"http://127.0.0.1:{proxy.port}"))
+        env["ARTIFACTFS_TIER_TIMEOUT"] = "1"
+        with mounted(f"hf://{REPO}", tmp_path / "mnt-b", tmp_path / "home-b", env=env) as node_b:
+            started = time.monotonic()
+            big = model[BIG]
+            assert pread(node_b.path / BIG, 30 * MiB, 5000) == big[30 * MiB : 30 * MiB + 5000]
+            for path, data in model.items():
+                assert read(node_b.path / path) == data, path
+            elapsed = time.monotonic() - started
+    finally:
+        proxy.stop()
+    assert elapsed < 20, f"a hung tier held reads up for {elapsed:.1f} s"
+    assert hub.bytes_served(REPO, BIG) >= len(model[BIG])
