@@ -193,3 +193,22 @@ def test_a_hung_tier_costs_a_bounded_wait_and_the_hub_serves(
         proxy.stop()
     assert elapsed < 20, f"a hung tier held reads up for {elapsed:.1f} s"
     assert hub.bytes_served(REPO, BIG) >= len(model[BIG])
+
+
+def test_a_tier_that_fails_mid_file_hands_the_rest_to_the_hub(
+    hub: HubServer, s3: S3Server, model: dict[str, bytes], tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    prefix = f"mid-{os.urandom(4).hex()}"
+    fill_tier(hub, s3, model, tmp_path, prefix)
+    expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
+
+    env = node_env(hub, tmp_path, "b", tier_env(s3, prefix))
+    with mounted(f"hf://{REPO}", tmp_path / "mnt-b", tmp_path / "home-b", env=env) as node_b:
+        big = model[BIG]
+        assert pread(node_b.path / BIG, 0, 8 * MiB) == big[: 8 * MiB]
+        assert hub.total_bytes_served() == 0
+        # the object shrinks under the reader: its next ranges fail at the tier
+        s3.write(BUCKET, f"{prefix}/{tier_keys(model)[BIG]}", big[: 4 * MiB])
+        assert read(node_b.path / BIG) == big
+    served = hub.bytes_served(REPO, BIG)
+    assert 0 < served <= len(big) - 8 * MiB, served
