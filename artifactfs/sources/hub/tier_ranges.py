@@ -270,6 +270,7 @@ class TierRanges:
                         reads.ledger.mark_held, [digest], abandon_on_cancel=True
                     )
                     return
+                self._tier.uploaded_later()  # from the Hub: the write-behind sends it now
                 listed = await trio.to_thread.run_sync(
                     block_list, digest, size, path, limiter=self._hashing, abandon_on_cancel=True
                 )
