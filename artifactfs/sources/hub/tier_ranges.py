@@ -270,7 +270,12 @@ class TierRanges:
                         reads.ledger.mark_held, [digest], abandon_on_cancel=True
                     )
                     return
-                self._tier.uploaded_later()  # from the Hub: the write-behind sends it now
+                # from the Hub: the write-behind sends it now, not at its next round (its
+                # backlog is the usage table, written out every few seconds: write it now)
+                usage = self._cas.usage
+                if usage is not None:
+                    await trio.to_thread.run_sync(usage.flush, abandon_on_cancel=True)
+                self._tier.uploaded_later()
                 listed = await trio.to_thread.run_sync(
                     block_list, digest, size, path, limiter=self._hashing, abandon_on_cancel=True
                 )
