@@ -18,9 +18,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
-from artifactfs.cas import Digest
+from artifactfs.cas import ContentStore, Digest
+from artifactfs.sources.hub.tier_ranges import (
+    TierRanges,
+    block_list,
+    blocks_key,
+    parse_block_list,
+)
+from artifactfs.tier.access import TierAccess
 from artifactfs.tier.keys import blob_key
+from artifactfs.tier.location import TierLocation
 from tests.conftest import hub_env
 from tests.helpers.checklogs import ExpectLog
 from tests.helpers.hub import HubServer, git_blob_id
@@ -80,7 +89,7 @@ def tier_keys(model: dict[str, bytes]) -> dict[str, str]:
 
 
 def blocks_key_of(data: bytes) -> str:
-    return "blocks/" + blob_key(Digest.parse("sha256", hashlib.sha256(data).hexdigest()))[6:]
+    return blocks_key(Digest.parse("sha256", hashlib.sha256(data).hexdigest()))
 
 
 def read(path: Path) -> bytes:
@@ -212,3 +221,47 @@ def test_a_tier_that_fails_mid_file_hands_the_rest_to_the_hub(
         assert read(node_b.path / BIG) == big
     served = hub.bytes_served(REPO, BIG)
     assert 0 < served <= len(big) - 8 * MiB, served
+
+
+# -- block lists, in-process against a directory tier -------------------------------------
+
+
+def test_tier_ranges_serve_checked_blocks_only_and_stop_at_a_bad_one(tmp_path: Path) -> None:
+    data = random.Random(3).randbytes(3 * MiB + 1000)
+    digest = Digest.parse("sha256", hashlib.sha256(data).hexdigest())
+    source = tmp_path / "blob"
+    source.write_bytes(data)
+    listed = block_list(digest, len(data), source)
+    assert parse_block_list(listed, digest, len(data)) is not None
+    assert parse_block_list(listed, digest, len(data) + 1) is None  # another size
+    assert parse_block_list(listed[:-1], digest, len(data)) is None  # cut short
+
+    shared = tmp_path / "shared"
+    (shared / blob_key(digest)).parent.mkdir(parents=True)
+    (shared / blocks_key(digest)).parent.mkdir(parents=True)
+    damaged = bytearray(data)
+    damaged[2 * MiB + 5] ^= 1  # in block 8
+    (shared / blob_key(digest)).write_bytes(bytes(damaged))
+    (shared / blocks_key(digest)).write_bytes(listed)
+    tier = TierAccess(TierLocation(url=f"file://{shared}"), tmp_path / "home", tmp_path / "cas")
+    (tmp_path / "home").mkdir()
+    ranges = TierRanges(tier, ContentStore(tmp_path / "cas"))
+    got: dict[int, bytes] = {}
+
+    async def deliver(offset: int, chunk: bytes) -> None:
+        got[offset] = chunk
+
+    async def main() -> tuple[bool, int, int, bool]:
+        held = await ranges.holds(digest, len(data))
+        first = await ranges.fetch(digest, 0, MiB, deliver)
+        stopped = await ranges.fetch(digest, MiB, len(data), deliver)
+        return held, first, stopped, await ranges.holds(digest, len(data))
+
+    try:
+        held, first, stopped, held_after = trio.run(main)
+    finally:
+        tier.close()
+    assert held and first == MiB
+    assert stopped == 2 * MiB  # the checked blocks before the bad one, and no more
+    assert b"".join(got[offset] for offset in sorted(got)) == data[: 2 * MiB]
+    assert not held_after  # never asked again for that blob
