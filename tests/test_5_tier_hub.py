@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from artifactfs.cas import ContentStore, Digest
 from artifactfs.sources.hub.tier_ranges import (
+    RECHECK_SECONDS,
     TierRanges,
     block_list,
     blocks_key,
@@ -265,3 +267,37 @@ def test_tier_ranges_serve_checked_blocks_only_and_stop_at_a_bad_one(tmp_path: P
     assert stopped == 2 * MiB  # the checked blocks before the bad one, and no more
     assert b"".join(got[offset] for offset in sorted(got)) == data[: 2 * MiB]
     assert not held_after  # never asked again for that blob
+
+
+def test_a_blob_the_tier_lacked_is_asked_about_again_after_a_while(tmp_path: Path) -> None:
+    data = random.Random(4).randbytes(MiB + 7)
+    digest = Digest.parse("sha256", hashlib.sha256(data).hexdigest())
+    shared, home = tmp_path / "shared", tmp_path / "home"
+    shared.mkdir()
+    home.mkdir()
+    tier = TierAccess(TierLocation(url=f"file://{shared}"), home, tmp_path / "cas")
+    ranges = TierRanges(tier, ContentStore(tmp_path / "cas"))
+    clock = MockClock()
+
+    def upload() -> None:  # what another node's worker does meanwhile
+        source = tmp_path / "blob"
+        source.write_bytes(data)
+        for key, content in (
+            (blob_key(digest), data),
+            (blocks_key(digest), block_list(digest, len(data), source)),
+        ):
+            (shared / key).parent.mkdir(parents=True, exist_ok=True)
+            (shared / key).write_bytes(content)
+
+    async def main() -> list[bool]:
+        answers = [await ranges.holds(digest, len(data))]
+        upload()
+        answers.append(await ranges.holds(digest, len(data)))  # remembered
+        clock.jump(RECHECK_SECONDS + 1)
+        answers.append(await ranges.holds(digest, len(data)))  # asked again
+        return answers
+
+    try:
+        assert trio.run(main, clock=clock) == [False, False, True]
+    finally:
+        tier.close()

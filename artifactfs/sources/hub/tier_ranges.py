@@ -5,8 +5,10 @@ them; this module only decides whether the tier can, and fetches from it:
 
 - ``holds``: whether the tier has the blob's object *and its block list* (below), asked once
   per blob (a HEAD and a GET, bounded by ``tier.timeout``) and remembered for the worker's
-  life. An object of the wrong size, or a block list that does not describe this blob, is
-  damaged (reported once, never used).
+  life; a "no" is asked again after ``RECHECK_SECONDS`` while the blob is still being read (a
+  node that started alongside another switches to the tier once the other's upload is in). An
+  object of the wrong size, or a block list that does not describe this blob, is damaged
+  (reported once, never used).
 - ``fetch``: bytes ``[start, end)`` by ranged GETs in worker threads (never on the trio loop),
   each bounded by ``tier.timeout``, delivered piece by piece (``PIECE``) so a block's readers
   wake when it is here. An error or a hang stops it early: the tier is left alone for a while
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +63,8 @@ WHOLE_MAX = 8 << 20
 THREADS = 16
 """Tier requests in flight at once (ranged.py asks for at most 8 ranges at a time; a thread
 abandoned on a hung tier keeps its slot until the client's own timeout ends it)."""
+RECHECK_SECONDS = 15.0
+"""How long "the tier does not have it" is believed before the tier is asked again."""
 _DIGEST_SIZE = 32
 
 Deliver = Callable[[int, bytes], Awaitable[None]]
@@ -121,6 +126,8 @@ class TierRanges:
         self._unusable = False
         self._blocks: dict[Digest, list[bytes] | None] = {}
         """What the tier was found to hold: a blob's block list, or None (not usable)."""
+        self._recheck_at: dict[Digest, float] = {}
+        """When a blob the tier did not have is worth asking about again (trio time)."""
         self._asking: dict[Digest, trio.Event] = {}
         self._threads = trio.CapacityLimiter(THREADS)
         self._hashing = trio.CapacityLimiter(1)
@@ -162,7 +169,10 @@ class TierRanges:
         if reads is None or not reads.usable_for(digest):
             return False
         if digest in self._blocks:
-            return self._blocks[digest] is not None
+            if self._blocks[digest] is not None:
+                return True
+            if trio.current_time() < self._recheck_at.get(digest, math.inf):
+                return False
         asking = self._asking.get(digest)
         if asking is not None:  # another range of the same blob asks: its answer is ours
             await asking.wait()
@@ -205,11 +215,15 @@ class TierRanges:
             if blocks is None:
                 reads.object_damaged(digest, "its block list does not describe it")
         self._blocks[digest] = blocks
+        if held_size is None or (held_size == size and listed is None):
+            # absent, not damaged: another node may be uploading it, or its list, right now
+            self._recheck_at[digest] = trio.current_time() + RECHECK_SECONDS
         return blocks is not None
 
     def damaged(self, digest: Digest, why: str) -> None:
         """The tier's bytes of ``digest`` failed a check: reported once, never used again."""
         self._blocks[digest] = None
+        self._recheck_at.pop(digest, None)
         if self._reads is not None:
             self._reads.object_damaged(digest, why)
 
