@@ -10,6 +10,8 @@ object costs node B a detour to the Hub, never a wrong byte; a hung tier costs a
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -35,7 +37,7 @@ from artifactfs.tier.location import TierLocation
 from tests.conftest import hub_env
 from tests.helpers.checklogs import ExpectLog
 from tests.helpers.hub import HubServer, git_blob_id
-from tests.helpers.mounts import mounted
+from tests.helpers.mounts import errno_of, mounted
 from tests.helpers.s3 import S3Server, running_s3
 from tests.helpers.servers import GitProxy
 from tests.helpers.waiting import wait_for
@@ -301,3 +303,45 @@ def test_a_blob_the_tier_lacked_is_asked_about_again_after_a_while(tmp_path: Pat
         assert trio.run(main, clock=clock) == [False, False, True]
     finally:
         tier.close()
+
+
+def test_a_tier_copy_damaged_with_its_block_list_is_caught_whole_and_fetched_from_the_hub(
+    hub: HubServer, s3: S3Server, model: dict[str, bytes], tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    """The block list is no stronger than the bucket: rewritten to match a damaged object, the
+    damaged bytes pass the block checks and are served. The whole-file digest catches it when
+    the file is complete: the open file that was served them fails its next read (EIO), the
+    tier is not asked for the blob again, and a new open reads the Hub's bytes."""
+    prefix = f"forged-{os.urandom(4).hex()}"
+    fill_tier(hub, s3, model, tmp_path, prefix)
+    big = model[BIG]
+    digest = Digest.parse("sha256", hashlib.sha256(big).hexdigest())
+    damaged = bytearray(big)
+    damaged[40 * MiB + 12345] ^= 0xFF
+    forged = tmp_path / "forged"
+    forged.write_bytes(damaged)
+    s3.write(BUCKET, f"{prefix}/{blob_key(digest)}", bytes(damaged))
+    s3.write(BUCKET, f"{prefix}/{blocks_key(digest)}", block_list(digest, len(big), forged))
+    expect_log(r"the tier's copy of sha256:\w+ is damaged", level="ERROR", required=True)
+    expect_log(r"bytes this open file was served did not match", level="ERROR", required=True)
+
+    env = node_env(hub, tmp_path, "b", tier_env(s3, prefix))
+    home_b = tmp_path / "home-b"
+    with mounted(f"hf://{REPO}", tmp_path / "mnt-b", home_b, env=env) as node_b:
+        fd = os.open(node_b.path / BIG, os.O_RDONLY)
+        try:
+            with contextlib.suppress(OSError):  # EIO if the check ends before the read does
+                while os.read(fd, MiB):
+                    pass
+            wait_for(
+                lambda: "will be fetched again" in node_b.log(),
+                30,
+                "the whole-file check to throw the tier's copy away",
+                while_alive=node_b.check_alive,
+            )
+            assert errno_of(lambda: os.pread(fd, 4096, 0)) == errno.EIO
+        finally:
+            os.close(fd)
+        assert read(node_b.path / BIG) == big
+        wait_for(lambda: kept(home_b, big).exists(), 30, "the Hub's copy verified and kept")
+    assert hub.bytes_served(REPO, BIG) == len(big)
