@@ -616,7 +616,9 @@ class RangedBlobs:
         at once. What a reader observes then: a read waiting for blocks waits on (the Hub fills
         them); an open file that was served bytes of the bad copy fails its next read with EIO
         (``IntegrityError``: it may have been given wrong bytes; opened again, it reads the
-        Hub's); the kernel drops the pages it cached of the file.
+        Hub's); the kernel drops the pages it cached of the file. (A copy with bytes of both
+        in it is blamed on the tier: wrongly if the Hub's were the bad ones, which costs one
+        more fetch, from the Hub alone, whose mismatch is then counted as ever.)
         """
         from_tier = self._tier is not None and state.epoch in state.tier_epochs
         if from_tier:
