@@ -15,6 +15,8 @@ import errno
 import hashlib
 import os
 import random
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +67,51 @@ def model() -> dict[str, bytes]:
         "config.json": b'{"model_type": "fleet", "hidden_size": 64}\n',
         "README.md": b"# a model for a fleet\n" * 50,
     }
+
+
+class StallingProxy:
+    """A TCP proxy in front of the S3 server that can stop answering on every connection at
+    once, open ones included (``GitProxy`` holds only new ones, and the S3 client keeps its
+    connections alive): a tier that hangs in the middle of a file."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._stalled = threading.Event()
+        self._closing = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stall(self) -> None:
+        self._stalled.set()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                return
+            self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                while self._stalled.is_set() and not self._closing.is_set():
+                    self._closing.wait(0.05)  # hung: hold the bytes until the proxy stops
+                if self._closing.is_set():
+                    return
+                target.sendall(data)
+
+    def stop(self) -> None:
+        self._closing.set()
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 def tier_env(s3: S3Server, prefix: str, endpoint: str | None = None) -> dict[str, str]:
@@ -345,3 +392,29 @@ def test_a_tier_copy_damaged_with_its_block_list_is_caught_whole_and_fetched_fro
         assert read(node_b.path / BIG) == big
         wait_for(lambda: kept(home_b, big).exists(), 30, "the Hub's copy verified and kept")
     assert hub.bytes_served(REPO, BIG) == len(big)
+
+
+def test_a_tier_that_hangs_mid_file_hands_the_rest_to_the_hub_within_a_bounded_wait(
+    hub: HubServer, s3: S3Server, model: dict[str, bytes], tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    prefix = f"stall-{os.urandom(4).hex()}"
+    fill_tier(hub, s3, model, tmp_path, prefix)
+    expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
+
+    proxy = StallingProxy(s3.port)
+    try:
+        env = node_env(hub, tmp_path, "b", tier_env(s3, prefix, f"http://127.0.0.1:{proxy.port}"))
+        env["ARTIFACTFS_TIER_TIMEOUT"] = "1"
+        with mounted(f"hf://{REPO}", tmp_path / "mnt-b", tmp_path / "home-b", env=env) as node_b:
+            big = model[BIG]
+            assert pread(node_b.path / BIG, 0, 8 * MiB) == big[: 8 * MiB]
+            assert hub.total_bytes_served() == 0
+            proxy.stall()
+            started = time.monotonic()
+            assert read(node_b.path / BIG) == big
+            elapsed = time.monotonic() - started
+    finally:
+        proxy.stop()
+    assert elapsed < 20, f"a tier hung mid-file held the reader up for {elapsed:.1f} s"
+    served = hub.bytes_served(REPO, BIG)
+    assert 0 < served <= len(big) - 8 * MiB, served
