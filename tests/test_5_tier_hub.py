@@ -3,9 +3,14 @@ nodes of a fleet sharing one S3 tier (moto's server over HTTP), each mounting th
 from the Hub stand-in through FUSE.
 
 Node A reads the model from the Hub; its worker uploads the blobs behind it (write-behind) and
-the block lists of the large ones. Node B, with a cold store, then reads everything, random
+the block list of the large one. Node B, with a cold store, then reads everything, random
 ranges of the large file first, and the Hub serves it no byte of file content. A damaged tier
-object costs node B a detour to the Hub, never a wrong byte; a hung tier costs a bounded wait.
+object costs node B a detour to the Hub, never a wrong byte (its blocks are checked against the
+block list); one damaged together with its block list is caught by the whole-file digest (the
+open file that was served it fails, a new open reads the Hub's bytes). A tier that is hung from
+the start, that fails mid-file or that hangs mid-file costs a bounded wait, and the Hub serves
+the rest. The block lists and the re-asking of a tier that lacked a blob are also tested
+in-process against a directory tier.
 """
 
 from __future__ import annotations
