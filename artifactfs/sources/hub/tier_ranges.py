@@ -88,13 +88,14 @@ def block_list(digest: Digest, size: int, path: Path) -> bytes:
     return b"".join(parts)
 
 
-def parse_block_list(data: bytes, digest: Digest, size: int) -> list[bytes] | None:
-    """The block digests if ``data`` is the block list of this blob, else None."""
+def parse_block_list(data: bytes, digest: Digest, size: int) -> bytes | None:
+    """The block digests, end to end (32 bytes each), if ``data`` is the block list of this
+    blob, else None. Kept as one bytes object: 128 KiB for 1 GiB, not a Python object a block."""
     header = _header(digest, size)
     body = data[len(header) :]
     if not data.startswith(header) or len(body) != blocks_in(size) * _DIGEST_SIZE:
         return None
-    return [body[i : i + _DIGEST_SIZE] for i in range(0, len(body), _DIGEST_SIZE)]
+    return body
 
 
 class _BadBlock(Exception):
@@ -104,16 +105,15 @@ class _BadBlock(Exception):
         """The checked bytes before the bad block."""
 
 
-def _get_checked(
-    store: ObjectStore, key: str, start: int, length: int, blocks: list[bytes]
-) -> bytes:
+def _get_checked(store: ObjectStore, key: str, start: int, length: int, blocks: bytes) -> bytes:
     """Blocking: ``length`` bytes at ``start`` (block-aligned), each block checked."""
     data = store.get_range(key, start, length)
     if len(data) != length:
         raise _BadBlock(b"", start)
     view = memoryview(data)
     for at in range(0, length, BLOCK):
-        if hashlib.sha256(view[at : at + BLOCK]).digest() != blocks[(start + at) // BLOCK]:
+        index = (start + at) // BLOCK * _DIGEST_SIZE
+        if hashlib.sha256(view[at : at + BLOCK]).digest() != blocks[index : index + _DIGEST_SIZE]:
             raise _BadBlock(data[:at], start + at)
     return data
 
@@ -124,7 +124,7 @@ class TierRanges:
         self._cas = cas
         self._reads: TierReads | None = None
         self._unusable = False
-        self._blocks: dict[Digest, list[bytes] | None] = {}
+        self._blocks: dict[Digest, bytes | None] = {}
         """What the tier was found to hold: a blob's block list, or None (not usable)."""
         self._recheck_at: dict[Digest, float] = {}
         """When a blob the tier did not have is worth asking about again (trio time)."""
