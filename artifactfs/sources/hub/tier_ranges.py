@@ -140,7 +140,12 @@ class TierRanges:
                 self._reads = await trio.to_thread.run_sync(lambda: self._tier.reads)
             except Exception as exc:  # noqa: BLE001 - a tier that cannot be opened is not used
                 self._unusable = True
-                log.warning("the tier %s cannot be used: %s", self._tier.description, exc)
+                # the error's text may echo the client's configuration: its kind only
+                log.warning(
+                    "the tier %s cannot be used (%s); the origin is used instead",
+                    self._tier.description,
+                    type(exc).__name__,
+                )
         return self._reads
 
     @staticmethod
