@@ -3,7 +3,9 @@
 A cold read, hop by hop: ``_RangedReader.read`` → ``ranged.RangedBlobs.read`` (waits for the
 blocks it covers, asks for what is missing and for the read-ahead ``window.py`` wants) →
 ``client.HubClient.fetch`` (HTTP Range) → ``cas.partial.PartialBlob``; once whole and verified
-the partial is moved into the CAS, and reads are served from the CAS file.
+the partial is moved into the CAS, and reads are served from the CAS file. With a shared tier
+(``tier.url``) the same ranges are asked of the tier first when it holds the blob
+(``tier_ranges.TierRanges``), and of the Hub otherwise or for what the tier failed to give.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .client import HubClient, file_url
 from .hf_cache import HubCache
 from .ranged import Cursor, HubBlob, RangedBlobs
 from .spec import HubSourceSpec
+from .tier_ranges import TierRanges
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class HubContent:
                 if hf_cache is None
                 else lambda blob: hf_cache.take(cas, blob.digest, blob.size)
             ),
+            tier=None if settings.tier is None else TierRanges(settings.tier, cas),
         )
 
     def _http(self) -> HubClient:

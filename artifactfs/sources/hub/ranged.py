@@ -16,6 +16,12 @@
   over HTTP; TLS guards them in transit, and the check on completion guards what is kept.
 - A read that cannot be served within ``io_timeout`` fails (``BlobUnavailable``) instead of
   hanging.
+- With a shared tier (``tier_ranges.py``) each range is asked of the tier first when it holds
+  the blob and its block list (looked up once per blob), every block checked before it is
+  served; the rest of the range comes from the Hub if the tier fails, hangs or sends a bad
+  block. Small files come from the tier whole and verified. A complete copy with tier bytes in
+  it that still fails its digest is the tier's fault: no backoff, straight back to the Hub
+  (``_mismatch`` says what a reader observes).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from ...errors import BlobUnavailable, IntegrityError, NoSpace, SourceError, is_
 from ...snapshot import Row, SnapshotIndex
 from .client import HubClient
 from .layout import header_length, tensor_boundaries
+from .tier_ranges import TierRanges
 from .window import ReadAhead
 
 log = logging.getLogger(__name__)
@@ -105,6 +112,8 @@ class _State:
     mismatches: int = 0
     bad_epochs: set[int] = field(default_factory=set)
     """Epochs whose bytes turned out not to match the digest."""
+    tier_epochs: set[int] = field(default_factory=set)
+    """Epochs some of whose bytes came from the shared tier (a mismatch there is the tier's)."""
     failures: int = 0
     """How often it was given up on (``MAX_MISMATCHES`` in a row): the backoff grows."""
     retry_at: float = 0.0
@@ -131,8 +140,11 @@ class RangedBlobs:
         forget_cached: ForgetCached,
         offline: bool = False,
         take_local: Callable[[HubBlob], bool] | None = None,
+        tier: TierRanges | None = None,
     ) -> None:
         self._cas = cas
+        self._tier = tier
+        """The shared tier, asked before the Hub for what the CAS lacks (tier_ranges.py)."""
         self._take_local = take_local
         """Blocking: publish a blob into the CAS from a copy found on this machine (the user's
         huggingface_hub cache, hf_cache.py), verified; False if there is none."""
@@ -292,6 +304,8 @@ class RangedBlobs:
         async with state.lock:
             if state.partial is None and not state.published and await self._taken(blob):
                 state.published = True
+            if state.partial is None and not state.published and await self._whole_from_tier(blob):
+                state.published = True
             if state.partial is None and not state.published:
                 state.partial = await trio.to_thread.run_sync(
                     PartialBlob.open, self._cas.root, blob.digest, blob.size
@@ -320,6 +334,16 @@ class RangedBlobs:
             where,
         )
         return False
+
+    async def _whole_from_tier(self, blob: HubBlob) -> bool:
+        """Whether a small ``blob`` was just published from the shared tier, verified."""
+        if (
+            self._tier is None
+            or self._offline
+            or not TierRanges.whole(blob.size, blob.verify_first)
+        ):
+            return False
+        return await self._tier.fetch_whole(blob.digest)
 
     async def _taken(self, blob: HubBlob) -> bool:
         """Whether ``blob`` was just published from a copy on this machine (not fetched)."""
@@ -480,7 +504,10 @@ class RangedBlobs:
             if self._offline:
                 raise SourceError(f"{blob.url}: offline, and these bytes are not stored")
             async with self._ranges:
-                await self._http().fetch(blob.url, start, end, blob.size, writer.deliver)
+                position = await self._from_tier(state, epoch, start, end, writer)
+                if position < end:  # no tier, or it failed on the way: the Hub gives the rest
+                    await writer.finish()
+                    await self._http().fetch(blob.url, position, end, blob.size, writer.deliver)
             await writer.finish()
             if state.epoch == epoch:
                 state.error, state.no_space = None, False  # what failed before worked now
@@ -495,6 +522,20 @@ class RangedBlobs:
         partial = state.partial
         if partial is not None and partial.complete and not state.blob.verify_first:
             self._nursery.start_soon(self._publish_in_background, state)
+
+    async def _from_tier(
+        self, state: _State, epoch: int, start: int, end: int, writer: _AlignedWriter
+    ) -> int:
+        """Fetch ``[start, end)`` from the shared tier if it holds the blob; returns how far it
+        got (``start``: nothing from the tier)."""
+        blob = state.blob
+        tier = self._tier
+        if tier is None or TierRanges.whole(blob.size, blob.verify_first):
+            return start
+        if not await tier.holds(blob.digest, blob.size):
+            return start
+        state.tier_epochs.add(epoch)  # before a byte is written: a mismatch is then the tier's
+        return await tier.fetch(blob.digest, start, end, writer.deliver)
 
     async def _publish_in_background(self, state: _State) -> None:
         try:
@@ -542,6 +583,12 @@ class RangedBlobs:
             state.error = None
             state.readers.clear()
             log.info("verified and kept %s (%d bytes)", state.blob.digest, state.blob.size)
+            blob = state.blob
+            if self._tier is not None and not TierRanges.whole(blob.size, blob.verify_first):
+                # its block list up to the tier, or noted as held if it came from there
+                self._nursery.start_soon(
+                    self._tier.kept, blob.digest, blob.size, self._cas.path_of(blob.digest)
+                )
 
     async def _start_over(self, state: _State) -> None:
         """A file given up on is fetched again from scratch (its backoff has passed)."""
@@ -557,13 +604,34 @@ class RangedBlobs:
             state.error = None
 
     async def _mismatch(self, state: _State, exc: DigestMismatch) -> None:
-        state.mismatches += 1
-        state.error = f"the content of {state.blob.url} does not match {state.blob.digest}"
-        log.error("%s (got %s): thrown away", state.error, exc.actual_hex)
+        """Throw the bad copy away and fetch again (or give up for a while, see
+        ``RETRY_SECONDS``).
+
+        Bytes from the shared tier are checked block by block before they are served
+        (tier_ranges.py): a damaged tier object costs its readers a wait for the Hub's bytes,
+        never an error. If a complete copy with tier bytes in it still fails its digest (the
+        block list and the object were damaged alike, or rewritten on purpose), that is the
+        tier's fault too: it is reported (one ERROR) and not asked for the blob again, the
+        mismatch is not counted and nothing backs off, the blob is fetched again from the Hub
+        at once. What a reader observes then: a read waiting for blocks waits on (the Hub fills
+        them); an open file that was served bytes of the bad copy fails its next read with EIO
+        (``IntegrityError``: it may have been given wrong bytes; opened again, it reads the
+        Hub's); the kernel drops the pages it cached of the file. (A copy with bytes of both
+        in it is blamed on the tier: wrongly if the Hub's were the bad ones, which costs one
+        more fetch, from the Hub alone, whose mismatch is then counted as ever.)
+        """
+        from_tier = self._tier is not None and state.epoch in state.tier_epochs
+        if from_tier:
+            assert self._tier is not None
+            self._tier.damaged(state.blob.digest, f"got sha {exc.actual_hex}")
+        else:
+            state.mismatches += 1
+            state.error = f"the content of {state.blob.url} does not match {state.blob.digest}"
+            log.error("%s (got %s): thrown away", state.error, exc.actual_hex)
         state.bad_epochs.add(state.epoch)
         state.epoch += 1
         state.partial = None
-        if state.mismatches >= MAX_MISMATCHES:
+        if not from_tier and state.mismatches >= MAX_MISMATCHES:
             delay = RETRY_SECONDS[min(state.failures, len(RETRY_SECONDS) - 1)]
             state.failures += 1
             state.retry_at = trio.current_time() + delay
