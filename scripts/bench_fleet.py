@@ -152,7 +152,8 @@ class Tier:
         return {
             "ARTIFACTFS_TIER_URL": f"s3://{BUCKET}/{prefix}",
             "ARTIFACTFS_TIER_ENDPOINT": self.server.endpoint,
-            # one PUT of the whole model must fit in it (moto takes ~40 ms a MiB)
+            # moto answers a ranged GET only after reading the whole object, and a PUT only
+            # after storing it (~40 ms a MiB): silences far longer than a real S3's
             "ARTIFACTFS_TIER_TIMEOUT": "120",
             **self.server.env(),
         }

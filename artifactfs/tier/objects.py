@@ -32,6 +32,9 @@ from ..durable import fsync_directory
 from .location import TierLocation
 
 DOWNLOAD_CHUNK = 4 << 20
+TRANSFER_SECONDS = 3600.0
+"""The longest one request may take while bytes keep moving: a whole large blob, either way.
+``tier.timeout`` bounds connecting and every silence (the S3 client's read timeout)."""
 
 
 class TierError(Exception):
@@ -96,7 +99,11 @@ class S3Objects:
         self._obstore = __import__("obstore")
         self.description = location.display
         seconds = timedelta(seconds=location.timeout)
-        client: Any = {"timeout": seconds, "connect_timeout": seconds}
+        client: Any = {  # a silence is bounded, not a long transfer (a 5 GiB upload)
+            "connect_timeout": seconds,
+            "read_timeout": seconds,
+            "timeout": timedelta(seconds=TRANSFER_SECONDS),
+        }
         config: Any = {"region": location.region}
         if location.endpoint:
             config["endpoint"] = location.endpoint
