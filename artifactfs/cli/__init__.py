@@ -21,6 +21,7 @@ from . import (
     export_command,
     mount_commands,
     prefetch_command,
+    tier_command,
     verify_command,
 )
 
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     export_command.add_parser(commands)
     clone_command.add_parser(commands)
     config_command.add_parser(commands)
+    tier_command.add_parsers(commands)
     return parser
 
 

@@ -13,6 +13,10 @@ first miss in a directory fetches its other small files, and a program walking t
 One round trip per file, then per directory, was most of such a walk's time
 (docs/benchmarks.md, row 3). Guesses of 64 blobs or more are fetched by child processes
 (``fetch_process.py``), which have a GIL of their own.
+
+With a shared tier (``SourceSettings.tier``), every batch of misses is asked of the tier
+first (``_from_tier``: parallel, bounded, verified on adoption); what it lacks goes to the
+origin as above, and is uploaded behind the reader by the mount's write-behind task.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ class GitContent:
             claims=FetchClaims(self._cas.root),
             fetch_guesses=self._fetch_guesses,
             guess_batches=CHILDREN,
+            from_tier=self._from_tier if remote.settings.tier is not None else None,
+            from_origin=self._from_origin,
         )
         self._io = trio.CapacityLimiter(16)
         self._hints: dict[SnapshotIndex, _Hints] = {}
@@ -315,6 +321,27 @@ class GitContent:
         wanted.pop(row.oid or "", None)
         if wanted:
             self._fetcher.prefetch(wanted)
+
+    async def _from_tier(self, wanted: Mapping[str, int | None]) -> set[str]:
+        """Those of ``wanted`` the shared tier gave (published, verified), skipping what is
+        in the CAS already (another process may have published it meanwhile)."""
+        tier = self._remote.settings.tier
+        if tier is None:
+            return set()
+        digests = {self._remote.blob_digest(oid): oid for oid in wanted}
+
+        def missing() -> list[Digest]:
+            return [digest for digest in digests if not self._cas.contains(digest)]
+
+        asked = await trio.to_thread.run_sync(missing, limiter=self._io)
+        found = await tier.fetch_many(self._cas, asked)  # adopted: recorded for the cap too
+        return {digests[digest] for digest in found}
+
+    def _from_origin(self) -> None:
+        """The origin published blobs: the tier's uploader looks now (trio thread)."""
+        tier = self._remote.settings.tier
+        if tier is not None:
+            tier.uploaded_later()
 
     def _present(self, oid: str) -> bool:
         """In a fetch thread: is this blob in the CAS already?"""

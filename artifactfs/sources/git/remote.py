@@ -156,11 +156,16 @@ class GitRemote:
             return known
         snapshots = self.settings.snapshots_dir
         if self.settings.offline:
-            return self._last_resolved(snapshots)
+            return self._from_tier() or self._last_resolved(snapshots)
         try:
             prepared = self._prepare(snapshots, self.cas)
         except REMOTE_FAILURES as exc:
-            raise self._failure(exc) from exc
+            failure = self._failure(exc)
+            shared = self._from_tier()
+            if shared is None:
+                raise failure from exc
+            log.warning("%s: %s; its snapshot came from the tier", self.display, failure)
+            return shared
         remember(snapshots, "git", self.spec.url, self.ref, prepared.commit)
         return prepared
 
@@ -185,6 +190,19 @@ class GitRemote:
             return None
         self.object_format = SnapshotIndex.read_meta(known).object_format
         return PreparedSnapshot(known, self.ref)
+
+    def _from_tier(self) -> PreparedSnapshot | None:
+        """Without the origin: a pinned full commit id whose snapshot another node shared
+        through the tier (checked and written again here: tier/snapshots.py). A writable
+        mount needs the commit's trees too (``tip_pack``), which only the origin gives."""
+        if self.settings.tier is None or self.ref is None or not _HEX_ID.fullmatch(self.ref):
+            return None
+        from ...tier.snapshots import snapshot_from_tier
+
+        final = snapshot_path(self.settings.snapshots_dir, self.ref)
+        if not snapshot_from_tier(self.settings.tier, self.display, self.ref, final):
+            return None
+        return self.prepared_offline()
 
     def _failure(self, exc: BaseException) -> SourceError:
         """One line for a failed remote call; a refusal also says what credentials we sent."""
