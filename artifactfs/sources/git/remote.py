@@ -399,6 +399,11 @@ class GitRemote:
                     "blob %s in the CAS is damaged: moved to %s, fetching it again", digest, where
                 )
             missing[oid] = size
+        tier = self.settings.tier
+        if missing and tier is not None:  # few: one at a time (a down tier is skipped at once)
+            for oid in list(missing):
+                if tier.fetch(cas, Digest(algorithm, oid)) is not None:
+                    del missing[oid]
         if missing:
             self._fetch_blobs(missing, lambda oid: None)
         targets: dict[str, bytes] = {}

@@ -1,0 +1,275 @@
+"""A fleet shares one store: git mounts of two state homes (two nodes) behind one S3 tier.
+
+Real mounts through the kernel, a real ``git daemon`` (whose packet trace tells which blobs
+the origin was asked for) and moto's S3 server over HTTP (tests/helpers/s3.py). What the tests
+show: a node reads what another fetched without asking the origin; a cold node mounts a pinned
+commit with the origin down (snapshot and bytes from the tier); a damaged object in the tier
+is never served; a tier that is down or hangs never fails a read; racing uploads of one blob
+leave one object that both nodes know of; ``artifactfs tier status|push``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.checklogs import ExpectLog
+from tests.helpers.gitrepos import Repo, Symlink, make_repo
+from tests.helpers.mounts import mounted, run_cli
+from tests.helpers.ports import free_port
+from tests.helpers.s3 import S3Server, running_s3
+from tests.helpers.servers import GitDaemon, GitProxy
+from tests.helpers.waiting import wait_for
+
+BUCKET = "fleet"
+PREFIX = "nodes"
+
+
+def _files() -> dict[str, bytes]:
+    files = {f"dir{i % 5}/sub{i % 2}/file{i:02}.txt": os.urandom(100 + 997 * i) for i in range(30)}
+    files["dir0/large.bin"] = os.urandom(700 * 1024)
+    return files
+
+
+FILES = _files()
+LINK = "dir1/to-first"
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Iterator[S3Server]:
+    with running_s3(tmp_path / "moto-server.txt") as server:
+        server.make_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture
+def fleet(repos: Path) -> Repo:
+    return make_repo(repos, "fleet.git", {**FILES, LINK: Symlink(b"../dir0/sub0/file00.txt")})
+
+
+def tier_env(s3: S3Server, endpoint: str | None = None, timeout: float = 5) -> dict[str, str]:
+    return {
+        "ARTIFACTFS_TIER_URL": f"s3://{BUCKET}/{PREFIX}",
+        "ARTIFACTFS_TIER_ENDPOINT": endpoint or s3.endpoint,
+        "ARTIFACTFS_TIER_TIMEOUT": str(timeout),
+        **s3.env(),
+    }
+
+
+def read_all(mnt: Path) -> None:
+    """Every file's bytes as git has them (and the symlink's target)."""
+    for path, data in FILES.items():
+        assert (mnt / path).read_bytes() == data, path
+    assert os.readlink(mnt / LINK) == "../dir0/sub0/file00.txt"
+
+
+def status(home: Path, env: dict[str, str]) -> dict[str, object]:
+    result = run_cli("tier", "status", "--json", home=home, env=env)
+    assert result.returncode == 0, result.stderr
+    report: dict[str, object] = json.loads(result.stdout)
+    return report
+
+
+def wait_held(home: Path, env: dict[str, str], count: int = len(FILES) + 1) -> None:
+    """Until the node's write-behind has uploaded (or found in the tier) ``count`` blobs:
+    every file and the symlink's blob. (The backlog alone can look empty for a moment: the
+    store's table is written every few seconds.)"""
+    wait_for(lambda: status(home, env)["held"] == count, 60, f"{count} blobs held", 0.2)
+    assert status(home, env)["backlog"] == 0
+
+
+def wait_uploaded(home: Path, env: dict[str, str], s3: S3Server) -> None:
+    """Until the node's write-behind has emptied its backlog and its snapshot is shared."""
+    wait_held(home, env)
+    wait_for(lambda: s3.objects(BUCKET, f"{PREFIX}/snapshots/"), 30, "the shared snapshot")
+
+
+def blob_key(repo: Repo, path: str) -> str:
+    oid = repo.blob_id(path)
+    return f"{PREFIX}/blobs/git-sha1/{oid[:2]}/{oid}"
+
+
+def blobs_asked(daemon: GitDaemon, repo: Repo, since: int) -> set[str]:
+    return set(daemon.wanted(since)) - {repo.commit}
+
+
+def node_a_shares(
+    daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Node A mounts, reads everything, and the tier ends up holding all of it."""
+    home = tmp_path / "node-a"
+    with mounted(daemon.url("fleet.git"), tmp_path / "mnt-a", home, env=env):
+        read_all(tmp_path / "mnt-a")
+        wait_uploaded(home, env, s3)
+    report = status(home, env)
+    assert report["held"] == len(FILES) + 1  # and the symlink's blob
+    assert "test-secret-key" not in json.dumps(report)
+    assert report["tier"] == f"s3://{BUCKET}/{PREFIX} at {s3.endpoint}"
+
+
+def test_second_node_reads_from_the_tier_not_the_origin(
+    daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path
+) -> None:
+    env = tier_env(s3)
+    node_a_shares(daemon, fleet, s3, tmp_path, env)
+    keys = s3.objects(BUCKET, f"{PREFIX}/blobs/")
+    assert len(keys) == len(FILES) + 1
+    assert s3.read(BUCKET, blob_key(fleet, "dir0/large.bin")) == FILES["dir0/large.bin"]
+
+    mark = daemon.trace_mark()
+    home_b = tmp_path / "node-b"
+    with mounted(daemon.url("fleet.git"), tmp_path / "mnt-b", home_b, env=env):
+        read_all(tmp_path / "mnt-b")
+    assert blobs_asked(daemon, fleet, mark) == set()
+    report = status(home_b, env)
+    assert report["held"] == len(FILES) + 1  # all read from the tier, the symlink's too
+    assert report["backlog"] == 0
+
+
+def test_cold_node_mounts_a_pinned_commit_with_the_origin_down(
+    daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    env = tier_env(s3)
+    node_a_shares(daemon, fleet, s3, tmp_path, env)
+    daemon.stop()
+    expect_log(r"its snapshot came from the tier", level="WARNING", required=True)
+
+    home_b = tmp_path / "node-b"
+    mnt = tmp_path / "mnt-b"
+    pinned = ("--ref", fleet.commit, "--read-only")  # a workspace needs the origin's trees
+    with mounted(daemon.url("fleet.git"), mnt, home_b, *pinned, env=env) as mount:
+        assert mount.xattr("commit") == fleet.commit
+        assert sorted(os.listdir(mnt)) == [f"dir{i}" for i in range(5)]
+        read_all(mnt)
+        assert "from the tier" in mount.log()
+    report = status(home_b, env)
+    assert report["held"] == len(FILES) and report["backlog"] == 0
+
+
+def test_a_damaged_object_in_the_tier_is_never_served(
+    daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    env = tier_env(s3)
+    node_a_shares(daemon, fleet, s3, tmp_path, env)
+    damaged = "dir3/sub1/file03.txt"
+    s3.write(BUCKET, blob_key(fleet, damaged), b"not what git has" * 10)
+    expect_log(r"the tier's copy of .* is damaged", level="ERROR", required=True)
+
+    mark = daemon.trace_mark()
+    with mounted(daemon.url("fleet.git"), tmp_path / "mnt-b", tmp_path / "node-b", env=env):
+        read_all(tmp_path / "mnt-b")
+    assert blobs_asked(daemon, fleet, mark) == {fleet.blob_id(damaged)}
+
+
+@pytest.mark.parametrize("fault", ["down", "hung"])
+def test_a_tier_down_or_hung_never_fails_a_read(
+    fault: str,
+    daemon: GitDaemon,
+    fleet: Repo,
+    s3: S3Server,
+    tmp_path: Path,
+    expect_log: ExpectLog,
+) -> None:
+    """The test's timeout (pytest.ini) is the bound: every read comes from the origin after
+    at most a few of the tier's 1 s timeouts, never one per file."""
+    proxy = GitProxy(s3.port, held=True) if fault == "hung" else None
+    port = proxy.port if proxy is not None else free_port()
+    env = tier_env(s3, endpoint=f"http://127.0.0.1:{port}", timeout=1)
+    expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
+    expect_log(r"upload of .* to the tier failed", level="WARNING")
+    expect_log(r"could not share the snapshot", level="WARNING")
+    try:
+        mark = daemon.trace_mark()
+        with mounted(daemon.url("fleet.git"), tmp_path / "mnt", tmp_path / "home", env=env):
+            read_all(tmp_path / "mnt")
+        assert blobs_asked(daemon, fleet, mark) >= {fleet.blob_id(p) for p in FILES}
+    finally:
+        if proxy is not None:
+            proxy.stop()
+
+
+def test_racing_uploads_of_one_blob_leave_one_object(
+    daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path
+) -> None:
+    env = tier_env(s3)
+    homes = [tmp_path / "node-a", tmp_path / "node-b"]
+    with (
+        mounted(daemon.url("fleet.git"), tmp_path / "mnt-a", homes[0], env=env),
+        mounted(daemon.url("fleet.git"), tmp_path / "mnt-b", homes[1], env=env),
+    ):
+        start = threading.Barrier(2)
+        failures: list[BaseException] = []
+
+        def read(mnt: Path) -> None:
+            try:
+                start.wait(10)
+                read_all(mnt)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+
+        readers = [threading.Thread(target=read, args=(tmp_path / m,)) for m in ("mnt-a", "mnt-b")]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(60)
+        assert not failures, failures
+        for home in homes:
+            wait_held(home, env)
+    keys = s3.objects(BUCKET, f"{PREFIX}/blobs/")
+    assert len(keys) == len(FILES) + 1
+    for path, data in FILES.items():
+        assert s3.read(BUCKET, blob_key(fleet, path)) == data
+
+
+def test_tier_status_and_push(daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with mounted(daemon.url("fleet.git"), tmp_path / "mnt", home):  # no tier: a backlog
+        read_all(tmp_path / "mnt")
+    env = tier_env(s3)
+    before = status(home, env)
+    assert before["held"] == 0 and before["backlog"] == len(FILES) + 1
+    assert before["backlog_bytes"] == sum(map(len, FILES.values())) + len(
+        b"../dir0/sub0/file00.txt"
+    )
+    shown = run_cli("tier", "status", home=home, env=env)
+    assert shown.returncode == 0 and f"{len(FILES) + 1} blobs" in shown.stdout
+    assert "test-secret-key" not in shown.stdout + shown.stderr
+
+    dead = tier_env(s3, endpoint=f"http://127.0.0.1:{free_port()}", timeout=1)
+    refused = run_cli("tier", "push", home=home, env=dead)
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "cannot be reached" in refused.stderr
+    assert "test-secret-key" not in refused.stderr
+
+    pushed = run_cli("tier", "push", home=home, env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.startswith(f"pushed {len(FILES) + 1} blobs")
+    after = status(home, env)
+    assert after["held"] == len(FILES) + 1 and after["backlog"] == 0
+    assert len(s3.objects(BUCKET, f"{PREFIX}/blobs/")) == len(FILES) + 1
+    again = run_cli("tier", "push", home=home, env=env)
+    assert again.returncode == 0 and again.stdout.startswith("pushed 0 blobs")
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("tier", "status"), {"ARTIFACTFS_TIER_URL": ""}),
+        (("tier", "push"), {"ARTIFACTFS_TIER_URL": ""}),
+        (("tier", "status"), {"ARTIFACTFS_TIER_URL": "ftp://somewhere"}),
+        (("tier", "push"), {"ARTIFACTFS_TIER_URL": "s3://x"}),
+        (("tier", "status"), {"ARTIFACTFS_TIER_URL": "file:///t", "ARTIFACTFS_TIER_TIMEOUT": "x"}),
+        (("tier", "frobnicate"), {}),
+        (("tier",), {}),
+    ],
+)
+def test_tier_bad_input_is_one_line(args: tuple[str, ...], env: dict[str, str], home: Path) -> None:
+    result = run_cli(*args, home=home, env=env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(("artifactfs", "usage"))
