@@ -210,6 +210,11 @@ def write_snapshot(
         )
         db.execute("COMMIT")
         db.execute("PRAGMA journal_mode=WAL")
+    except BaseException:  # a listing that failed (or was refused) leaves nothing behind
+        db.close()
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
     finally:
         db.close()
     try:

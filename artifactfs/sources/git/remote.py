@@ -161,7 +161,8 @@ class GitRemote:
             prepared = self._prepare(snapshots, self.cas)
         except REMOTE_FAILURES as exc:
             failure = self._failure(exc)
-            shared = self._from_tier()
+            # a refusal is the origin's answer, not its absence: the tier never overrides it
+            shared = None if is_auth_failure(exc) else self._from_tier()
             if shared is None:
                 raise failure from exc
             log.warning("%s: %s; its snapshot came from the tier", self.display, failure)

@@ -99,7 +99,7 @@ class HubSource:
             return known
         snapshots = self.settings.snapshots_dir
         if self.offline:
-            return self._last_resolved()
+            return self._from_tier() or self._last_resolved()
         api = HubApi(self.spec, self.endpoint, self.token)
         commit = api.resolve()
         remember(snapshots, "hub", self.spec.url, None, commit.sha)
@@ -117,6 +117,19 @@ class HubSource:
             meta.total_size,
         )  # fmt: skip
         return PreparedSnapshot(path, commit.sha)
+
+    def _from_tier(self) -> PreparedSnapshot | None:
+        """Offline: a pinned commit whose snapshot another node shared through the tier
+        (checked and written again here: tier/snapshots.py)."""
+        revision = self.spec.revision
+        if self.settings.tier is None or revision is None or not _COMMIT.fullmatch(revision):
+            return None
+        from ...tier.snapshots import snapshot_from_tier
+
+        path = snapshot_path(self.settings.snapshots_dir, revision, "hub")
+        if not snapshot_from_tier(self.settings.tier, self.display, revision, path):
+            return None
+        return PreparedSnapshot(path, revision)
 
     def _last_resolved(self) -> PreparedSnapshot:
         """Offline: the commit the revision last resolved to in this home, if its snapshot is
