@@ -49,6 +49,10 @@ SIZE_BATCH = 1000
 EVICTED_TRIES = 3
 HASH_ON_LOOP = 64 << 10
 """Up to this size a file is read and hashed on the trio thread (tens of microseconds)."""
+TIER_PROBE = 8
+"""A batch of misses asks the tier for this many blobs first, and for the rest only if it had
+some: a tier that has none of a repository (the first node of a fleet) costs one round of
+requests per batch, not one request per blob of a 4,096-blob guess before the origin's pack."""
 LISTING_HINT_SECONDS = 5.0
 """A directory listed this recently is being stat-ed whole (``ls -l``, ``find``): learning an
 unknown size then fetches its unknown-size siblings too."""
@@ -334,7 +338,9 @@ class GitContent:
             return [digest for digest in digests if not self._cas.contains(digest)]
 
         asked = await trio.to_thread.run_sync(missing, limiter=self._io)
-        found = await tier.fetch_many(self._cas, asked)  # adopted: recorded for the cap too
+        found = await tier.fetch_many(self._cas, asked[:TIER_PROBE])  # adopted: recorded too
+        if found and len(asked) > TIER_PROBE:
+            found |= await tier.fetch_many(self._cas, asked[TIER_PROBE:])
         return {digests[digest] for digest in found}
 
     def _from_origin(self) -> None:
