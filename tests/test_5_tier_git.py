@@ -131,6 +131,19 @@ def test_second_node_reads_from_the_tier_not_the_origin(
     assert report["backlog"] == 0
 
 
+def test_clone_on_a_second_node_reads_from_the_tier(
+    daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path
+) -> None:
+    env = tier_env(s3)
+    node_a_shares(daemon, fleet, s3, tmp_path, env)
+    mark = daemon.trace_mark()
+    dest = tmp_path / "clone"
+    result = run_cli("clone", daemon.url("fleet.git"), str(dest), home=tmp_path / "node-b", env=env)
+    assert result.returncode == 0, result.stderr
+    read_all(dest)
+    assert blobs_asked(daemon, fleet, mark) == set()
+
+
 def test_cold_node_mounts_a_pinned_commit_with_the_origin_down(
     daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path, expect_log: ExpectLog
 ) -> None:
