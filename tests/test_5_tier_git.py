@@ -164,6 +164,29 @@ def test_cold_node_mounts_a_pinned_commit_with_the_origin_down(
     assert report["held"] == len(FILES) and report["backlog"] == 0
 
 
+def test_a_tampered_snapshot_in_the_tier_is_refused_with_the_origin_down(
+    daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    """The bucket is shared: a snapshot in it that fails a check is never mounted (the
+    tampering cases themselves: tests/test_3_tier_snapshots.py)."""
+    env = tier_env(s3)
+    node_a_shares(daemon, fleet, s3, tmp_path, env)
+    (key,) = s3.objects(BUCKET, f"{PREFIX}/snapshots/")
+    s3.write(BUCKET, key, b"SQLite format 3\0" + b"\xff" * 4096)
+    daemon.stop()
+    expect_log(r"the tier's snapshot of .* is refused", level="ERROR", required=True)
+    expect_log(r"^cannot prepare \S+: connection refused$", level="ERROR", required=True)
+
+    pinned = ("--ref", fleet.commit, "--read-only", "--keep-failed")
+    with mounted(
+        daemon.url("fleet.git"), tmp_path / "mnt-b", tmp_path / "node-b", *pinned, ready=False,
+        env=env,
+    ) as mount:  # fmt: skip
+        wait_for(lambda: mount.state() == "failed", 30, "prepare to fail")
+        assert mount.xattr("error") == "connection refused"
+    assert not list((tmp_path / "node-b" / "snapshots").glob("*.sqlite"))
+
+
 def test_a_damaged_object_in_the_tier_is_never_served(
     daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path, expect_log: ExpectLog
 ) -> None:
