@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers.gitrepos import make_repo
+from tests.helpers.gitrepos import Content, make_repo
 from tests.helpers.mounts import mounted, run_cli
 from tests.helpers.s3 import running_s3
 from tests.helpers.servers import GitDaemon
@@ -32,7 +32,9 @@ def main(base: Path) -> None:
     base.mkdir()
     repos = base / "repos"
     repos.mkdir()
-    files = {f"d{i % 40}/e{i % 7}/f{i}.txt": os.urandom(4096) for i in range(FILES)}
+    files: dict[str, Content] = {
+        f"d{i % 40}/e{i % 7}/f{i}.txt": os.urandom(4096) for i in range(FILES)
+    }
     make_repo(repos, "big.git", files)
     daemon = GitDaemon(repos, trace=False)
     try:
