@@ -12,8 +12,9 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ...errors import SourceError
+from ...errors import OriginUnreachable, SourceError
 from ...snapshot.entries import Kind, NewEntry, RefusedEntry, check_name, printable
 from ...snapshot.index import DirectoryListing, snapshot_path, write_snapshot
 from ...snapshot.refs import recall, remember
@@ -100,6 +101,16 @@ class HubSource:
         snapshots = self.settings.snapshots_dir
         if self.offline:
             return self._from_tier() or self._last_resolved()
+        try:
+            return self._prepare_online(snapshots)
+        except OriginUnreachable as exc:  # not a refusal: the tier may stand in for the Hub
+            shared = self._from_tier()
+            if shared is None:
+                raise
+            log.warning("%s: %s; its snapshot came from the tier", self.display, exc)
+            return shared
+
+    def _prepare_online(self, snapshots: Path) -> PreparedSnapshot:
         api = HubApi(self.spec, self.endpoint, self.token)
         commit = api.resolve()
         remember(snapshots, "hub", self.spec.url, None, commit.sha)
@@ -119,8 +130,8 @@ class HubSource:
         return PreparedSnapshot(path, commit.sha)
 
     def _from_tier(self) -> PreparedSnapshot | None:
-        """Offline: a pinned commit whose snapshot another node shared through the tier
-        (checked and written again here: tier/snapshots.py)."""
+        """Offline or with the Hub unreachable: a pinned commit whose snapshot another node
+        shared through the tier (checked and written again here: tier/snapshots.py)."""
         revision = self.spec.revision
         if self.settings.tier is None or revision is None or not _COMMIT.fullmatch(revision):
             return None
