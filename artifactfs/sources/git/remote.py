@@ -48,6 +48,7 @@ from .transport import (
     credentials_note,
     describe_failure,
     is_auth_failure,
+    is_unreachable,
     open_client,
 )
 from .trees import CommitTrees, TreeChild, index_trees
@@ -161,8 +162,8 @@ class GitRemote:
             prepared = self._prepare(snapshots, self.cas)
         except REMOTE_FAILURES as exc:
             failure = self._failure(exc)
-            # a refusal is the origin's answer, not its absence: the tier never overrides it
-            shared = None if is_auth_failure(exc) else self._from_tier()
+            # an answer (a refusal, no such repository) is never overridden by the tier
+            shared = self._from_tier() if is_unreachable(exc) else None
             if shared is None:
                 raise failure from exc
             log.warning("%s: %s; its snapshot came from the tier", self.display, failure)
