@@ -164,9 +164,9 @@ def rebuild_snapshot(downloaded: Path, final: Path, commit: str) -> SnapshotMeta
     except sqlite3.Error as exc:
         raise UntrustedSnapshot(f"not SQLite: {exc}") from None
     try:
-        db.execute("PRAGMA trusted_schema=OFF")
-        db.execute("PRAGMA query_only=ON")
         try:
+            db.execute("PRAGMA trusted_schema=OFF")  # no functions run from its schema
+            db.execute("PRAGMA query_only=ON")
             check = db.execute("PRAGMA quick_check").fetchone()
             values = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.Error as exc:
