@@ -131,6 +131,24 @@ def test_second_node_reads_from_the_tier_not_the_origin(
     assert report["backlog"] == 0
 
 
+def test_a_shared_directory_as_the_tier(daemon: GitDaemon, fleet: Repo, tmp_path: Path) -> None:
+    """``file:///PATH`` (NFS, a shared volume): the same fleet, no S3."""
+    tier = tmp_path / "shared-volume"
+    env = {"ARTIFACTFS_TIER_URL": f"file://{tier}"}
+    home_a = tmp_path / "node-a"
+    with mounted(daemon.url("fleet.git"), tmp_path / "mnt-a", home_a, env=env):
+        read_all(tmp_path / "mnt-a")
+        wait_held(home_a, env)
+        wait_for(lambda: list((tier / "snapshots").glob("*/*")), 30, "the shared snapshot")
+    oid = fleet.blob_id("dir0/large.bin")
+    assert (tier / "blobs" / "git-sha1" / oid[:2] / oid).read_bytes() == FILES["dir0/large.bin"]
+
+    mark = daemon.trace_mark()
+    with mounted(daemon.url("fleet.git"), tmp_path / "mnt-b", tmp_path / "node-b", env=env):
+        read_all(tmp_path / "mnt-b")
+    assert blobs_asked(daemon, fleet, mark) == set()
+
+
 def test_clone_on_a_second_node_reads_from_the_tier(
     daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path
 ) -> None:
