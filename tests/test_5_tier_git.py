@@ -182,6 +182,20 @@ def test_cold_node_mounts_a_pinned_commit_with_the_origin_down(
     assert report["held"] == len(FILES) and report["backlog"] == 0
 
 
+def test_offline_cold_node_mounts_a_pinned_commit_from_the_tier(
+    daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path
+) -> None:
+    """``--offline`` sends nothing to the origin; the tier is not the origin."""
+    env = tier_env(s3)
+    node_a_shares(daemon, fleet, s3, tmp_path, env)
+    mark = daemon.trace_mark()
+    pinned = ("--ref", fleet.commit, "--read-only", "--offline")
+    home_b = tmp_path / "node-b"
+    with mounted(daemon.url("fleet.git"), tmp_path / "mnt-b", home_b, *pinned, env=env):
+        read_all(tmp_path / "mnt-b")
+    assert daemon.packets(mark) == []
+
+
 def test_a_tampered_snapshot_in_the_tier_is_refused_with_the_origin_down(
     daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path, expect_log: ExpectLog
 ) -> None:
