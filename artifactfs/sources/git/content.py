@@ -35,6 +35,7 @@ from ...cas import Digest
 from ...cas import reads as cas_reads
 from ...cas.claims import FetchClaims
 from ...cas.store import VERIFY_ON_OPEN
+from ...cas.upkeep import FLUSH_SECONDS
 from ...errors import BlobUnavailable, IntegrityError, ReadError, SourceError
 from ...snapshot import Row, SnapshotIndex
 from ..base import BlobReader, ContentHost
@@ -87,6 +88,7 @@ class GitContent:
         self._process: FetchProcess | None = None
         self._process_lock = threading.Lock()
         self._closed = False
+        self._origin_published = trio.Event()
         self._verified: set[str] = set()
         """Blobs whose CAS file this worker has hashed (kept for the worker's life)."""
 
@@ -182,7 +184,10 @@ class GitContent:
         self._hints.pop(snapshot, None)
 
     async def run(self) -> None:
-        await self._fetcher.run()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fetcher.run)
+            if self._remote.settings.tier is not None:
+                nursery.start_soon(self._wake_uploads)
 
     def close(self, reason: str) -> None:
         self._fetcher.close(reason)
@@ -344,9 +349,20 @@ class GitContent:
         return {digests[digest] for digest in found}
 
     def _from_origin(self) -> None:
-        """The origin published blobs: the tier's uploader looks now (trio thread)."""
+        """The origin published blobs (trio thread): see ``_wake_uploads``."""
+        self._origin_published.set()
+
+    async def _wake_uploads(self) -> None:
+        """The tier's uploader reads its backlog from the store's table, which the upkeep
+        task writes every ``FLUSH_SECONDS``: it is woken once that has happened after the
+        origin published something, not at once (it would find nothing new and sleep its
+        whole idle round)."""
         tier = self._remote.settings.tier
-        if tier is not None:
+        assert tier is not None
+        while True:
+            await self._origin_published.wait()
+            self._origin_published = trio.Event()
+            await trio.sleep(FLUSH_SECONDS + 0.5)
             tier.uploaded_later()
 
     def _present(self, oid: str) -> bool:
