@@ -14,7 +14,12 @@ from artifactfs.snapshot.index import snapshot_path
 from artifactfs.tier.access import TierAccess
 from artifactfs.tier.keys import snapshot_key
 from artifactfs.tier.location import TierLocation
-from artifactfs.tier.snapshots import share_snapshot, snapshot_from_tier
+from artifactfs.tier.snapshots import (
+    file_from_tier,
+    share_file,
+    share_snapshot,
+    snapshot_from_tier,
+)
 from tests.helpers.snapshots import snapshot_of
 
 COMMIT = "ab" * 20
@@ -125,3 +130,30 @@ def refusals(caplog: pytest.LogCaptureFixture) -> int:
         for r in caplog.records
         if r.levelname == "ERROR" and "the tier's snapshot of" in r.getMessage()
     )
+
+
+def test_a_file_through_the_tier_is_kept_only_once_checked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``share_file``/``file_from_tier`` (a git mount's kept pack): the check decides, a
+    refused download leaves nothing, and a file already there is never replaced."""
+    source = tmp_path / "pack"
+    source.write_bytes(b"PACK and its objects")
+    node_a, node_b = tier_of(tmp_path, "node-a"), tier_of(tmp_path, "node-b")
+    assert share_file(node_a, "snapshots/x/y.pack", source)
+    assert not share_file(node_a, "snapshots/x/y.pack", source)
+
+    def refuse(path: Path) -> None:
+        raise ValueError("it does not hold the commit")
+
+    kept = tmp_path / "b" / "kept.pack"
+    assert not file_from_tier(node_b, "snapshots/x/y.pack", kept, refuse, 1 << 20)
+    assert not kept.exists() and not list(kept.parent.iterdir())
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "the tier's kept.pack is refused: it does not hold the commit"
+    ]
+    assert not file_from_tier(node_b, "snapshots/x/y.pack", kept, lambda path: None, 8)
+    assert not kept.exists()  # larger than allowed
+    assert file_from_tier(node_b, "snapshots/x/y.pack", kept, lambda path: None, 1 << 20)
+    assert kept.read_bytes() == b"PACK and its objects"
+    assert not file_from_tier(node_b, "snapshots/x/none.pack", tmp_path / "b" / "n", print, 99)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,6 +183,32 @@ def test_cold_node_mounts_a_pinned_commit_with_the_origin_down(
     assert report["held"] == len(FILES) and report["backlog"] == 0
 
 
+def test_cold_node_makes_a_workspace_of_a_pinned_commit_with_the_origin_down(
+    daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path, expect_log: ExpectLog
+) -> None:
+    """A writable mount needs the commit's trees too: the pack node A kept comes through the
+    tier with the snapshot."""
+    env = tier_env(s3)
+    node_a_shares(daemon, fleet, s3, tmp_path, env)
+
+    def packs() -> list[str]:
+        return [k for k in s3.objects(BUCKET, f"{PREFIX}/snapshots/") if k.endswith(".pack")]
+
+    wait_for(packs, 30, "the shared pack")
+    daemon.stop()
+    expect_log(r"its snapshot came from the tier", level="WARNING", required=True)
+
+    mnt = tmp_path / "mnt-b"
+    with mounted(daemon.url("fleet.git"), mnt, tmp_path / "node-b", "--ref", fleet.commit, env=env):
+        read_all(mnt)
+        head = subprocess.run(
+            ["git", "-C", str(mnt), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        assert head.stdout.strip() == fleet.commit, head.stderr
+        (mnt / "dir0" / "new.txt").write_bytes(b"written on node b\n")
+        assert (mnt / "dir0" / "new.txt").read_bytes() == b"written on node b\n"
+
+
 def test_offline_cold_node_mounts_a_pinned_commit_from_the_tier(
     daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path
 ) -> None:
@@ -203,7 +230,7 @@ def test_a_tampered_snapshot_in_the_tier_is_refused_with_the_origin_down(
     tampering cases themselves: tests/test_3_tier_snapshots.py)."""
     env = tier_env(s3)
     node_a_shares(daemon, fleet, s3, tmp_path, env)
-    (key,) = s3.objects(BUCKET, f"{PREFIX}/snapshots/")
+    (key,) = [k for k in s3.objects(BUCKET, f"{PREFIX}/snapshots/") if not k.endswith(".pack")]
     s3.write(BUCKET, key, b"SQLite format 3\0" + b"\xff" * 4096)
     daemon.stop()
     expect_log(r"the tier's snapshot of .* is refused", level="ERROR", required=True)
@@ -251,7 +278,7 @@ def test_a_tier_down_or_hung_never_fails_a_read(
     env = tier_env(s3, endpoint=f"http://127.0.0.1:{port}", timeout=1)
     expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
     expect_log(r"upload of .* to the tier failed", level="WARNING")
-    expect_log(r"could not share the snapshot", level="WARNING")
+    expect_log(r"could not share the (snapshot|pack) of", level="WARNING")
     try:
         mark = daemon.trace_mark()
         with mounted(daemon.url("fleet.git"), tmp_path / "mnt", tmp_path / "home", env=env):

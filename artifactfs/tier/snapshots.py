@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import quote
@@ -97,6 +98,50 @@ def share_quietly(tier: TierAccess, display: str, commit: str, path: Path) -> No
         log.warning("could not share the snapshot of %s: %s", commit, exc.strerror or exc)
 
 
+def share_file(tier: TierAccess, key: str, path: Path) -> bool:
+    """Upload a file that never changes (a kept pack) unless the tier has it; True if this
+    call did. Raises ``TierError`` and ``OSError``."""
+    store = tier.store
+    if store.head(key) is not None:
+        return False
+    return store.put_new(key, path)
+
+
+def file_from_tier(
+    tier: TierAccess, key: str, final: Path, check: Callable[[Path], None], max_bytes: int
+) -> bool:
+    """Make ``final`` the tier's object ``key`` once ``check(downloaded)`` passed (it raises
+    ``ValueError`` to refuse); False, with a log line, otherwise. ``final`` is never replaced."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    downloaded = final.with_name(f".{final.name}.tier-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(downloaded, "xb") as out:
+            size = tier.store.download(key, _Bounded(out, max_bytes))  # type: ignore[arg-type]
+            out.flush()
+            os.fsync(out.fileno())
+        if size is None:
+            log.info("the tier has no %s", final.name)
+            return False
+        check(downloaded)
+        os.chmod(downloaded, 0o444)
+        os.link(downloaded, final)
+    except FileExistsError:
+        return True  # another process of this home was first: the same content
+    except TierError as exc:
+        log.warning("could not get %s from the tier: %s", final.name, exc)
+        return False
+    except ValueError as exc:
+        log.error("the tier's %s is refused: %s", final.name, str(exc)[:300])
+        return False
+    except OSError as exc:
+        log.warning("could not keep the tier's %s: %s", final.name, exc.strerror or exc)
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            downloaded.unlink()
+    return True
+
+
 def snapshot_from_tier(tier: TierAccess | None, display: str, commit: str, final: Path) -> bool:
     """Make ``final`` the snapshot of ``commit`` from the tier's copy, checked and written
     again here. False (and a log line saying why) when there is no tier, it has no copy, it
@@ -148,7 +193,7 @@ class _Bounded:
     def write(self, data: bytes) -> int:
         self._left -= len(data)
         if self._left < 0:
-            raise UntrustedSnapshot(f"larger than {MAX_SNAPSHOT_BYTES} bytes")
+            raise UntrustedSnapshot("larger than the limit for what the tier may send")
         return self._out.write(data)
 
     def flush(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO
@@ -169,6 +170,7 @@ class GitRemote:
             log.warning("%s: %s; its snapshot came from the tier", self.display, failure)
             return shared
         remember(snapshots, "git", self.spec.url, self.ref, prepared.commit)
+        self._share_tip_pack(prepared.commit)
         return prepared
 
     def _last_resolved(self, snapshots: Path) -> PreparedSnapshot:
@@ -204,7 +206,53 @@ class GitRemote:
         final = snapshot_path(self.settings.snapshots_dir, self.ref)
         if not snapshot_from_tier(self.settings.tier, self.display, self.ref, final):
             return None
-        return self.prepared_offline()
+        prepared = self.prepared_offline()
+        if prepared is not None:
+            self._tip_pack_from_tier(prepared.commit)
+        return prepared
+
+    def _share_tip_pack(self, commit: str) -> None:
+        """Give the tier the kept pack of ``commit``'s commit and trees, in the background
+        (best effort): a writable mount on a node that took the snapshot from the tier makes
+        its git directory from it. The snapshot itself is shared by the mount (worker.py)."""
+        tier = self.settings.tier
+        pack = tip_pack_path(self.settings.snapshots_dir, commit)
+        if tier is None or not pack.exists():
+            return
+        from ...tier.keys import tip_pack_key
+        from ...tier.objects import TierError
+        from ...tier.snapshots import share_file
+
+        def share() -> None:
+            try:
+                share_file(tier, tip_pack_key(self.display, commit), pack)
+            except (TierError, OSError) as exc:
+                log.warning("could not share the pack of %s with the tier: %s", commit, exc)
+
+        threading.Thread(target=share, name="artifactfs-share-pack", daemon=True).start()
+
+    def _tip_pack_from_tier(self, commit: str) -> None:
+        """The pack of ``commit`` and its trees from the tier, if it has it and it holds that
+        commit (best effort: a read-only mount needs only the snapshot)."""
+        tier = self.settings.tier
+        kept = tip_pack_path(self.settings.snapshots_dir, commit)
+        if tier is None or kept.exists():
+            return
+        from ...tier.keys import tip_pack_key
+        from ...tier.snapshots import file_from_tier
+
+        def check(path: Path) -> None:
+            try:
+                with open(path, "rb") as pack:
+                    for obj in iter_objects(pack, self.object_format):  # ids from content
+                        if isinstance(obj, Commit) and object_id(obj, self.object_format) == commit:
+                            return
+            except SourceError as exc:  # malformed
+                raise ValueError(str(exc)) from None
+            raise ValueError(f"it does not hold commit {commit}")
+
+        key = tip_pack_key(self.display, commit)
+        file_from_tier(tier, key, kept, check, MAX_TREE_PACK_BYTES)
 
     def _failure(self, exc: BaseException) -> SourceError:
         """One line for a failed remote call; a refusal also says what credentials we sent."""
