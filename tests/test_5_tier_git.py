@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -318,10 +319,22 @@ def test_racing_uploads_of_one_blob_leave_one_object(
         assert not failures, failures
         for home in homes:
             wait_held(home, env)
+        total = len(FILES) + 1
+        wait_for(lambda: sum(map(uploaded_by, homes)) >= total, 30, "the upload reports")
     keys = s3.objects(BUCKET, f"{PREFIX}/blobs/")
     assert len(keys) == len(FILES) + 1
     for path, data in FILES.items():
         assert s3.read(BUCKET, blob_key(fleet, path)) == data
+    # create-only puts: each blob was created by exactly one node; a node that lost a race
+    # (or read the blob from the tier) did not count it as its upload
+    assert sum(uploaded_by(home) for home in homes) == len(FILES) + 1
+
+
+def uploaded_by(home: Path) -> int:
+    """The blobs a node's worker created in the tier (its last ``tier: N uploaded`` line)."""
+    log = "".join(p.read_text() for p in (home / "run" / "logs").glob("*.log"))
+    counts = re.findall(r"tier: (\d+) uploaded", log)
+    return int(counts[-1]) if counts else 0
 
 
 def test_tier_status_and_push(daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path) -> None:
