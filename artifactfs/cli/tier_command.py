@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from ..errors import UserError
@@ -108,10 +109,12 @@ def tier_push(args: argparse.Namespace) -> int:
         ledger = tier.ledger
         total, total_size = ledger.backlog_size()
         shown = sys.stderr.isatty()
+        last = [0.0]
 
         def progress(report: UploadReport) -> None:
-            if shown:
-                done = report.uploaded + report.already_there + report.gone + report.failed
+            done = report.uploaded + report.already_there + report.gone + report.failed
+            if shown and (time.monotonic() - last[0] >= 0.1 or done >= total):
+                last[0] = time.monotonic()
                 sys.stderr.write(
                     f"\rpushing: {done}/{total} blobs, {format_size(report.uploaded_bytes)}"
                     f" of {format_size(total_size)}\x1b[K"
