@@ -221,6 +221,11 @@ def test_offline_cold_node_mounts_a_pinned_commit_from_the_tier(
     home_b = tmp_path / "node-b"
     with mounted(daemon.url("fleet.git"), tmp_path / "mnt-b", home_b, *pinned, env=env):
         read_all(tmp_path / "mnt-b")
+    offline_clone = ("clone", "--offline", "--ref", fleet.commit, daemon.url("fleet.git"))
+    dest = tmp_path / "clone"
+    cloned = run_cli(*offline_clone, str(dest), home=tmp_path / "node-c", env=env)
+    assert cloned.returncode == 0, cloned.stderr
+    read_all(dest)
     assert daemon.packets(mark) == []
 
 

@@ -154,7 +154,12 @@ class GitContent:
             return [row for row in blobs if not self._cas.contains(snapshot.digest_of(row))]
 
         wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
-        if not wanted or self._remote.settings.offline:
+        if wanted and self._remote.settings.offline:  # the tier is no origin: it is asked
+            if self._remote.settings.tier is not None:
+                await self._from_tier({row.oid: row.size for row in wanted if row.oid})
+                wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
+            return wanted
+        if not wanted:
             return wanted
         sizes = {row.oid: row.size for row in wanted if row.oid}
         self._fetcher.prefetch(sizes)
