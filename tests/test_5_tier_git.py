@@ -181,7 +181,7 @@ def test_cold_node_mounts_a_pinned_commit_with_the_origin_down(
         read_all(mnt)
         assert "from the tier" in mount.log()
     report = status(home_b, env)
-    assert report["held"] == len(FILES) and report["backlog"] == 0
+    assert report["held"] == len(FILES) + 1 and report["backlog"] == 0  # the symlink's too
 
 
 def test_cold_node_makes_a_workspace_of_a_pinned_commit_with_the_origin_down(
@@ -229,27 +229,46 @@ def test_offline_cold_node_mounts_a_pinned_commit_from_the_tier(
     assert daemon.packets(mark) == []
 
 
-def test_a_tampered_snapshot_in_the_tier_is_refused_with_the_origin_down(
+def test_what_others_shared_is_checked_with_the_origin_down(
     daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_path: Path, expect_log: ExpectLog
 ) -> None:
-    """The bucket is shared: a snapshot in it that fails a check is never mounted (the
-    tampering cases themselves: tests/test_3_tier_snapshots.py)."""
+    """The bucket is shared. A damaged snapshot in it is refused, and the listing is indexed
+    again from the commit's trees (named by their ids from the pinned commit down): the
+    mount is right, its sizes learned on demand. With the pack damaged too, nothing from the
+    tier is used and the prepare fails with the origin's reason (the tampering cases of a
+    snapshot alone: tests/test_3_tier_snapshots.py)."""
     env = tier_env(s3)
     node_a_shares(daemon, fleet, s3, tmp_path, env)
-    (key,) = [k for k in s3.objects(BUCKET, f"{PREFIX}/snapshots/") if not k.endswith(".pack")]
-    s3.write(BUCKET, key, b"SQLite format 3\0" + b"\xff" * 4096)
+
+    def shared(pack: bool) -> list[str]:
+        keys = s3.objects(BUCKET, f"{PREFIX}/snapshots/")
+        return [k for k in keys if k.endswith(".pack") == pack]
+
+    (pack,) = wait_for(lambda: shared(True), 30, "the shared pack")
+    (listing,) = shared(False)
+    s3.write(BUCKET, listing, b"SQLite format 3\0" + b"\xff" * 4096)
     daemon.stop()
     expect_log(r"the tier's snapshot of .* is refused", level="ERROR", required=True)
-    expect_log(r"^cannot prepare \S+: connection refused$", level="ERROR", required=True)
-
+    expect_log(r"its snapshot came from the tier", level="WARNING", required=True)
     pinned = ("--ref", fleet.commit, "--read-only", "--keep-failed")
     with mounted(
-        daemon.url("fleet.git"), tmp_path / "mnt-b", tmp_path / "node-b", *pinned, ready=False,
+        daemon.url("fleet.git"), tmp_path / "mnt-b", tmp_path / "node-b", *pinned, env=env
+    ):
+        read_all(tmp_path / "mnt-b")
+        assert os.stat(tmp_path / "mnt-b" / "dir0" / "large.bin").st_size == len(
+            FILES["dir0/large.bin"]
+        )
+
+    s3.write(BUCKET, pack, b"PACK" + b"\0" * 4096)
+    expect_log(r"the tier's git-\w+\.pack is refused", level="ERROR", required=True)
+    expect_log(r"^cannot prepare \S+: connection refused$", level="ERROR", required=True)
+    with mounted(
+        daemon.url("fleet.git"), tmp_path / "mnt-c", tmp_path / "node-c", *pinned, ready=False,
         env=env,
     ) as mount:  # fmt: skip
         wait_for(lambda: mount.state() == "failed", 30, "prepare to fail")
         assert mount.xattr("error") == "connection refused"
-    assert not list((tmp_path / "node-b" / "snapshots").glob("*.sqlite"))
+    assert not list((tmp_path / "node-c" / "snapshots").glob("*"))
 
 
 def test_a_damaged_object_in_the_tier_is_never_served(

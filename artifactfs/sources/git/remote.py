@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO
@@ -196,63 +195,45 @@ class GitRemote:
         return PreparedSnapshot(known, self.ref)
 
     def _from_tier(self) -> PreparedSnapshot | None:
-        """Without the origin: a pinned full commit id whose snapshot another node shared
-        through the tier (checked and written again here: tier/snapshots.py). A writable
-        mount needs the commit's trees too (``tip_pack``), which only the origin gives."""
-        if self.settings.tier is None or self.ref is None or not _HEX_ID.fullmatch(self.ref):
+        """Without the origin: a pinned commit another node shared (tier_prepare.py)."""
+        tier, commit = self.settings.tier, self.ref
+        if tier is None or commit is None or not _HEX_ID.fullmatch(commit):
             return None
-        from ...tier.snapshots import snapshot_from_tier
+        from .tier_prepare import prepare_from_tier
 
-        final = snapshot_path(self.settings.snapshots_dir, self.ref)
-        if not snapshot_from_tier(self.settings.tier, self.display, self.ref, final):
-            return None
-        prepared = self.prepared_offline()
-        if prepared is not None:
-            self._tip_pack_from_tier(prepared.commit)
-        return prepared
+        self.object_format = "sha1" if len(commit) == 40 else "sha256"
+        snapshots = self.settings.snapshots_dir
+        made = prepare_from_tier(
+            tier,
+            self.display,
+            commit,
+            self.object_format,
+            snapshot_path(snapshots, commit),
+            tip_pack_path(snapshots, commit),
+            MAX_TREE_PACK_BYTES,
+            self._index_kept_pack,
+        )
+        return self.prepared_offline() if made else None
+
+    def _index_kept_pack(self, kept: Path, sizes: dict[str, int], final: Path) -> None:
+        """Index the pinned commit from its kept pack of commit and trees into ``final``, as
+        a prepare from the origin does but asking it nothing (sizes not given are learned on
+        demand). Raises SourceError (and what a damaged pack raises)."""
+        assert self.ref is not None
+        with open(kept, "rb") as pack:
+            objects = TipObjects.read(pack, self.object_format)
+        commit_id, commit = objects.peel_to_commit(self.ref)
+        oid_length = 20 if self.object_format == "sha1" else 32
+        trees = index_trees(commit.tree.decode("ascii"), objects.trees, oid_length)
+        self._write_snapshot(final, commit_id, commit, trees, sizes, self.cas, ask_origin=False)
 
     def _share_tip_pack(self, commit: str) -> None:
-        """Give the tier the kept pack of ``commit``'s commit and trees, in the background
-        (best effort): a writable mount on a node that took the snapshot from the tier makes
-        its git directory from it. The snapshot itself is shared by the mount (worker.py)."""
         tier = self.settings.tier
-        pack = tip_pack_path(self.settings.snapshots_dir, commit)
-        if tier is None or not pack.exists():
-            return
-        from ...tier.keys import tip_pack_key
-        from ...tier.objects import TierError
-        from ...tier.snapshots import share_file
+        if tier is not None:
+            from .tier_prepare import share_tip_pack
 
-        def share() -> None:
-            try:
-                share_file(tier, tip_pack_key(self.display, commit), pack)
-            except (TierError, OSError) as exc:
-                log.warning("could not share the pack of %s with the tier: %s", commit, exc)
-
-        threading.Thread(target=share, name="artifactfs-share-pack", daemon=True).start()
-
-    def _tip_pack_from_tier(self, commit: str) -> None:
-        """The pack of ``commit`` and its trees from the tier, if it has it and it holds that
-        commit (best effort: a read-only mount needs only the snapshot)."""
-        tier = self.settings.tier
-        kept = tip_pack_path(self.settings.snapshots_dir, commit)
-        if tier is None or kept.exists():
-            return
-        from ...tier.keys import tip_pack_key
-        from ...tier.snapshots import file_from_tier
-
-        def check(path: Path) -> None:
-            try:
-                with open(path, "rb") as pack:
-                    for obj in iter_objects(pack, self.object_format):  # ids from content
-                        if isinstance(obj, Commit) and object_id(obj, self.object_format) == commit:
-                            return
-            except SourceError as exc:  # malformed
-                raise ValueError(str(exc)) from None
-            raise ValueError(f"it does not hold commit {commit}")
-
-        key = tip_pack_key(self.display, commit)
-        file_from_tier(tier, key, kept, check, MAX_TREE_PACK_BYTES)
+            pack = tip_pack_path(self.settings.snapshots_dir, commit)
+            share_tip_pack(tier, self.display, commit, pack)
 
     def _failure(self, exc: BaseException) -> SourceError:
         """One line for a failed remote call; a refusal also says what credentials we sent."""
@@ -293,7 +274,7 @@ class GitRemote:
             if existing.exists():
                 log.info("snapshot of %s already on disk", tip[0])
                 return PreparedSnapshot(existing, tip[0])
-            objects = _TipObjects.read(pack.file, pack.object_format)
+            objects = TipObjects.read(pack.file, pack.object_format)
             commit_id, commit = objects.peel_to_commit(tip[0])
             oid_length = 20 if pack.object_format == "sha1" else 32
             trees = index_trees(commit.tree.decode("ascii"), objects.trees, oid_length)
@@ -383,11 +364,14 @@ class GitRemote:
         trees: CommitTrees,
         known_sizes: dict[str, int],
         cas: ContentStore,
+        ask_origin: bool = True,
     ) -> None:
+        """``ask_origin`` False (the origin down, tier_prepare.py): sizes not known are
+        learned on demand, and symlink targets come from the store or the tier only."""
         blob_paths = trees.blobs(_BLOB_KINDS)
         sizes = dict(known_sizes)
         unknown = sorted(oid for oid in blob_paths if oid not in sizes)
-        if unknown:
+        if unknown and ask_origin:
             client, path = self._client()
             answered = object_info.query_sizes(client, path, unknown)
             if answered is None:
@@ -396,7 +380,7 @@ class GitRemote:
                 )
             else:
                 sizes.update(answered)
-        targets = self._symlink_targets(trees, sizes, cas)
+        targets = self._symlink_targets(trees, sizes, cas, ask_origin)
 
         def list_directory(tree_id: str) -> DirectoryListing[str]:
             entries: list[NewEntry] = []
@@ -425,7 +409,7 @@ class GitRemote:
         )
 
     def _symlink_targets(
-        self, trees: CommitTrees, sizes: dict[str, int], cas: ContentStore
+        self, trees: CommitTrees, sizes: dict[str, int], cas: ContentStore, ask_origin: bool = True
     ) -> dict[str, bytes]:
         """Targets of every acceptable symlink, fetched in one batch; refused ones are logged."""
         links = trees.blobs((Kind.SYMLINK,))
@@ -454,6 +438,8 @@ class GitRemote:
             for oid in list(missing):
                 if tier.fetch(cas, Digest(algorithm, oid)) is not None:
                     del missing[oid]
+        if missing and not ask_origin:
+            raise SourceError(f"{len(missing)} symlink blob(s) neither in the store nor the tier")
         if missing:
             self._fetch_blobs(missing, lambda oid: None)
         targets: dict[str, bytes] = {}
@@ -534,7 +520,7 @@ def _pack_budget(sizes: Iterable[int | None]) -> int:
     return sum(size or 0 for size in known) * 102 // 100 + 64 * len(known) + 65536
 
 
-class _TipObjects:
+class TipObjects:
     """The non-blob objects of a prepare pack, and whether it carried blobs at all."""
 
     def __init__(self) -> None:
@@ -544,7 +530,7 @@ class _TipObjects:
         self.blobs = 0
 
     @classmethod
-    def read(cls, pack: IO[bytes], object_format: str) -> _TipObjects:
+    def read(cls, pack: IO[bytes], object_format: str) -> TipObjects:
         found = cls()
         for obj in iter_objects(pack, object_format):
             if isinstance(obj, Tree):
