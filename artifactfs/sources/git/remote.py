@@ -8,6 +8,10 @@ already exists, the fetch is skipped: the snapshot is keyed by commit and immuta
 of the commit and its trees is kept beside the snapshot (``tip_pack_path``), keyed by commit
 too: a writable mount's git directory is made from it (worktree.py) without another fetch.
 
+With a shared tier, that pack is shared once prepared, and a prepare that cannot reach the
+origin (or is offline) makes a pinned commit's snapshot from what the tier holds
+(tier_prepare.py); symlink blobs are asked of the tier before the origin.
+
 Every remote call opens a fresh client with the credentials as they are then (see
 ``sources/credentials.py``): a blob fetched hours after the prepare authenticates like the
 prepare did, with a rotated token if the token file changed meanwhile.
