@@ -24,6 +24,12 @@ class SourceError(Exception):
     """
 
 
+class OriginUnreachable(SourceError):
+    """The origin could not be reached at all (refused or reset connections, time-outs, server
+    errors after the retries), as opposed to an answer (a refusal, an unknown ref): a shared
+    tier may stand in for it with what another node fetched (tier/snapshots.py)."""
+
+
 class ReadError(Exception):
     """The content of an entry cannot be served now; the message is one line for the log."""
 

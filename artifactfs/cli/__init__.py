@@ -22,6 +22,7 @@ from . import (
     export_command,
     mount_commands,
     prefetch_command,
+    tier_command,
     verify_command,
 )
 
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     clone_command.add_parser(commands)
     config_command.add_parser(commands)
     checkpoint_command.add_parsers(commands)
+    tier_command.add_parsers(commands)
     return parser
 
 

@@ -246,6 +246,7 @@ class _Job:
             io_timeout=given["fetch.io_timeout"],
             offline=given["fetch.offline"],
             usage=self.usage,
+            tier=_tier(given, home),
         )
         started = time.monotonic()
         try:
@@ -371,6 +372,16 @@ class _Job:
             f"fetched {format_size(self.counters.bytes_received)}; "
             f"hashed {format_size(counts.hashed)} to check digests{resumed}{note}"
         )
+
+
+def _tier(given: Any, home: Any) -> Any:
+    """The shared tier, if ``tier.url`` names one: a clone reads through it like a mount
+    (what it fetches from the origin is uploaded by the next mount or ``tier push``)."""
+    if not given["tier.url"]:
+        return None
+    from ..tier.access import TierAccess
+
+    return TierAccess.from_settings(given, home.root, home.cas_dir)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,7 @@ class _Worker:
             except WorkspaceChanged as exc:
                 raise SourceError(str(exc)) from None
         log.info("refreshed %s from %s to %s", self.request.spec.display, old, prepared.commit)
+        self._share(prepared)
         return f"moved from {old[:12]} to {prepared.commit[:12]}{note}"
 
     def request_stop(self, why: str) -> None:
@@ -439,6 +441,7 @@ class _Worker:
                 self.state.gate.open()
                 files = snapshot.meta.files
                 log.info("ready: %s at %s (%d files)", display, prepared.commit[:12], files)
+                self._share(prepared)
                 return
             if self._stopping:
                 return
@@ -480,6 +483,27 @@ class _Worker:
         )
         operations.show(root_file)
         operations.on_copy_up = worktree.keep_blob
+
+    def _share(self, prepared: PreparedSnapshot) -> None:
+        """Give the shared tier this commit's snapshot, behind everything (tier/snapshots.py):
+        another node then mounts the commit with the origin down."""
+        tier = self.head_start.settings.tier
+        if tier is None:
+            return
+        from ..tier.snapshots import share_quietly
+
+        display = self.request.spec.display
+        self._nursery.start_soon(
+            partial(
+                trio.to_thread.run_sync,
+                share_quietly,
+                tier,
+                display,
+                prepared.commit,
+                prepared.path,
+                abandon_on_cancel=True,
+            )
+        )
 
     def _prepare_again(self) -> PreparedSnapshot:
         """Blocking: another prepare (raising what opening the source raised, if it failed)."""

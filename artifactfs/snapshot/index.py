@@ -210,6 +210,11 @@ def write_snapshot(
         )
         db.execute("COMMIT")
         db.execute("PRAGMA journal_mode=WAL")
+    except BaseException:  # a listing that failed (or was refused) leaves nothing behind
+        db.close()
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
     finally:
         db.close()
     try:
@@ -292,6 +297,16 @@ class SnapshotIndex:
         algorithm = git_blob_algorithm(self.meta.object_format)
         for oid, sha256 in found:
             yield Digest(SHA256, sha256) if sha256 is not None else Digest(algorithm, oid)
+
+    def blob_sizes(self) -> dict[str, int]:
+        """Every known blob size, by object id (the sizes a snapshot of the same commit,
+        indexed again from its trees, may take: tier_prepare.py)."""
+        found = self._db.execute(
+            "SELECT oid, size FROM entries WHERE kind IN (?, ?, ?) AND oid IS NOT NULL"
+            " AND size IS NOT NULL",
+            (int(Kind.FILE), int(Kind.EXECUTABLE), int(Kind.SYMLINK)),
+        )
+        return {oid: size for oid, size in found}
 
     @classmethod
     def read_meta(cls, path: Path) -> SnapshotMeta:

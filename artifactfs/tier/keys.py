@@ -4,6 +4,8 @@ a checked name), never from remote text.
 - ``blobs/<algorithm>/<2 hex>/<hex>``: a blob, exactly the bytes of the local CAS file;
 - ``snapshots/<source>/<commit>``: a commit's snapshot of a source (``source`` is a hash of
   the origin's address without credentials), so a cold node mounts it with the origin down;
+- ``snapshots/<source>/<commit>.pack``: the commit and its trees as git sent them (a
+  writable mount's git directory is made from them);
 - ``checkpoints/<name>``: a workspace checkpoint's pointer (moved by compare-and-swap), naming
   its manifest, itself a blob.
 """
@@ -32,6 +34,10 @@ def snapshot_key(display_url: str, commit: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):
         raise ValueError(f"not a commit id: {commit[:80]!r}")
     return f"snapshots/{source_id(display_url)}/{commit}"
+
+
+def tip_pack_key(display_url: str, commit: str) -> str:
+    return snapshot_key(display_url, commit) + ".pack"
 
 
 def check_checkpoint_name(name: str) -> str:

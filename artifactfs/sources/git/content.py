@@ -13,6 +13,10 @@ first miss in a directory fetches its other small files, and a program walking t
 One round trip per file, then per directory, was most of such a walk's time
 (docs/benchmarks.md, row 3). Guesses of 64 blobs or more are fetched by child processes
 (``fetch_process.py``), which have a GIL of their own.
+
+With a shared tier (``SourceSettings.tier``), every batch of misses is asked of the tier
+first (``_from_tier``: parallel, bounded, verified on adoption); what it lacks goes to the
+origin as above, and is uploaded behind the reader by the mount's write-behind task.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ...cas import Digest
 from ...cas import reads as cas_reads
 from ...cas.claims import FetchClaims
 from ...cas.store import VERIFY_ON_OPEN
+from ...cas.upkeep import FLUSH_SECONDS
 from ...errors import BlobUnavailable, IntegrityError, ReadError, SourceError
 from ...snapshot import Row, SnapshotIndex
 from ..base import BlobReader, ContentHost
@@ -45,6 +50,10 @@ SIZE_BATCH = 1000
 EVICTED_TRIES = 3
 HASH_ON_LOOP = 64 << 10
 """Up to this size a file is read and hashed on the trio thread (tens of microseconds)."""
+TIER_PROBE = 8
+"""A batch of misses asks the tier for this many blobs first, and for the rest only if it had
+some: a tier that has none of a repository (the first node of a fleet) costs one round of
+requests per batch, not one request per blob of a 4,096-blob guess before the origin's pack."""
 LISTING_HINT_SECONDS = 5.0
 """A directory listed this recently is being stat-ed whole (``ls -l``, ``find``): learning an
 unknown size then fetches its unknown-size siblings too."""
@@ -71,12 +80,15 @@ class GitContent:
             claims=FetchClaims(self._cas.root),
             fetch_guesses=self._fetch_guesses,
             guess_batches=CHILDREN,
+            from_tier=self._from_tier if remote.settings.tier is not None else None,
+            from_origin=self._from_origin,
         )
         self._io = trio.CapacityLimiter(16)
         self._hints: dict[SnapshotIndex, _Hints] = {}
         self._process: FetchProcess | None = None
         self._process_lock = threading.Lock()
         self._closed = False
+        self._origin_published = trio.Event()
         self._verified: set[str] = set()
         """Blobs whose CAS file this worker has hashed (kept for the worker's life)."""
 
@@ -142,7 +154,12 @@ class GitContent:
             return [row for row in blobs if not self._cas.contains(snapshot.digest_of(row))]
 
         wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
-        if not wanted or self._remote.settings.offline:
+        if wanted and self._remote.settings.offline:  # the tier is no origin: it is asked
+            if self._remote.settings.tier is not None:
+                await self._from_tier({row.oid: row.size for row in wanted if row.oid})
+                wanted = await trio.to_thread.run_sync(missing, limiter=self._io)
+            return wanted
+        if not wanted:
             return wanted
         sizes = {row.oid: row.size for row in wanted if row.oid}
         self._fetcher.prefetch(sizes)
@@ -175,7 +192,10 @@ class GitContent:
         self._hints.pop(snapshot, None)
 
     async def run(self) -> None:
-        await self._fetcher.run()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fetcher.run)
+            if self._remote.settings.tier is not None:
+                nursery.start_soon(self._wake_uploads)
 
     def close(self, reason: str) -> None:
         self._fetcher.close(reason)
@@ -321,6 +341,40 @@ class GitContent:
         wanted.pop(row.oid or "", None)
         if wanted:
             self._fetcher.prefetch(wanted)
+
+    async def _from_tier(self, wanted: Mapping[str, int | None]) -> set[str]:
+        """Those of ``wanted`` the shared tier gave (published, verified), skipping what is
+        in the CAS already (another process may have published it meanwhile)."""
+        tier = self._remote.settings.tier
+        if tier is None:
+            return set()
+        digests = {self._remote.blob_digest(oid): oid for oid in wanted}
+
+        def missing() -> list[Digest]:
+            return [digest for digest in digests if not self._cas.contains(digest)]
+
+        asked = await trio.to_thread.run_sync(missing, limiter=self._io)
+        found = await tier.fetch_many(self._cas, asked[:TIER_PROBE])  # adopted: recorded too
+        if found and len(asked) > TIER_PROBE:
+            found |= await tier.fetch_many(self._cas, asked[TIER_PROBE:])
+        return {digests[digest] for digest in found}
+
+    def _from_origin(self) -> None:
+        """The origin published blobs (trio thread): see ``_wake_uploads``."""
+        self._origin_published.set()
+
+    async def _wake_uploads(self) -> None:
+        """The tier's uploader reads its backlog from the store's table, which the upkeep
+        task writes every ``FLUSH_SECONDS``: it is woken once that has happened after the
+        origin published something, not at once (it would find nothing new and sleep its
+        whole idle round)."""
+        tier = self._remote.settings.tier
+        assert tier is not None
+        while True:
+            await self._origin_published.wait()
+            self._origin_published = trio.Event()
+            await trio.sleep(FLUSH_SECONDS + 0.5)
+            tier.uploaded_later()
 
     def _present(self, oid: str) -> bool:
         """In a fetch thread: is this blob in the CAS already?"""

@@ -26,13 +26,18 @@ Callers ask only for blobs they found missing. The fetch thread checks the CAS a
 going to the network, so a blob published by an earlier batch (or another process) in the
 meantime is never fetched twice; and with ``claims`` (cas/claims.py) a blob another process is
 fetching right now is waited for, not fetched again.
+
+With ``from_tier`` (the shared tier, content.py), every batch, demands and guesses alike, is
+first asked of the tier (bounded: a down or slow tier costs one short wait, see
+tier/read_through.py); only what it did not give goes to the origin, and ``from_origin`` is
+told when the origin published something (the tier's uploader looks at once).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -49,6 +54,8 @@ FetchBatch = Callable[[Mapping[str, int | None], Published], set[str]]
 calling ``published`` with each as it lands; return the ids that were published."""
 Present = Callable[[str], bool]
 """Blocking: is this blob already in the CAS?"""
+FromTier = Callable[[Mapping[str, int | None]], Awaitable[set[str]]]
+"""On the trio side: those of these blob ids the shared tier published (verified)."""
 
 
 CLAIM_WAIT_SECONDS = 300.0
@@ -89,6 +96,8 @@ class BlobFetcher:
         guess_batches: int = 1,
         quiet_seconds: float = 0.002,
         max_gather_seconds: float = 0.02,
+        from_tier: FromTier | None = None,
+        from_origin: Callable[[], None] | None = None,
     ) -> None:
         self._fetch_batch = fetch_batch
         self._fetch_guesses = fetch_guesses or fetch_batch
@@ -108,6 +117,8 @@ class BlobFetcher:
         self._guesses: list[str] = []
         self._wakeup = trio.Event()
         self._closed: str | None = None
+        self._from_tier = from_tier
+        self._from_origin = from_origin
 
     async def ensure(self, wanted: Mapping[str, int | None]) -> None:
         """Return when every blob in ``wanted`` (id -> expected size, None if unknown) is in
@@ -257,8 +268,22 @@ class BlobFetcher:
         if pending is not None:
             pending.done.set()
 
+    async def _ask_tier(self, sizes: Mapping[str, int | None]) -> set[str]:
+        """Those of ``sizes`` the shared tier published; each reader is told as its blob lands."""
+        if self._from_tier is None or not sizes:
+            return set()
+        try:
+            found = await self._from_tier(sizes)
+        except Exception:  # the tier never fails a read: the origin is asked instead
+            log.exception("asking the tier for %d blob(s) failed", len(sizes))
+            return set()
+        for oid in found:
+            self._landed(oid)
+        return found
+
     async def _fetch(self, batch: list[str], guess: bool) -> None:
         error: str | None = None
+        from_tier: set[str] = set()
         no_space = False
         got: set[str] = set()
         sizes = {oid: self._pending[oid].size for oid in batch if oid in self._pending}
@@ -270,18 +295,24 @@ class BlobFetcher:
                 token.run_sync_soon(self._landed, oid)
 
         try:
-            got = await trio.to_thread.run_sync(
-                self._fetch_missing,
-                sizes,
-                published,
-                self._fetch_guesses if guess else self._fetch_batch,
-                limiter=self._threads,
-                abandon_on_cancel=True,
-            )
+            from_tier = await self._ask_tier(sizes)
+            rest = {oid: size for oid, size in sizes.items() if oid not in from_tier}
+            got = set(from_tier)
+            if rest:
+                got |= await trio.to_thread.run_sync(
+                    self._fetch_missing,
+                    rest,
+                    published,
+                    self._fetch_guesses if guess else self._fetch_batch,
+                    limiter=self._threads,
+                    abandon_on_cancel=True,
+                )
+                if self._from_origin is not None and got - from_tier:
+                    self._from_origin()
         except SourceError as exc:
             error = str(exc)
             no_space = is_no_space(exc)
-            got = exc.got if isinstance(exc, PartialFetch) else set()
+            got = exc.got | from_tier if isinstance(exc, PartialFetch) else from_tier
             log.error("fetching %d blob(s) failed: %s", len(batch) - len(got), error)
         except Exception as exc:
             if is_no_space(exc):  # publishing, not fetching, failed: the disk is full

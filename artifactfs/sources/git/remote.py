@@ -8,6 +8,10 @@ already exists, the fetch is skipped: the snapshot is keyed by commit and immuta
 of the commit and its trees is kept beside the snapshot (``tip_pack_path``), keyed by commit
 too: a writable mount's git directory is made from it (worktree.py) without another fetch.
 
+With a shared tier, that pack is shared once prepared, and a prepare that cannot reach the
+origin (or is offline) makes a pinned commit's snapshot from what the tier holds
+(tier_prepare.py); symlink blobs are asked of the tier before the origin.
+
 Every remote call opens a fresh client with the credentials as they are then (see
 ``sources/credentials.py``): a blob fetched hours after the prepare authenticates like the
 prepare did, with a rotated token if the token file changed meanwhile.
@@ -48,6 +52,7 @@ from .transport import (
     credentials_note,
     describe_failure,
     is_auth_failure,
+    is_unreachable,
     open_client,
 )
 from .trees import CommitTrees, TreeChild, index_trees
@@ -156,12 +161,19 @@ class GitRemote:
             return known
         snapshots = self.settings.snapshots_dir
         if self.settings.offline:
-            return self._last_resolved(snapshots)
+            return self._from_tier() or self._last_resolved(snapshots)
         try:
             prepared = self._prepare(snapshots, self.cas)
         except REMOTE_FAILURES as exc:
-            raise self._failure(exc) from exc
+            failure = self._failure(exc)
+            # an answer (a refusal, no such repository) is never overridden by the tier
+            shared = self._from_tier() if is_unreachable(exc) else None
+            if shared is None:
+                raise failure from exc
+            log.warning("%s: %s; its snapshot came from the tier", self.display, failure)
+            return shared
         remember(snapshots, "git", self.spec.url, self.ref, prepared.commit)
+        self._share_tip_pack(prepared.commit)
         return prepared
 
     def _last_resolved(self, snapshots: Path) -> PreparedSnapshot:
@@ -185,6 +197,47 @@ class GitRemote:
             return None
         self.object_format = SnapshotIndex.read_meta(known).object_format
         return PreparedSnapshot(known, self.ref)
+
+    def _from_tier(self) -> PreparedSnapshot | None:
+        """Without the origin: a pinned commit another node shared (tier_prepare.py)."""
+        tier, commit = self.settings.tier, self.ref
+        if tier is None or commit is None or not _HEX_ID.fullmatch(commit):
+            return None
+        from .tier_prepare import prepare_from_tier
+
+        self.object_format = "sha1" if len(commit) == 40 else "sha256"
+        snapshots = self.settings.snapshots_dir
+        made = prepare_from_tier(
+            tier,
+            self.display,
+            commit,
+            self.object_format,
+            snapshot_path(snapshots, commit),
+            tip_pack_path(snapshots, commit),
+            MAX_TREE_PACK_BYTES,
+            self._index_kept_pack,
+        )
+        return self.prepared_offline() if made else None
+
+    def _index_kept_pack(self, kept: Path, sizes: dict[str, int], final: Path) -> None:
+        """Index the pinned commit from its kept pack of commit and trees into ``final``, as
+        a prepare from the origin does but asking it nothing (sizes not given are learned on
+        demand). Raises SourceError (and what a damaged pack raises)."""
+        assert self.ref is not None
+        with open(kept, "rb") as pack:
+            objects = TipObjects.read(pack, self.object_format)
+        commit_id, commit = objects.peel_to_commit(self.ref)
+        oid_length = 20 if self.object_format == "sha1" else 32
+        trees = index_trees(commit.tree.decode("ascii"), objects.trees, oid_length)
+        self._write_snapshot(final, commit_id, commit, trees, sizes, self.cas, ask_origin=False)
+
+    def _share_tip_pack(self, commit: str) -> None:
+        tier = self.settings.tier
+        if tier is not None:
+            from .tier_prepare import share_tip_pack
+
+            pack = tip_pack_path(self.settings.snapshots_dir, commit)
+            share_tip_pack(tier, self.display, commit, pack)
 
     def _failure(self, exc: BaseException) -> SourceError:
         """One line for a failed remote call; a refusal also says what credentials we sent."""
@@ -225,7 +278,7 @@ class GitRemote:
             if existing.exists():
                 log.info("snapshot of %s already on disk", tip[0])
                 return PreparedSnapshot(existing, tip[0])
-            objects = _TipObjects.read(pack.file, pack.object_format)
+            objects = TipObjects.read(pack.file, pack.object_format)
             commit_id, commit = objects.peel_to_commit(tip[0])
             oid_length = 20 if pack.object_format == "sha1" else 32
             trees = index_trees(commit.tree.decode("ascii"), objects.trees, oid_length)
@@ -315,11 +368,14 @@ class GitRemote:
         trees: CommitTrees,
         known_sizes: dict[str, int],
         cas: ContentStore,
+        ask_origin: bool = True,
     ) -> None:
+        """``ask_origin`` False (the origin down, tier_prepare.py): sizes not known are
+        learned on demand, and symlink targets come from the store or the tier only."""
         blob_paths = trees.blobs(_BLOB_KINDS)
         sizes = dict(known_sizes)
         unknown = sorted(oid for oid in blob_paths if oid not in sizes)
-        if unknown:
+        if unknown and ask_origin:
             client, path = self._client()
             answered = object_info.query_sizes(client, path, unknown)
             if answered is None:
@@ -328,7 +384,7 @@ class GitRemote:
                 )
             else:
                 sizes.update(answered)
-        targets = self._symlink_targets(trees, sizes, cas)
+        targets = self._symlink_targets(trees, sizes, cas, ask_origin)
 
         def list_directory(tree_id: str) -> DirectoryListing[str]:
             entries: list[NewEntry] = []
@@ -357,7 +413,7 @@ class GitRemote:
         )
 
     def _symlink_targets(
-        self, trees: CommitTrees, sizes: dict[str, int], cas: ContentStore
+        self, trees: CommitTrees, sizes: dict[str, int], cas: ContentStore, ask_origin: bool = True
     ) -> dict[str, bytes]:
         """Targets of every acceptable symlink, fetched in one batch; refused ones are logged."""
         links = trees.blobs((Kind.SYMLINK,))
@@ -381,6 +437,13 @@ class GitRemote:
                     "blob %s in the CAS is damaged: moved to %s, fetching it again", digest, where
                 )
             missing[oid] = size
+        tier = self.settings.tier
+        if missing and tier is not None:  # few: one at a time (a down tier is skipped at once)
+            for oid in list(missing):
+                if tier.fetch(cas, Digest(algorithm, oid)) is not None:
+                    del missing[oid]
+        if missing and not ask_origin:
+            raise SourceError(f"{len(missing)} symlink blob(s) neither in the store nor the tier")
         if missing:
             self._fetch_blobs(missing, lambda oid: None)
         targets: dict[str, bytes] = {}
@@ -461,7 +524,7 @@ def _pack_budget(sizes: Iterable[int | None]) -> int:
     return sum(size or 0 for size in known) * 102 // 100 + 64 * len(known) + 65536
 
 
-class _TipObjects:
+class TipObjects:
     """The non-blob objects of a prepare pack, and whether it carried blobs at all."""
 
     def __init__(self) -> None:
@@ -471,7 +534,7 @@ class _TipObjects:
         self.blobs = 0
 
     @classmethod
-    def read(cls, pack: IO[bytes], object_format: str) -> _TipObjects:
+    def read(cls, pack: IO[bytes], object_format: str) -> TipObjects:
         found = cls()
         for obj in iter_objects(pack, object_format):
             if isinstance(obj, Tree):

@@ -177,6 +177,15 @@ Failed connections are still retried. (Redirects keep urllib3's rule of dropping
 ``Authorization`` header when they leave the host.)"""
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether the origin could not be reached at all (a connection refused, reset or timed
+    out; a server error), as opposed to an answer: a refusal, an unknown repository or ref.
+    Only then may a shared tier stand in for it (remote.py)."""
+    if isinstance(exc, HttpStatusError):
+        return exc.status >= 500
+    return isinstance(exc, OSError | HangupException | MaxRetryError | Urllib3TimeoutError)
+
+
 def is_auth_failure(exc: BaseException) -> bool:
     """Whether the server refused us for want of (valid) credentials: 401 or 403."""
     if isinstance(exc, HttpStatusError):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ...errors import SourceError
+from ...errors import OriginUnreachable, SourceError
 from .refusals import RETRYABLE, describe_exception, describe_status
 from .spec import HubSourceSpec
 
@@ -121,13 +121,16 @@ class HubApi:
                 status = response.status_code if response is not None else 0
                 code = response.headers.get("X-Error-Code") if response is not None else None
                 if status not in RETRYABLE or attempt == ATTEMPTS - 1:
-                    raise SourceError(describe_status(status, what, code)) from None
+                    failure = OriginUnreachable if status >= 500 else SourceError
+                    raise failure(describe_status(status, what, code)) from None
                 time.sleep(_retry_delay(response, attempt))
             except TransportError as exc:
                 if attempt == ATTEMPTS - 1:
-                    raise SourceError(describe_exception(exc, what)) from None
+                    raise OriginUnreachable(describe_exception(exc, what)) from None
                 time.sleep(0.5 * 2**attempt)
-            except (OSError, ValueError) as exc:
+            except OSError as exc:
+                raise OriginUnreachable(describe_exception(exc, what)) from None
+            except ValueError as exc:
                 raise SourceError(describe_exception(exc, what)) from None
         raise AssertionError("unreachable")
 

@@ -12,8 +12,9 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ...errors import SourceError
+from ...errors import OriginUnreachable, SourceError
 from ...snapshot.entries import Kind, NewEntry, RefusedEntry, check_name, printable
 from ...snapshot.index import DirectoryListing, snapshot_path, write_snapshot
 from ...snapshot.refs import recall, remember
@@ -99,7 +100,17 @@ class HubSource:
             return known
         snapshots = self.settings.snapshots_dir
         if self.offline:
-            return self._last_resolved()
+            return self._from_tier() or self._last_resolved()
+        try:
+            return self._prepare_online(snapshots)
+        except OriginUnreachable as exc:  # not a refusal: the tier may stand in for the Hub
+            shared = self._from_tier()
+            if shared is None:
+                raise
+            log.warning("%s: %s; its snapshot came from the tier", self.display, exc)
+            return shared
+
+    def _prepare_online(self, snapshots: Path) -> PreparedSnapshot:
         api = HubApi(self.spec, self.endpoint, self.token)
         commit = api.resolve()
         remember(snapshots, "hub", self.spec.url, None, commit.sha)
@@ -117,6 +128,19 @@ class HubSource:
             meta.total_size,
         )  # fmt: skip
         return PreparedSnapshot(path, commit.sha)
+
+    def _from_tier(self) -> PreparedSnapshot | None:
+        """Offline or with the Hub unreachable: a pinned commit whose snapshot another node
+        shared through the tier (checked and written again here: tier/snapshots.py)."""
+        revision = self.spec.revision
+        if self.settings.tier is None or revision is None or not _COMMIT.fullmatch(revision):
+            return None
+        from ...tier.snapshots import snapshot_from_tier
+
+        path = snapshot_path(self.settings.snapshots_dir, revision, "hub")
+        if not snapshot_from_tier(self.settings.tier, self.display, revision, path):
+            return None
+        return PreparedSnapshot(path, revision)
 
     def _last_resolved(self) -> PreparedSnapshot:
         """Offline: the commit the revision last resolved to in this home, if its snapshot is
