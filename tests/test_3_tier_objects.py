@@ -15,6 +15,7 @@ from artifactfs.cas import SHA256, ContentStore
 from artifactfs.cas.digests import digest_of
 from artifactfs.cas.usage import UsageRecorder
 from artifactfs.settings import check_endpoint, check_url
+from artifactfs.tier import leases
 from artifactfs.tier.keys import blob_key, check_checkpoint_name, snapshot_key
 from artifactfs.tier.ledger import Ledger
 from artifactfs.tier.location import TierLocation
@@ -224,3 +225,31 @@ def test_read_through_verifies_what_the_tier_gives(
     assert reads.fetch(cas, digest_of(SHA256, b"absent")) is None
     assert ledger.holds(good_digest) and not ledger.holds(bad_digest)
     assert not list(cas.root.glob("*/*/.tmp-*"))  # no staging file left behind
+
+
+def test_fetch_leases_one_holder_renewal_and_take_over(store: ObjectStore) -> None:
+    """tier/leases.py against both stores: one node holds a blob's lease; a renewal keeps it
+    (a waiter's stale ETag cannot take it); an abandoned one is taken over by exactly one."""
+    digest = digest_of(SHA256, os.urandom(16))
+    first = leases.take(store, digest, "node-a")
+    assert first is not None
+    assert leases.take(store, digest, "node-b") is None
+    seen = leases.current_etag(store, digest)
+    assert seen == first.etag
+    renewed = leases.renew(store, first, "node-a")
+    assert renewed is not None and renewed.etag != first.etag
+    assert leases.take_over(store, digest, "node-b", first.etag) is None  # it was renewed
+    taken = leases.take_over(store, digest, "node-b", renewed.etag)  # abandoned since
+    assert taken is not None
+    assert leases.take_over(store, digest, "node-c", renewed.etag) is None  # one winner
+    assert leases.renew(store, renewed, "node-a") is None  # node A learns it lost it
+
+
+def test_a_lease_is_abandoned_after_it_stays_the_same_for_a_while() -> None:
+    watch = leases.Watch(fresh_seconds=6.0)
+    assert not watch.abandoned('"e1"', now=100.0)
+    assert not watch.abandoned('"e1"', now=105.9)
+    assert not watch.abandoned('"e2"', now=106.0)  # renewed: a new ETag starts the clock again
+    assert not watch.abandoned('"e2"', now=111.9)
+    assert watch.abandoned('"e2"', now=112.0)
+    assert leases.Watch().abandoned(None, now=0.0)  # no lease at all: take one

@@ -241,6 +241,7 @@ def test_a_hung_tier_costs_a_bounded_wait_and_the_hub_serves(
     prefix = f"hung-{os.urandom(4).hex()}"
     fill_tier(hub, s3, model, tmp_path, prefix)
     expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
+    expect_log(r"could not share the snapshot of \w+ with the tier", level="WARNING")
     expect_log(r"upload of .* to the tier failed", level="WARNING")
 
     proxy = GitProxy(s3.port, held=True)  # accepts, then answers nothing
@@ -266,6 +267,7 @@ def test_a_tier_that_fails_mid_file_hands_the_rest_to_the_hub(
     prefix = f"mid-{os.urandom(4).hex()}"
     fill_tier(hub, s3, model, tmp_path, prefix)
     expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
+    expect_log(r"could not share the snapshot of \w+ with the tier", level="WARNING")
 
     env = node_env(hub, tmp_path, "b", tier_env(s3, prefix))
     with mounted(f"hf://{REPO}", tmp_path / "mnt-b", tmp_path / "home-b", env=env) as node_b:
@@ -405,6 +407,7 @@ def test_a_tier_that_hangs_mid_file_hands_the_rest_to_the_hub_within_a_bounded_w
     prefix = f"stall-{os.urandom(4).hex()}"
     fill_tier(hub, s3, model, tmp_path, prefix)
     expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
+    expect_log(r"could not share the snapshot of \w+ with the tier", level="WARNING")
 
     proxy = StallingProxy(s3.port)
     try:
@@ -423,3 +426,59 @@ def test_a_tier_that_hangs_mid_file_hands_the_rest_to_the_hub_within_a_bounded_w
     assert elapsed < 20, f"a tier hung mid-file held the reader up for {elapsed:.1f} s"
     served = hub.bytes_served(REPO, BIG)
     assert 0 < served <= len(big) - 8 * MiB, served
+
+
+def _read_in_thread(path: Path, results: dict[str, bytes | BaseException], name: str) -> None:
+    try:
+        results[name] = read(path)
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        results[name] = exc
+
+
+def test_nodes_starting_together_on_an_empty_tier_fetch_one_copy_from_the_hub(
+    hub: HubServer, s3: S3Server, model: dict[str, bytes], tmp_path: Path
+) -> None:
+    """Fetch leases (tier/leases.py): of two nodes reading the large file at once with
+    nothing in the tier, one takes the lease and fetches it from the Hub; the other waits for
+    the tier (longer than its io timeout would allow a silent origin) and reads it from there."""
+    prefix = f"together-{os.urandom(4).hex()}"
+    hub.create_repo(REPO, model)
+    big = model[BIG]
+    tier = tier_env(s3, prefix)
+    env_a = {**node_env(hub, tmp_path, "a", tier), "ARTIFACTFS_IO_TIMEOUT": "5"}
+    env_b = {**node_env(hub, tmp_path, "b", tier), "ARTIFACTFS_IO_TIMEOUT": "5"}
+    with (
+        mounted(f"hf://{REPO}", tmp_path / "mnt-a", tmp_path / "home-a", env=env_a) as node_a,
+        mounted(f"hf://{REPO}", tmp_path / "mnt-b", tmp_path / "home-b", env=env_b) as node_b,
+    ):
+        results: dict[str, bytes | BaseException] = {}
+        readers = [
+            threading.Thread(target=_read_in_thread, args=(node.path / BIG, results, name))
+            for name, node in (("a", node_a), ("b", node_b))
+        ]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(110)
+        assert results == {"a": big, "b": big}
+    assert hub.bytes_served(REPO, BIG) == len(big), "the Hub sent the large file more than once"
+
+
+def test_a_lease_its_holder_abandons_is_taken_over(
+    hub: HubServer, s3: S3Server, model: dict[str, bytes], tmp_path: Path
+) -> None:
+    """Node A takes the lease for one small read and goes quiet; node B, waiting on it, sees it
+    go stale (unchanged for a few seconds of B's own clock), takes it over and fetches the
+    file from the Hub itself: the right bytes, at the cost of a bounded wait."""
+    prefix = f"abandoned-{os.urandom(4).hex()}"
+    hub.create_repo(REPO, model)
+    big = model[BIG]
+    tier = tier_env(s3, prefix)
+    lease = f"{prefix}/leases/" + tier_keys(model)[BIG].removeprefix("blobs/")
+    env_a, env_b = node_env(hub, tmp_path, "a", tier), node_env(hub, tmp_path, "b", tier)
+    with mounted(f"hf://{REPO}", tmp_path / "mnt-a", tmp_path / "home-a", env=env_a) as node_a:
+        assert pread(node_a.path / BIG, 0, 4096) == big[:4096]
+        assert lease in set(s3.objects(BUCKET, prefix))  # A took it to fetch from the Hub
+        with mounted(f"hf://{REPO}", tmp_path / "mnt-b", tmp_path / "home-b", env=env_b) as node_b:
+            assert read(node_b.path / BIG) == big
+    assert hub.bytes_served(REPO, BIG) < 2 * len(big)

@@ -163,6 +163,8 @@ class RangedBlobs:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self._tier is not None:
+                    self._tier.spawn = nursery.start_soon  # fetch leases (tier/leases.py)
                 while True:
                     await trio.sleep(FLUSH_SECONDS)
                     await self._flush_all()
@@ -225,17 +227,21 @@ class RangedBlobs:
             if not cursor.held:  # opened while partial: in use from now on
                 cursor.held = _hold_fd(cursor.fd)
             return await cas_reads.pread(cursor.fd, size, offset, self._io)
-        with trio.move_on_after(self._io_timeout) as deadline:
-            if blob.verify_first:
-                await self._whole(state)
-            else:
-                first, last = offset // BLOCK, (offset + size - 1) // BLOCK
-                await self._blocks(state, first, last)
-                if blob.safetensors and not state.layout_known:
-                    await self._learn_layout(state)
-                self._read_ahead(state, offset, size, cursor)
-        if deadline.cancelled_caught:
-            raise BlobUnavailable(f"{blob.url}: no answer within {self._io_timeout:.0f} s")
+        while True:
+            with trio.move_on_after(self._io_timeout) as deadline:
+                if blob.verify_first:
+                    await self._whole(state)
+                else:
+                    first, last = offset // BLOCK, (offset + size - 1) // BLOCK
+                    await self._blocks(state, first, last)
+                    if blob.safetensors and not state.layout_known:
+                        await self._learn_layout(state)
+                    self._read_ahead(state, offset, size, cursor)
+            if not deadline.cancelled_caught:
+                break
+            if self._tier is None or not self._tier.following(blob.digest):
+                raise BlobUnavailable(f"{blob.url}: no answer within {self._io_timeout:.0f} s")
+            # another node fetches this blob for the fleet and its lease lives: wait again
         try:
             await self._ensure_descriptor(state, cursor)
         except _Evicted:
@@ -506,6 +512,8 @@ class RangedBlobs:
             async with self._ranges:
                 position = await self._from_tier(state, epoch, start, end, writer)
                 if position < end:  # no tier, or it failed on the way: the Hub gives the rest
+                    if self._tier is not None:
+                        self._tier.fetching(blob.digest)
                     await writer.finish()
                     await self._http().fetch(blob.url, position, end, blob.size, writer.deliver)
             await writer.finish()

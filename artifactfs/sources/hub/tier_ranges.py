@@ -38,13 +38,16 @@ import hashlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from ...cas import ContentStore, Digest
 from ...cas.partial import BLOCK, blocks_in
+from ...tier import leases
 from ...tier.keys import blob_key
 from ...tier.objects import TierError
 
@@ -65,6 +68,31 @@ THREADS = 16
 abandoned on a hung tier keeps its slot until the client's own timeout ends it)."""
 RECHECK_SECONDS = 15.0
 """How long "the tier does not have it" is believed before the tier is asked again."""
+POLL_SECONDS = 1.0
+"""How often a node waiting on another's fetch lease looks for the blob in the tier."""
+FOLLOW_SECONDS = 900.0
+"""The longest a node waits on other nodes' leases for one blob before it fetches it itself."""
+IDLE_SECONDS = 4.0
+"""A lease is given up (left to go stale) when its holder fetched nothing of the blob for this
+long and has not kept it: a reader that wanted one tensor does not make the fleet wait."""
+UPLOAD_WAIT_SECONDS = 300.0
+"""How long a kept blob's lease is held for its upload by the write-behind."""
+T = TypeVar("T")
+
+
+class _TierGone(Exception):
+    """A lease request failed or hung: the tier is left alone (``went_down``)."""
+
+
+@dataclass
+class _Leading:
+    """A blob this node holds the fetch lease of."""
+
+    lease: leases.Lease
+    active_at: float
+    kept_at: float | None = None
+
+
 _DIGEST_SIZE = 32
 
 Deliver = Callable[[int, bytes], Awaitable[None]]
@@ -132,6 +160,15 @@ class TierRanges:
         self._threads = trio.CapacityLimiter(THREADS)
         self._hashing = trio.CapacityLimiter(1)
         self.bytes_read = 0
+        self._owner = leases.owner_name()
+        self._leading: dict[Digest, _Leading] = {}
+        self._following: set[Digest] = set()
+        self._given_up: dict[Digest, str] = {}
+        """The last ETag of leases this node let go stale: its own, taken back without a wait."""
+        self.spawn: Callable[..., Any] | None = None
+        """Starts a background task (ranged.py's nursery's ``start_soon``): with it, a node
+        takes fetch leases (``tier/leases.py``) and keeps them renewed; without, it takes none
+        and never waits on others'."""
 
     async def _open(self) -> TierReads | None:
         """The tier's read state, opened once in a thread (the store's client, the ledger)."""
@@ -173,6 +210,8 @@ class TierRanges:
         reads = await self._open()
         if reads is None or not reads.usable_for(digest):
             return False
+        if digest in self._leading:
+            return False  # this node fetches it from the origin for the fleet
         if digest in self._blocks:
             if self._blocks[digest] is not None:
                 return True
@@ -223,7 +262,135 @@ class TierRanges:
         if held_size is None or (held_size == size and listed is None):
             # absent, not damaged: another node may be uploading it, or its list, right now
             self._recheck_at[digest] = trio.current_time() + RECHECK_SECONDS
+        if held_size is None and self.spawn is not None:
+            try:
+                return await self._lead_or_follow(reads, digest, size, look)
+            except _TierGone:
+                return False
         return blocks is not None
+
+    async def _call(self, reads: TierReads, call: Callable[[], T]) -> T:
+        """``call`` in a thread, bounded by the tier's timeout; ``_TierGone`` if it fails."""
+        with trio.move_on_after(2 * reads.timeout):
+            try:
+                return await trio.to_thread.run_sync(
+                    call, limiter=self._threads, abandon_on_cancel=True
+                )
+            except TierError as exc:
+                reads.went_down(exc)
+                raise _TierGone from None
+        reads.went_down(TimeoutError(f"no answer in {2 * reads.timeout:.0f} s"))
+        raise _TierGone
+
+    async def _lead_or_follow(
+        self,
+        reads: TierReads,
+        digest: Digest,
+        size: int,
+        look: Callable[[], tuple[int | None, bytes | None]],
+    ) -> bool:
+        """The tier lacks ``digest``: take its fetch lease and fetch it from the origin
+        (False), or wait while another node's lease lives for the blob to appear in the tier
+        (True once it has, with its block list)."""
+        store = reads.store
+        lease = await self._call(reads, lambda: leases.take(store, digest, self._owner))
+        if lease is None:
+            self._following.add(digest)
+            try:
+                lease = await self._follow(reads, digest, size, look)
+            finally:
+                self._following.discard(digest)
+            if lease is None:
+                return self._blocks.get(digest) is not None
+        self._leading[digest] = _Leading(lease, trio.current_time())
+        assert self.spawn is not None
+        self.spawn(self._keep_leading, reads, digest)
+        return False
+
+    def following(self, digest: Digest) -> bool:
+        """Whether this node waits for ``digest`` on another node's live fetch lease (its
+        readers wait longer than ``fetch.io_timeout`` then: the fleet's fetch makes progress)."""
+        return digest in self._following
+
+    async def _follow(
+        self,
+        reads: TierReads,
+        digest: Digest,
+        size: int,
+        look: Callable[[], tuple[int | None, bytes | None]],
+    ) -> leases.Lease | None:
+        """Wait while another node's lease on ``digest`` lives: None once the blob is in the
+        tier (its block list in ``_blocks``) or the wait is given up; this node's lease if the
+        other was abandoned and this node took it over."""
+        store = reads.store
+        watch = leases.Watch()
+        deadline = trio.current_time() + FOLLOW_SECONDS
+        while trio.current_time() < deadline:
+            etag = await self._call(reads, lambda: leases.current_etag(store, digest))
+            if watch.abandoned(etag) or (etag is not None and etag == self._given_up.get(digest)):
+                stale = etag
+                attempt = (
+                    partial(leases.take, store, digest, self._owner)
+                    if stale is None
+                    else partial(leases.take_over, store, digest, self._owner, stale)
+                )
+                lease = await self._call(reads, attempt)
+                if lease is not None:
+                    log.info("took over the abandoned fetch lease of %s", digest)
+                    return lease
+                watch = leases.Watch()  # another waiter took it first: watch that one
+            await trio.sleep(POLL_SECONDS)
+            held_size, listed = await self._call(reads, look)
+            if held_size == size and listed is not None:
+                blocks = parse_block_list(listed, digest, size)
+                if blocks is None:
+                    reads.object_damaged(digest, "its block list does not describe it")
+                    return None
+                self._blocks[digest] = blocks
+                self._recheck_at.pop(digest, None)
+                return None
+            if held_size is not None and held_size != size:
+                reads.object_damaged(digest, f"{held_size} bytes, expected {size}")
+                return None
+        return None  # waited long enough: fetched from the origin without a lease
+
+    def fetching(self, digest: Digest) -> None:
+        """This node is fetching ``digest`` from its origin now (keeps its lease alive)."""
+        leading = self._leading.get(digest)
+        if leading is not None:
+            leading.active_at = trio.current_time()
+
+    async def _keep_leading(self, reads: TierReads, digest: Digest) -> None:
+        """Renew ``digest``'s lease while this node fetches it, then until the tier holds it;
+        give it up (let it go stale) when the node stops fetching a blob it did not keep."""
+        store = reads.store
+        try:
+            while (leading := self._leading.get(digest)) is not None:
+                await trio.sleep(leases.RENEW_SECONDS)
+                now = trio.current_time()
+                if leading.kept_at is not None:
+                    held = await trio.to_thread.run_sync(
+                        reads.ledger.holds, digest, abandon_on_cancel=True
+                    )
+                    if held or now - leading.kept_at > UPLOAD_WAIT_SECONDS:
+                        return
+                elif now - leading.active_at > IDLE_SECONDS:
+                    return
+                renewed = await self._call(
+                    reads, partial(leases.renew, store, leading.lease, self._owner)
+                )
+                if renewed is None:
+                    log.info("the fetch lease of %s was taken over", digest)
+                    return
+                leading.lease = renewed
+        except _TierGone:
+            return
+        except Exception:
+            log.exception("renewing the fetch lease of %s failed", digest)
+        finally:
+            leading = self._leading.pop(digest, None)
+            if leading is not None:  # ours, not renewed from now on: take it back at once
+                self._given_up[digest] = leading.lease.etag
 
     def damaged(self, digest: Digest, why: str) -> None:
         """The tier's bytes of ``digest`` failed a check: reported once, never used again."""
@@ -279,6 +446,9 @@ class TierRanges:
         held (no upload back); otherwise put its block list there (create-only), so other
         nodes can read its ranges from the tier once the write-behind has uploaded it. Errors
         cost only that: they are logged at INFO."""
+        leading = self._leading.get(digest)
+        if leading is not None:
+            leading.kept_at = trio.current_time()
         reads = self._reads if self._reads is not None else await self._open()
         if reads is None or not reads.up():
             return
