@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.cas import GIT_SHA1, ContentStore
+from artifactfs.tier.keys import blob_key as tier_blob_key
 from tests.helpers.checklogs import ExpectLog
 from tests.helpers.gitrepos import Repo, Symlink, make_repo
 from tests.helpers.mounts import mounted, run_cli
@@ -389,6 +391,13 @@ def test_tier_status_and_push(daemon: GitDaemon, fleet: Repo, s3: S3Server, tmp_
     assert len(s3.objects(BUCKET, f"{PREFIX}/blobs/")) == len(FILES) + 1
     again = run_cli("tier", "push", home=home, env=env)
     assert again.returncode == 0 and again.stdout.startswith("pushed 0 blobs")
+    # a blob in the store with no record in its table (a worker killed before it wrote its
+    # records, or one that has not written them yet): push walks the store and sends it too
+    unrecorded = b"published, never recorded\n"
+    digest = ContentStore(home / "cas").add_bytes(GIT_SHA1, unrecorded)
+    late = run_cli("tier", "push", home=home, env=env)
+    assert late.returncode == 0 and late.stdout.startswith("pushed 1 blob "), late.stdout
+    assert s3.read(BUCKET, f"{PREFIX}/{tier_blob_key(digest)}") == unrecorded
 
 
 @pytest.mark.parametrize(

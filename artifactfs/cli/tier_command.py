@@ -92,6 +92,7 @@ def tier_status(args: argparse.Namespace) -> int:
 def tier_push(args: argparse.Namespace) -> int:
     from ..cas import ContentStore
     from ..cas.eviction import format_size
+    from ..cas.usage import UsageDB, reconcile
     from ..logs import configure
     from ..settings import verbosity
     from ..tier.objects import TierError
@@ -106,6 +107,13 @@ def tier_push(args: argparse.Namespace) -> int:
         except TierError as exc:
             print(f"artifactfs: the tier cannot be reached: {exc}", file=sys.stderr)
             return EXIT_UNREACHABLE
+        # the store itself, not only its table: blobs a running worker has not recorded yet
+        # (it writes its records every few seconds) or a killed one never recorded go too
+        usage = UsageDB(home.cas_dir)
+        try:
+            reconcile(home.cas_dir, usage)
+        finally:
+            usage.close()
         ledger = tier.ledger
         total, total_size = ledger.backlog_size()
         shown = sys.stderr.isatty()
