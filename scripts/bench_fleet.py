@@ -56,13 +56,8 @@ READ_TIMEOUT = 900.0
 TIER_WAIT = 300.0
 MiB = 1 << 20
 
-READER = """
-import hashlib, json, sys, time
+_FIRST_TENSOR_THEN_ALL = """
 from safetensors import safe_open
-path, go = sys.argv[1], float(sys.argv[2])
-while time.time() < go:
-    time.sleep(0.001)
-started = time.perf_counter()
 with safe_open(path, framework="numpy") as model:
     names = sorted(model.keys())
     tensor = model.get_tensor(names[len(names) // 2])
@@ -74,8 +69,22 @@ with open(path, "rb") as data:
 print(json.dumps({"first": first, "whole": time.perf_counter() - started,
                   "sha256": digest.hexdigest()}))
 """
+"""What a reader process times once it has its file's path: the middle tensor through
+safetensors (time to first tensor), then every byte (full read), both from its start."""
 
-PEER = """
+READER = (
+    """
+import hashlib, json, sys, time
+path, go = sys.argv[1], float(sys.argv[2])
+while time.time() < go:
+    time.sleep(0.001)
+started = time.perf_counter()
+"""
+    + _FIRST_TENSOR_THEN_ALL
+)
+
+PEER = (
+    """
 import hashlib, json, sys, time
 from huggingface_hub import hf_hub_download
 repo, name, go = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -84,18 +93,9 @@ while time.time() < go:
 started = time.perf_counter()
 path = hf_hub_download(repo, name)
 downloaded = time.perf_counter() - started
-from safetensors import safe_open
-with safe_open(path, framework="numpy") as model:
-    names = sorted(model.keys())
-    tensor = model.get_tensor(names[len(names) // 2])
-first = time.perf_counter() - started
-digest = hashlib.sha256()
-with open(path, "rb") as data:
-    while chunk := data.read(1 << 20):
-        digest.update(chunk)
-print(json.dumps({"first": first, "whole": time.perf_counter() - started,
-                  "sha256": digest.hexdigest()}))
 """
+    + _FIRST_TENSOR_THEN_ALL
+)
 
 
 # -- the model -----------------------------------------------------------------------------

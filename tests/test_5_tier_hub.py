@@ -119,6 +119,13 @@ class StallingProxy:
                 sock.close()
 
 
+def expect_tier_failure(expect_log: ExpectLog) -> None:
+    """What a node logs when the tier fails under it: once that it is left alone, and maybe
+    that the snapshot could not be shared (the worker shares it in the background)."""
+    expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
+    expect_log(r"could not share the snapshot of \w+ with the tier", level="WARNING")
+
+
 def tier_env(s3: S3Server, prefix: str, endpoint: str | None = None) -> dict[str, str]:
     return {
         "ARTIFACTFS_TIER_URL": f"s3://{BUCKET}/{prefix}",
@@ -240,8 +247,7 @@ def test_a_hung_tier_costs_a_bounded_wait_and_the_hub_serves(
 ) -> None:
     prefix = f"hung-{os.urandom(4).hex()}"
     fill_tier(hub, s3, model, tmp_path, prefix)
-    expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
-    expect_log(r"could not share the snapshot of \w+ with the tier", level="WARNING")
+    expect_tier_failure(expect_log)
     expect_log(r"upload of .* to the tier failed", level="WARNING")
 
     proxy = GitProxy(s3.port, held=True)  # accepts, then answers nothing
@@ -266,8 +272,7 @@ def test_a_tier_that_fails_mid_file_hands_the_rest_to_the_hub(
 ) -> None:
     prefix = f"mid-{os.urandom(4).hex()}"
     fill_tier(hub, s3, model, tmp_path, prefix)
-    expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
-    expect_log(r"could not share the snapshot of \w+ with the tier", level="WARNING")
+    expect_tier_failure(expect_log)
 
     env = node_env(hub, tmp_path, "b", tier_env(s3, prefix))
     with mounted(f"hf://{REPO}", tmp_path / "mnt-b", tmp_path / "home-b", env=env) as node_b:
@@ -406,8 +411,7 @@ def test_a_tier_that_hangs_mid_file_hands_the_rest_to_the_hub_within_a_bounded_w
 ) -> None:
     prefix = f"stall-{os.urandom(4).hex()}"
     fill_tier(hub, s3, model, tmp_path, prefix)
-    expect_log(r"the tier failed .*; the origin is used", level="WARNING", required=True)
-    expect_log(r"could not share the snapshot of \w+ with the tier", level="WARNING")
+    expect_tier_failure(expect_log)
 
     proxy = StallingProxy(s3.port)
     try:
