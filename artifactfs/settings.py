@@ -346,7 +346,8 @@ SETTINGS: tuple[Setting, ...] = (
         "ARTIFACTFS_TIER_TIMEOUT",
         _tier_timeout,
         5.0,
-        "seconds a tier request may take before a read goes to the origin instead",
+        "seconds the tier may take to connect or stay silent before a read goes to the origin"
+        " instead",
     ),
     Setting(
         "tier.credentials_file",

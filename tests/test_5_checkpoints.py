@@ -131,6 +131,15 @@ def test_restore_on_another_home_is_identical(
         git(mnt, "add", "README.md")
         git(mnt, *IDENTITY, "commit", "-q", "-m", "edited on a")  # a local commit
         git(mnt, "add", "notes.txt")  # and something staged
+        # what a checkpoint must not carry to another node: config that runs programs, hooks
+        pwned = tmp_path / "pwned"
+        git(mnt, "config", "user.name", "Agent A")
+        git(mnt, "config", "alias.st", f"!touch {pwned}")
+        git(mnt, "config", "core.pager", f"touch {pwned}")
+        hook = home_a / "repos" / "work" / "git" / "hooks" / "pre-commit"
+        hook.parent.mkdir(exist_ok=True)
+        hook.write_text(f"#!/bin/sh\ntouch {pwned}\n")
+        hook.chmod(0o755)
         first = artifactfs.ok("checkpoint", "work", env=env)
         assert "checkpoint work of work" in first
         objects = set(s3.objects(BUCKET, f"{PREFIX}/blobs/"))
@@ -170,6 +179,13 @@ def test_restore_on_another_home_is_identical(
         git_dir = home_b / "repos" / "work" / "git"
         for name in ("config", "artifactfs-fsmonitor", "artifactfs-cas-remote"):
             assert f"{home_a}/" not in (git_dir / name).read_text(), name
+        config = (git_dir / "config").read_text()
+        assert "Agent A" in config  # the user's identity and branch tracking stay
+        assert str(pwned) not in config and "alias" not in config and "pager" not in config
+        assert not (git_dir / "hooks" / "pre-commit").exists()
+        assert not (git_dir / "artifactfs-restored").exists()
+        git(mnt_b, *IDENTITY, "commit", "-q", "-m", "committed on b")
+        assert not pwned.exists()
         assert artifactfs.status("work")["state"] == "ready"
 
         again = artifactfs.cli("restore", "work", "--from", "work", env=env)

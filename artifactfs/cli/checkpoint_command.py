@@ -203,7 +203,7 @@ def restore_command(args: argparse.Namespace) -> int:
         parse_source(source)  # a bad SOURCE: one line, before anything is written
         built = scratch / "workspace"
         try:
-            build(fetched, built, final)
+            build(fetched, built)
             state = saved.CheckpointState(location.url)
             state.etags[ref] = fetched.etag
             state.manifests[ref] = fetched.pointer.manifest
@@ -225,10 +225,11 @@ def restore_command(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             shutil.rmtree(scratch)
     print(f"restored checkpoint {ref} of {source} at {manifest.commit[:12]} as {args.name}")
-    return _register(args, source, manifest.commit)
+    # a token goes only to a SOURCE the user named: the checkpoint's own is the tier's word
+    return _register(args, source, manifest.commit, send_token=bool(args.source))
 
 
-def _register(args: argparse.Namespace, source: str, commit: str) -> int:
+def _register(args: argparse.Namespace, source: str, commit: str, send_token: bool = True) -> int:
     """``add-repo NAME SOURCE --ref COMMIT``, writable, as the daemon takes it."""
     import os
 
@@ -248,7 +249,7 @@ def _register(args: argparse.Namespace, source: str, commit: str) -> int:
         message["mount"] = os.path.abspath(args.mount)
     if args.token_file is not None:
         message["token_file"] = os.path.abspath(args.token_file)
-    token = os.environ.get(parse_source(source).token_variable, "").strip()
+    token = os.environ.get(parse_source(source).token_variable, "").strip() if send_token else ""
     if token:  # kept in the daemon's memory only, as add-repo does
         message["token"] = token
     status = call(state_home(), message).get("status") or {}

@@ -161,6 +161,9 @@ async def checkpoint_quietly(
         if str(exc) != told:
             log.error("%s checkpoint: %s", why, exc)
         return str(exc)
+    except Exception:  # an unexpected failure costs this checkpoint, never the mount
+        log.exception("%s checkpoint of %s failed", why, name)
+        return "internal error (see the log)"
     if not done.unchanged:
         log.info(
             "%s checkpoint %s: manifest %s, %d object(s) sent (%d bytes)",

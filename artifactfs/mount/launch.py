@@ -207,7 +207,10 @@ def _tier(given: Mapping[str, Any], home: ArtifactHome) -> TierAccess | None:
         return None
     from ..tier.access import TierAccess
 
-    return TierAccess.from_settings(given, home.root, home.cas_dir)
+    try:  # AWS_ENDPOINT_URL is checked here, as the settings were
+        return TierAccess.from_settings(given, home.root, home.cas_dir)
+    except ValueError as exc:
+        raise UserError(f"AWS_ENDPOINT_URL: {exc}") from None
 
 
 def _credentials(options: WorkerOptions, stdin: IO[str]) -> CredentialProvider:

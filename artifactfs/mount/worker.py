@@ -47,6 +47,7 @@ from ..overlay.store import WorkspaceChanged
 from ..snapshot import SnapshotIndex
 from ..snapshot.index import sweep_snapshot_temporaries
 from ..sources import Content, PreparedSnapshot, Source, SourceSpec
+from ..tier.keys import check_checkpoint_name
 from .checkpointing import (
     STOP_SECONDS,
     Checkpointer,
@@ -204,6 +205,10 @@ class _Worker:
         target = name or self.request.name
         if target is None:
             raise CheckpointFailed("name the checkpoint")
+        try:
+            check_checkpoint_name(target)
+        except ValueError as exc:  # the control socket's word: checked before any work
+            raise CheckpointFailed(str(exc)) from None
         async with self._refreshing:  # a refresh moves the overlay under the hold's feet
             done = await self.checkpointer.take(target, force)
         return {

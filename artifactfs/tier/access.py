@@ -7,18 +7,23 @@ blocking unless it says otherwise; ``fetch_many`` and ``keep_uploading`` are for
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
 from ..cas import ContentStore, Digest
 from .ledger import Ledger
 from .location import TierLocation, location_from
-from .objects import ObjectStore, open_store
+from .objects import ObjectStore, TierError, open_store
 from .read_through import TierReads
 from .uploads import upload_backlog
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TierAccess:
@@ -47,15 +52,30 @@ class TierAccess:
     def store(self) -> ObjectStore:
         with self._lock:
             if self._store is None:
-                self._store = open_store(self.location)
+                self._store = self._opened("client", lambda: open_store(self.location))
             return self._store
 
     @property
     def ledger(self) -> Ledger:
         with self._lock:
             if self._ledger is None:
-                self._ledger = Ledger(self.home_root, self.cas_root, self.location.url)
+                self._ledger = self._opened(
+                    "ledger", lambda: Ledger(self.home_root, self.cas_root, self.location.url)
+                )
             return self._ledger
+
+    def _opened(self, what: str, opening: Callable[[], T]) -> T:
+        """``opening()``, its failure a ``TierError`` like any other of the tier's: every
+        caller already survives those (a client's configuration error, a locked ledger). The
+        error's text may echo the client's configuration: its kind only."""
+        try:
+            return opening()
+        except TierError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - obstore's and sqlite3's errors alike
+            raise TierError(
+                f"{self.description}: its {what} cannot be opened ({type(exc).__name__})"
+            ) from None
 
     @property
     def reads(self) -> TierReads:
@@ -84,9 +104,14 @@ class TierAccess:
         self.wake_uploads = trio.Event()
 
     async def keep_uploading(self, cas: ContentStore) -> None:
-        """The write-behind task of a process (the mount worker runs one)."""
-        store = await trio.to_thread.run_sync(lambda: self.store)
-        ledger = await trio.to_thread.run_sync(lambda: self.ledger)
+        """The write-behind task of a process (the mount worker runs one). A tier that cannot
+        be opened costs the uploads, never the mount."""
+        try:
+            store = await trio.to_thread.run_sync(lambda: self.store)
+            ledger = await trio.to_thread.run_sync(lambda: self.ledger)
+        except TierError as exc:
+            log.warning("the tier cannot be used for uploads: %s", exc)
+            return
         await upload_backlog(store, ledger, cas, lambda: self.wake_uploads)
 
     def close(self) -> None:

@@ -185,9 +185,3 @@ class Ledger:
             )
             self._db.execute("DELETE FROM leases WHERE algorithm = ? AND hex = ?", key)
         return wait
-
-    def release(self, digests: Iterable[Digest]) -> None:
-        """Leases given back without an upload (the blob went from the store meanwhile)."""
-        rows = [(digest.algorithm.name, digest.hex) for digest in digests]
-        with self._lock:
-            self._db.executemany("DELETE FROM leases WHERE algorithm = ? AND hex = ?", rows)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import configparser
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,7 +29,7 @@ class TierLocation:
     timeout: float = 5.0
     """Seconds any one tier request may take before the tier counts as down for it."""
     credentials_file: str = ""
-    environ: Mapping[str, str] | None = None
+    environ: Mapping[str, str] | None = field(default=None, repr=False)  # it holds secrets
 
     @property
     def scheme(self) -> str:

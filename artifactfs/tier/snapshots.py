@@ -242,6 +242,16 @@ def rebuild_snapshot(downloaded: Path, final: Path, commit: str) -> SnapshotMeta
         db.close()
 
 
+_EMPTY_BLOBS = frozenset(
+    (
+        "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391",  # git's empty blob, sha1
+        "473a0f4c3be8a93681a267e3b1e9a7dcda1185436fe141f7749120a303721813",  # and sha256
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",  # sha256 of b""
+    )
+)
+"""The only contents a shared snapshot may list with size 0."""
+
+
 class _EntryChecker:
     """The children of one directory of the downloaded snapshot, checked as an origin's
     entries are; a directory's key is its inode there."""
@@ -290,6 +300,9 @@ class _EntryChecker:
             isinstance(sha, str) and kind.has_blob and _SHA256.fullmatch(sha)
         ):
             raise RefusedEntry("a sha256 of the wrong form")
+        if size == 0 and kind.has_blob and oid not in _EMPTY_BLOBS and sha not in _EMPTY_BLOBS:
+            # a file listed empty is never read, so never checked: only the empty blob may be
+            raise RefusedEntry("an empty size for a blob that is not the empty one")
         if kind is Kind.SYMLINK:
             if not isinstance(target, bytes):
                 raise RefusedEntry("a symlink without a target")

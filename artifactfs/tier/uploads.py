@@ -47,13 +47,12 @@ def upload_one(store: ObjectStore, ledger: Ledger, cas: ContentStore, item: Pend
     """Send one blob; returns what happened: ``uploaded``, ``already_there``, ``gone`` or
     ``failed``. Blocking."""
     path = cas.path_of(item.digest)
-    if not path.is_file():
-        ledger.release([item.digest])
-        return "gone"
     try:
+        if not path.is_file():
+            raise FileNotFoundError(path)
         created = store.put_new(blob_key(item.digest), path)
-    except FileNotFoundError:  # evicted between the look and the open
-        ledger.release([item.digest])
+    except FileNotFoundError:  # evicted, its row not dropped yet: looked at again after a wait,
+        ledger.failed(item.digest)  # not leased again at once (the loop would spin on it)
         return "gone"
     except TierError as exc:
         wait = ledger.failed(item.digest)
@@ -100,9 +99,13 @@ async def upload_backlog(
     limiter = trio.CapacityLimiter(PARALLEL)
 
     async def one(item: Pending) -> None:
-        outcome = await trio.to_thread.run_sync(
-            upload_one, store, ledger, cas, item, limiter=limiter
-        )
+        try:
+            outcome = await trio.to_thread.run_sync(
+                upload_one, store, ledger, cas, item, limiter=limiter
+            )
+        except Exception as exc:  # noqa: BLE001 - a busy ledger, a disk error: this upload
+            log.warning("upload of %s to the tier failed: %s", item.digest, exc)  # not the mount
+            outcome = "failed"
         _count(report, item, outcome)
 
     while True:

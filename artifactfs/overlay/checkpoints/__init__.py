@@ -16,3 +16,9 @@ A checkpoint is three kinds of object in the tier (``tier/keys.py``):
 writes, ``fs/hold.py``), ``publish.py`` sends a capture, ``restore.py`` brings one back into a
 new workspace directory. Nothing here imports FUSE or a source.
 """
+
+RESTORED_MARKER = "artifactfs-restored"
+"""Left in a restored git directory: its worktree (sources/git/worktree.py) then rebuilds its
+``config`` from what it would write itself, keeping only the user's identity and branch
+tracking, before git runs there: a checkpoint comes from a shared bucket, and a git config
+(``core.fsmonitor``, ``alias.*``, a remote's ``ext::`` URL) names programs to run."""

@@ -155,6 +155,8 @@ def _git_tree(git: Path, reader: _Reader, manifest: Manifest) -> None:
             if path.is_symlink():
                 manifest.git_links[_rel(git, path)] = os.readlink(path)
                 continue
+            if not path.is_file():  # a FIFO or socket: opening one would hang or fail
+                continue
             with contextlib.suppress(FileNotFoundError):  # gone meanwhile: git's own churn
                 manifest.git_files[_rel(git, path)] = reader.file(path, f"git/{_rel(git, path)}")
 

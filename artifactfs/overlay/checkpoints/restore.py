@@ -29,6 +29,7 @@ from ...tier.keys import blob_key, checkpoint_key
 from ...tier.objects import ObjectStore
 from .. import journal
 from ..store import DATABASE, SCHEMA, UPPER, USER_VERSION, XATTRS
+from . import RESTORED_MARKER
 from .capture import GIT_DIR
 from .manifest import BadManifest, FileEntry, Manifest, Pointer, parse, parse_pointer
 
@@ -99,9 +100,9 @@ def _download(store: ObjectStore, digest: str, into: Path) -> Path:
             temp.unlink()
 
 
-def build(fetched: Fetched, target: Path, final: Path) -> None:
-    """Make the workspace in ``target`` (new, empty or absent), which the caller will rename
-    to ``final``."""
+def build(fetched: Fetched, target: Path) -> None:
+    """Make the workspace in ``target`` (new, empty or absent), which the caller then renames
+    into place."""
     manifest = fetched.manifest
     if manifest.user_version > USER_VERSION:
         raise RestoreError(
@@ -115,7 +116,7 @@ def build(fetched: Fetched, target: Path, final: Path) -> None:
     for ino, entry in manifest.upper.items():
         _file(fetched.blobs[entry.sha256], upper / str(ino), entry)
     if manifest.git_path:
-        _git(fetched, target / GIT_DIR, final / GIT_DIR)
+        _git(fetched, target / GIT_DIR)
 
 
 def _database(manifest: Manifest, path: Path) -> None:
@@ -157,32 +158,31 @@ def _file(blob: Path, path: Path, entry: FileEntry) -> None:
                 os.setxattr(out.fileno(), name, value)
         out.flush()
         os.fsync(out.fileno())
-    os.chmod(path, entry.mode)
+    os.chmod(path, entry.mode & 0o777)  # never a set-id bit from the bucket
     os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
 
-def _git(fetched: Fetched, root: Path, final: Path) -> None:
+_NEVER_RESTORED = ("hooks/", "objects/info/alternates")
+"""Git-directory paths a checkpoint never brings back: hooks run programs, alternates point
+git at other directories of the restoring node."""
+
+
+def _git(fetched: Fetched, root: Path) -> None:
+    """The git directory, without what could run code or reach outside it (symbolic links
+    are not brought back either), marked for its worktree to make its ``config`` its own."""
     manifest = fetched.manifest
     root.mkdir(mode=0o755)
     for relative in sorted(manifest.git_dirs):
         (root / relative).mkdir(mode=0o700, parents=True, exist_ok=True)
     for relative, entry in manifest.git_files.items():
+        if relative.startswith(_NEVER_RESTORED) or relative == RESTORED_MARKER:
+            continue
         path = root / relative
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _file(fetched.blobs[entry.sha256], path, entry)
-    for relative, target in manifest.git_links.items():  # last: nothing is written through one
-        (root / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.symlink(target, root / relative)
-    config = root / "config"
-    if manifest.git_path and config.is_file() and not config.is_symlink():
-        old = os.fsencode(manifest.git_path)
-        text = config.read_bytes()
-        if old in text:
-            status = os.stat(config)
-            config.write_bytes(text.replace(old, os.fsencode(str(final.absolute()))))
-            os.utime(config, ns=(status.st_mtime_ns, status.st_mtime_ns))
+    (root / RESTORED_MARKER).write_bytes(b"")
     for relative, mode in sorted(manifest.git_dirs.items(), reverse=True):
-        os.chmod(root / relative, mode | 0o700)
+        os.chmod(root / relative, (mode | 0o700) & 0o777)
 
 
 def changed_paths(workspace: Path) -> int:

@@ -101,6 +101,14 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def config_section(name: str, subsection: str | None, keys: list[tuple[str, str]]) -> bytes:
+    """One more section of a ``config`` (``[name "subsection"]``), its values quoted."""
+    header = f"[{name}]" if subsection is None else f"[{name} {_quoted(subsection)}]"
+    return "".join(
+        [header + "\n", *(f"\t{key} = {_quoted(value)}\n" for key, value in keys)]
+    ).encode()
+
+
 @dataclass(frozen=True)
 class ConfigValues:
     url: str

@@ -11,9 +11,8 @@ for a ``--ref`` that is a full commit id, takes both:
   Only the sizes are taken from the shared snapshot (a size is checked against the blob when it
   is opened, and one not known is learned on demand); symlink targets come from their blobs
   (store or tier, verified);
-- without a usable pack, the shared snapshot itself serves, checked entry by entry and
-  written again (tier/snapshots.py): its form is ours, its listing is the bucket's word. Such a
-  mount can be read-only only (a workspace's git directory is made from the pack).
+- without a usable pack, nothing from the tier is used: the shared snapshot alone is the
+  bucket's word, and it would stay this commit's listing in the home for good.
 
 Blocking: runs in prepare's thread.
 """
@@ -82,15 +81,11 @@ def prepare_from_tier(
     try:
         listed = snapshot_from_tier(tier, display, commit, staged)
         packed = _pack_from_tier(tier, display, commit, object_format, kept, max_pack_bytes)
-        if packed and _indexed(
+        # only through the pack: the listing is then rebuilt from the commit's own trees (a
+        # shared snapshot alone is the bucket's word, and would stay this commit's listing)
+        return packed and _indexed(
             commit, index_pack, kept, _sizes_of(staged) if listed else {}, final
-        ):
-            return True
-        if not listed:
-            return False
-        with contextlib.suppress(FileExistsError):  # another process was first
-            os.link(staged, final)
-        return True
+        )
     finally:
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()

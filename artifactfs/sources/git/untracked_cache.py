@@ -137,6 +137,8 @@ class ExcludeFile:
             status = os.stat(path)
         except FileNotFoundError:
             return cls(_NO_STAT, null)
+        if data:  # git reads an ignore file with a newline appended, and hashes that
+            data += b"\n"
         header = b"blob " + str(len(data)).encode() + b"\0"
         object_id = hashlib.new(hash_name, header + data).digest()
         stat = struct.pack(

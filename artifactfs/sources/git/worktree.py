@@ -73,11 +73,13 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dulwich.errors import ApplyDeltaError, ChecksumMismatch, FileFormatException
 
 from ...durable import fsync_directory
 from ...errors import SourceError
+from ...overlay.checkpoints import RESTORED_MARKER
 from ...snapshot import Row, SnapshotIndex
 from ..base import LowerStat, RootFile
 from ..spec import strip_credentials
@@ -95,6 +97,9 @@ from .git_objects import (
 )
 from .remote import GitRemote
 from .untracked_cache import CachedDirectory, ExcludeFile, untracked_extension
+
+if TYPE_CHECKING:
+    from dulwich.config import ConfigFile
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +170,8 @@ class GitWorktree:
         commit = snapshot.meta.commit
         self._object_format = snapshot.meta.object_format
         base = git_dir.read_base(directory) if directory.is_dir() else None
+        if base is not None and (directory / RESTORED_MARKER).exists():
+            self._own_config(directory)
         if base is not None and base.commit == commit:
             self._git_dir = directory
             self._write_scripts(directory, directory, journal, commit)
@@ -179,6 +186,50 @@ class GitWorktree:
         else:
             self._repoint(snapshot, directory, stat_of, journal, kept, base)
         self._git_dir = directory
+
+    def _own_config(self, directory: Path) -> None:
+        """A git directory restored from a checkpoint (a shared bucket's word): its ``config``
+        becomes the one ``_create`` writes, keeping only the user's identity and the tracking
+        of branches (``origin``'s); its hooks and alternates go (restore brings none back:
+        this is the second lock). Done before the mount shows ``.git``, so git never ran
+        there with the bucket's config."""
+        from dulwich.config import ConfigFile
+
+        kept: list[bytes] = []
+        try:
+            old = ConfigFile.from_path(str(directory / "config"))
+        except Exception:  # noqa: BLE001 - unreadable or malformed: nothing of it is kept
+            old = None
+        if old is not None:
+            user = [(key, _text(old, (b"user",), key)) for key in ("name", "email")]
+            if any(value for _, value in user):
+                kept.append(git_dir.config_section("user", None, [(k, v) for k, v in user if v]))
+            for section in old.sections():
+                if len(section) != 2 or section[0] != b"branch":
+                    continue
+                branch = git_dir.valid_branch(section[1].decode("utf-8", "replace"))
+                merge = _text(old, section, "merge")
+                tracked = git_dir.valid_branch(merge.removeprefix("refs/heads/"))
+                if branch is None or tracked is None or not merge.startswith("refs/heads/"):
+                    continue
+                kept.append(
+                    git_dir.config_section(
+                        "branch", branch, [("remote", "origin"), ("merge", merge)]
+                    )
+                )
+        config = ConfigValues(
+            url=strip_credentials(self.remote.spec.url),
+            hook=directory / git_dir.HOOK_FILE,
+            object_format=self._object_format,
+            branch=None,
+            cas_remote=git_dir.ext_url([str(directory / git_dir.CAS_REMOTE_FILE)]),
+        )
+        git_dir.write_atomic(directory / "config", git_dir.config_text(config) + b"".join(kept))
+        shutil.rmtree(directory / "hooks", ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (directory / "objects" / "info" / "alternates").unlink()
+        (directory / RESTORED_MARKER).unlink()
+        log.info("git directory %s restored from a checkpoint: its config is ours now", directory)
 
     def _branch(self) -> tuple[str | None, bool]:
         """The local branch to make (None: detached), and whether the origin has it."""
@@ -456,3 +507,13 @@ def _resolved(root: Path, name: str) -> str | None:
     """The commit a loose ref names (None if absent or packed)."""
     value = git_dir.read_ref(root, name)
     return value if value is not None and _HEX_ID.fullmatch(value) else None
+
+
+def _text(config: ConfigFile, section: tuple[bytes, ...], key: str) -> str:
+    """A value of ``config`` as text ("" if absent, or not a one-line value)."""
+    try:
+        value = config.get(section, key.encode())
+    except KeyError:
+        return ""
+    text = value.decode("utf-8", "replace")
+    return "" if "\n" in text or "\0" in text else text

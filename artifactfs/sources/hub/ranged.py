@@ -509,8 +509,15 @@ class RangedBlobs:
         try:
             if self._offline:
                 raise SourceError(f"{blob.url}: offline, and these bytes are not stored")
+            from_tier = await self._tier_holds(blob)  # a wait on a lease holds no range slot
             async with self._ranges:
-                position = await self._from_tier(state, epoch, start, end, writer)
+                position = start
+                if from_tier:
+                    assert self._tier is not None
+                    state.tier_epochs.add(epoch)  # before a byte is written: a mismatch is
+                    position = await self._tier.fetch(  # then the tier's
+                        blob.digest, start, end, writer.deliver
+                    )
                 if position < end:  # no tier, or it failed on the way: the Hub gives the rest
                     if self._tier is not None:
                         self._tier.fetching(blob.digest)
@@ -531,19 +538,13 @@ class RangedBlobs:
         if partial is not None and partial.complete and not state.blob.verify_first:
             self._nursery.start_soon(self._publish_in_background, state)
 
-    async def _from_tier(
-        self, state: _State, epoch: int, start: int, end: int, writer: _AlignedWriter
-    ) -> int:
-        """Fetch ``[start, end)`` from the shared tier if it holds the blob; returns how far it
-        got (``start``: nothing from the tier)."""
-        blob = state.blob
+    async def _tier_holds(self, blob: HubBlob) -> bool:
+        """Whether ``blob``'s ranges are to be read from the shared tier (which may first wait
+        on another node's fetch lease: never while holding a range slot)."""
         tier = self._tier
         if tier is None or TierRanges.whole(blob.size, blob.verify_first):
-            return start
-        if not await tier.holds(blob.digest, blob.size):
-            return start
-        state.tier_epochs.add(epoch)  # before a byte is written: a mismatch is then the tier's
-        return await tier.fetch(blob.digest, start, end, writer.deliver)
+            return False
+        return await tier.holds(blob.digest, blob.size)
 
     async def _publish_in_background(self, state: _State) -> None:
         try:

@@ -212,15 +212,15 @@ class TierRanges:
             return False
         if digest in self._leading:
             return False  # this node fetches it from the origin for the fleet
+        asking = self._asking.get(digest)
+        if asking is not None:  # another range of the same blob asks (or waits on a lease):
+            await asking.wait()  # its answer is ours
+            return self._blocks.get(digest) is not None and reads.usable_for(digest)
         if digest in self._blocks:
             if self._blocks[digest] is not None:
                 return True
             if trio.current_time() < self._recheck_at.get(digest, math.inf):
                 return False
-        asking = self._asking.get(digest)
-        if asking is not None:  # another range of the same blob asks: its answer is ours
-            await asking.wait()
-            return self._blocks.get(digest) is not None and reads.usable_for(digest)
         asking = self._asking[digest] = trio.Event()
         try:
             return await self._ask(reads, digest, size)
