@@ -162,7 +162,10 @@ class _Worker:
                     self._refreshing,
                 )
             with self._fuse_scope:
-                await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
+                try:
+                    await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
+                except* ConnectionAbortedError:
+                    self._connection_ended()
             self._served = True
             if self._periodic_checkpoints() and self.state.gate.state is GateState.READY:
                 assert self.checkpointer is not None and self.request.name is not None
@@ -357,6 +360,22 @@ class _Worker:
             self.state.gate.fail("the mount is shutting down")
         pyfuse3.terminate()
         self._nursery.start_soon(self._cancel_stragglers)
+
+    def _connection_ended(self) -> None:
+        """The kernel shut the FUSE connection while a request was being read from it.
+
+        ``/dev/fuse`` answers ECONNABORTED (not the usual ENODEV, which ends pyfuse3's loop
+        quietly) when an unmount or an abort lands between the kernel taking a request off
+        its queue and handing it to us: the session is over either way, so the mount ends as
+        if it had been unmounted, and only an abort with the mount still in place is worth a
+        warning.
+        """
+        entry = mount_at(self.request.mountpoint)
+        if entry is None or entry.fs_type != FS_TYPE:
+            log.info("the FUSE connection ended with the unmount of %s", self.request.mountpoint)
+        else:
+            log.warning("the FUSE connection of %s was aborted", self.request.mountpoint)
+        self._stopping = True
 
     async def _cancel_stragglers(self) -> None:
         await trio.sleep(STOP_GRACE_SECONDS)
