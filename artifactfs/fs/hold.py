@@ -35,13 +35,12 @@ CHANGING = frozenset(
         "setattr",
         "setxattr",
         "removexattr",
-        "flush",
         "fsync",
         "release",
     )
 )
-"""Operations that change a workspace (``open`` too, when it opens for writing). ``flush``,
-``fsync`` and ``release`` of a handle that wrote record the file as modified in the table;
+"""Operations that change a workspace (``open`` too, when it opens for writing). ``fsync``
+and ``release`` of a handle that wrote record the file as modified in the table;
 ``forget`` may drop a row too, but only of a node that was unlinked, which no checkpoint
 holds."""
 

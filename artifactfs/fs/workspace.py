@@ -655,17 +655,13 @@ class WorkspaceOperations(pyfuse3.Operations):
             handle.journal_token = self.overlay.current_token()
         return written
 
-    async def flush(self, fh: int) -> None:
-        handle = self._handles.get(fh)
-        if handle is not None and handle.written:
-            handle.written = False  # recorded again: the writes since the first one
-            await self._change(self.overlay.modified, handle.ino)
-
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handle(fh)
         if handle.fd is not None:
             await self._upper_io(os.fdatasync if datasync else os.fsync, handle.fd)
-        await self.flush(fh)
+        if handle.written:
+            handle.written = False  # recorded again: the writes since the first one
+            await self._change(self.overlay.modified, handle.ino)
         await self._change(self.overlay.sync)
 
     async def release(self, fh: int) -> None:

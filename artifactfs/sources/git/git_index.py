@@ -47,6 +47,7 @@ from ...overlay.journal import TOKEN_PREFIX
 from ...snapshot import ROOT_INODE, Row, SnapshotIndex
 from ...snapshot.entries import Kind
 from ..base import LowerStat
+from .cache_tree import CachedTree, cache_tree_extension
 from .untracked_cache import IGNORE_FILE, CachedDirectory
 
 log = logging.getLogger(__name__)
@@ -69,20 +70,24 @@ def index_entries(
     snapshot: SnapshotIndex,
     stat_of: Callable[[Row], LowerStat],
     directories: CachedDirectory | None = None,
+    trees: CachedTree | None = None,
 ) -> list[SerializedIndexEntry]:
     """Every tracked entry of ``snapshot`` (files, executables, symlinks, gitlinks), sorted as
     git sorts its index (by path bytes), with ``stat_of``'s stat data (gitlinks: none; git
     looks at the directory instead). ``directories``, the root's, is filled with the tree's
-    directories for the untracked cache (untracked_cache.py)."""
+    directories for the untracked cache (untracked_cache.py), and ``trees``, the root's, with
+    its trees for the cache tree (cache_tree.py)."""
     root = snapshot.get(ROOT_INODE)
     if root is None:
         raise ValueError("the snapshot has no root")
     if directories is not None:
         directories.stat = stat_of(root)
     found: list[SerializedIndexEntry] = []
-    queue: deque[tuple[Row, bytes, CachedDirectory | None]] = deque([(root, b"", directories)])
+    queue: deque[tuple[Row, bytes, CachedDirectory | None, CachedTree | None]] = deque(
+        [(root, b"", directories, trees)]
+    )
     while queue:
-        directory, prefix, cached = queue.popleft()
+        directory, prefix, cached, tree = queue.popleft()
         after = 0
         while rows := snapshot.children(directory, after, _PAGE):
             for row in rows:
@@ -92,7 +97,11 @@ def index_entries(
                     if cached is not None:
                         child = CachedDirectory(row.name, stat_of(row))
                         cached.children.append(child)
-                    queue.append((row, path + b"/", child))
+                    subtree = None
+                    if tree is not None:
+                        subtree = CachedTree(row.name, row.oid)
+                        tree.subtrees.append(subtree)
+                    queue.append((row, path + b"/", child, subtree))
                     continue
                 if (
                     cached is not None
@@ -105,8 +114,12 @@ def index_entries(
                     log.warning("left out of the git index: a path of %d bytes", len(path))
                     if cached is not None:  # so git sees it as untracked, as it is
                         cached.untracked.append(row.name)
+                    if tree is not None:
+                        tree.complete = False
                 else:
                     found.append(_entry(row, path, stat_of))
+                    if tree is not None:
+                        tree.entries += 1
             after = rows[-1].inode
     found.sort(key=lambda entry: entry.name)
     return found
@@ -197,12 +210,14 @@ def write_git_index(
     object_format: str,
     token: str | None,
     untracked: IndexExtension | None = None,
+    trees: CachedTree | None = None,
 ) -> None:
     """Write ``entries`` as git's index at ``path``, through ``temp`` (created here, exclusive:
     git's own ``index.lock`` keeps a git command out meanwhile), synced, its mtime after every
     entry's, then renamed into place. ``untracked``: the untracked cache (untracked_cache.py),
-    written only with the fsmonitor token (git trusts its directories only then)."""
-    extensions = []
+    written only with the fsmonitor token (git trusts its directories only then); ``trees``:
+    the cache tree (cache_tree.py)."""
+    extensions = [] if trees is None else [cache_tree_extension(trees)]
     if token is not None:
         if untracked is not None:
             extensions.append(untracked)

@@ -84,6 +84,7 @@ from ...snapshot import Row, SnapshotIndex
 from ..base import LowerStat, RootFile
 from ..spec import strip_credentials
 from . import git_dir
+from .cache_tree import CachedTree
 from .cas_remote import SETTINGS_FILE as CAS_REMOTE_SETTINGS
 from .git_dir import Base, ConfigValues
 from .git_index import fsmonitor_token, index_entries, write_git_index
@@ -418,8 +419,9 @@ class GitWorktree:
     ) -> None:
         own = SnapshotIndex(snapshot.path)  # a connection of this thread's own
         directories = CachedDirectory(b"", None) if self._work_tree is not None else None
+        trees = CachedTree(b"", None)  # the root's id, the commit's tree, is not in a snapshot
         try:
-            entries = index_entries(own, stat_of, directories)
+            entries = index_entries(own, stat_of, directories, trees)
         finally:
             own.close()
         untracked = None
@@ -437,6 +439,7 @@ class GitWorktree:
             self._object_format,
             fsmonitor_token(journal),
             untracked,
+            trees,
         )
 
     def _write_scripts(self, root: Path, final: Path, journal: Path, commit: str) -> None:
