@@ -42,7 +42,8 @@ import xattr
 
 from .benchlib.cli import BenchError, positive, require_tools, run_reporting, say
 from .benchlib.internals import GIT_SHA1, SHA256, ContentStore, Digest, set_read_ahead
-from .benchlib.mounts import MountTable, listdir_within, mounted, remove_tree
+from .benchlib.minimal_fuse import minimal_mount
+from .benchlib.mounts import listdir_within, mounted, remove_tree
 from .benchlib.origins import StandIn, git_daemon, hub_stand_in
 from .benchlib.paths import WORK
 from .benchlib.report import TIMES, machine_lines, met, write_doc
@@ -167,27 +168,11 @@ def wait_read_ahead_chosen(mountpoint: Path) -> None:
 def measure_minimal(backing: Path, scratch: Path) -> tuple[float, float]:
     """The minimal pyfuse3 file system serving ``backing``, with a 4 MiB read-ahead."""
     mountpoint = scratch / "minimal"
-    mountpoint.mkdir()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scripts.benchlib.minimal_fuse", str(backing), str(mountpoint)],
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    try:
-        table = MountTable()
-        deadline = time.monotonic() + 30
-        while table.fs_type_at(mountpoint) is None:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchError("the minimal pyfuse3 file system did not mount")
-            time.sleep(0.02)
-        os.listdir(mountpoint)  # INIT answered: the read-ahead set now stays
+    with minimal_mount(backing, mountpoint) as file:  # INIT answered: a read-ahead set stays
         if not set_read_ahead(mountpoint, LARGE_READ_AHEAD_KIB):
             raise BenchError("could not set the minimal file system's read-ahead")
         drop_page_cache()
-        return dd_seconds(mountpoint / "f"), dd_seconds(mountpoint / "f")
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-        process.terminate()
-        process.wait(30)
+        return dd_seconds(file), dd_seconds(file)
 
 
 def rate(seconds: list[float]) -> float:

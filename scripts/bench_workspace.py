@@ -18,7 +18,9 @@ bench-work/; over 5,000 files). For each, every round runs, in a rotating order:
 And once per round, on a one-file repository holding 100 MiB of random bytes:
 
 - **write** — a new 100 MiB file written in 1 MiB ``write`` calls and ``fsync``'d, in the mount
-  against the same in a directory beside the state home (the same file system);
+  against the same in a directory beside the state home (the same file system), and through
+  the minimal pyfuse3 file system of ``benchlib/minimal_fuse.py`` (writes in a thread, and on
+  its loop): the limit any file system written with pyfuse3 reaches;
 - **copy-up** — the 100 MiB file, already in the store (read once, untimed), opened for
   appending (the copy-up) with one byte appended and ``fsync``'d, against ``cp`` of a copy of
   the CAS file beside the home plus the same append.
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .benchlib.cli import BenchError, positive, require_tools, run_reporting, say
+from .benchlib.minimal_fuse import minimal_mount
 from .benchlib.mounts import default_scratch, listdir_within, mounted, remove_tree
 from .benchlib.origins import git_daemon
 from .benchlib.paths import WORK
@@ -237,6 +240,13 @@ def clone_depth_one(url: str, target: Path) -> None:
                    check=True, stdin=subprocess.DEVNULL, capture_output=True)  # fmt: skip
 
 
+WRITE_LIMITS = {
+    "thread": "minimal pyfuse3, each write in a worker thread (as artifactfs: the loop never"
+    " waits on a disk)",
+    "inline": "minimal pyfuse3, each write on the loop (no Python file system writes faster)",
+}
+
+
 def write_file(path: Path) -> float:
     block = random.Random(7).randbytes(MiB)
     started = time.perf_counter()
@@ -279,6 +289,11 @@ def measure_writes(executable: Path, big_url: str, where: Path, samples: Samples
     append_one_byte(disk / "copied.bin")
     samples.copy_up.setdefault("disk", []).append(time.perf_counter() - started)
     samples.write.setdefault("disk", []).append(write_file(disk / "new.bin"))
+    for writes in WRITE_LIMITS:  # what any pyfuse3 file system reaches: the limit
+        backing = disk / f"minimal-{writes}.bin"
+        backing.touch()
+        with minimal_mount(backing, where / f"minimal-{writes}", writes) as file:
+            samples.write.setdefault(f"pyfuse3-{writes}", []).append(write_file(file))
 
 
 def measure(
@@ -385,11 +400,28 @@ def markdown(samples: Samples, origins: list[Origin], runs: int, seconds: float)
         mine, disk = values["artifactfs"], values["disk"]
         throughput = statistics.median(disk) / statistics.median(mine)
         lines.append(
-            f"| {label} | {BIG_SIZE / MiB / statistics.median(mine):,.0f} MiB/s"
-            f" | {BIG_SIZE / MiB / statistics.median(disk):,.0f} MiB/s | {throughput:.2f}{TIMES}"
-            f" | ≥ 0.8{TIMES} | {met(throughput >= 0.8)} |"
+            f"| {label} | {mib_per_second(mine)} | {mib_per_second(disk)}"
+            f" | {throughput:.2f}{TIMES} | ≥ 0.8{TIMES} | {met(throughput >= 0.8)} |"
+        )
+    lines += ["", "The limit for writes through pyfuse3, measured in the same rounds: a minimal "
+              "pyfuse3 file system (`scripts/benchlib/minimal_fuse.py`) whose writes are "
+              "`os.pwrite`s of a file beside the home, nothing else.", "",
+              "| 100 MiB write + fsync | throughput | of the home's disk | artifactfs of it |",
+              "|---|---:|---:|---:|"]  # fmt: skip
+    disk = samples.write["disk"]
+    for writes, label in WRITE_LIMITS.items():
+        limit = samples.write[f"pyfuse3-{writes}"]
+        lines.append(
+            f"| {label} | {mib_per_second(limit)}"
+            f" | {statistics.median(disk) / statistics.median(limit):.2f}{TIMES}"
+            f" | {statistics.median(limit) / statistics.median(samples.write['artifactfs']):.2f}"
+            f"{TIMES} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def mib_per_second(seconds: Sequence[float]) -> str:
+    return f"{BIG_SIZE / MiB / statistics.median(seconds):,.0f} MiB/s"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

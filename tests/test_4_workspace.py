@@ -217,6 +217,12 @@ def test_modes_times_xattrs_and_statfs(
         xattr.removexattr(path, "user.mine")
         assert errno_of(lambda: xattr.getxattr(path, "user.mine")) == errno.ENODATA
         assert errno_of(lambda: xattr.setxattr(path, "user.artifactfs.oid", b"x")) == errno.EPERM
+        # a name the mount never sets is absent, whatever the upper file holds (the kernel asks
+        # for security.capability before every write: answered without touching the file)
+        (upper,) = home.rglob(f"upper/{os.stat(path).st_ino}")
+        os.setxattr(upper, "user.artifactfs.oid", b"forged")
+        assert errno_of(lambda: xattr.getxattr(path, "user.artifactfs.oid")) == errno.ENODATA
+        assert errno_of(lambda: xattr.getxattr(path, "security.capability")) == errno.ENODATA
         lower = str(mnt / "unicod\u00e9.txt")
         assert (
             xattr.getxattr(lower, "user.artifactfs.oid")

@@ -736,6 +736,8 @@ class WorkspaceOperations(pyfuse3.Operations):
             return found
         node = self._node(inode)
         if node.upper:
+            if not _is_kept(name):  # never set here; e.g. security.capability, which the
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # kernel asks before every write
             return await self._upper_xattr(os.getxattr, node, name)
         value = self.overlay.xattr(inode, name) if _is_kept(name) else None
         if value is None and inode == ROOT_INODE:

@@ -6,27 +6,42 @@ opened with ``keep_cache`` and attributes valid for an hour: what a FUSE file sy
 in Python cannot beat. The cached-read benchmark reads it beside an artifactfs mount to show
 how far from that limit the mount is (issue 14: "the documented kernel limit for FUSE
 page-cache reads, measured with a minimal pyfuse3 filesystem"). Stops on SIGTERM or unmount.
+
+``--writes thread`` or ``--writes inline`` make ``f`` writable too (truncate, write, fsync),
+each write an ``os.pwrite`` of ``BACKING`` in a worker thread (what a file system whose loop
+must never block on a disk does, as artifactfs does) or on the loop itself (nothing in Python
+can write faster through FUSE): the workspace benchmark's limit for writes (issue 13).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import errno
 import os
 import signal
 import stat
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pyfuse3
 import trio
+
+from .cli import BenchError
+from .mounts import MountTable
 
 FILE_INODE = pyfuse3.ROOT_INODE + 1
 NAME = b"f"
 
 
 class OneFile(pyfuse3.Operations):
-    def __init__(self, backing: str) -> None:
+    def __init__(self, backing: str, writes: str | None = None) -> None:
         super().__init__()
-        self.fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC)
+        self.writes = writes
+        self.fd = os.open(backing, (os.O_RDONLY if writes is None else os.O_RDWR) | os.O_CLOEXEC)
         self.size = os.fstat(self.fd).st_size
 
     def _attributes(self, inode: int) -> pyfuse3.EntryAttributes:
@@ -37,7 +52,7 @@ class OneFile(pyfuse3.Operations):
             attributes.st_mode = stat.S_IFDIR | 0o755
             attributes.st_nlink = 2
         else:
-            attributes.st_mode = stat.S_IFREG | 0o444
+            attributes.st_mode = stat.S_IFREG | (0o444 if self.writes is None else 0o644)
             attributes.st_nlink = 1
             attributes.st_size = self.size
         return attributes
@@ -67,6 +82,30 @@ class OneFile(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return os.pread(self.fd, size, off)
 
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if self.writes == "inline":
+            written = os.pwrite(self.fd, buf, off)
+        else:
+            written = await trio.to_thread.run_sync(os.pwrite, self.fd, buf, off)
+        self.size = max(self.size, off + written)
+        return written
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            await trio.to_thread.run_sync(os.ftruncate, self.fd, attr.st_size)
+            self.size = attr.st_size
+        return self._attributes(inode)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.fd)
+
 
 async def serve() -> None:
     async with trio.open_nursery() as nursery:
@@ -77,10 +116,40 @@ async def serve() -> None:
                 return
 
 
+@contextlib.contextmanager
+def minimal_mount(backing: Path, mountpoint: Path, writes: str | None = None) -> Iterator[Path]:
+    """The minimal file system serving ``backing`` at ``mountpoint`` (created), in its own
+    process; yields the path of its file, unmounted and stopped however the block ends."""
+    mountpoint.mkdir()
+    command = [sys.executable, "-m", "scripts.benchlib.minimal_fuse", str(backing), str(mountpoint)]
+    if writes is not None:
+        command += ["--writes", writes]
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent.parent)
+    try:
+        table = MountTable()
+        deadline = time.monotonic() + 30
+        while table.fs_type_at(mountpoint) is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError("the minimal pyfuse3 file system did not mount")
+            time.sleep(0.02)
+        os.listdir(mountpoint)  # INIT answered
+        yield mountpoint / NAME.decode()
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+        process.terminate()
+        process.wait(30)
+
+
 def main() -> None:
-    backing, mountpoint = sys.argv[1], sys.argv[2]
-    options = set(pyfuse3.default_options) | {"fsname=minimal-pyfuse3", "ro"}
-    pyfuse3.init(OneFile(backing), mountpoint, options)
+    parser = argparse.ArgumentParser(prog="python -m scripts.benchlib.minimal_fuse")
+    parser.add_argument("backing")
+    parser.add_argument("mountpoint")
+    parser.add_argument("--writes", choices=("thread", "inline"))
+    args = parser.parse_args()
+    options = set(pyfuse3.default_options) | {"fsname=minimal-pyfuse3"}
+    if args.writes is None:
+        options.add("ro")
+    pyfuse3.init(OneFile(args.backing, args.writes), args.mountpoint, options)
     try:
         trio.run(serve)
     finally:
