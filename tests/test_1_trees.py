@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import struct
+import zlib
 
 import pytest
 
@@ -14,6 +18,7 @@ from artifactfs.snapshot.entries import (
     check_symlink_target,
     kind_of_git_mode,
 )
+from artifactfs.sources.git.packs import iter_objects
 from artifactfs.sources.git.trees import index_trees
 
 OID = "ab" * 20
@@ -110,3 +115,47 @@ def test_depth_limit() -> None:
     index_trees(ids[0], raw, 20, max_depth=29)
     with pytest.raises(SourceError, match="nests deeper"):
         index_trees(ids[0], raw, 20, max_depth=20)
+
+
+def _pack(*objects: tuple[int, bytes]) -> bytes:
+    """A pack of ``(type, data)`` objects; an ofs-delta (6) is against the object before it."""
+
+    def header(kind: int, size: int) -> bytes:
+        byte, size, out = (kind << 4) | (size & 0x0F), size >> 4, bytearray()
+        while size:
+            out.append(byte | 0x80)
+            byte, size = size & 0x7F, size >> 7
+        return bytes(out) + bytes([byte])
+
+    body = b"PACK" + struct.pack(">II", 2, len(objects))
+    previous = 0
+    for kind, data in objects:
+        at = len(body)
+        body += header(kind, len(data))
+        if kind == 6:
+            assert at - previous < 128
+            body += bytes([at - previous])
+        body += zlib.compress(data)
+        previous = at
+    return body + hashlib.sha1(body).digest()
+
+
+BASE = b"a base blob of some length\n"
+
+
+@pytest.mark.parametrize(
+    "pack",
+    [
+        # a delta that copies from beyond its base (dulwich: ApplyDeltaError)
+        _pack((3, BASE), (6, bytes([len(BASE), 10, 0x91, 200, 10]))),
+        # a delta whose base size is not its base's
+        _pack((3, BASE), (6, bytes([5, 1, 1, 0x41]))),
+        # an object of no known type
+        _pack((5, b"what")),
+        # a delta with no base before it
+        _pack((6, bytes([len(BASE), 1, 1, 0x41]))),
+    ],
+)
+def test_a_malformed_pack_is_one_source_error(pack: bytes) -> None:
+    with pytest.raises(SourceError, match="malformed pack"):
+        list(iter_objects(io.BytesIO(pack), "sha1"))

@@ -227,6 +227,25 @@ def test_read_through_verifies_what_the_tier_gives(
     assert not list(cas.root.glob("*/*/.tmp-*"))  # no staging file left behind
 
 
+def test_a_download_stops_at_the_size_the_reader_expects(
+    store: ObjectStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An object longer than its blob (a bucket's mistake or malice) is damaged: the download
+    stops at the bound instead of filling the disk, and the tier is not taken for down."""
+    data = os.urandom(3000)
+    digest = digest_of(SHA256, data)
+    store.put_new(blob_key(digest), data + os.urandom(20 << 20))
+    cas = ContentStore(tmp_path / "cas")
+    reads = TierReads(store, Ledger(tmp_path, cas.root, "t"), 5.0)
+    assert reads.fetch(cas, digest, len(data)) is None
+    assert not cas.contains(digest) and reads.up()
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "WARNING")] == [
+        f"the tier's copy of {digest} is damaged (more than the 3,000 bytes expected): not used;"
+        " the origin is asked instead"
+    ]
+    assert not list(cas.root.glob("*/*/.tmp-*"))
+
+
 def test_fetch_leases_one_holder_renewal_and_take_over(store: ObjectStore) -> None:
     """tier/leases.py against both stores: one node holds a blob's lease; a renewal keeps it
     (a waiter's stale ETag cannot take it); an abandoned one is taken over by exactly one."""

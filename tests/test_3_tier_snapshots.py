@@ -97,6 +97,11 @@ TAMPERINGS = {
     "name twice": "DROP INDEX entries_by_name; UPDATE entries SET name = CAST('bin' AS BLOB)"
     " WHERE inode = 2",
     "no entries table": "DROP TABLE entries",
+    # harmless here, but a view can be endless (a recursive one): no view is ever queried
+    "entries a view": "ALTER TABLE entries RENAME TO kept; CREATE VIEW entries AS"
+    " SELECT * FROM kept",
+    "meta a view": "ALTER TABLE meta RENAME TO kept; CREATE VIEW meta AS SELECT * FROM kept",
+    "an extra table": "CREATE TABLE extra (x)",
 }
 
 

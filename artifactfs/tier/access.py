@@ -85,17 +85,23 @@ class TierAccess:
                 self._reads = TierReads(store, ledger, self.location.timeout)
             return self._reads
 
-    def fetch(self, cas: ContentStore, digest: Digest) -> Path | None:
+    def fetch(self, cas: ContentStore, digest: Digest, size: int | None = None) -> Path | None:
         """Blocking read-through of one blob (see ``TierReads.fetch``)."""
-        return self.reads.fetch(cas, digest)
+        return self.reads.fetch(cas, digest, size)
 
-    async def fetch_many(self, cas: ContentStore, digests: Iterable[Digest]) -> set[Digest]:
-        """Those of ``digests`` the tier gave, published and verified."""
+    async def fetch_many(
+        self,
+        cas: ContentStore,
+        digests: Iterable[Digest],
+        sizes: Mapping[Digest, int | None] | None = None,
+    ) -> set[Digest]:
+        """Those of ``digests`` the tier gave, published and verified; ``sizes`` (where known)
+        bound each download."""
         wanted = list(digests)
         if not wanted:
             return set()
         reads = await trio.to_thread.run_sync(lambda: self.reads)
-        return await reads.fetch_many(cas, wanted)
+        return await reads.fetch_many(cas, wanted, sizes)
 
     def uploaded_later(self) -> None:
         """Something was published from an origin: the upload task looks now, not at its next

@@ -46,6 +46,30 @@ class PreconditionFailed(TierError):
     """``put_if`` lost: the object changed (or appeared, or went) since the ETag was read."""
 
 
+class TooLarge(Exception):
+    """An object longer than its reader's bound: not what was asked for (never a tier
+    failure: the tier answered, with the wrong thing)."""
+
+
+class BoundedWriter:
+    """A file that refuses to grow past ``limit`` bytes: a download's bound, so an object in
+    the tier can never fill the disk with more than the reader expects."""
+
+    def __init__(self, out: BinaryIO, limit: int) -> None:
+        self._out = out
+        self._left = limit
+        self._limit = limit
+
+    def write(self, data: bytes) -> int:
+        self._left -= len(data)
+        if self._left < 0:
+            raise TooLarge(f"more than the {self._limit:,} bytes expected")
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     size: int
@@ -121,7 +145,7 @@ class S3Objects:
         exceptions = self._obstore.exceptions
         try:
             return call()
-        except FileNotFoundError:
+        except (FileNotFoundError, TooLarge):
             raise
         except exceptions.PreconditionError:
             raise PreconditionFailed(f"{self.description}: {key} changed meanwhile") from None

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import trio
@@ -25,7 +25,7 @@ import trio
 from ..cas import ContentStore, Digest, DigestMismatch
 from .keys import blob_key
 from .ledger import Ledger
-from .objects import ObjectStore, TierError
+from .objects import BoundedWriter, ObjectStore, TierError, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,17 @@ class TierReads:
                 why,
             )
 
-    def fetch(self, cas: ContentStore, digest: Digest) -> Path | None:
-        """The blob published from the tier, or None (absent, damaged, or the tier down)."""
+    def fetch(self, cas: ContentStore, digest: Digest, size: int | None = None) -> Path | None:
+        """The blob published from the tier, or None (absent, damaged, or the tier down).
+        ``size``, where known, bounds the download: a longer object is damaged."""
         if not self.usable_for(digest):
             return None
         staging = cas.staging_path(digest)
         try:
             with open(staging, "xb") as out:
-                size = self.store.download(blob_key(digest), out)
-                if size is None:
+                sink = out if size is None else BoundedWriter(out, size)
+                got = self.store.download(blob_key(digest), sink)  # type: ignore[arg-type]
+                if got is None:
                     return None
                 out.flush()
                 os.fsync(out.fileno())
@@ -84,7 +86,10 @@ class TierReads:
             except DigestMismatch as exc:
                 self.object_damaged(digest, str(exc))
                 return None
-            self.bytes_read += size
+            self.bytes_read += got
+        except TooLarge as exc:
+            self.object_damaged(digest, str(exc))
+            return None
         except TierError as exc:
             self.went_down(exc)
             return None
@@ -98,7 +103,12 @@ class TierReads:
             self.ledger.mark_held([digest])
         return path
 
-    async def fetch_many(self, cas: ContentStore, digests: Iterable[Digest]) -> set[Digest]:
+    async def fetch_many(
+        self,
+        cas: ContentStore,
+        digests: Iterable[Digest],
+        sizes: Mapping[Digest, int | None] | None = None,
+    ) -> set[Digest]:
         """Those of ``digests`` the tier gave (published, verified), asked ``PARALLEL`` at a
         time. Waits at most about the tier's timeout per round of requests; a thread still
         waiting on a hung tier after twice that is abandoned and the rest go to the origin."""
@@ -111,8 +121,9 @@ class TierReads:
         async def one(digest: Digest) -> None:
             if not self.up():
                 return
+            size = sizes.get(digest) if sizes is not None else None
             path = await trio.to_thread.run_sync(
-                self.fetch, cas, digest, limiter=limiter, abandon_on_cancel=True
+                self.fetch, cas, digest, size, limiter=limiter, abandon_on_cancel=True
             )
             if path is not None:
                 found.add(digest)

@@ -27,7 +27,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..snapshot.entries import Kind, NewEntry, RefusedEntry, check_name, check_symlink_target
@@ -39,7 +39,7 @@ from ..snapshot.index import (
     write_snapshot,
 )
 from .keys import snapshot_key
-from .objects import TierError
+from .objects import BoundedWriter, TierError, TooLarge
 
 if TYPE_CHECKING:
     from .access import TierAccess
@@ -116,7 +116,7 @@ def file_from_tier(
     downloaded = final.with_name(f".{final.name}.tier-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(downloaded, "xb") as out:
-            size = tier.store.download(key, _Bounded(out, max_bytes))  # type: ignore[arg-type]
+            size = tier.store.download(key, BoundedWriter(out, max_bytes))  # type: ignore[arg-type]
             out.flush()
             os.fsync(out.fileno())
         if size is None:
@@ -130,7 +130,7 @@ def file_from_tier(
     except TierError as exc:
         log.warning("could not get %s from the tier: %s", final.name, exc)
         return False
-    except ValueError as exc:
+    except (ValueError, TooLarge) as exc:
         log.error("the tier's %s is refused: %s", final.name, str(exc)[:300])
         return False
     except OSError as exc:
@@ -156,7 +156,7 @@ def snapshot_from_tier(tier: TierAccess | None, display: str, commit: str, final
     downloaded = final.with_name(f".{final.name}.tier-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(downloaded, "xb") as out:
-            size = tier.store.download(key, _Bounded(out, MAX_SNAPSHOT_BYTES))  # type: ignore[arg-type]
+            size = tier.store.download(key, BoundedWriter(out, MAX_SNAPSHOT_BYTES))  # type: ignore[arg-type]
         if size is None:
             log.info("the tier has no snapshot of %s at %s", display, commit)
             return False
@@ -164,7 +164,7 @@ def snapshot_from_tier(tier: TierAccess | None, display: str, commit: str, final
     except TierError as exc:
         log.warning("could not get the snapshot of %s from the tier: %s", commit, exc)
         return False
-    except UntrustedSnapshot as exc:
+    except (UntrustedSnapshot, TooLarge) as exc:
         log.error("the tier's snapshot of %s at %s is refused: %s", display, commit, exc)
         return False
     except OSError as exc:
@@ -183,23 +183,6 @@ def snapshot_from_tier(tier: TierAccess | None, display: str, commit: str, final
     return True
 
 
-class _Bounded:
-    """A file that refuses to grow past ``limit`` bytes (a download's bound)."""
-
-    def __init__(self, out: BinaryIO, limit: int) -> None:
-        self._out = out
-        self._left = limit
-
-    def write(self, data: bytes) -> int:
-        self._left -= len(data)
-        if self._left < 0:
-            raise UntrustedSnapshot("larger than the limit for what the tier may send")
-        return self._out.write(data)
-
-    def flush(self) -> None:
-        self._out.flush()
-
-
 def rebuild_snapshot(downloaded: Path, final: Path, commit: str) -> SnapshotMeta:
     """Check the snapshot file ``downloaded`` and write its entries again into ``final``
     (``write_snapshot``: atomic, never replacing a published one). Raises
@@ -213,11 +196,12 @@ def rebuild_snapshot(downloaded: Path, final: Path, commit: str) -> SnapshotMeta
             db.execute("PRAGMA trusted_schema=OFF")  # no functions run from its schema
             db.execute("PRAGMA query_only=ON")
             check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise UntrustedSnapshot("damaged (SQLite's quick_check failed)")
+            _check_objects(db)  # before any query of its tables
             values = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.Error as exc:
             raise UntrustedSnapshot(f"not a snapshot: {exc}") from None
-        if check is None or check[0] != "ok":
-            raise UntrustedSnapshot("damaged (SQLite's quick_check failed)")
         if values.get("schema_version") != str(SCHEMA_VERSION):
             raise UntrustedSnapshot(f"not a version {SCHEMA_VERSION} snapshot")
         if values.get("commit") != commit:
@@ -240,6 +224,22 @@ def rebuild_snapshot(downloaded: Path, final: Path, commit: str) -> SnapshotMeta
             raise UntrustedSnapshot(f"unreadable entries: {exc}") from None
     finally:
         db.close()
+
+
+_TABLES = frozenset(("meta", "entries"))
+
+
+def _check_objects(db: sqlite3.Connection) -> None:
+    """The file holds our two tables and indexes, nothing else: a view (which can be endless:
+    a recursive one), a trigger or a virtual table never reaches a query."""
+    tables: set[str] = set()
+    for kind, name, sql in db.execute("SELECT type, name, sql FROM sqlite_master"):
+        if kind == "table" and isinstance(sql, str) and sql.startswith("CREATE TABLE "):
+            tables.add(name)
+        elif kind != "index":
+            raise UntrustedSnapshot(f"an unexpected {str(kind)[:10]} {str(name)[:40]!r}")
+    if tables != _TABLES:
+        raise UntrustedSnapshot(f"tables {sorted(tables)[:4]!r:.80}, not {sorted(_TABLES)!r}")
 
 
 _EMPTY_BLOBS = frozenset(

@@ -354,9 +354,10 @@ class GitContent:
             return [digest for digest in digests if not self._cas.contains(digest)]
 
         asked = await trio.to_thread.run_sync(missing, limiter=self._io)
-        found = await tier.fetch_many(self._cas, asked[:TIER_PROBE])  # adopted: recorded too
+        sizes = {digest: wanted[oid] for digest, oid in digests.items()}
+        found = await tier.fetch_many(self._cas, asked[:TIER_PROBE], sizes)  # recorded too
         if found and len(asked) > TIER_PROBE:
-            found |= await tier.fetch_many(self._cas, asked[TIER_PROBE:])
+            found |= await tier.fetch_many(self._cas, asked[TIER_PROBE:], sizes)
         return {digests[digest] for digest in found}
 
     def _from_origin(self) -> None:

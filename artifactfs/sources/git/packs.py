@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from dulwich.client import GitClient
+from dulwich.errors import ApplyDeltaError, ChecksumMismatch, FileFormatException
 from dulwich.object_format import get_object_format
 from dulwich.objects import ObjectID, ShaFile
 from dulwich.pack import PackData, PackInflater
@@ -29,7 +30,17 @@ from ...errors import SourceError
 
 # what dulwich raises on pack data that is not what it should be (besides its own errors,
 # which transport.REMOTE_FAILURES covers)
-_MALFORMED = (ValueError, zlib.error, struct.error, AssertionError, KeyError, IndexError)
+_MALFORMED = (
+    ValueError,
+    zlib.error,
+    struct.error,
+    AssertionError,
+    KeyError,
+    IndexError,
+    ApplyDeltaError,  # a delta that does not fit its base
+    ChecksumMismatch,
+    FileFormatException,  # ObjectFormatException too
+)
 
 WantsFn = Callable[[Mapping[bytes, bytes]], list[bytes]]
 """Given the refs the server listed, the object ids to fetch (empty: fetch nothing)."""

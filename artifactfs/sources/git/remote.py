@@ -440,7 +440,7 @@ class GitRemote:
         tier = self.settings.tier
         if missing and tier is not None:  # few: one at a time (a down tier is skipped at once)
             for oid in list(missing):
-                if tier.fetch(cas, Digest(algorithm, oid)) is not None:
+                if tier.fetch(cas, Digest(algorithm, oid), missing[oid]) is not None:
                     del missing[oid]
         if missing and not ask_origin:
             raise SourceError(f"{len(missing)} symlink blob(s) neither in the store nor the tier")

@@ -133,6 +133,8 @@ def _indexed(
     except (SourceError, KeyError, ValueError, OSError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         log.warning("could not index %s from its commit and trees in the tier: %s", commit, reason)
+        with contextlib.suppress(FileNotFoundError):
+            kept.unlink()  # damaged: never used again; the origin's next answer replaces it
         return False
     log.info("indexed %s from its commit and trees in the tier", commit)
     return True

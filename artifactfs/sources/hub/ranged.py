@@ -349,7 +349,7 @@ class RangedBlobs:
             or not TierRanges.whole(blob.size, blob.verify_first)
         ):
             return False
-        return await self._tier.fetch_whole(blob.digest)
+        return await self._tier.fetch_whole(blob.digest, blob.size)
 
     async def _taken(self, blob: HubBlob) -> bool:
         """Whether ``blob`` was just published from a copy on this machine (not fetched)."""

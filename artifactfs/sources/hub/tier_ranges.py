@@ -190,16 +190,22 @@ class TierRanges:
         """Whether a blob comes from the tier whole (verified first) rather than by range."""
         return verify_first or size <= WHOLE_MAX
 
-    async def fetch_whole(self, digest: Digest) -> bool:
-        """Publish ``digest`` from the tier, verified (``TierReads.fetch``); False if the tier
-        has no good copy or does not answer in time (then the origin is asked)."""
+    async def fetch_whole(self, digest: Digest, size: int) -> bool:
+        """Publish ``digest`` (``size`` bytes) from the tier, verified (``TierReads.fetch``);
+        False if the tier has no good copy or does not answer in time (then the origin is
+        asked)."""
         reads = await self._open()
         if reads is None or not reads.usable_for(digest):
             return False
         path = None
         with trio.move_on_after(2 * reads.timeout) as scope:
             path = await trio.to_thread.run_sync(
-                reads.fetch, self._cas, digest, limiter=self._threads, abandon_on_cancel=True
+                reads.fetch,
+                self._cas,
+                digest,
+                size,
+                limiter=self._threads,
+                abandon_on_cancel=True,
             )
         if scope.cancelled_caught:
             reads.went_down(TimeoutError(f"no answer in {2 * reads.timeout:.0f} s"))
